@@ -1,0 +1,117 @@
+"""``rlhf <stage> [config.yaml] [key=value ...]``: parse, validate, then call the recipe.
+
+Training stages take a YAML config plus dotted overrides; everything is validated before any
+work starts. Tools (generate, tiny-model, quickstart) take ordinary flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from rlhf import __version__
+
+__all__ = ["main", "STAGES"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    config: str  # "module:Class"
+    run: str  # "module:function"
+    summary: str
+
+    def load(self, ref: str) -> Any:
+        mod, name = ref.split(":")
+        return getattr(importlib.import_module(mod), name)
+
+
+# Training stages: one typed config class and one recipe each.
+STAGES: dict[str, Stage] = {
+    "sft": Stage("rlhf.recipes.sft:SFTConfig", "rlhf.recipes.sft:train",
+                 "supervised (instruction) fine-tuning of a causal LM"),
+}
+
+# Tools: their own argparse flags.
+TOOLS: dict[str, tuple[str, str]] = {
+    "generate": ("rlhf.tools.generate:main", "sample completions from any checkpoint for a quick look"),
+    "tiny-model": ("rlhf.tools.tiny:main", "build a tiny random-weight model + tokenizer for tests and demos"),
+    "quickstart": ("rlhf.tools.quickstart:main", "the built-in demo, end to end on a laptop CPU (what `make demo` runs)"),
+}
+
+
+def _top_help() -> str:
+    lines = [f"rlhf {__version__}: align language models with human and AI feedback", "",
+             "usage: rlhf <stage> [CONFIG.yaml] [key=value ...]", "       rlhf <tool> [flags]", "",
+             "stages (rlhf <stage> --help lists every option with its default):"]
+    lines += [f"  {k:<12} {s.summary}" for k, s in STAGES.items()]
+    lines += ["", "tools:"]
+    lines += [f"  {k:<12} {s}" for k, (_, s) in TOOLS.items()]
+    lines += ["", "example: rlhf sft configs/sft/tiny.yaml train.lr=1e-4 output_dir=runs/my-sft"]
+    return "\n".join(lines)
+
+
+def run_stage(name: str, argv: list[str]) -> int:
+    from rlhf.config import ConfigError, format_help, load_config
+
+    stage = STAGES[name]
+    cls = stage.load(stage.config)
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"usage: rlhf {name} [CONFIG.yaml] [key=value ...]\n\n{stage.summary}.\n"
+              f"Options (set them in the YAML file or as dotted key=value overrides):\n")
+        print(format_help(cls))
+        return 0
+    path = None
+    if argv and "=" not in argv[0]:
+        path, argv = argv[0], argv[1:]
+    try:
+        cfg = load_config(cls, path, argv)
+    except ConfigError as e:
+        print(f"rlhf {name}: config error: {e}", file=sys.stderr)
+        return 2
+    run: Callable[[Any], Any] = stage.load(stage.run)
+    return _run_guarded(name, lambda: run(cfg))
+
+
+def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
+    """Turn the errors a user can fix (bad data, unusable output folder) into one clear line."""
+    from rlhf.data.errors import DataError
+    from rlhf.train.run import RunDirError
+
+    try:
+        fn()
+    except (DataError, RunDirError) as e:
+        print(f"rlhf {name}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\nrlhf {name}: interrupted; rerun the same command to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_top_help())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name in STAGES:
+        return run_stage(name, rest)
+    if name in TOOLS:
+        mod, fn = TOOLS[name][0].split(":")
+        return int(getattr(importlib.import_module(mod), fn)(rest) or 0)
+    import difflib
+    close = difflib.get_close_matches(name, list(STAGES) + list(TOOLS), n=1)
+    print(f"rlhf: unknown stage or tool {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+          + "\n\n" + _top_help(), file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

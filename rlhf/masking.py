@@ -1,0 +1,127 @@
+"""Masked statistics and the one place where per-token losses are reduced to a scalar.
+
+Mask convention (house rule 5): ``mask`` is 1/True on real completion tokens, 0 elsewhere.
+
+Reduction is explicit (house rule 2). A loss over a global batch is split into micro-batches
+(gradient accumulation) and shards (data parallel). To make the sum of the micro-batch losses
+equal the full-batch loss *exactly*, every micro-batch divides by the **global** denominator
+(number of tokens, or of sequences, in the whole optimizer-step batch across processes), not by
+its own. :func:`count_units` gives a micro-batch's share of that denominator; the trainer sums
+the shares over the accumulation window and across processes before the first backward.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+__all__ = [
+    "AGGREGATIONS",
+    "Aggregation",
+    "aggregate",
+    "count_units",
+    "masked_sum",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+]
+
+Aggregation = Literal["token_mean", "sequence_mean", "sequence_sum", "constant"]
+AGGREGATIONS: tuple[str, ...] = ("token_mean", "sequence_mean", "sequence_sum", "constant")
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Sum of ``x`` where ``mask`` is set (over ``dim``, or everything)."""
+    m = mask.to(x.dtype)
+    return (x * m).sum() if dim is None else (x * m).sum(dim)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` over masked positions. An all-zero mask gives 0, not NaN."""
+    m = mask.to(x.dtype)
+    if dim is None:
+        return (x * m).sum() / m.sum().clamp(min=1)
+    return (x * m).sum(dim) / m.sum(dim).clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of ``x`` over all masked positions (Bessel-corrected when ``unbiased``)."""
+    m = mask.to(x.dtype)
+    n = m.sum()
+    mean = (x * m).sum() / n.clamp(min=1)
+    var = (((x - mean) ** 2) * m).sum() / n.clamp(min=1)
+    if unbiased:
+        if n < 2:
+            raise ValueError(f"masked_var: need at least 2 masked values for an unbiased variance, got {int(n)}")
+        var = var * n / (n - 1)
+    return var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over masked positions; masked-out positions are returned as 0.
+
+    ``shift_mean=False`` rescales without centring (used for rewards, whose sign matters).
+    """
+    m = mask.to(x.dtype)
+    mean = masked_mean(x, mask)
+    var = masked_var(x, mask, unbiased=bool(m.sum() >= 2))
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * m
+
+
+def count_units(mask: torch.Tensor, mode: Aggregation) -> torch.Tensor:
+    """This micro-batch's contribution to the global denominator of :func:`aggregate`.
+
+    ``mask``: (B, T). token_mean counts masked tokens; sequence_mean / sequence_sum count
+    sequences with at least one masked token; constant counts rows (its per-row length
+    normaliser is fixed separately, Dr. GRPO).
+    """
+    if mode == "token_mean":
+        return mask.sum().to(torch.float64)
+    if mode in ("sequence_mean", "sequence_sum"):
+        return (mask.sum(-1) > 0).sum().to(torch.float64)
+    if mode == "constant":
+        return torch.tensor(float(mask.shape[0]), dtype=torch.float64, device=mask.device)
+    raise ValueError(f"unknown aggregation {mode!r}; expected one of {', '.join(AGGREGATIONS)}")
+
+
+def aggregate(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    mode: Aggregation = "token_mean",
+    *,
+    denominator: torch.Tensor | float | None = None,
+    max_len: int | None = None,
+) -> torch.Tensor:
+    """Reduce a (B, T) per-token loss to a scalar.
+
+    - ``token_mean``: sum over all masked tokens / number of masked tokens (DAPO; SFT).
+    - ``sequence_mean``: mean over each sequence's tokens, then mean over sequences (GRPO paper).
+    - ``sequence_sum``: sum over each sequence's tokens, then mean over sequences (DPO-style
+      sequence log-prob losses).
+    - ``constant``: sum over tokens / ``max_len``, then mean over rows (Dr. GRPO: a constant
+      normaliser so long and short responses are weighted alike).
+
+    ``denominator`` is the global unit count (see :func:`count_units`) when the batch is one of
+    several micro-batches or shards; by default this micro-batch's own count is used, which is
+    the plain full-batch value.
+    """
+    m = mask.to(per_token.dtype)
+    if denominator is None:
+        denominator = count_units(mask, mode)
+    denom = torch.as_tensor(denominator, dtype=per_token.dtype, device=per_token.device).clamp(min=1)
+    if mode == "token_mean":
+        return (per_token * m).sum() / denom
+    if mode == "sequence_mean":
+        per_seq = (per_token * m).sum(-1) / m.sum(-1).clamp(min=1)  # (B,)
+        return per_seq.sum() / denom
+    if mode == "sequence_sum":
+        return (per_token * m).sum() / denom
+    if mode == "constant":
+        if max_len is None:
+            raise ValueError("aggregate(mode='constant') needs max_len, the constant length normaliser")
+        return (per_token * m).sum() / max_len / denom
+    raise ValueError(f"unknown aggregation {mode!r}; expected one of {', '.join(AGGREGATIONS)}")

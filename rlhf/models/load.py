@@ -1,0 +1,565 @@
+"""Load the models of the RLHF pipeline: policy, reference, reward model and critic.
+
+One code path for every model, whether it comes from a local folder or a hub id:
+
+    from_pretrained(dtype, attention kernel, trust_remote_code)   # step 1
+      -> dropout off (config attributes AND modules)                  # step 2
+      -> gradient checkpointing (non-reentrant)                       # step 3
+      -> LoRA adapters (peft)                                         # step 4
+
+Reward models and critics are "scalar models": ``AutoModelForSequenceClassification`` with one
+output, built from a causal-LM checkpoint; the trunk keeps the checkpoint's weights and the new
+head is drawn from N(0, 1/(d_model + 1)) (Ziegler et al. 2019, "Fine-Tuning Language Models
+from Human Preferences", reward-head init). :func:`score_tokens` gives the head's output at
+every position (a critic's ``values``); :func:`score_last_token` gives it at the last real
+token of each sequence (a reward model's ``scores``).
+
+The reference policy is a :class:`ReferenceModel`. With LoRA it is the policy itself with its
+adapters switched off, so no second copy of the base weights is held; without LoRA it is a
+frozen copy. Both are called the same way: ``ref(input_ids=..., attention_mask=...)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.pytorch_utils import Conv1D
+
+from rlhf.models.config import LoraConfig, ModelConfig
+
+__all__ = [
+    "ReferenceModel",
+    "load_tokenizer",
+    "load_causal_lm",
+    "load_reference",
+    "load_scalar_model",
+    "save_model",
+    "count_parameters",
+    "disable_dropout",
+    "default_lora_targets",
+    "init_scalar_head",
+    "scalar_head",
+    "positions_from_mask",
+    "score_tokens",
+    "score_last_token",
+    "unwrap_model",
+]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Where sequence-classification models keep their output layer (the same names peft checks).
+_HEAD_NAMES = ("score", "classifier")
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def unwrap_model(model: nn.Module) -> PreTrainedModel:
+    """The transformers model inside a peft ``PeftModel`` (adapters stay injected), else ``model``."""
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def _is_peft(model: nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def _check_source(name_or_path: str, what: str) -> None:
+    """Fail early, naming the path, when something that is clearly a path does not exist.
+
+    A missing folder would otherwise be sent to the hub as a repo id and fail with an
+    unrelated network error.
+    """
+    p = os.path.expanduser(name_or_path)
+    looks_like_path = (name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+                       or os.sep != "/" and os.sep in name_or_path)
+    if looks_like_path and not os.path.isdir(p):
+        raise FileNotFoundError(f"{what}: no such folder {name_or_path!r} (expected a local "
+                                f"checkpoint folder or a hub id such as 'org/name')")
+
+
+def _pretrained_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    """kwargs shared by every ``from_pretrained`` call; trust_remote_code is always explicit."""
+    kwargs: dict[str, Any] = {
+        "revision": cfg.revision,
+        "dtype": _DTYPES[cfg.dtype],
+        "trust_remote_code": cfg.trust_remote_code,
+    }
+    if cfg.attn_implementation is not None:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    # Prefer safetensors (no pickle, memory-mapped); a local folder holding only pickled
+    # weights still loads, with a warning.
+    path = Path(os.path.expanduser(cfg.name_or_path))
+    if path.is_dir():
+        if any(path.glob("*.safetensors")):
+            kwargs["use_safetensors"] = True
+        else:
+            logger.warning("%s has no .safetensors weights; loading pickled weights", path)
+    return kwargs
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """``{"total": n, "trainable": m}``; tied (shared) tensors are counted once."""
+    params = list(model.parameters())  # nn.Module.parameters() already skips duplicates
+    return {"total": sum(p.numel() for p in params),
+            "trainable": sum(p.numel() for p in params if p.requires_grad)}
+
+
+def disable_dropout(model: nn.Module) -> int:
+    """Set every dropout probability in ``model`` to 0; returns how many places were changed.
+
+    Architectures store dropout in three ways, so all three are cleared: ``nn.Dropout``
+    modules (``p``), float attributes on modules that are passed to functional dropout or to
+    SDPA (``self.attention_dropout`` in llama/gpt_neox attention), and config fields (read
+    when modules are rebuilt, e.g. by peft or a copy made from the config).
+    """
+    changed = 0
+    configs = [getattr(model, "config", None)]
+    if configs[0] is not None and hasattr(configs[0], "get_text_config"):
+        configs.append(configs[0].get_text_config())
+    for config in {id(c): c for c in configs if c is not None}.values():
+        for key, value in list(vars(config).items()):
+            if _is_dropout_name(key) and isinstance(value, float) and value != 0.0:
+                setattr(config, key, 0.0)
+                changed += 1
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            if module.p != 0.0:
+                module.p = 0.0
+                changed += 1
+            continue
+        for key, value in list(vars(module).items()):
+            if _is_dropout_name(key) and isinstance(value, float) and value != 0.0:
+                setattr(module, key, 0.0)
+                changed += 1
+    return changed
+
+
+def _is_dropout_name(key: str) -> bool:
+    key = key.lower()
+    return "dropout" in key or key.endswith("pdrop")
+
+
+def _enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    # Non-reentrant checkpointing: works with frozen inputs (LoRA) and with autograd hooks;
+    # the reentrant variant silently drops gradients when no checkpoint input requires grad.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.20
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def default_lora_targets(model: nn.Module) -> list[str]:
+    """Names of the layers LoRA adapts when ``target_modules`` is null.
+
+    Every ``nn.Linear`` and transformers ``Conv1D`` (GPT-2) except the output layer: the LM
+    head of a causal LM (tied to the embeddings in many models) or the scalar head of a
+    reward model (which peft trains in full instead). Returns leaf names (``q_proj``) when
+    they pick out exactly these layers, else full dotted names.
+    """
+    base = unwrap_model(model)
+    excluded: set[int] = set()
+    out_emb = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if out_emb is not None:
+        excluded.add(id(out_emb))
+    for name in _HEAD_NAMES:
+        head = getattr(base, name, None)
+        if isinstance(head, nn.Module):
+            excluded.update(id(m) for m in head.modules())
+    targets, others = [], []
+    for name, module in base.named_modules():
+        if isinstance(module, (nn.Linear, Conv1D)):
+            (others if id(module) in excluded else targets).append(name)
+    if not targets:
+        raise ValueError(f"{type(base).__name__} has no linear layers for LoRA to adapt; "
+                         f"set model.lora.target_modules explicitly")
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in targets})
+    if not {n.rsplit(".", 1)[-1] for n in others} & set(leaves):
+        return leaves
+    return targets
+
+
+def _apply_lora(model: PreTrainedModel, lora: LoraConfig, task_type: str) -> nn.Module:
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    targets = list(lora.target_modules) if lora.target_modules is not None else default_lora_targets(model)
+    # GPT-2's Conv1D stores weights as (in, out); peft needs to know to transpose B A.
+    conv1d = any(isinstance(m, Conv1D) and any(n == t or n.endswith("." + t) for t in targets)
+                 for n, m in model.named_modules())
+    peft_cfg = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        bias="none",
+        fan_in_fan_out=conv1d,
+        task_type=task_type,  # SEQ_CLS makes peft train the whole scalar head (modules_to_save)
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def _prepare(model: PreTrainedModel, cfg: ModelConfig, for_training: bool, task_type: str) -> nn.Module:
+    """Steps 2-4 of the module docstring, shared by causal LMs and scalar models."""
+    if cfg.disable_dropout:
+        # Before LoRA, so that lora.dropout keeps the value the config asked for.
+        disable_dropout(model)
+    if not for_training:
+        model.requires_grad_(False)
+        return model.eval()
+    if cfg.gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
+    if cfg.lora.enabled:
+        model = _apply_lora(model, cfg.lora, task_type)
+    return model.train()
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``cfg.tokenizer`` (or ``cfg.name_or_path``), with a pad token.
+
+    Pad rule: a tokenizer without a pad token gets ``pad = eos`` (logged). This is safe in
+    this library because attention and completion masks, never token ids, decide which
+    positions are attended to, trained on, or scored (see :func:`score_last_token`). A
+    tokenizer with neither pad nor eos is rejected. ``cfg.revision`` applies only when the
+    tokenizer comes from ``name_or_path``.
+    """
+    source = cfg.tokenizer_path
+    _check_source(source, "model.tokenizer" if cfg.tokenizer else "model.name_or_path")
+    tokenizer = AutoTokenizer.from_pretrained(
+        source,
+        revision=cfg.revision if cfg.tokenizer is None else None,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer {source!r} has neither a pad token nor an eos token; "
+                             f"add a pad token to the tokenizer files")
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.info("tokenizer %s has no pad token: using eos %r (id %d) for padding; masks, "
+                    "not token ids, mark the real tokens", source, tokenizer.eos_token,
+                    tokenizer.eos_token_id)
+    return tokenizer
+
+
+def load_causal_lm(cfg: ModelConfig, *, for_training: bool = True) -> nn.Module:
+    """A causal LM (policy) from a local folder or hub id, prepared as ``cfg`` says.
+
+    ``for_training=True``: train mode, gradient checkpointing and LoRA as configured (with
+    LoRA a peft ``PeftModel`` is returned, only the adapters trainable). ``for_training=False``:
+    eval mode, every parameter frozen, no checkpointing and no adapters (a LoRA run saves
+    merged weights, see :func:`save_model`). Dropout is off in both when ``disable_dropout``.
+    """
+    _check_source(cfg.name_or_path, "model.name_or_path")
+    model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **_pretrained_kwargs(cfg))
+    return _prepare(model, cfg, for_training, task_type="CAUSAL_LM")
+
+
+class ReferenceModel:
+    """The frozen reference policy pi_ref, called like a model: ``ref(**inputs) -> outputs``.
+
+    Calls run under ``torch.no_grad()`` in eval mode. Two ways to hold it, one interface:
+
+    * ``adapters_disabled=True``: ``module`` is the LoRA policy itself and each call runs it
+      inside peft's ``disable_adapter()``, i.e. with the base weights only. No second copy of
+      the weights exists (``shares_policy_weights`` is True). The policy's train/eval flags
+      are restored after the call.
+    * ``adapters_disabled=False``: ``module`` is a separate frozen copy.
+
+    Use :meth:`context` to run other code (e.g. :func:`score_tokens`, generation) on the
+    reference: ``with ref.context() as m: ...``.
+    """
+
+    def __init__(self, module: nn.Module, *, adapters_disabled: bool):
+        if adapters_disabled and not _is_peft(module):
+            raise TypeError("adapters_disabled=True needs a peft PeftModel (the LoRA policy), "
+                            f"got {type(module).__name__}")
+        self.module = module
+        self.adapters_disabled = adapters_disabled
+
+    @property
+    def shares_policy_weights(self) -> bool:
+        return self.adapters_disabled
+
+    @property
+    def config(self):
+        return unwrap_model(self.module).config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[nn.Module]:
+        """Yield the module set up as the reference: no grad, eval mode, adapters off."""
+        modes = [(m, m.training) for m in self.module.modules()]
+        adapters = self.module.disable_adapter() if self.adapters_disabled else contextlib.nullcontext()
+        try:
+            self.module.eval()
+            with torch.no_grad(), adapters:
+                yield self.module
+        finally:
+            for m, training in modes:
+                m.training = training
+
+    def __call__(self, **inputs: Any) -> Any:
+        with self.context() as module:
+            return module(**inputs)
+
+
+def load_reference(cfg: ModelConfig, policy: nn.Module | None = None) -> ReferenceModel:
+    """The reference policy for ``cfg`` (the policy's own config section).
+
+    With ``cfg.lora.enabled`` the reference is ``policy`` (required, a LoRA ``PeftModel``)
+    run with its adapters disabled: the base weights are exactly the reference weights,
+    since only adapters train. Without LoRA it is a frozen copy of ``policy`` when given
+    (so it equals the policy at the start of training), else loaded from ``cfg``.
+    """
+    if cfg.lora.enabled:
+        if policy is None:
+            raise ValueError("model.lora.enabled: the reference is the LoRA policy with its "
+                             "adapters disabled, so load_reference needs policy=")
+        if not _is_peft(policy):
+            raise TypeError(f"model.lora.enabled but the policy is a {type(policy).__name__}, "
+                            f"not a peft PeftModel; load it with load_causal_lm(cfg)")
+        return ReferenceModel(policy, adapters_disabled=True)
+    if policy is not None:
+        if _is_peft(policy):
+            raise TypeError("the policy has LoRA adapters but model.lora.enabled is false")
+        module = copy.deepcopy(policy)
+        module.requires_grad_(False)
+        module.eval()
+    else:
+        module = load_causal_lm(cfg, for_training=False)
+    return ReferenceModel(module, adapters_disabled=False)
+
+
+def init_scalar_head(head: nn.Linear, generator: torch.Generator | None = None) -> None:
+    """Draw the head weights from N(0, std = 1/sqrt(d_model + 1)), bias 0 (Ziegler et al. 2019).
+
+    With unit-scale hidden states this makes the initial scores roughly unit-variance, the
+    scale the Bradley-Terry loss and the PPO value loss are tuned for.
+    """
+    std = 1.0 / math.sqrt(head.in_features + 1)
+    with torch.no_grad():
+        # Sample in fp32 on the CPU and cast, so the draw depends on the seed only (not on
+        # the head's dtype or device).
+        w = torch.randn(head.weight.shape, generator=generator, dtype=torch.float32)
+        head.weight.copy_(w * std)
+        if head.bias is not None:
+            head.bias.zero_()
+
+
+def scalar_head(model: nn.Module) -> nn.Module:
+    """The output layer of a sequence-classification (scalar) model (``score`` or ``classifier``)."""
+    base = unwrap_model(model)
+    for name in _HEAD_NAMES:
+        head = getattr(base, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    raise AttributeError(f"{type(base).__name__} has no scalar head (looked for "
+                         f"{', '.join(_HEAD_NAMES)})")
+
+
+def load_scalar_model(
+    cfg: ModelConfig,
+    *,
+    init_head: bool | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    for_training: bool = True,
+) -> nn.Module:
+    """A reward model or critic: ``AutoModelForSequenceClassification`` with ``num_labels=1``.
+
+    Built from any checkpoint of a causal LM (trunk weights kept, LM head dropped) or from a
+    saved scalar model. ``init_head``: None (default) initialises the head with
+    :func:`init_scalar_head` only when the checkpoint has none, so a trained reward model
+    keeps its head (and a critic can start from a reward model); True always re-initialises
+    it; False never does. ``config.pad_token_id`` is set to the tokenizer's pad id
+    (``tokenizer`` or :func:`load_tokenizer`), which transformers' own pooling needs; prefer
+    :func:`score_last_token`, which uses the attention mask. Dropout, checkpointing and LoRA
+    as in :func:`load_causal_lm`; with LoRA the whole head is trained too.
+    """
+    _check_source(cfg.name_or_path, "model.name_or_path")
+    if tokenizer is None:
+        tokenizer = load_tokenizer(cfg)
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        cfg.name_or_path, num_labels=1, output_loading_info=True, **_pretrained_kwargs(cfg))
+    head = scalar_head(model)
+    head_names = {n for n, m in model.named_modules() if m is head}
+    head_missing = any(k.rsplit(".", 1)[0] in head_names for k in info.get("missing_keys", ()))
+    if init_head or (init_head is None and head_missing):
+        init_scalar_head(head)
+    elif head_missing:
+        logger.warning("%s has no scalar head weights and init_head=False: the head keeps "
+                       "transformers' default initialisation", cfg.name_or_path)
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"tokenizer for {cfg.name_or_path!r} has no pad token id")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return _prepare(model, cfg, for_training, task_type="SEQ_CLS")
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count only real tokens: (B, T) -> (B, T), pads get 0 (left) or repeat.
+
+    Without them transformers numbers positions 0..T-1 whatever the padding, so a left-padded
+    sequence is seen at shifted positions (GPT-2's learned position embeddings then give
+    different hidden states than for the same sequence right-padded).
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def score_tokens(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The scalar head applied at every position: (B, T) ids -> (B, T) float (a critic's values).
+
+    Runs the trunk (with LoRA adapters if any are active) and the head on the final hidden
+    states. ``position_ids`` default to :func:`positions_from_mask`, so left and right padding
+    give the same numbers.
+    """
+    base = unwrap_model(model)
+    trunk = getattr(base, base.base_model_prefix)
+    if position_ids is None:
+        position_ids = positions_from_mask(attention_mask)
+    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False).last_hidden_state  # (B, T, H)
+    return scalar_head(model)(hidden).squeeze(-1)  # (B, T)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position with attention_mask == 1 in each row: (B, T) -> (B,)."""
+    mask = attention_mask.bool()
+    if not bool(mask.any(-1).all()):
+        rows = (~mask.any(-1)).nonzero().flatten().tolist()
+        raise ValueError(f"attention_mask rows {rows} have no real token to score")
+    positions = torch.arange(mask.shape[-1], device=mask.device)
+    return torch.where(mask, positions, -1).amax(-1)
+
+
+def score_last_token(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A reward model's ``scores``: the head at the last real token of each row, (B, T) -> (B,).
+
+    "Last real" means the last position with ``attention_mask == 1``. transformers'
+    ``ForSequenceClassification.forward`` instead takes the last token whose id differs from
+    ``pad_token_id``, which is wrong when pad == eos and a sequence ends with eos, and it
+    numbers positions from 0 regardless of left padding; this function avoids both.
+    """
+    values = score_tokens(model, input_ids, attention_mask, position_ids)  # (B, T)
+    idx = last_token_index(attention_mask)  # (B,)
+    return values.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def _merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of a LoRA ``PeftModel`` with adapters merged, built out of place.
+
+    W' = W + (alpha/r) B A for every adapted layer, computed into new tensors: the training
+    model is not touched (merging in place and unmerging would not restore bf16 weights
+    exactly). Keys are those of the plain transformers model.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    deltas: dict[str, torch.Tensor] = {}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    d = module.get_delta_weight(adapter)
+                    deltas[name] = deltas[name] + d if name in deltas else d
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in base.state_dict().items():
+        if ".lora_" in key or ".original_module." in key:
+            continue  # adapter factors; the head's pre-training copy (modules_to_save)
+        if ".modules_to_save." in key:  # score.modules_to_save.default.weight -> score.weight
+            owner, rest = key.split(".modules_to_save.", 1)
+            key = f"{owner}.{rest.split('.', 1)[1]}"
+        elif ".base_layer." in key:
+            owner, param = key.split(".base_layer.", 1)
+            key = f"{owner}.{param}"
+            if param == "weight" and owner in deltas:
+                tensor = tensor + deltas[owner].to(tensor.dtype)
+        out[key] = tensor.detach()
+    return out
+
+
+def save_model(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase | None,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write weights (safetensors), config and tokenizer so that ``from_pretrained(out_dir)`` loads them.
+
+    A LoRA ``PeftModel`` is saved as merged weights (a plain checkpoint of its class, e.g.
+    ``AutoModelForCausalLM`` or ``...ForSequenceClassification``) plus the adapter alone in
+    ``out_dir/adapter/``; the training model is left unchanged. Everything is written to a
+    temporary sibling folder and renamed into place when complete, so a crash never leaves a
+    half-written checkpoint, and an existing non-empty ``out_dir`` is refused unless
+    ``overwrite=True`` (house rule 9). Returns ``Path(out_dir)``.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty; refusing to overwrite a "
+                              f"checkpoint (pass overwrite=True or choose another folder)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        if _is_peft(model):
+            model.get_base_model().save_pretrained(tmp, state_dict=_merged_state_dict(model))
+            model.save_pretrained(tmp / "adapter")
+        else:
+            model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out_dir

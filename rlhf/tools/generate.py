@@ -1,0 +1,123 @@
+"""``rlhf generate``: sample completions from any checkpoint, for a quick look at a stage's output.
+
+Prompts are rendered exactly as training renders them (same chat-template rule, see
+docs/data-formats.md), left-padded into batches, and sampled with the KV cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main", "read_prompts", "generate"]
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a .txt file (one per line) or a .jsonl/.json file with a ``prompt`` field."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"rlhf generate: --prompts {path}: no such file")
+    if path.suffix == ".txt":
+        return [line for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    rows = (json.loads(path.read_text()) if path.suffix == ".json"
+            else [line for line in path.read_text().splitlines() if line.strip()])
+    for i, row in enumerate(rows, 1):
+        try:
+            rec = row if isinstance(row, dict) else json.loads(row)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"rlhf generate: {path}:{i}: not valid JSON ({e.msg})")
+        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), (str, list)):
+            raise SystemExit(f"rlhf generate: {path}:{i}: prompt: expected a string or a message list")
+        out.append(rec["prompt"])
+    return out
+
+
+def generate(model, tokenizer, prompts: list, *, data_cfg=None, max_new_tokens: int = 64,
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, num_samples: int = 1,
+             batch_size: int = 8, seed: int = 0) -> list[dict]:
+    """Sample ``num_samples`` completions per prompt. Returns one dict per (prompt, sample)."""
+    import torch
+
+    from rlhf.data.config import DataConfig
+    from rlhf.data.records import PromptRecord
+    from rlhf.data.tokenize import encode_prompt
+
+    data_cfg = data_cfg or DataConfig()
+    torch.manual_seed(seed)
+    encoded = [encode_prompt(PromptRecord(prompt=p), tokenizer, data_cfg)["prompt_input_ids"] for p in prompts]
+    pad = tokenizer.pad_token_id
+    model.eval()
+    out = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start:start + batch_size]
+        T = max(len(x) for x in chunk)
+        ids = torch.full((len(chunk), T), pad, dtype=torch.long)
+        attn = torch.zeros((len(chunk), T), dtype=torch.long)
+        for i, x in enumerate(chunk):  # left padding: every prompt ends where generation starts
+            ids[i, T - len(x):] = torch.tensor(x)
+            attn[i, T - len(x):] = 1
+        with torch.no_grad():
+            gen = model.generate(
+                input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
+                do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+                top_p=top_p if temperature > 0 else None, top_k=top_k if temperature > 0 else None,
+                max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
+                pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        for j, row in enumerate(gen[:, T:].tolist()):
+            i = start + j // num_samples
+            ended = tokenizer.eos_token_id in row
+            if ended:
+                row = row[:row.index(tokenizer.eos_token_id)]
+            row = [t for t in row if t != pad]
+            out.append({"prompt": prompts[i], "completion": tokenizer.decode(row, skip_special_tokens=True),
+                        "ended_with_eos": ended, "num_tokens": len(row)})
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="rlhf generate", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="checkpoint folder (e.g. runs/sft/final) or hub id")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts", help="file of prompts: .txt one per line, or .jsonl/.json with a 'prompt' field")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--num-samples", type=int, default=1, help="completions per prompt")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chat-template", choices=["auto", "default", "none"], default="auto",
+                   help="how prompts are rendered; use what the model was trained with")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--trust-remote-code", action="store_true", help="run custom code from the model folder (off by default)")
+    p.add_argument("--output", help="also write the samples to this .jsonl file")
+    a = p.parse_args(argv)
+    prompts = list(a.prompt) + (read_prompts(a.prompts) if a.prompts else [])
+    if not prompts:
+        p.error("give at least one --prompt or a --prompts file")
+    if a.temperature < 0 or not 0 < a.top_p <= 1 or a.num_samples < 1 or a.max_new_tokens < 1:
+        p.error("need temperature >= 0, 0 < top-p <= 1, num-samples >= 1, max-new-tokens >= 1")
+
+    from rlhf.data.config import DataConfig
+    from rlhf.models.config import ModelConfig
+    from rlhf.models.load import load_causal_lm, load_tokenizer
+
+    mcfg = ModelConfig(name_or_path=a.model, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
+    tok = load_tokenizer(mcfg)
+    model = load_causal_lm(mcfg, for_training=False)
+    rows = generate(model, tok, prompts, data_cfg=DataConfig(chat_template=a.chat_template),
+                    max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
+                    top_k=a.top_k, num_samples=a.num_samples, batch_size=a.batch_size, seed=a.seed)
+    for r in rows:
+        print(f"### prompt: {r['prompt']!r}\n{r['completion']}\n")
+    if a.output:
+        out = Path(a.output)
+        if out.exists():
+            print(f"rlhf generate: --output {out} exists; not overwriting it", file=sys.stderr)
+            return 1
+        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        print(f"wrote {len(rows)} samples to {out}")
+    return 0

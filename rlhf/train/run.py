@@ -1,0 +1,163 @@
+"""A run's output folder: what is in it, and the rules that keep finished work safe.
+
+Layout of ``output_dir``::
+
+    config.yaml          the resolved config (written before any work)
+    metrics.jsonl        one JSON object per logged step
+    checkpoint-<step>/   resumable state; complete iff it holds trainer_state.json
+    final/               the trained model (from_pretrained-loadable, safetensors, tokenizer)
+    summary.json         final metrics; its presence marks the run as finished
+
+A finished run (summary.json present) is never overwritten: starting another run into the same
+folder is an error. An unfinished one (checkpoints, no summary) is resumed with
+``train.resume_from=auto`` (the default).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunDirError", "prepare_output_dir", "list_checkpoints", "latest_checkpoint",
+           "MetricsWriter", "write_json_atomic", "atomic_dir", "is_finished"]
+
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class RunDirError(RuntimeError):
+    """The output folder cannot be used as asked (finished run, or unfinished without resume)."""
+
+
+def is_finished(output_dir: str | Path) -> bool:
+    return (Path(output_dir) / "summary.json").is_file()
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first. Half-written ones (``*.tmp*``) are ignored."""
+    out = []
+    d = Path(output_dir)
+    if not d.is_dir():
+        return out
+    for p in d.iterdir():
+        m = _CKPT.match(p.name)
+        if m and (p / "trainer_state.json").is_file():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    ckpts = list_checkpoints(output_dir)
+    return ckpts[-1][1] if ckpts else None
+
+
+def prepare_output_dir(output_dir: str | Path, resume_from: str) -> Path | None:
+    """Check the folder and return the checkpoint to resume from (or None for a fresh start).
+
+    Raises RunDirError for a finished run, or an unfinished one when resume_from='none'.
+    """
+    d = Path(output_dir)
+    if is_finished(d):
+        raise RunDirError(
+            f"{d} already holds a finished run (summary.json exists). Finished outputs are never "
+            f"overwritten: choose another output_dir, or delete this one yourself.")
+    if resume_from not in ("auto", "none"):
+        ckpt = Path(resume_from)
+        if not (ckpt / "trainer_state.json").is_file():
+            raise RunDirError(f"train.resume_from={resume_from}: not a complete checkpoint "
+                              f"(no trainer_state.json in it)")
+        return ckpt
+    latest = latest_checkpoint(d)
+    if latest is not None and resume_from == "none":
+        raise RunDirError(
+            f"{d} holds an unfinished run ({latest.name}). Pass train.resume_from=auto to continue "
+            f"it, or choose another output_dir.")
+    if latest is None and d.is_dir() and (d / "metrics.jsonl").exists():
+        # A run that died before its first checkpoint: nothing to resume, restart cleanly.
+        (d / "metrics.jsonl").unlink()
+    d.mkdir(parents=True, exist_ok=True)
+    return latest if resume_from == "auto" else None
+
+
+def _clean(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=_clean)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+class atomic_dir:
+    """Write a folder under a temporary name, then rename it into place.
+
+    ``with atomic_dir(final_path) as tmp: ...write into tmp...``. If the block raises (or the
+    process dies), ``final_path`` is untouched and the temporary folder is removed (or ignored
+    by :func:`list_checkpoints` after a crash).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+
+    def __enter__(self) -> Path:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.path.exists():
+            # Same step written again (e.g. a resumed run re-saving): replace the old copy.
+            old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")
+            self.path.rename(old)
+            self.tmp.rename(self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            self.tmp.rename(self.path)
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged step to metrics.jsonl (main process only).
+
+    On resume, lines logged after the checkpoint's step are dropped first, so the file shows
+    each step once, as the resumed run computes it.
+    """
+
+    def __init__(self, path: str | Path, resume_step: int | None = None):
+        self.path = Path(path)
+        if resume_step is not None and self.path.exists():
+            keep = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn last line from a killed process
+                if rec.get("step", 0) <= resume_step:
+                    keep.append(line)
+            self.path.write_text("".join(k + "\n" for k in keep))
+        self._f = open(self.path, "a")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()

@@ -1,0 +1,445 @@
+"""The training machinery every stage shares: accelerate, batching, the optimizer step, checkpoints.
+
+A recipe (rlhf/recipes/*.py) owns its math and reads top to bottom; this module owns the parts
+that must be right once and identical everywhere:
+
+* **Batching.** ``train.batch_size`` examples make one optimizer step, over all processes and
+  accumulation steps. Data order is a pure function of (seed, epoch), so a resumed run sees the
+  same batches as an uninterrupted one without replaying a data loader.
+* **Exact accumulation.** Before the first backward of a step, every micro-batch's share of the
+  loss denominator (tokens or sequences, :func:`rlhf.masking.count_units`) is summed over the
+  accumulation window and all processes. Each micro-batch loss is divided by that global count,
+  so the accumulated gradient equals the full-batch gradient, whatever the split (house rule 2).
+  DDP averages gradients over processes, so each process scales its loss by the world size.
+* **Checkpoints.** Written to a temporary folder, then renamed: ``checkpoint-<step>/`` either
+  holds a complete, resumable state or does not exist. No pickles: weights in safetensors,
+  optimizer and scheduler state through ``torch.save``/``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
+
+from rlhf.config import save_config, to_dict
+from rlhf.train.config import TrainConfig
+from rlhf.train.run import (MetricsWriter, RunDirError, atomic_dir, list_checkpoints,
+                            prepare_output_dir, write_json_atomic)
+
+__all__ = ["Trainer", "StepPlan", "RunDirError"]
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How many examples and steps a run has; derived from the data size and TrainConfig."""
+    num_examples: int
+    steps_per_epoch: int
+    total_steps: int
+    micro_batch_size: int  # per process, per forward pass
+    dropped_per_epoch: int  # examples left over when the epoch is cut into whole batches
+
+
+def plan_steps(cfg: TrainConfig, num_examples: int, num_processes: int) -> StepPlan:
+    if cfg.batch_size % (cfg.grad_accum * num_processes):
+        raise ValueError(
+            f"train.batch_size={cfg.batch_size} must be divisible by train.grad_accum ({cfg.grad_accum}) "
+            f"x number of processes ({num_processes})")
+    if num_examples < cfg.batch_size:
+        raise ValueError(f"the training data has {num_examples} examples, fewer than one batch "
+                         f"(train.batch_size={cfg.batch_size}); lower train.batch_size or add data")
+    steps_per_epoch = num_examples // cfg.batch_size
+    total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    return StepPlan(num_examples, steps_per_epoch, total,
+                    cfg.batch_size // (cfg.grad_accum * num_processes),
+                    num_examples - steps_per_epoch * cfg.batch_size)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    """The example order of one epoch: a permutation that depends only on (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No decay on biases and normalisation weights (1-D tensors), as is usual for transformers."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+class Trainer:
+    """Owns the Accelerator, optimizer, scheduler, output folder and checkpoints of one run.
+
+    Typical use inside a recipe::
+
+        trainer = Trainer(cfg.train, cfg.output_dir, cfg, stage="sft")
+        model = trainer.setup(model, num_examples=len(train_ex))
+        for step, micro_batches in trainer.steps(train_ex, collate):
+            metrics = trainer.optimize(micro_batches, units_fn, loss_fn)
+            trainer.log(step, metrics)
+            trainer.maybe_checkpoint(step)
+        trainer.finish(model, tokenizer, summary)
+    """
+
+    def __init__(self, cfg: TrainConfig, output_dir: str | Path, run_config: Any, stage: str):
+        self.cfg = cfg
+        self.stage = stage
+        self.output_dir = Path(output_dir)
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            log_with=list(cfg.report_to) or None,
+            project_dir=str(self.output_dir),
+            cpu=not torch.cuda.is_available(),
+        )
+        acc = self.accelerator
+        # Every process inspects the folder (read-only), the main one creates it.
+        resume = prepare_output_dir(self.output_dir, cfg.resume_from) if acc.is_main_process else None
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            resume = prepare_output_dir(self.output_dir, cfg.resume_from)
+        self.resume_path: Path | None = resume
+        if acc.is_main_process:
+            save_config(run_config, self.output_dir / "config.yaml")
+            if cfg.report_to:
+                acc.init_trackers(stage, config=_flat(to_dict(run_config)))
+        set_seed(cfg.seed)
+        self.model: torch.nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.plan: StepPlan | None = None
+        self.start_step = 0
+        self.metrics: MetricsWriter | None = None
+        self._bar = None
+        self._t0 = time.time()
+        self._last_saved = -1
+
+    # ------------------------------------------------------------------ set-up
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def print(self, *args: Any) -> None:
+        if self.is_main:
+            msg = " ".join(str(a) for a in args)
+            if self._bar is not None:
+                self._bar.write(msg)
+            else:
+                print(msg, flush=True)
+
+    def setup(self, model: torch.nn.Module, num_examples: int) -> torch.nn.Module:
+        """Plan the steps, build AdamW + schedule, wrap for distribution, restore a checkpoint."""
+        from transformers import get_scheduler
+
+        cfg = self.cfg
+        self.plan = plan_steps(cfg, num_examples, self.accelerator.num_processes)
+        optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                      betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+        warmup = cfg.warmup_steps or int(round(cfg.warmup_ratio * self.plan.total_steps))
+        name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler]
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup,
+                                  num_training_steps=self.plan.total_steps)
+        # The scheduler is stepped by hand once per optimizer step, so it is not prepared
+        # (accelerate would step it once per process).
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.scheduler = scheduler
+        if self.resume_path is not None:
+            self._load_checkpoint(self.resume_path)
+        if self.is_main:
+            self.metrics = MetricsWriter(self.output_dir / "metrics.jsonl",
+                                         resume_step=self.start_step if self.resume_path else None)
+            p = self.plan
+            self.print(f"[{self.stage}] {p.num_examples} examples, {p.steps_per_epoch} steps/epoch, "
+                       f"{p.total_steps} steps, batch {cfg.batch_size} = {self.accelerator.num_processes} "
+                       f"process(es) x {cfg.grad_accum} accumulation x {p.micro_batch_size}"
+                       + (f"; resuming after step {self.start_step} from {self.resume_path}"
+                          if self.resume_path else ""))
+        return self.model
+
+    # ------------------------------------------------------------------ batching
+
+    def steps(self, examples: Sequence[dict], collate: Callable[[list[dict]], dict]
+              ) -> Iterator[tuple[int, list[dict[str, torch.Tensor]]]]:
+        """Yield ``(step, micro_batches)`` for the steps still to run (1-based step numbers).
+
+        The global batch of a step is cut into contiguous per-process shards, each shard into
+        ``grad_accum`` micro-batches, each collated and moved to the device.
+        """
+        assert self.plan is not None, "call setup() first"
+        p, cfg = self.plan, self.cfg
+        W, r = self.accelerator.num_processes, self.accelerator.process_index
+        order: list[int] = []
+        order_epoch = -1
+        if self.is_main and cfg.progress:
+            from tqdm.auto import tqdm
+            self._bar = tqdm(total=p.total_steps, initial=self.start_step, desc=self.stage,
+                             dynamic_ncols=True, leave=True)
+        for step in range(self.start_step + 1, p.total_steps + 1):
+            epoch, pos = divmod(step - 1, p.steps_per_epoch)
+            if epoch != order_epoch:
+                order, order_epoch = epoch_order(cfg.seed, epoch, p.num_examples), epoch
+            batch_idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+            shard = batch_idx[r * (cfg.batch_size // W):(r + 1) * (cfg.batch_size // W)]
+            mbs = p.micro_batch_size
+            micro = [self.to_device(collate([examples[i] for i in shard[k:k + mbs]]))
+                     for k in range(0, len(shard), mbs)]
+            yield step, micro
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def eval_batches(self, examples: Sequence[dict], collate: Callable[[list[dict]], dict]
+                     ) -> Iterator[dict[str, torch.Tensor]]:
+        """This process's share of the evaluation data, in order, ``eval_batch_size`` at a time."""
+        W, r = self.accelerator.num_processes, self.accelerator.process_index
+        mine = list(range(r, len(examples), W))
+        bs = self.cfg.eval_batch_size
+        for k in range(0, len(mine), bs):
+            yield self.to_device(collate([examples[i] for i in mine[k:k + bs]]))
+
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def reduce_sum(self, x: torch.Tensor | float) -> torch.Tensor:
+        """Sum a scalar over processes (float64 so large token counts stay exact)."""
+        t = torch.as_tensor(x, dtype=torch.float64, device=self.device).reshape(1)
+        if self.accelerator.num_processes > 1:
+            t = self.accelerator.reduce(t, reduction="sum")
+        return t[0]
+
+    # ------------------------------------------------------------------ the optimizer step
+
+    def accumulate(
+        self,
+        micro_batches: list[dict[str, torch.Tensor]],
+        units_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+        loss_fn: Callable[[torch.nn.Module, dict[str, torch.Tensor], torch.Tensor],
+                          tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    ) -> dict[str, float]:
+        """Forward and backward over this process's micro-batches; gradients are left in ``.grad``.
+
+        ``units_fn(mb)`` gives a micro-batch's share of the loss denominator; ``loss_fn(model,
+        mb, denominator)`` returns the micro-batch loss already divided by the global
+        ``denominator`` (so micro-batch losses *sum* to the step loss), plus metric sums that
+        are added over micro-batches and processes (a key ending in ``_mean`` is then divided
+        by the denominator).
+        """
+        acc, model = self.accelerator, self.model
+        assert model is not None, "call setup() first"
+        model.train()
+        local_units = sum(units_fn(mb).double() for mb in micro_batches)
+        denom = self.reduce_sum(local_units).clamp(min=1)
+        W = acc.num_processes
+        loss_total = torch.zeros((), dtype=torch.float64, device=self.device)
+        sums: dict[str, torch.Tensor] = {}
+        for i, mb in enumerate(micro_batches):
+            # Skip the gradient all-reduce on all but the last micro-batch (DDP no_sync).
+            sync = i == len(micro_batches) - 1
+            ctx = contextlib.nullcontext() if sync or W == 1 else acc.no_sync(model)
+            with ctx:
+                with acc.autocast():
+                    loss, extra = loss_fn(model, mb, denom)
+                # DDP averages gradients over processes; the loss already divides by the global
+                # denominator, so scale by W to turn that average back into a sum.
+                acc.backward(loss * W if W > 1 else loss)
+            loss_total += loss.detach().double()
+            for k, v in extra.items():
+                sums[k] = sums.get(k, 0) + torch.as_tensor(v, device=self.device).detach().double()
+        out: dict[str, float] = {"loss": float(self.reduce_sum(loss_total)), "units": float(denom)}
+        for k, v in sums.items():
+            tot = float(self.reduce_sum(v))
+            out[k] = tot / float(denom) if k.endswith("_mean") else tot
+        return out
+
+    def optimizer_step(self) -> dict[str, float]:
+        """Clip the gradient norm, step AdamW and the schedule, clear the gradients."""
+        model = self.model
+        if self.cfg.max_grad_norm is not None:
+            grad_norm = self.accelerator.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
+        else:
+            grad_norm = _grad_norm(model)
+        lr = float(self.scheduler.get_last_lr()[0])  # the rate this step used
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"lr": lr, "grad_norm": float(grad_norm)}
+
+    def optimize(self, micro_batches, units_fn, loss_fn) -> dict[str, float]:
+        """One optimizer step: :meth:`accumulate` then :meth:`optimizer_step`."""
+        metrics = self.accumulate(micro_batches, units_fn, loss_fn)
+        metrics.update(self.optimizer_step())
+        return metrics
+
+    # ------------------------------------------------------------------ logging
+
+    def log(self, step: int, metrics: dict[str, float], force: bool = False) -> None:
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            if "loss" in metrics:
+                self._bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+        if not (force or step % self.cfg.log_every == 0 or step == self.plan.total_steps):
+            return
+        rec = {"step": step, "epoch": round(step / self.plan.steps_per_epoch, 4),
+               "elapsed_s": round(time.time() - self._t0, 2), **metrics}
+        if self.is_main and self.metrics is not None:
+            self.metrics.write(rec)
+        if self.cfg.report_to:
+            self.accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+    def should_eval(self, step: int) -> bool:
+        e = self.cfg.eval_every
+        return step == self.plan.total_steps or (e is not None and step % e == 0)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def maybe_checkpoint(self, step: int, tokenizer: Any = None, extra_state: dict | None = None) -> None:
+        s = self.cfg.save_every
+        if step == self.plan.total_steps or (s is not None and step % s == 0):
+            self.save_checkpoint(step, tokenizer, extra_state)
+
+    def save_checkpoint(self, step: int, tokenizer: Any = None, extra_state: dict | None = None) -> Path:
+        """Write ``checkpoint-<step>/`` atomically (all processes must call this)."""
+        acc = self.accelerator
+        path = self.output_dir / f"checkpoint-{step}"
+        tmp = path.with_name(f"{path.name}.tmp")
+        acc.wait_for_everyone()
+        if self.is_main:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        # Each process saves its own RNG state (sampling streams differ per process).
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        save_file(rng, str(tmp / f"rng_{acc.process_index}.safetensors"))
+        unwrapped = acc.unwrap_model(self.model)
+        if self.is_main:
+            # Trainable parameters only: frozen weights come back from the model's source.
+            trainable = {n: p.detach().contiguous().cpu() for n, p in unwrapped.named_parameters()
+                         if p.requires_grad}
+            save_file(_untie(trainable), str(tmp / "trainable.safetensors"))
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            if self.cfg.save_model_in_checkpoints:
+                from rlhf.models.load import save_model
+                save_model(unwrapped, tokenizer, tmp / "model")
+            # trainer_state.json is written last: its presence marks the checkpoint complete.
+            write_json_atomic(tmp / "trainer_state.json", {
+                "step": step, "stage": self.stage, "total_steps": self.plan.total_steps,
+                "num_processes": acc.num_processes, "extra": extra_state or {}})
+            if path.exists():
+                shutil.rmtree(path)
+            tmp.rename(path)
+            self._prune_checkpoints()
+        acc.wait_for_everyone()
+        self._last_saved = step
+        return path
+
+    def _prune_checkpoints(self) -> None:
+        limit = self.cfg.save_total_limit
+        if limit is None:
+            return
+        ckpts = list_checkpoints(self.output_dir)
+        for _, p in ckpts[:-limit]:
+            shutil.rmtree(p, ignore_errors=True)
+
+    def _load_checkpoint(self, path: Path) -> None:
+        state = json.loads((path / "trainer_state.json").read_text())
+        if state.get("stage") != self.stage:
+            raise RunDirError(f"{path} is a checkpoint of stage {state.get('stage')!r}, not {self.stage!r}")
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        params = dict(unwrapped.named_parameters())
+        saved = load_file(str(path / "trainable.safetensors"))
+        missing = [n for n, p in params.items() if p.requires_grad and n not in saved]
+        if missing:
+            raise RunDirError(f"{path}/trainable.safetensors lacks {len(missing)} trainable parameters "
+                              f"of this model (first: {missing[0]}); was it written by a different model config?")
+        with torch.no_grad():
+            for n, t in saved.items():
+                if n not in params:
+                    raise RunDirError(f"{path}/trainable.safetensors has parameter {n!r} that this model lacks")
+                params[n].copy_(t.to(params[n].dtype))
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True,
+                                                  map_location=self.device))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        rng_file = path / f"rng_{self.accelerator.process_index}.safetensors"
+        if rng_file.exists():
+            rng = load_file(str(rng_file))
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
+        self.start_step = int(state["step"])
+        self.resume_extra = state.get("extra", {})
+
+    # ------------------------------------------------------------------ the end
+
+    def finish(self, tokenizer: Any, summary: dict[str, Any]) -> dict[str, Any]:
+        """Save ``final/`` atomically, then ``summary.json`` (which marks the run finished)."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        summary = {"stage": self.stage, "steps": self.plan.total_steps,
+                   "wall_time_s": round(time.time() - self._t0, 2), **summary}
+        if self.is_main:
+            from rlhf.models.load import save_model
+            with atomic_dir(self.output_dir / "final") as tmp:
+                save_model(acc.unwrap_model(self.model), tokenizer, tmp)
+            write_json_atomic(self.output_dir / "summary.json", summary)
+            if self.metrics is not None:
+                self.metrics.close()
+            self.print(f"[{self.stage}] done: outputs in {self.output_dir} (final model in "
+                       f"{self.output_dir / 'final'})")
+        if self.cfg.report_to:
+            acc.end_training()
+        acc.wait_for_everyone()
+        return summary
+
+
+def _grad_norm(model: torch.nn.Module) -> torch.Tensor:
+    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+
+def _untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (tied embeddings): store copies."""
+    seen: dict[int, str] = {}
+    out = {}
+    for n, t in tensors.items():
+        ptr = t.data_ptr()
+        out[n] = t.clone() if ptr in seen else t
+        seen.setdefault(ptr, n)
+    return out
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
