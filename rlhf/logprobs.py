@@ -26,7 +26,7 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor, temperature: float 
     if logits.dim() == 3 and logits.shape[0] > 1 and logits.dtype != torch.float32:
         # (B, T, V) in bf16: upcast one row at a time instead of the whole tensor.
         return torch.stack([token_logps(row, tgt) for row, tgt in zip(logits, targets)])
-    logits = logits.float()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     picked = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
 
@@ -45,12 +45,14 @@ def shifted_token_logps(logits: torch.Tensor, input_ids: torch.Tensor, temperatu
 
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Entropy of ``softmax(logits / temperature)`` over the last axis, float32. (..., V) -> (...)."""
-    logits = logits.float()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature != 1.0:
         logits = logits / temperature
-    logz = torch.logsumexp(logits, dim=-1, keepdim=True)
-    p = torch.exp(logits - logz)
-    return -(p * (logits - logz)).sum(-1)
+    logp = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+    p = torch.exp(logp)
+    # Masked-out vocabulary entries (logit -inf, e.g. after top-k) have p = 0 and contribute 0,
+    # not 0 * -inf = NaN.
+    return -torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype, device=p.device)).sum(-1)
 
 
 def forward_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0,

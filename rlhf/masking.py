@@ -31,26 +31,32 @@ Aggregation = Literal["token_mean", "sequence_mean", "sequence_sum", "constant"]
 AGGREGATIONS: tuple[str, ...] = ("token_mean", "sequence_mean", "sequence_sum", "constant")
 
 
+def _select(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x`` where mask is set, 0 elsewhere. ``where``, not ``x * mask``: padded positions may
+    hold inf or NaN (e.g. log-probs of pad tokens), and inf * 0 = NaN would poison the sum."""
+    return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Sum of ``x`` where ``mask`` is set (over ``dim``, or everything)."""
-    m = mask.to(x.dtype)
-    return (x * m).sum() if dim is None else (x * m).sum(dim)
+    xm = _select(x, mask)
+    return xm.sum() if dim is None else xm.sum(dim)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean of ``x`` over masked positions. An all-zero mask gives 0, not NaN."""
     m = mask.to(x.dtype)
     if dim is None:
-        return (x * m).sum() / m.sum().clamp(min=1)
-    return (x * m).sum(dim) / m.sum(dim).clamp(min=1)
+        return _select(x, mask).sum() / m.sum().clamp(min=1)
+    return _select(x, mask).sum(dim) / m.sum(dim).clamp(min=1)
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
     """Variance of ``x`` over all masked positions (Bessel-corrected when ``unbiased``)."""
     m = mask.to(x.dtype)
     n = m.sum()
-    mean = (x * m).sum() / n.clamp(min=1)
-    var = (((x - mean) ** 2) * m).sum() / n.clamp(min=1)
+    mean = _select(x, mask).sum() / n.clamp(min=1)
+    var = _select((x - mean) ** 2, mask).sum() / n.clamp(min=1)
     if unbiased:
         if n < 2:
             raise ValueError(f"masked_var: need at least 2 masked values for an unbiased variance, got {int(n)}")
@@ -61,7 +67,8 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
     """(x - mean) / std over masked positions; masked-out positions are returned as 0.
 
-    ``shift_mean=False`` rescales without centring (used for rewards, whose sign matters).
+    ``shift_mean=False`` keeps the original mean: (x - mean) / std + mean, so the scale is
+    normalised but the level (whose sign matters for rewards) is kept.
     """
     m = mask.to(x.dtype)
     mean = masked_mean(x, mask)
@@ -69,7 +76,7 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
-    return out * m
+    return _select(out, mask)
 
 
 def count_units(mask: torch.Tensor, mode: Aggregation) -> torch.Tensor:
@@ -109,19 +116,21 @@ def aggregate(
     several micro-batches or shards; by default this micro-batch's own count is used, which is
     the plain full-batch value.
     """
-    m = mask.to(per_token.dtype)
+    # Reduce in at least float32: bf16 cannot even count past 256 exactly.
+    dtype = torch.promote_types(per_token.dtype, torch.float32)
+    x = _select(per_token.to(dtype), mask)
     if denominator is None:
         denominator = count_units(mask, mode)
-    denom = torch.as_tensor(denominator, dtype=per_token.dtype, device=per_token.device).clamp(min=1)
+    denom = torch.as_tensor(denominator, device=per_token.device).to(dtype).clamp(min=1)
     if mode == "token_mean":
-        return (per_token * m).sum() / denom
+        return x.sum() / denom
     if mode == "sequence_mean":
-        per_seq = (per_token * m).sum(-1) / m.sum(-1).clamp(min=1)  # (B,)
+        per_seq = x.sum(-1) / mask.sum(-1).to(dtype).clamp(min=1)  # (B,)
         return per_seq.sum() / denom
     if mode == "sequence_sum":
-        return (per_token * m).sum() / denom
+        return x.sum() / denom
     if mode == "constant":
         if max_len is None:
             raise ValueError("aggregate(mode='constant') needs max_len, the constant length normaliser")
-        return (per_token * m).sum() / max_len / denom
+        return x.sum() / max_len / denom
     raise ValueError(f"unknown aggregation {mode!r}; expected one of {', '.join(AGGREGATIONS)}")
