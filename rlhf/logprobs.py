@@ -59,10 +59,11 @@ def forward_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], temper
                   return_logits: bool = False):
     """Run ``model`` on a collated batch and return per-token log-probs (B, T), aligned with input_ids.
 
-    Only the model-input keys are passed (input_ids, attention_mask, position_ids); packed
-    batches carry no attention_mask and rely on restarting position_ids.
+    Only the model-input keys are passed (rlhf.data.collate.model_inputs); packed batches carry
+    restarting position_ids (and an explicit block mask for architectures that need one).
     """
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    logits = model(**inputs, use_cache=False).logits  # (B, T, V)
+    from rlhf.data.collate import model_inputs
+
+    logits = model(**model_inputs(batch)).logits  # (B, T, V)
     logps = shifted_token_logps(logits, batch["input_ids"], temperature)
     return (logps, logits) if return_logits else logps

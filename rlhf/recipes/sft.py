@@ -20,8 +20,8 @@ import torch
 from rlhf.config import ConfigError, opt
 from rlhf.data.collate import PackingCollator, PadCollator, pack_examples
 from rlhf.data.config import DataConfig
-from rlhf.data.records import load_train_eval
-from rlhf.data.tokenize import encode_sft
+from rlhf.data.load import load_train_eval
+from rlhf.data.tokenize import encode_records
 from rlhf.logprobs import forward_logps
 from rlhf.losses.sft import nll_loss
 from rlhf.masking import count_units
@@ -80,10 +80,10 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     # completion mask. Bad rows are skipped and reported once (or stop the run in strict mode).
     tokenizer = load_tokenizer(cfg.model)
     train_records, eval_records, report = load_train_eval(cfg.data, "sft")
+    train_ex = encode_records(train_records, tokenizer, cfg.data, report)
+    eval_ex = encode_records(eval_records or [], tokenizer, cfg.data, report)
     if report.counts:
         trainer.print(report.summary())
-    train_ex = [encode_sft(r, tokenizer, cfg.data) for r in train_records]
-    eval_ex = [encode_sft(r, tokenizer, cfg.data) for r in (eval_records or [])]
     pad_id = tokenizer.pad_token_id
     if cfg.data.packing:
         # Several sequences per row; position ids restart per sequence so that no sequence
@@ -118,6 +118,6 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     # final model, summary.
     if eval_ex and not last_eval:
         last_eval = evaluate_nll(trainer, model, eval_ex, eval_collate)
-    summary = {"train_examples": len(train_records), "eval_examples": len(eval_records or []),
+    summary = {"train_examples": len(train_ex), "eval_examples": len(eval_ex),
                "skipped_rows": dict(report.counts), **last_eval}
     return trainer.finish(tokenizer, summary)

@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny model and the built-in instruction data, built once per session."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the network: any attempt to reach the hub fails fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Accelerator state is a process-wide singleton: reset it so tests do not leak settings."""
+    yield
+    from accelerate.state import AcceleratorState, PartialState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._reset_state()
+
+
+@pytest.fixture(scope="session")
+def instruction_data(tmp_path_factory) -> dict[str, Path]:
+    from rlhf.testbed.instructions import make_examples, write_jsonl
+    d = tmp_path_factory.mktemp("instructions")
+    return {"train": write_jsonl(make_examples(1200, seed=0), d / "train.jsonl"),
+            "eval": write_jsonl(make_examples(200, seed=1), d / "eval.jsonl")}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, instruction_data) -> Path:
+    """A tiny random-weight Llama whose tokenizer was trained on the instruction data."""
+    from rlhf.models.tiny import make_tiny_checkpoint
+    rows = [json.loads(x) for x in instruction_data["train"].read_text().splitlines()]
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "llama", "llama",
+                                [r["prompt"] + r["completion"] for r in rows], vocab_size=300,
+                                hidden_size=64, num_layers=2, num_heads=4,
+                                max_position_embeddings=128, seed=0)
