@@ -9,8 +9,8 @@ One code path for every model, whether it comes from a local folder or a hub id:
 
 Reward models and critics are "scalar models": ``AutoModelForSequenceClassification`` with one
 output, built from a causal-LM checkpoint; the trunk keeps the checkpoint's weights and the new
-head is drawn from N(0, 1/(d_model + 1)) (Ziegler et al. 2019, "Fine-Tuning Language Models
-from Human Preferences", reward-head init). :func:`score_tokens` gives the head's output at
+head is drawn from N(0, 1/(d_model + 1)), the reward-head init of OpenAI's lm-human-preferences
+code (Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences"). :func:`score_tokens` gives the head's output at
 every position (a critic's ``values``); :func:`score_last_token` gives it at the last real
 token of each sequence (a reward model's ``scores``).
 
@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ __all__ = [
     "positions_from_mask",
     "score_tokens",
     "score_last_token",
+    "last_token_index",
     "unwrap_model",
 ]
 
@@ -179,7 +181,11 @@ def default_lora_targets(model: nn.Module) -> list[str]:
     reward model (which peft trains in full instead). Returns leaf names (``q_proj``) when
     they pick out exactly these layers, else full dotted names.
     """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     base = unwrap_model(model)
+    if any(isinstance(m, BaseTunerLayer) for m in base.modules()):
+        raise ValueError("default_lora_targets needs the model before adapters are added")
     excluded: set[int] = set()
     out_emb = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if out_emb is not None:
@@ -218,7 +224,10 @@ def _apply_lora(model: PreTrainedModel, lora: LoraConfig, task_type: str) -> nn.
         fan_in_fan_out=conv1d,
         task_type=task_type,  # SEQ_CLS makes peft train the whole scalar head (modules_to_save)
     )
-    return get_peft_model(model, peft_cfg)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing` alias; not ours to fix.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, peft_cfg)
 
 
 def _prepare(model: PreTrainedModel, cfg: ModelConfig, for_training: bool, task_type: str) -> nn.Module:

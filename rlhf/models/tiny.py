@@ -11,12 +11,12 @@ same numbers and a test checks them:
 ==========  =========  ==================================================================
 arch        params     notes
 ==========  =========  ==================================================================
-llama       ~164k      RMSNorm, RoPE, SwiGLU, grouped-query attention (2 KV heads), untied
+llama       ~189k      RMSNorm, RoPE, SwiGLU, grouped-query attention (2 KV heads), untied
 gpt2        ~166k      LayerNorm, learned positions, GELU MLP, Conv1D layers, tied
-qwen2       ~132k      as llama with q/k/v biases, tied (like the small Qwen2 models)
-gpt_neox    ~199k      parallel attention + MLP, partial rotary, biases, untied
-mistral     ~164k      as llama (sliding-window attention, window >= positions here)
-gemma       ~132k      as llama with GeGLU, scaled embeddings, tied
+qwen2       ~156k      as llama with q/k/v biases, tied (like the small Qwen2 models)
+gpt_neox    ~166k      parallel attention + MLP, partial rotary, biases, untied
+mistral     ~189k      as llama (sliding-window attention, window >= positions here)
+gemma       ~156k      as llama with GeGLU, scaled embeddings, tied
 phi         ~166k      parallel attention + MLP, partial rotary, biased LM head, untied
 ==========  =========  ==================================================================
 """
@@ -48,13 +48,13 @@ TINY_ARCHITECTURES: tuple[str, ...] = ("llama", "gpt2", "qwen2", "gpt_neox", "mi
 
 # Exact counts for build_tiny_model(arch, 512) with the defaults (see the module docstring).
 DEFAULT_PARAM_COUNTS: dict[str, int] = {
-    "llama": 164_032,
-    "gpt2": 166_272,
-    "qwen2": 131_520,
-    "gpt_neox": 198_976,
-    "mistral": 164_032,
-    "gemma": 131_264,
-    "phi": 166_336,
+    "llama": 188_736,
+    "gpt2": 165_632,
+    "qwen2": 156_224,
+    "gpt_neox": 165_632,
+    "mistral": 188_736,
+    "gemma": 155_968,
+    "phi": 165_888,
 }
 
 PAD_TOKEN = "<|pad|>"
