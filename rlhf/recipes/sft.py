@@ -79,11 +79,13 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     # Step 2. Tokenizer and data: load, convert to canonical records, tokenise with the
     # completion mask. Bad rows are skipped and reported once (or stop the run in strict mode).
     tokenizer = load_tokenizer(cfg.model)
+    # (the loader itself reports rows it skipped; encoding may skip more, reported here)
     train_records, eval_records, report = load_train_eval(cfg.data, "sft")
+    skipped_before = report.skipped_rows
     train_ex = encode_records(train_records, tokenizer, cfg.data, report)
     eval_ex = encode_records(eval_records or [], tokenizer, cfg.data, report)
-    if report.counts:
-        trainer.print(report.summary())
+    if report.skipped_rows > skipped_before:
+        trainer.print(f"[sft] {report.summary()}")
     pad_id = tokenizer.pad_token_id
     if cfg.data.packing:
         # Several sequences per row; position ids restart per sequence so that no sequence

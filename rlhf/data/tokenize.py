@@ -1,0 +1,327 @@
+"""Records -> token ids with completion masks: chat templates, EOS, truncation.
+
+Rendering (text)
+    A plain-text record is used as is: the model sees ``prompt + completion``. A
+    conversational record (any part is a message list) is rendered with a chat template:
+    ``cfg.chat_template="auto"`` uses the tokenizer's own ``chat_template`` when it has one and
+    :data:`DEFAULT_CHAT_TEMPLATE` otherwise; ``"default"`` always uses the built-in one;
+    ``"none"`` renders plain text only and rejects conversational records. With
+    ``cfg.text_as_chat`` a plain-text prompt is also rendered as one user message (and a
+    plain-text completion as the assistant reply).
+
+    For a chat record the prompt text is ``template(prompt messages, add_generation_prompt=True)``
+    (so it ends with the assistant header) and the completion text is what the full
+    conversation ``template(prompt + completion messages)`` adds after it. A template for which
+    the prompt is not a prefix of the full conversation cannot be split, and the record is
+    rejected (reason ``cannot be tokenized``).
+
+Tokenizing (ids)
+    Prompt and completion texts are tokenized *separately* and concatenated, so the boundary
+    between them is exact (tokenizing the joined string could merge tokens across it). The
+    prompt gets the tokenizer's automatic prefix (usually BOS) unless it already starts with
+    it; the completion gets none. With ``cfg.add_eos`` the completion ends with EOS: a chat
+    completion that already contains the EOS text is cut right after its last EOS (dropping
+    the template's trailing newline), otherwise the EOS id is appended.
+
+Truncation (lengths)
+    P = prompt ids, C = completion ids (EOS included), L = ``cfg.max_length``.
+    1. The prompt is cut to ``max_prompt_length`` if set, else to ``L - min(|C|, L // 2)``: a
+       long prompt may take what the completion does not need, but never more than half of L
+       when the completion is long. ``prompt_truncation="left"`` cuts the start (keeps the end,
+       next to the completion).
+    2. The completion is cut to ``L - |P|``; ``completion_truncation="right"`` keeps its start.
+       A completion cut this way loses its EOS, so the model is not taught to stop there.
+    Because ``max_prompt_length < L`` (validated), every non-empty completion keeps >= 1 token:
+    no example ever reaches a collator with zero target tokens.
+    For preference pairs the prompt is shared and step 1 uses the longer completion.
+
+Masks (house rule 5)
+    ``completion_mask[t] == 1``: token t is a training target, predicted from tokens < t. With
+    ``completion_only_loss`` the completion tokens are targets; otherwise every token but the
+    first. ``completion_mask[0] == 0`` always.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from rlhf.data.config import DataConfig
+from rlhf.data.errors import ENCODING, DataError, SkipReport
+from rlhf.data.records import (
+    Message,
+    PreferenceRecord,
+    PromptRecord,
+    RankedRecord,
+    Record,
+    SFTRecord,
+    Text,
+    UnpairedRecord,
+    is_conversational,
+)
+
+__all__ = [
+    "DEFAULT_CHAT_TEMPLATE",
+    "resolve_chat_template",
+    "render",
+    "encode_sft",
+    "encode_preference",
+    "encode_unpaired",
+    "encode_prompt",
+    "encode_records",
+    "truncate",
+]
+
+# Every message is "<|role|>\n" + content + EOS + "\n"; the generation prompt is the assistant
+# header "<|assistant|>\n". EOS closes every turn, so a model trained on it stops after its
+# reply and generation can stop at the tokenizer's EOS. Plain characters only: it works with any
+# tokenizer (role headers need no special tokens, they are just text).
+DEFAULT_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + (eos_token or '') + '\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{ '<|assistant|>\\n' }}"
+    "{%- endif -%}"
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _origin(record: Any) -> tuple[str, int | None]:
+    o = getattr(record, "origin", None)
+    return (o[0], o[1]) if o else ("<record>", None)
+
+
+def _fail(record: Any, field: str, expected: str) -> DataError:
+    file, row = _origin(record)
+    return DataError(file, row, field, expected, ENCODING)
+
+
+def resolve_chat_template(tokenizer: Any, cfg: DataConfig) -> str | None:
+    """The template string to render chat records with (None: the tokenizer's own).
+
+    Raises ValueError for ``chat_template="none"``, which renders no chat at all.
+    """
+    if cfg.chat_template == "none":
+        raise ValueError("data.chat_template is 'none': no chat template is applied")
+    if cfg.chat_template == "auto" and getattr(tokenizer, "chat_template", None):
+        return None  # apply_chat_template then uses tokenizer.chat_template
+    return DEFAULT_CHAT_TEMPLATE
+
+
+def _as_messages(text: Text, role: str) -> list[Message]:
+    return text if isinstance(text, list) else [{"role": role, "content": text}]
+
+
+def render(record: Any, prompt: Text, completions: list[Text], tokenizer: Any,
+           cfg: DataConfig) -> tuple[str, list[str], bool]:
+    """(prompt text, completion texts, templated?) for one prompt and its completion(s).
+
+    See the module doc. ``record`` is only used to name the row in errors.
+    """
+    chat = is_conversational(prompt, *completions) or (cfg.text_as_chat and cfg.chat_template != "none")
+    if not chat:
+        return prompt, list(completions), False  # type: ignore[arg-type]
+    if cfg.chat_template == "none":
+        raise _fail(record, "prompt", "plain text: data.chat_template is 'none' but this "
+                    "record holds chat messages (use chat_template 'auto' or 'default')")
+    template = resolve_chat_template(tokenizer, cfg)
+    p_msgs = _as_messages(prompt, "user")
+    try:
+        p_text = tokenizer.apply_chat_template(p_msgs, chat_template=template, tokenize=False,
+                                               add_generation_prompt=True)
+        fulls = [tokenizer.apply_chat_template(p_msgs + _as_messages(c, "assistant"), chat_template=template,
+                                               tokenize=False, add_generation_prompt=False)
+                 for c in completions]
+    except Exception as e:  # jinja errors ("roles must alternate", ...) are about the row
+        raise _fail(record, "prompt", f"messages the chat template accepts (it raised: {e})") from None
+    outs = []
+    for full in fulls:
+        if not full.startswith(p_text):
+            raise _fail(record, "completion", "a chat template that renders the prompt (with "
+                        "its generation prompt) as a prefix of the whole conversation; this "
+                        "one does not, so the completion boundary is unknown")
+        outs.append(full[len(p_text):])
+    return p_text, outs, True
+
+
+_PREFIX_CACHE: "weakref.WeakKeyDictionary[Any, list[int]]" = weakref.WeakKeyDictionary()
+
+
+def _auto_prefix(tokenizer: Any) -> list[int]:
+    """The ids the tokenizer puts before the text with ``add_special_tokens=True`` (often
+    [BOS]). Any ids it would append (some tokenizers add EOS) are ignored on purpose: EOS is
+    handled by ``add_eos``."""
+    try:
+        return _PREFIX_CACHE[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    with_sp = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    prefix: list[int] = []
+    for s in range(len(with_sp) - len(plain) + 1):
+        if with_sp[s:s + len(plain)] == plain:
+            prefix = list(with_sp[:s])
+            break
+    try:
+        _PREFIX_CACHE[tokenizer] = prefix
+    except TypeError:
+        pass
+    return prefix
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _prompt_ids(tokenizer: Any, text: str) -> list[int]:
+    ids = _ids(tokenizer, text)
+    prefix = _auto_prefix(tokenizer)
+    if prefix and ids[: len(prefix)] != prefix:  # a chat template may already have written BOS
+        ids = prefix + ids
+    return ids
+
+
+def _completion_ids(tokenizer: Any, text: str, templated: bool, cfg: DataConfig) -> list[int]:
+    eos_id = tokenizer.eos_token_id
+    if cfg.add_eos:
+        if eos_id is None:
+            raise ValueError("data.add_eos is true but the tokenizer has no eos_token; give it one "
+                             "or set data.add_eos: false")
+        eos = tokenizer.eos_token
+        if templated and eos and eos in text:
+            # The template already closes the turn with EOS; drop what it writes after (a
+            # newline before the next turn), which the model would never be asked to generate.
+            text = text[: text.rindex(eos) + len(eos)]
+    ids = _ids(tokenizer, text)
+    if cfg.add_eos and (not ids or ids[-1] != eos_id):
+        ids.append(eos_id)
+    return ids
+
+
+def truncate(ids: list[int], n: int, side: str) -> list[int]:
+    """At most ``n`` ids; ``side`` is the side that is cut ("left" keeps the end)."""
+    if len(ids) <= n:
+        return ids
+    return ids[len(ids) - n:] if side == "left" else ids[:n]
+
+
+def _prompt_budget(n_completion: int, cfg: DataConfig) -> int:
+    if cfg.max_prompt_length is not None:
+        return cfg.max_prompt_length
+    return cfg.max_length - min(n_completion, cfg.max_length // 2)
+
+
+def _join(record: Any, p: list[int], c: list[int], cfg: DataConfig, prefix: str = "") -> dict[str, list[int]]:
+    """input_ids = P + C and its completion mask (see the module doc, "Masks")."""
+    ids = p + c
+    if cfg.completion_only_loss:
+        mask = [0] * len(p) + [1] * len(c)
+    else:
+        mask = [1] * len(ids)
+    mask[0] = 0  # nothing predicts the first token of a sequence
+    if not any(mask):
+        raise _fail(record, "completion", "at least one target token after tokenization "
+                    f"(prompt {len(p)} tokens, completion {len(c)} tokens)")
+    return {f"{prefix}input_ids": ids, f"{prefix}completion_mask": mask}
+
+
+def _encode_pair(record: Any, prompt: Text, completions: list[Text], tokenizer: Any,
+                 cfg: DataConfig) -> tuple[list[int], list[list[int]]]:
+    """Shared, truncated prompt ids and each completion's truncated ids."""
+    p_text, c_texts, templated = render(record, prompt, completions, tokenizer, cfg)
+    p = _prompt_ids(tokenizer, p_text)
+    cs = [_completion_ids(tokenizer, t, templated, cfg) for t in c_texts]
+    for c in cs:
+        if not c:
+            raise _fail(record, "completion", "at least one token after tokenization (got none)")
+    p = truncate(p, _prompt_budget(max(len(c) for c in cs), cfg), cfg.prompt_truncation)
+    cs = [truncate(c, cfg.max_length - len(p), cfg.completion_truncation) for c in cs]
+    return p, cs
+
+
+# --------------------------------------------------------------------------- public encoders
+
+
+def encode_sft(record: SFTRecord, tokenizer: Any, cfg: DataConfig) -> dict[str, list[int]]:
+    """``{"input_ids": [...], "completion_mask": [...]}`` (equal lengths, <= max_length)."""
+    p, (c,) = _encode_pair(record, record.prompt, [record.completion], tokenizer, cfg)
+    return _join(record, p, c, cfg)
+
+
+def encode_preference(record: PreferenceRecord, tokenizer: Any, cfg: DataConfig) -> dict[str, Any]:
+    """Chosen and rejected sequences sharing the same (identically truncated) prompt ids:
+    ``chosen_input_ids, chosen_completion_mask, rejected_input_ids, rejected_completion_mask,
+    margin`` (None when the record has none)."""
+    p, (c, r) = _encode_pair(record, record.prompt, [record.chosen, record.rejected], tokenizer, cfg)
+    out: dict[str, Any] = {}
+    out.update(_join(record, p, c, cfg, "chosen_"))
+    out.update(_join(record, p, r, cfg, "rejected_"))
+    out["margin"] = record.margin
+    return out
+
+
+def encode_unpaired(record: UnpairedRecord, tokenizer: Any, cfg: DataConfig) -> dict[str, Any]:
+    """As :func:`encode_sft`, plus ``label`` (True = desirable)."""
+    p, (c,) = _encode_pair(record, record.prompt, [record.completion], tokenizer, cfg)
+    out: dict[str, Any] = dict(_join(record, p, c, cfg))
+    out["label"] = bool(record.label)
+    return out
+
+
+def encode_prompt(record: PromptRecord, tokenizer: Any, cfg: DataConfig) -> dict[str, list[int]]:
+    """``{"prompt_input_ids": [...]}``: the prompt as the policy sees it before generating
+    (with the assistant header for chat records), cut to ``max_prompt_length`` (or
+    ``max_length - 1``, leaving room to generate) on the ``prompt_truncation`` side."""
+    chat = is_conversational(record.prompt) or (cfg.text_as_chat and cfg.chat_template != "none")
+    if chat:
+        if cfg.chat_template == "none":
+            raise _fail(record, "prompt", "plain text: data.chat_template is 'none' but this record "
+                        "holds chat messages (use chat_template 'auto' or 'default')")
+        try:
+            text = tokenizer.apply_chat_template(_as_messages(record.prompt, "user"),
+                                                 chat_template=resolve_chat_template(tokenizer, cfg),
+                                                 tokenize=False, add_generation_prompt=True)
+        except Exception as e:
+            raise _fail(record, "prompt", f"messages the chat template accepts (it raised: {e})") from None
+    else:
+        text = record.prompt
+    ids = _prompt_ids(tokenizer, text)
+    if not ids:
+        raise _fail(record, "prompt", "at least one token after tokenization (got none)")
+    limit = cfg.max_prompt_length if cfg.max_prompt_length is not None else cfg.max_length - 1
+    return {"prompt_input_ids": truncate(ids, limit, cfg.prompt_truncation)}
+
+
+_ENCODERS = {
+    SFTRecord: encode_sft,
+    PreferenceRecord: encode_preference,
+    UnpairedRecord: encode_unpaired,
+    PromptRecord: encode_prompt,
+}
+
+
+def encode_records(records: list[Record], tokenizer: Any, cfg: DataConfig,
+                   report: SkipReport | None = None) -> list[dict[str, Any]]:
+    """Encode every record with the encoder for its type.
+
+    A record that cannot be encoded (a chat template that rejects it, nothing left to train
+    on) raises :class:`DataError` in strict mode and is otherwise skipped and counted in
+    ``report`` (reason ``cannot be tokenized``).
+    """
+    out = []
+    for rec in records:
+        if isinstance(rec, RankedRecord):
+            raise TypeError("expand ranked records to pairs first (RankedRecord.to_pairs, or "
+                            "load_records(cfg, 'preference'))")
+        enc = _ENCODERS[type(rec)]
+        try:
+            out.append(enc(rec, tokenizer, cfg))
+        except DataError as e:
+            if cfg.strict:
+                raise
+            if report is not None:
+                report.skip(e.reason or ENCODING, e.file, e.row, str(e))
+    return out
