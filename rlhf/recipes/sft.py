@@ -87,6 +87,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     if report.skipped_rows > skipped_before:
         trainer.print(f"[sft] {report.summary()}")
     pad_id = tokenizer.pad_token_id
+    n_sequences = len(train_ex)
     if cfg.data.packing:
         # Several sequences per row; position ids restart per sequence so that no sequence
         # attends to or is positioned after another (rlhf/data/collate.py).
@@ -120,6 +121,6 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     # final model, summary.
     if eval_ex and not last_eval:
         last_eval = evaluate_nll(trainer, model, eval_ex, eval_collate)
-    summary = {"train_examples": len(train_ex), "eval_examples": len(eval_ex),
+    summary = {"train_examples": n_sequences, "train_rows": len(train_ex), "eval_examples": len(eval_ex),
                "skipped_rows": dict(report.counts), **last_eval}
     return trainer.finish(tokenizer, summary)
