@@ -134,6 +134,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return from_dict(tp, value, prefix=key)
     if origin is Literal:
         allowed = get_args(tp)
+        if isinstance(value, bool):
+            # YAML 1.1 reads no/off/yes/on as booleans: map back to the choice that was written.
+            for a in allowed:
+                if isinstance(a, str) and yaml.safe_load(a) is value:
+                    return a
         if value not in allowed:
             raise ConfigError(key, f"must be one of {', '.join(map(repr, allowed))} (got {value!r})")
         return value

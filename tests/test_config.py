@@ -59,6 +59,17 @@ def test_rejections_name_the_key(override, key, words):
     assert str(e.value).startswith(f"{key}:")
 
 
+def test_yaml_booleans_map_back_to_string_choices(tmp_path):
+    """YAML 1.1 reads `no` as False; a Literal["no", "bf16"] field must still get "no"."""
+    from rlhf.train.config import TrainConfig
+    assert load_config(TrainConfig, None, ["mixed_precision=no"]).mixed_precision == "no"
+    f = tmp_path / "t.yaml"
+    f.write_text("mixed_precision: no\n")
+    assert load_config(TrainConfig, f).mixed_precision == "no"
+    with pytest.raises(ConfigError, match="must be one of 'no', 'bf16' \\(got True\\)"):
+        load_config(TrainConfig, None, ["mixed_precision=yes"])
+
+
 def test_bad_yaml_file(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("inner: [unclosed\n")
