@@ -32,11 +32,14 @@ class Stage:
 STAGES: dict[str, Stage] = {
     "sft": Stage("rlhf.recipes.sft:SFTConfig", "rlhf.recipes.sft:train",
                  "supervised (instruction) fine-tuning of a causal LM"),
+    "rm": Stage("rlhf.recipes.rm:RMConfig", "rlhf.recipes.rm:train", "reward model from pairwise or ranked preferences (Bradley-Terry, margin)"),
+    "dpo": Stage("rlhf.recipes.dpo:DPOConfig", "rlhf.recipes.dpo:train", "offline preference optimisation: DPO, IPO, hinge, SimPO, ORPO, KTO"),
 }
 
 # Tools: their own argparse flags.
 TOOLS: dict[str, tuple[str, str]] = {
     "generate": ("rlhf.tools.generate:main", "sample completions from any checkpoint for a quick look"),
+    "score": ("rlhf.tools.score:main", "add a reward column to a file with any reward source"),
     "tiny-model": ("rlhf.tools.tiny:main", "build a tiny random-weight model + tokenizer for tests and demos"),
     "quickstart": ("rlhf.tools.quickstart:main", "the built-in demo, end to end on a laptop CPU (what `make demo` runs)"),
 }
