@@ -376,12 +376,8 @@ def train(cfg: RMConfig) -> dict[str, Any]:
     reward_info = {**stats, "reference": cfg.stats.source, "reference_data": cfg.stats.data,
                    "encoding": {k: getattr(cfg.data, k) for k in ENCODING_FIELDS}}
 
-    # Step 8. Final model, summary; then the statistics beside the weights.
+    # Step 8. Final model with the statistics beside the weights, then the summary.
     summary = {"train_prompts": len(train_groups), "train_pairs": n_pairs, "eval_pairs": len(eval_pairs),
                "skipped": dict(report.counts), **last_eval,
                "reward_mean": stats["mean"], "reward_std": stats["std"], "reward_stats_count": stats["count"]}
-    summary = trainer.finish(tokenizer, summary)
-    if trainer.is_main:
-        write_json_atomic(Path(cfg.output_dir) / "final" / REWARD_STATS_FILE, reward_info)
-    trainer.accelerator.wait_for_everyone()
-    return summary
+    return trainer.finish(tokenizer, summary, extra_files={REWARD_STATS_FILE: reward_info})

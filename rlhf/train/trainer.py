@@ -395,8 +395,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ the end
 
-    def finish(self, tokenizer: Any, summary: dict[str, Any]) -> dict[str, Any]:
-        """Save ``final/`` atomically, then ``summary.json`` (which marks the run finished)."""
+    def finish(self, tokenizer: Any, summary: dict[str, Any],
+               extra_files: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Save ``final/`` atomically, then ``summary.json`` (which marks the run finished).
+
+        ``extra_files`` maps file names to JSON-able objects written inside ``final/`` before it
+        is renamed into place (e.g. a reward model's statistics), so that a crash can never
+        leave a finished run whose final model lacks them.
+        """
         acc = self.accelerator
         acc.wait_for_everyone()
         summary = {"stage": self.stage, "steps": self.plan.total_steps,
@@ -405,6 +411,8 @@ class Trainer:
             from rlhf.models.load import save_model
             with atomic_dir(self.output_dir / "final") as tmp:
                 save_model(acc.unwrap_model(self.model), tokenizer, tmp)
+                for name, obj in (extra_files or {}).items():
+                    write_json_atomic(tmp / name, obj)
             write_json_atomic(self.output_dir / "summary.json", summary)
             if self.metrics is not None:
                 self.metrics.close()
