@@ -47,7 +47,6 @@ from rlhf.losses.reward import (bradley_terry_loss, expected_calibration_error, 
 from rlhf.models.config import ModelConfig
 from rlhf.models.load import count_parameters, load_scalar_model, load_tokenizer, score_last_token
 from rlhf.train.config import TrainConfig
-from rlhf.train.run import write_json_atomic
 from rlhf.train.trainer import Trainer
 
 __all__ = ["RMConfig", "RewardLossConfig", "RewardStatsConfig", "train", "build_groups",
