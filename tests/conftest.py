@@ -43,3 +43,28 @@ def tiny_llama(tmp_path_factory, instruction_data) -> Path:
                                 [r["prompt"] + r["completion"] for r in rows], vocab_size=300,
                                 hidden_size=64, num_layers=2, num_heads=4,
                                 max_position_embeddings=128, seed=0)
+
+
+@pytest.fixture
+def crash_run():
+    """``crash_run(train, cfg, step)`` runs ``train(cfg)`` and kills it right after step ``step``
+    was logged (and checkpointed if a save was due before it), as a crash would: no clean-up,
+    no summary. Asserts that it did crash."""
+    from rlhf.train.trainer import Trainer
+
+    def run(train, cfg, step: int) -> None:
+        real_log = Trainer.log
+
+        def log_then_crash(self, s, metrics, force=False):
+            real_log(self, s, metrics, force)
+            if s == step:
+                raise RuntimeError(f"simulated crash after step {step}")
+
+        Trainer.log = log_then_crash
+        try:
+            with pytest.raises(RuntimeError, match="simulated crash"):
+                train(cfg)
+        finally:
+            Trainer.log = real_log
+
+    return run

@@ -120,6 +120,14 @@ class SkipReport:
         if detail and reason not in self.details:
             self.details[reason] = detail
 
+    def reject(self, bad: "BadRow", file: str, row: int | None, strict: bool) -> None:
+        """A converter rejected a row: raise it as a :class:`DataError` in strict mode, else
+        count it as skipped (the one place where that rule lives)."""
+        err = bad.at(file, row)
+        if strict:
+            raise err from None
+        self.skip(bad.reason, file, row, str(err))
+
     def note(self, reason: str, file: str, row: int | None) -> None:
         """Count one kept-but-unusual row."""
         self.notes[reason] = self.notes.get(reason, 0) + 1

@@ -96,10 +96,7 @@ def load_records(cfg: DataConfig, kind: Kind, source: str | None = None,
         try:
             native = convert(row.data, notes)
         except BadRow as bad:
-            err = bad.at(row.source, row.number)
-            if cfg.strict:
-                raise err from None
-            report.skip(bad.reason, row.source, row.number, str(err))
+            report.reject(bad, row.source, row.number, cfg.strict)
             continue
         for reason in notes:
             report.note(reason, row.source, row.number)

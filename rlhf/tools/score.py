@@ -79,10 +79,7 @@ def score_file(source: Any, data: str, output: str | Path, *, data_cfg: Any = No
         try:
             rec = convert(row.data, [])
         except BadRow as bad:
-            err = bad.at(row.source, row.number)
-            if cfg.strict:
-                raise err from None
-            report.skip(bad.reason, row.source, row.number, str(err))
+            report.reject(bad, row.source, row.number, cfg.strict)
             continue
         kept.append(i)
         if isinstance(rec, SFTRecord):

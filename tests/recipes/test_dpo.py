@@ -270,23 +270,13 @@ def test_every_loss_trains_from_the_cli(tiny_llama, pref_data, tmp_path, loss):
 
 
 @pytest.mark.slow
-def test_resume_reuses_the_cache(tiny_llama, pref_data, tmp_path, monkeypatch):
+def test_resume_reuses_the_cache(tiny_llama, pref_data, tmp_path, monkeypatch, crash_run):
     """A resumed run reads the reference log-probs back (computing them again would raise here)
     and ends exactly where an uninterrupted run ends."""
     extra = ["train.batch_size=8", "train.max_steps=6", "train.save_every=2", "train.lr=1e-3",
              "data.max_samples=48"]
     full = train(_cfg(tiny_llama, pref_data, tmp_path / "full", *extra))
-    real_log = Trainer.log
-
-    def crash(self, step, metrics, force=False):
-        real_log(self, step, metrics, force)
-        if step == 3:
-            raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(Trainer, "log", crash)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(_cfg(tiny_llama, pref_data, tmp_path / "crash", *extra))
-    monkeypatch.setattr(Trainer, "log", real_log)
+    crash_run(train, _cfg(tiny_llama, pref_data, tmp_path / "crash", *extra), step=3)
     assert [s for s, _ in list_checkpoints(tmp_path / "crash")] == [2]
 
     def no_recompute(*a, **k):

@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 from rlhf.config import load_config
 from rlhf.recipes.sft import SFTConfig, train
 from rlhf.train.run import RunDirError, list_checkpoints
-from rlhf.train.trainer import Trainer
 
 
 def _cfg(tiny_llama, data, out, *extra):
@@ -68,22 +67,12 @@ def test_sft_learns_beyond_token_frequencies(tiny_llama, instruction_data, tmp_p
     assert list_checkpoints(out)[-1][0] == summary["steps"]
 
 
-def test_resume_after_crash_equals_uninterrupted_run(tiny_llama, instruction_data, tmp_path, monkeypatch):
+def test_resume_after_crash_equals_uninterrupted_run(tiny_llama, instruction_data, tmp_path, crash_run):
     extra = ["train.batch_size=8", "train.max_steps=8", "train.save_every=3", "train.eval_every=4",
              "train.lr=1e-3", "data.max_samples=200"]
     full = train(_cfg(tiny_llama, instruction_data, tmp_path / "full", *extra))
 
-    real_log = Trainer.log
-
-    def crash_at_step_5(self, step, metrics, force=False):
-        real_log(self, step, metrics, force)
-        if step == 5:
-            raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(Trainer, "log", crash_at_step_5)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(_cfg(tiny_llama, instruction_data, tmp_path / "crash", *extra))
-    monkeypatch.setattr(Trainer, "log", real_log)
+    crash_run(train, _cfg(tiny_llama, instruction_data, tmp_path / "crash", *extra), step=5)
     crashed = tmp_path / "crash"
     assert [s for s, _ in list_checkpoints(crashed)] == [3]
     assert not (crashed / "summary.json").exists()
@@ -112,19 +101,9 @@ def test_finished_run_is_never_overwritten(tiny_llama, instruction_data, tmp_pat
     assert (out / "final" / "model.safetensors").read_bytes() == before
 
 
-def test_unfinished_run_needs_resume(tiny_llama, instruction_data, tmp_path, monkeypatch):
+def test_unfinished_run_needs_resume(tiny_llama, instruction_data, tmp_path, crash_run):
     extra = ["train.batch_size=8", "train.max_steps=4", "train.save_every=2", "data.max_samples=40"]
-    real_log = Trainer.log
-
-    def crash(self, step, metrics, force=False):
-        real_log(self, step, metrics, force)
-        if step == 3:
-            raise RuntimeError("boom")
-
-    monkeypatch.setattr(Trainer, "log", crash)
-    with pytest.raises(RuntimeError):
-        train(_cfg(tiny_llama, instruction_data, tmp_path / "u", *extra))
-    monkeypatch.setattr(Trainer, "log", real_log)
+    crash_run(train, _cfg(tiny_llama, instruction_data, tmp_path / "u", *extra), step=3)
     with pytest.raises(RunDirError, match="unfinished run .*resume_from=auto"):
         train(_cfg(tiny_llama, instruction_data, tmp_path / "u", *extra, "train.resume_from=none"))
 
