@@ -34,11 +34,16 @@ STAGES: dict[str, Stage] = {
                  "supervised (instruction) fine-tuning of a causal LM"),
     "rm": Stage("rlhf.recipes.rm:RMConfig", "rlhf.recipes.rm:train", "reward model from pairwise or ranked preferences (Bradley-Terry, margin)"),
     "dpo": Stage("rlhf.recipes.dpo:DPOConfig", "rlhf.recipes.dpo:train", "offline preference optimisation: DPO, IPO, hinge, SimPO, ORPO, KTO"),
+    "ppo": Stage("rlhf.recipes.ppo:PPOConfig", "rlhf.recipes.ppo:train",
+                 "online RL against a reward source: PPO (GAE + critic), GRPO, Dr. GRPO, RLOO, REINFORCE++, ReMax"),
+    "best-of-n": Stage("rlhf.recipes.best_of_n:BestOfNConfig", "rlhf.recipes.best_of_n:train",
+                       "best-of-n sampling: keep the highest-reward of n completions per prompt; reward curve and KL"),
 }
 
 # Tools: their own argparse flags.
 TOOLS: dict[str, tuple[str, str]] = {
     "generate": ("rlhf.tools.generate:main", "sample completions from any checkpoint for a quick look"),
+    "eval": ("rlhf.tools.eval:main", "a policy against a reference: reward, win rate, KL, length, diversity (JSON out)"),
     "score": ("rlhf.tools.score:main", "add a reward column to a file with any reward source"),
     "tiny-model": ("rlhf.tools.tiny:main", "build a tiny random-weight model + tokenizer for tests and demos"),
     "quickstart": ("rlhf.tools.quickstart:main", "the built-in demo, end to end on a laptop CPU (what `make demo` runs)"),
@@ -80,11 +85,15 @@ def run_stage(name: str, argv: list[str]) -> int:
 
 def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
     """Turn the errors a user can fix (bad data, unusable output folder) into one clear line."""
+    from rlhf.config import ConfigError
     from rlhf.data.errors import DataError
     from rlhf.train.run import RunDirError
 
     try:
         fn()
+    except ConfigError as e:  # a value only checkable at run time (a reward spec, a folder)
+        print(f"rlhf {name}: config error: {e}", file=sys.stderr)
+        return 2
     except (DataError, RunDirError) as e:
         print(f"rlhf {name}: error: {e}", file=sys.stderr)
         return 1

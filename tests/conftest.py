@@ -13,6 +13,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Tiny models are bound by per-op overhead; with intra-op threads on a busy 2-core machine a
+# forward pass was measured ~100x slower (threads wait for each other). One thread is fast and
+# deterministic everywhere; benchmarks (bench/) set their own thread counts.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

@@ -71,9 +71,11 @@ def generate(model, tokenizer, prompts: list, *, data_cfg=None, max_new_tokens: 
             ended = tokenizer.eos_token_id in row
             if ended:
                 row = row[:row.index(tokenizer.eos_token_id)]
-            row = [t for t in row if t != pad]
+            # Token ids travel with the text so that later log-prob computations (eval's KL,
+            # best-of-N) score exactly the sampled tokens, not a re-tokenisation of the text.
             out.append({"prompt": prompts[i], "completion": tokenizer.decode(row, skip_special_tokens=True),
-                        "ended_with_eos": ended, "num_tokens": len(row)})
+                        "ended_with_eos": ended, "num_tokens": len(row),
+                        "prompt_ids": encoded[i], "completion_ids": row + ([tokenizer.eos_token_id] if ended else [])})
     return out
 
 
@@ -112,6 +114,7 @@ def main(argv: list[str]) -> int:
                     max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
                     top_k=a.top_k, num_samples=a.num_samples, batch_size=a.batch_size, seed=a.seed)
     for r in rows:
+        r.pop("prompt_ids"), r.pop("completion_ids")
         print(f"### prompt: {r['prompt']!r}\n{r['completion']}\n")
     if a.output:
         out = Path(a.output)

@@ -129,6 +129,9 @@ class Trainer:
         self._bar = None
         self._t0 = time.time()
         self._last_saved = -1
+        # What the run's model files hold: the trained module itself by default; a recipe that
+        # trains a container (PPO's policy + critic) exports only the policy.
+        self.export: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
 
     # ------------------------------------------------------------------ set-up
 
@@ -148,18 +151,23 @@ class Trainer:
             else:
                 print(msg, flush=True)
 
-    def setup(self, model: torch.nn.Module, num_examples: int) -> torch.nn.Module:
-        """Plan the steps, build AdamW + schedule, wrap for distribution, restore a checkpoint."""
+    def setup(self, model: torch.nn.Module, num_examples: int, updates_per_step: int = 1) -> torch.nn.Module:
+        """Plan the steps, build AdamW + schedule, wrap for distribution, restore a checkpoint.
+
+        ``updates_per_step``: optimizer steps taken per training step (PPO takes several
+        minibatch updates per rollout), so that warm-up and decay span the whole run.
+        """
         from transformers import get_scheduler
 
         cfg = self.cfg
         self.plan = plan_steps(cfg, num_examples, self.accelerator.num_processes)
         optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                       betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
-        warmup = cfg.warmup_steps or int(round(cfg.warmup_ratio * self.plan.total_steps))
+        total_updates = self.plan.total_steps * updates_per_step
+        warmup = cfg.warmup_steps or int(round(cfg.warmup_ratio * total_updates))
         name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler]
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup,
-                                  num_training_steps=self.plan.total_steps)
+                                  num_training_steps=total_updates)
         # The scheduler is stepped by hand once per optimizer step, so it is not prepared
         # (accelerate would step it once per process).
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
@@ -344,7 +352,7 @@ class Trainer:
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             if self.cfg.save_model_in_checkpoints:
                 from rlhf.models.load import save_model
-                save_model(unwrapped, tokenizer, tmp / "model")
+                save_model(self.export(unwrapped), tokenizer, tmp / "model")
             # trainer_state.json is written last: its presence marks the checkpoint complete.
             write_json_atomic(tmp / "trainer_state.json", {
                 "step": step, "stage": self.stage, "total_steps": self.plan.total_steps,
@@ -410,7 +418,7 @@ class Trainer:
         if self.is_main:
             from rlhf.models.load import save_model
             with atomic_dir(self.output_dir / "final") as tmp:
-                save_model(acc.unwrap_model(self.model), tokenizer, tmp)
+                save_model(self.export(acc.unwrap_model(self.model)), tokenizer, tmp)
                 for name, obj in (extra_files or {}).items():
                     write_json_atomic(tmp / name, obj)
             write_json_atomic(self.output_dir / "summary.json", summary)

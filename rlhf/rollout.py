@@ -1,0 +1,298 @@
+"""Rollouts: the policy acts in the RLHF environment.
+
+The environment of RLHF is a bandit dressed as an MDP (see docs/ppo.md): the **state** is the
+prompt plus the tokens generated so far, an **action** is the next token, the **episode** ends
+at EOS (or a stop string, or the length limit), and the **reward** arrives at the end (the
+reward source's score), with a per-token KL penalty added by the recipe.
+
+:func:`sample` runs one batched episode per (prompt, sample) with the KV cache and returns a
+:class:`Rollout`: prompts left-padded so that every prompt ends at the same column ``P`` and
+generation starts there, completions right-padded after it::
+
+    column:   0 .. P-1                  P .. P+L-1
+    row i:    [pad pad p p p p]         [c c c EOS pad pad]
+              attention_mask 0 0 1 1 1 1   1 1 1 1  0 0
+              completion_mask 0 ...     0  1 1 1 1  0 0     (1 = an action, house rule 5)
+
+Position ids count real tokens only (``cumsum(attention_mask) - 1``), so a left-padded prompt
+is seen at the same positions as an unpadded one, during sampling and in every later forward.
+
+The sampler is our own loop rather than ``model.generate``: it applies exactly the
+temperature / top-k / top-p transformation documented here and nothing else (no generation
+defaults shipped with a checkpoint, such as a repetition penalty, can change the distribution
+behind the recipe's back), and it is lighter per token on small models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from rlhf.config import ConfigError, opt
+
+__all__ = ["SamplingConfig", "Rollout", "sample", "filter_logits", "rollout_logps", "rollout_values",
+           "eos_ids"]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    num_samples: int = opt(1, "completions sampled per prompt (the group size of grpo, dr_grpo and "
+                              "rloo, which need >= 2)", gt=0)
+    max_new_tokens: int = opt(64, "length limit of a completion in tokens (the episode is cut there)", gt=0)
+    temperature: float = opt(1.0, "sampling temperature; policy and reference log-probs are computed "
+                                  "at the same temperature", gt=0)
+    top_p: float = opt(1.0, "nucleus sampling: keep the smallest set of tokens with this total "
+                            "probability; 1 = off", gt=0, le=1)
+    top_k: int = opt(0, "keep only the k most likely tokens; 0 = off", ge=0)
+    stop_strings: list[str] = opt(factory=list, help="also end a completion when its text contains "
+                                                     "one of these (kept in the completion, like EOS)")
+    batch_size: int = opt(64, "sequences generated together (one KV cache)", gt=0)
+
+    def validate(self) -> None:
+        if any(not s for s in self.stop_strings):
+            raise ConfigError("stop_strings", "must not contain an empty string")
+
+
+@dataclass
+class Rollout:
+    """A batch of finished episodes. Tensors are (B, T) with T = P + L (prompt width P, longest
+    completion L) unless noted; row ``i`` came from ``prompts[i]`` and the ``group_size`` rows
+    of one prompt are consecutive."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    completion_mask: torch.Tensor  # 1 on generated tokens, EOS included
+    ended: torch.Tensor  # (B,) bool: finished by EOS or a stop string (not cut at max_new_tokens)
+    prompt_width: int
+    prompts: list[Any]
+    completions: list[str]
+    group_size: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(B,) completion length in tokens (EOS included)."""
+        return self.completion_mask.sum(-1)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def model_inputs(self, rows: slice | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        sel = slice(None) if rows is None else rows
+        return {"input_ids": self.input_ids[sel], "attention_mask": self.attention_mask[sel],
+                "position_ids": self.position_ids[sel]}
+
+
+def eos_ids(tokenizer: Any, model: nn.Module | None = None) -> list[int]:
+    """The ids that end an episode: the tokenizer's EOS plus any the model's generation config
+    lists (chat models often end a turn with a token other than the tokenizer's EOS)."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    if extra is not None:
+        ids.update(int(i) for i in (extra if isinstance(extra, (list, tuple)) else [extra]))
+    if not ids:
+        raise ValueError("the tokenizer has no eos_token_id, so an episode could never end: set one")
+    return sorted(ids)
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+                  ) -> torch.Tensor:
+    """The sampling distribution's logits: ``logits / temperature``, then top-k, then top-p
+    (nucleus: the smallest set of most likely tokens whose probability reaches ``top_p``; the
+    token that crosses the threshold is kept). Removed tokens get -inf. (B, V) -> (B, V) float32.
+    """
+    logits = logits.float() / temperature
+    V = logits.shape[-1]
+    if 0 < top_k < V:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Mass of the tokens strictly before each one; drop a token once that already reaches top_p.
+        before = torch.cumsum(probs, dim=-1) - probs
+        drop_sorted = before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _new_cache(model: nn.Module):
+    from transformers import DynamicCache
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # older signature
+        return DynamicCache()
+
+
+@torch.no_grad()
+def _sample_chunk(model: nn.Module, prompt_ids: list[list[int]], pad_id: int, stop_ids: list[int],
+                  cfg: SamplingConfig, greedy: bool, generator: torch.Generator | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Sample one completion per row. Returns (ids (B, P+L), attention (B, P+L), P)."""
+    device = next(model.parameters()).device
+    B, P = len(prompt_ids), max(len(p) for p in prompt_ids)
+    ids = torch.full((B, P), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, P), dtype=torch.long)
+    for i, p in enumerate(prompt_ids):  # left padding: every prompt ends at column P - 1
+        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+        attn[i, P - len(p):] = 1
+    ids, attn = ids.to(device), attn.to(device)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    stop = torch.tensor(stop_ids, device=device)
+    cache = _new_cache(model)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True)
+    logits = out.logits[:, -1]  # (B, V) distribution of the first completion token
+    next_pos = pos[:, -1] + 1  # (B,)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    new_tokens, new_attn = [], []
+    for _ in range(cfg.max_new_tokens):
+        if greedy:
+            tok = logits.argmax(-1)
+        else:
+            probs = torch.softmax(filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p), -1)
+            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        new_tokens.append(tok)
+        new_attn.append((~done).long())
+        done = done | torch.isin(tok, stop)
+        if bool(done.all()) or len(new_tokens) == cfg.max_new_tokens:
+            break
+        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
+                    past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1]
+        next_pos = next_pos + 1
+    gen = torch.stack(new_tokens, dim=1)  # (B, L)
+    gen_attn = torch.stack(new_attn, dim=1)
+    return torch.cat([ids, gen], dim=1), torch.cat([attn[:, :P], gen_attn], dim=1), P
+
+
+def _stop_string_cut(tokenizer: Any, tokens: list[int], stop_strings: Sequence[str]) -> int | None:
+    """Length of the shortest prefix of ``tokens`` whose text contains a stop string, or None."""
+    if not stop_strings:
+        return None
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    if not any(s in text for s in stop_strings):
+        return None
+    for k in range(1, len(tokens) + 1):
+        if any(s in tokenizer.decode(tokens[:k], skip_special_tokens=True) for s in stop_strings):
+            return k
+    return None
+
+
+@torch.no_grad()
+def sample(model: nn.Module, tokenizer: Any, prompts: Sequence[Any], prompt_ids: Sequence[list[int]],
+           cfg: SamplingConfig, *, greedy: bool = False, num_samples: int | None = None,
+           generator: torch.Generator | None = None) -> Rollout:
+    """Sample ``num_samples`` (default ``cfg.num_samples``) completions for each prompt.
+
+    ``prompts`` are the original prompts (text or messages; handed to reward sources as is) and
+    ``prompt_ids`` their token ids as the policy sees them (rlhf.data.tokenize.encode_prompt).
+    The model is put in eval mode for sampling and its previous mode restored. ``greedy``
+    takes the argmax at each step (ReMax's baseline) and forces one sample per prompt.
+    """
+    if len(prompts) != len(prompt_ids):
+        raise ValueError(f"sample: {len(prompts)} prompts but {len(prompt_ids)} prompt_ids")
+    if not prompts:
+        raise ValueError("sample: no prompts")
+    K = 1 if greedy else (num_samples or cfg.num_samples)
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has no pad_token_id; set one (e.g. tokenizer.pad_token = eos)")
+    stops = eos_ids(tokenizer, model)
+    rows_prompt = [p for p in prompts for _ in range(K)]
+    rows_ids = [list(ids) for ids in prompt_ids for _ in range(K)]
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [_sample_chunk(model, rows_ids[s:s + cfg.batch_size], pad, stops, cfg, greedy, generator)
+                  for s in range(0, len(rows_ids), cfg.batch_size)]
+    finally:
+        model.train(was_training)
+    P = max(c[2] for c in chunks)
+    completions_tok: list[list[int]] = []
+    ended: list[bool] = []
+    for ids, _, p in chunks:
+        for row in ids[:, p:].tolist():
+            # The episode ends at the first EOS (kept: it is an action the policy took) ...
+            cut = next((k + 1 for k, t in enumerate(row) if t in stops), None)
+            # ... or at a stop string (HF-style), else at the length limit.
+            if cut is None:
+                cut = _stop_string_cut(tokenizer, row, cfg.stop_strings)
+            ended.append(cut is not None)
+            completions_tok.append(row[:cut] if cut is not None else row)
+    L = max(1, max(len(c) for c in completions_tok))
+    B = len(rows_ids)
+    input_ids = torch.full((B, P + L), pad, dtype=torch.long)
+    attention = torch.zeros((B, P + L), dtype=torch.long)
+    comp_mask = torch.zeros((B, P + L), dtype=torch.long)
+    for i, (p, c) in enumerate(zip(rows_ids, completions_tok)):
+        input_ids[i, P - len(p):P] = torch.tensor(p, dtype=torch.long)
+        attention[i, P - len(p):P] = 1
+        if c:
+            input_ids[i, P:P + len(c)] = torch.tensor(c, dtype=torch.long)
+            attention[i, P:P + len(c)] = 1
+            comp_mask[i, P:P + len(c)] = 1
+    device = next(model.parameters()).device
+    texts = tokenizer.batch_decode(completions_tok, skip_special_tokens=True)
+    return Rollout(
+        input_ids=input_ids.to(device), attention_mask=attention.to(device),
+        position_ids=(attention.cumsum(-1) - 1).clamp(min=0).to(device),
+        completion_mask=comp_mask.to(device), ended=torch.tensor(ended, device=device),
+        prompt_width=P, prompts=rows_prompt, completions=texts, group_size=K)
+
+
+# --------------------------------------------------------------------------- scoring the rollout
+
+
+@torch.no_grad()
+def rollout_logps(model: Any, rollout: Rollout, temperature: float = 1.0, batch_size: int = 64,
+                  with_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs (B, T) of the rollout's tokens under ``model`` (a policy or a
+    ``ReferenceModel``), at ``temperature``, aligned with ``completion_mask`` (0 at position 0).
+
+    ``with_entropy`` also returns the per-token entropy (B, T) of the temperature-scaled
+    distribution each action was drawn from (top-k/top-p are not applied: the entropy and the
+    log-probs are those of the policy itself, as in the PPO objective).
+    """
+    from rlhf.logprobs import entropy_from_logits, shifted_token_logps
+
+    outs, ents = [], []
+    for s in range(0, len(rollout), batch_size):
+        inputs = rollout.model_inputs(slice(s, s + batch_size))
+        logits = model(**inputs, use_cache=False).logits  # (b, T, V)
+        outs.append(shifted_token_logps(logits, inputs["input_ids"], temperature))
+        if with_entropy:
+            e = torch.zeros(outs[-1].shape, dtype=torch.float32, device=logits.device)
+            e[:, 1:] = entropy_from_logits(logits[:, :-1], temperature)
+            ents.append(e)
+    logps = torch.cat(outs)
+    return (logps, torch.cat(ents)) if with_entropy else logps
+
+
+def shift_values(raw: torch.Tensor) -> torch.Tensor:
+    """Align a critic's per-position outputs with actions: the value of the state before token t
+    (the prefix ``x_<t``) is read at position t-1. (B, T) -> (B, T), 0 at position 0."""
+    out = torch.zeros_like(raw)
+    out[:, 1:] = raw[:, :-1]
+    return out
+
+
+@torch.no_grad()
+def rollout_values(value_model: nn.Module, rollout: Rollout, batch_size: int = 64) -> torch.Tensor:
+    """The critic's V(s_t) for every action t of the rollout, (B, T) float32 (see :func:`shift_values`)."""
+    from rlhf.models.load import score_tokens
+
+    outs = []
+    for s in range(0, len(rollout), batch_size):
+        inputs = rollout.model_inputs(slice(s, s + batch_size))
+        outs.append(shift_values(score_tokens(value_model, **inputs).float()))
+    return torch.cat(outs)

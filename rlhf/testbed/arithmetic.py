@@ -1,0 +1,95 @@
+"""A verifiable-reward task: single-digit additions, rewarded 1 for the exact answer.
+
+    prompt      "7+5="
+    completion  "12"            reward 1.0 (anything else: 0.0)
+
+The supervised data is deliberately unreliable: each demonstration is correct with probability
+``accuracy`` (default 0.5) and otherwise a plausible wrong sum, so the SFT policy answers
+about half the questions right and RL with the exact-answer reward has something to fix. This
+is the shape of RL with verifiable rewards (GRPO on maths, DeepSeekMath / R1): no reward model,
+a checker instead.
+
+    python -m rlhf.testbed.arithmetic --out runs/arithmetic     # writes sft.jsonl, prompts.jsonl
+    rlhf pipeline configs/pipeline/arithmetic.yaml              # tiny model -> SFT -> GRPO -> eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["make_prompts", "make_sft_records", "exact_answer", "write_task"]
+
+_PROMPT = re.compile(r"^\s*(\d+)\s*\+\s*(\d+)\s*=\s*$")
+
+
+def _question(rng: random.Random) -> tuple[int, int]:
+    return rng.randrange(10), rng.randrange(10)
+
+
+def make_prompts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [f"{a}+{b}=" for a, b in (_question(rng) for _ in range(n))]
+
+
+def make_sft_records(n: int, seed: int = 0, accuracy: float = 0.5) -> list[dict[str, str]]:
+    """Demonstrations that are right with probability ``accuracy``, else off by 1 to 3."""
+    if not 0 <= accuracy <= 1:
+        raise ValueError(f"accuracy must be in [0, 1] (got {accuracy})")
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = _question(rng)
+        answer = a + b
+        if rng.random() >= accuracy:
+            answer = max(0, answer + rng.choice([-3, -2, -1, 1, 2, 3]))
+            if answer == a + b:
+                answer += 1
+        out.append({"prompt": f"{a}+{b}=", "completion": str(answer)})
+    return out
+
+
+def exact_answer(prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+    """1.0 when the completion (surrounding spaces ignored) is the sum asked for, else 0.0."""
+    scores = []
+    for p, c in zip(prompts, completions):
+        m = _PROMPT.match(str(p))
+        if m is None:
+            raise ValueError(f"exact_answer: prompt {p!r} is not of the form 'a+b='")
+        scores.append(1.0 if c.strip() == str(int(m.group(1)) + int(m.group(2))) else 0.0)
+    return scores
+
+
+def write_task(out: str | Path, n_sft: int = 3000, n_prompts: int = 256, seed: int = 0,
+               accuracy: float = 0.5) -> dict[str, Path]:
+    """Write ``sft.jsonl`` and ``prompts.jsonl`` (+ ``eval_prompts.jsonl``) into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"sft": out / "sft.jsonl", "prompts": out / "prompts.jsonl", "eval_prompts": out / "eval_prompts.jsonl"}
+    rows = {"sft": make_sft_records(n_sft, seed, accuracy),
+            "prompts": [{"prompt": p} for p in make_prompts(n_prompts, seed + 1)],
+            "eval_prompts": [{"prompt": p} for p in make_prompts(100, seed + 2)]}
+    for k, path in files.items():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows[k]))
+        tmp.replace(path)
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--accuracy", type=float, default=0.5, help="fraction of correct demonstrations")
+    a = p.parse_args(argv)
+    for name, path in write_task(a.out, seed=a.seed, accuracy=a.accuracy).items():
+        print(f"wrote {name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
