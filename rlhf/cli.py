@@ -44,6 +44,10 @@ STAGES: dict[str, Stage] = {
 TOOLS: dict[str, tuple[str, str]] = {
     "generate": ("rlhf.tools.generate:main", "sample completions from any checkpoint for a quick look"),
     "eval": ("rlhf.tools.eval:main", "a policy against a reference: reward, win rate, KL, length, diversity (JSON out)"),
+    "report": ("rlhf.report:main", "turn a run folder into a self-contained report.html: reward-vs-KL "
+                                   "frontier, over-optimisation, training curves, samples, configs"),
+    "pipeline": ("rlhf.pipeline:main", "run stages declared in one YAML (sft -> rm -> ppo / dpo / best-of-n "
+                                       "-> eval -> report), resuming where it stopped"),
     "score": ("rlhf.tools.score:main", "add a reward column to a file with any reward source"),
     "tiny-model": ("rlhf.tools.tiny:main", "build a tiny random-weight model + tokenizer for tests and demos"),
     "quickstart": ("rlhf.tools.quickstart:main", "the built-in demo, end to end on a laptop CPU (what `make demo` runs)"),

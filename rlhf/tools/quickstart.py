@@ -1,112 +1,155 @@
-"""``rlhf quickstart``: the built-in demo, end to end on a laptop CPU, no download.
+"""``rlhf quickstart``: the whole RLHF pipeline on a built-in task, on a laptop CPU, no download.
 
-Today it runs the first stage of the pipeline on a task the project generates itself:
+The task (rlhf/testbed/reviews.py, docs/testbed.md) is a small generated language of reviews
+with a hidden **gold** reward that plays the human. The demo is an ordinary ``rlhf pipeline``
+(print it with ``--print-config``, copy it, change it):
 
-1. generate the instruction task (rlhf/testbed/instructions.py): train and held-out splits;
-2. build a tiny Llama with random weights and a tokenizer trained on that data;
-3. supervised fine-tuning (rlhf sft) with checkpoints, metrics and a held-out evaluation;
-4. greedy answers of the base and the fine-tuned model on held-out prompts, scored by exact
-   match against the task's rule.
+1. data        SFT demonstrations (reviews of mixed sentiment) and prompts
+2. base        a tiny random-weight Llama and a tokenizer trained on the task's text
+3. sft         supervised fine-tuning: the model learns the language
+4. pairs       two samples per prompt from the SFT policy, labelled by simulated annotators
+               (Bradley–Terry on gold, ~73% agreement, like human labelers)
+5. rm          a reward model on those labels: the **proxy** for the human
+6. ppo         PPO against the proxy with a KL penalty to the SFT policy (gold tracked, never seen)
+7. dpo         DPO on the same pairs
+8. best-of-n   n samples per prompt from the SFT policy, the proxy's favourite kept
+9. eval        gold and proxy reward, KL to SFT, win rates, on held-out prompts
+10. report     report.html: reward-vs-KL frontier, over-optimisation, curves, samples
 
-Every step is skipped when its output already exists, so a killed demo resumes where it was.
+Every stage is skipped when its output is finished, so a killed demo resumes where it was.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
+from typing import Any
 
-__all__ = ["main", "run"]
+__all__ = ["main", "pipeline_spec", "write_data"]
 
-
-def _exact_match(model_dir: Path, rows: list[dict], data_cfg) -> tuple[float, list[dict]]:
-    from rlhf.models.config import ModelConfig
-    from rlhf.models.load import load_causal_lm, load_tokenizer
-    from rlhf.tools.generate import generate
-
-    mcfg = ModelConfig(name_or_path=str(model_dir))
-    tok, model = load_tokenizer(mcfg), load_causal_lm(mcfg, for_training=False)
-    out = generate(model, tok, [r["prompt"] for r in rows], data_cfg=data_cfg, max_new_tokens=16,
-                   temperature=0.0, batch_size=64)
-    hits = [o["completion"].strip() == r["completion"] for o, r in zip(out, rows)]
-    return sum(hits) / len(hits), out
+GOLD = "rlhf.testbed.reviews:gold_reward"
 
 
-def run(out_dir: str | Path = "runs/quickstart", fast: bool = False, seed: int = 0) -> dict:
-    from rlhf.config import load_config
-    from rlhf.models.tiny import make_tiny_checkpoint
-    from rlhf.recipes.sft import SFTConfig, train
-    from rlhf.testbed.instructions import make_examples, write_jsonl
-    from rlhf.train.run import is_finished
+def write_data(output_dir: str | Path, n_sft: int = 4000, n_prompts: int = 512, n_eval: int = 64,
+               seed: int = 0) -> dict[str, Any]:
+    """The task's files: sft.jsonl (prompt/completion), prompts.jsonl, eval_prompts.jsonl."""
+    from rlhf.testbed import reviews
 
-    t0 = time.time()
-    out = Path(out_dir)
-    n_train, n_eval = (1500, 200) if fast else (6000, 500)
-
-    # Step 1. The task's data.
-    data = out / "data"
-    if not (data / "eval.jsonl").exists():
-        write_jsonl(make_examples(n_train, seed=seed), data / "train.jsonl")
-        write_jsonl(make_examples(n_eval, seed=seed + 1), data / "eval.jsonl")
-    print(f"[1/4] data: {n_train} training and {n_eval} held-out instructions in {data}")
-
-    # Step 2. A tiny model and a tokenizer trained on the task's text.
-    base = out / "base"
-    if not (base / "config.json").exists():
-        rows = [json.loads(x) for x in (data / "train.jsonl").read_text().splitlines()]
-        make_tiny_checkpoint(base, "llama", [r["prompt"] + r["completion"] for r in rows],
-                             vocab_size=300, hidden_size=64 if fast else 128, num_layers=2,
-                             num_heads=4, max_position_embeddings=128, seed=seed)
-    print(f"[2/4] base model: a tiny random-weight Llama in {base}")
-
-    # Step 3. SFT: the same config file a user would write, with overrides.
-    sft_dir = out / "sft"
-    overrides = [f"output_dir={sft_dir}", f"model.name_or_path={base}",
-                 f"data.train={data / 'train.jsonl'}", f"data.eval={data / 'eval.jsonl'}",
-                 f"train.seed={seed}"]
-    if fast:
-        overrides += ["train.epochs=1", "train.eval_every=20"]
-    cfg = load_config(SFTConfig, None, overrides, base=_TINY_SFT)
-    if not is_finished(sft_dir):
-        print("[3/4] SFT (rlhf sft), progress below")
-        train(cfg)
-    summary = json.loads((sft_dir / "summary.json").read_text())
-    print(f"[3/4] SFT: held-out loss {summary.get('eval_loss', float('nan')):.3f} "
-          f"(perplexity {summary.get('eval_ppl', float('nan')):.2f}) in {sft_dir}")
-
-    # Step 4. What did it learn? Exact match on held-out prompts, before and after.
-    rows = [json.loads(x) for x in (data / "eval.jsonl").read_text().splitlines()][:100]
-    acc_base, _ = _exact_match(base, rows, cfg.data)
-    acc_sft, samples = _exact_match(sft_dir / "final", rows, cfg.data)
-    result = {"exact_match_base": acc_base, "exact_match_sft": acc_sft,
-              "eval_loss": summary.get("eval_loss"), "wall_time_s": round(time.time() - t0, 1),
-              "outputs": str(out)}
-    (out / "quickstart.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"[4/4] exact match on 100 held-out instructions: base {acc_base:.0%} -> SFT {acc_sft:.0%}")
-    for s, r in list(zip(samples, rows))[:5]:
-        print(f"      {r['prompt'].strip()!r:32} -> {s['completion'].strip()!r:16} (want {r['completion']!r})")
-    print(f"\nOutputs in {out}/: data/, base/, sft/ (config.yaml, metrics.jsonl, checkpoints, final/, "
-          f"summary.json), quickstart.json. Took {result['wall_time_s']:.0f}s.\n"
-          f"Sample from the model:  rlhf generate --model {sft_dir / 'final'} --chat-template none "
-          f"--prompt $'reverse: a b c\\n' --temperature 0")
-    return result
+    out = Path(output_dir)
+    files = {
+        "sft.jsonl": reviews.make_sft_records(n_sft, seed=seed),
+        "prompts.jsonl": [{"prompt": p} for p in reviews.make_prompts(n_prompts, seed=seed + 1)],
+        "eval_prompts.jsonl": [{"prompt": p} for p in reviews.make_prompts(n_eval, seed=seed + 2)],
+    }
+    for name, rows in files.items():
+        (out / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gold = reviews.gold_reward([r["prompt"] for r in files["sft.jsonl"]],
+                               [r["completion"] for r in files["sft.jsonl"]])
+    return {"sft_examples": n_sft, "prompts": n_prompts, "eval_prompts": n_eval,
+            "mean_gold_of_demonstrations": sum(gold) / len(gold)}
 
 
-# The same settings as configs/sft/tiny.yaml (kept in code so an installed package needs no repo).
-_TINY_SFT = {
-    "data": {"max_length": 64, "chat_template": "none"},
-    "train": {"lr": 3e-3, "warmup_ratio": 0.05, "scheduler": "cosine", "batch_size": 32,
-              "epochs": 2, "eval_every": 50, "save_every": 100, "log_every": 10},
-}
+def pipeline_spec(out: str | Path = "runs/quickstart", fast: bool = False, seed: int = 0) -> dict[str, Any]:
+    """The demo as a pipeline dict (``rlhf pipeline`` reads the same thing from YAML)."""
+    from rlhf.testbed.reviews import DEFAULT_TEMPERATURE
+
+    f = fast
+    train_common = {"seed": seed, "progress": True, "save_model_in_checkpoints": False}
+    data = {"chat_template": "none", "max_length": 64}
+    return {
+        "output_dir": str(out),
+        "description": "rlhf quickstart" + (" --fast" if fast else ""),
+        "stages": [
+            {"name": "data", "type": "call", "args": {
+                "function": "rlhf.tools.quickstart:write_data", "seed": seed,
+                "n_sft": 2000 if f else 4000, "n_prompts": 256 if f else 4096, "n_eval": 32 if f else 128}},
+            {"name": "base", "type": "tiny-model", "args": {
+                "texts": "${data}/sft.jsonl", "arch": "llama", "vocab_size": 512,
+                "hidden_size": 128, "num_layers": 2, "num_heads": 4,
+                "max_position_embeddings": 96, "seed": seed}},
+            {"name": "sft", "type": "sft", "config": {
+                "model": {"name_or_path": "${base}"}, "data": {**data, "train": "${data}/sft.jsonl"},
+                "train": {**train_common, "lr": 3e-3, "batch_size": 32, "epochs": 2 if f else 3,
+                          "scheduler": "cosine", "warmup_ratio": 0.05, "log_every": 10}}},
+            {"name": "pairs", "type": "label", "args": {
+                "policy": "${sft}/final", "prompts": "${data}/prompts.jsonl", "judge": GOLD,
+                "temperature": DEFAULT_TEMPERATURE, "eval_fraction": 0.15, "max_new_tokens": 40,
+                "seed": seed, "chat_template": "none", "max_prompts": 256 if f else 4096}},
+            {"name": "rm", "type": "rm", "config": {
+                "model": {"name_or_path": "${sft}/final"},
+                "data": {**data, "train": "${pairs}/train.jsonl", "eval": "${pairs}/eval.jsonl"},
+                "train": {**train_common, "lr": 1e-3, "batch_size": 16, "epochs": 1 if f else 2,
+                          "log_every": 10}}},
+            {"name": "ppo", "type": "ppo", "config": {
+                "model": {"name_or_path": "${sft}/final"}, "reward": "${rm}/final",
+                "track": {"gold": GOLD}, "advantage": "gae",
+                "data": {**data, "train": "${data}/prompts.jsonl"},
+                "sampling": {"num_samples": 2, "max_new_tokens": 40},
+                "kl": {"beta": 0.02 if f else 0.005}, "ppo": {"epochs": 2, "missing_eos_penalty": 1.0},
+                "sample_every": 10,
+                "train": {**train_common, "lr": 5e-4 if f else 3e-4, "batch_size": 16,
+                          "max_steps": 12 if f else 300, "eval_batch_size": 64, "log_every": 1}}},
+            {"name": "dpo", "type": "dpo", "config": {
+                "model": {"name_or_path": "${sft}/final"}, "beta": 0.1,
+                "data": {**data, "train": "${pairs}/train.jsonl", "eval": "${pairs}/eval.jsonl"},
+                "train": {**train_common, "lr": 5e-4, "batch_size": 16, "epochs": 1 if f else 2,
+                          "log_every": 5}}},
+            {"name": "best-of-n", "type": "best-of-n", "config": {
+                "model": {"name_or_path": "${sft}/final"}, "reward": "${rm}/final", "n": 4,
+                "pool_size": 8 if f else 64, "save_pool": True, "seed": seed,
+                "data": {**data, "train": "${data}/eval_prompts.jsonl"},
+                "sampling": {"max_new_tokens": 40, "batch_size": 16}}},
+            {"name": "eval", "type": "eval", "args": {
+                "reference": "${sft}/final", "policies": {"ppo": "${ppo}/final", "dpo": "${dpo}/final"},
+                "prompts": "${data}/eval_prompts.jsonl", "rewards": {"gold": GOLD, "proxy": "${rm}/final"},
+                "best_of_n": {"best-of-n": "${best-of-n}"}, "num_samples": 2 if f else 4,
+                "max_new_tokens": 40, "seed": seed, "chat_template": "none"}},
+            {"name": "report", "type": "report", "args": {}},
+        ],
+    }
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="rlhf quickstart", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/quickstart", help="output folder (resumes if it exists)")
-    p.add_argument("--fast", action="store_true", help="a smaller, ~1-minute smoke version")
+    p.add_argument("--fast", action="store_true", help="a smaller ~1-2 minute smoke version")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--print-config", action="store_true", help="print the pipeline YAML and exit")
     a = p.parse_args(argv)
-    run(a.out, fast=a.fast, seed=a.seed)
+    out = a.out if a.out != "runs/quickstart" or not a.fast else "runs/quickstart-fast"
+    spec = pipeline_spec(out, fast=a.fast, seed=a.seed)
+    if a.print_config:
+        import yaml
+        print(yaml.safe_dump(spec, sort_keys=False))
+        return 0
+    import torch
+
+    # The demo's models are tiny: per-op overhead, not arithmetic, bounds them, so extra
+    # intra-op threads buy nothing and, on a busy machine, make every op wait for the slowest
+    # thread (measured: PPO steps 10x slower with 2 threads next to another job).
+    torch.set_num_threads(1)
+    from rlhf.pipeline import PipelineError, run_pipeline
+    try:
+        run_pipeline(spec)
+    except PipelineError as e:
+        print(f"rlhf quickstart: {e}")
+        return 2
+    _print_headline(Path(out))
     return 0
+
+
+def _print_headline(out: Path) -> None:
+    summary = out / "eval" / "summary.json"
+    if not summary.is_file():
+        return
+    headline = json.loads(summary.read_text()).get("headline", {})
+    nan = float("nan")
+    print(f"\n{'policy':<12} {'gold':>8} {'proxy':>8} {'KL':>8}   (held-out prompts; KL to the SFT policy, nats)")
+    for name, r in headline.items():
+        print(f"{name:<12} {_f(r.get('gold'), nan):>8.3f} {_f(r.get('proxy'), nan):>8.3f} {_f(r.get('kl'), nan):>8.3f}")
+    print(f"\nReport: {out / 'report' / 'report.html'}")
+
+
+def _f(v: Any, default: float) -> float:
+    return default if v is None else float(v)

@@ -1,0 +1,243 @@
+"""``rlhf pipeline FILE.yaml``: several stages in order, each reading earlier stages' outputs.
+
+    output_dir: runs/my-rlhf
+    stages:
+      - {name: sft, type: sft, config: {model: {name_or_path: my-org/base}, data: {train: sft.jsonl}}}
+      - {name: rm,  type: rm,  config: {model: {name_or_path: "${sft}/final"}, data: {train: prefs.jsonl}}}
+      - {name: ppo, type: ppo, config: {model: {name_or_path: "${sft}/final"}, reward: "${rm}/final",
+                                        data: {train: prompts.jsonl}}}
+      - {name: eval, type: eval, args: {reference: "${sft}/final", policies: {ppo: "${ppo}/final"},
+                                        prompts: prompts.jsonl, rewards: {proxy: "${rm}/final"}}}
+      - {name: report, type: report}
+
+* ``${name}`` anywhere in a string is the output folder of the earlier stage ``name``
+  (``output_dir/name``); ``${output_dir}`` is the pipeline's folder.
+* Training stages (``sft``, ``rm``, ``dpo``, ``ppo``, ``best-of-n``) take ``config:``, exactly
+  what the stage's own YAML file would hold (``output_dir`` is set by the pipeline); every
+  stage config is validated before the first stage runs, so a typo in the last stage fails in
+  seconds, not after an hour.
+* Other stages take ``args:``: ``tiny-model`` (a tiny random-weight model and tokenizer trained
+  on a text file), ``label`` (sample pairs from a policy and label them with a reward source,
+  optionally through Bradley–Terry noise: rlhf/label.py), ``eval`` (rlhf/eval), ``report``,
+  and ``call`` (any ``package.module:function(output_dir=..., **args)`` returning a dict).
+* A stage whose output is finished (``summary.json``) is skipped, so a killed pipeline resumes
+  where it stopped (a training stage resumes from its last checkpoint). Non-training stages
+  write into a temporary folder that is renamed into place when complete.
+* ``pipeline.json`` in the output folder records each stage's status and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from rlhf.config import ConfigError
+from rlhf.train.run import atomic_dir, is_finished, write_json_atomic
+
+__all__ = ["PipelineError", "load_pipeline", "run_pipeline", "main", "STAGE_TYPES"]
+
+_REF = re.compile(r"\$\{([A-Za-z0-9_\-]+)\}")
+
+
+class PipelineError(ValueError):
+    """The pipeline file is wrong; the message names the file, the stage and the field."""
+
+
+@dataclass
+class StageSpec:
+    name: str
+    type: str
+    output_dir: Path
+    config: Any = None  # a validated stage config (training stages)
+    args: dict[str, Any] | None = None
+
+
+def _training_stages() -> dict[str, Any]:
+    from rlhf.cli import STAGES
+    return STAGES
+
+
+def _resolve(value: Any, dirs: dict[str, Path], where: str) -> Any:
+    if isinstance(value, str):
+        def sub(m: re.Match) -> str:
+            key = m.group(1)
+            if key not in dirs:
+                raise PipelineError(f"{where}: ${{{key}}} names no earlier stage (known: {', '.join(dirs)})")
+            return str(dirs[key])
+        return _REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _resolve(v, dirs, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, dirs, where) for v in value]
+    return value
+
+
+def load_pipeline(spec: dict[str, Any] | str | Path, output_dir: str | Path | None = None
+                  ) -> tuple[Path, list[StageSpec]]:
+    """Read and check a pipeline (a YAML file or a dict). Returns (output_dir, stages)."""
+    import yaml
+
+    from rlhf.config import load_config
+
+    source = "<pipeline>"
+    if not isinstance(spec, dict):
+        source = str(spec)
+        path = Path(spec)
+        if not path.is_file():
+            raise PipelineError(f"{path}: no such pipeline file")
+        spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, dict) or not isinstance(spec.get("stages"), list) or not spec["stages"]:
+        raise PipelineError(f"{source}: expected a mapping with a non-empty 'stages' list")
+    unknown = set(spec) - {"output_dir", "stages", "description"}
+    if unknown:
+        raise PipelineError(f"{source}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
+                            f"expected output_dir, stages, description")
+    out = Path(output_dir or spec.get("output_dir") or "runs/pipeline")
+    dirs: dict[str, Path] = {"output_dir": out}
+    stages: list[StageSpec] = []
+    training = _training_stages()
+    for i, raw in enumerate(spec["stages"], 1):
+        where = f"{source}: stages[{i}]"
+        if not isinstance(raw, dict) or "name" not in raw or "type" not in raw:
+            raise PipelineError(f"{where}: expected a mapping with 'name' and 'type'")
+        name, kind = str(raw["name"]), str(raw["type"])
+        where = f"{source}: stage {name!r}"
+        if name in dirs:
+            raise PipelineError(f"{where}: the name is used twice (or is reserved)")
+        extra = set(raw) - {"name", "type", "config", "args"}
+        if extra:
+            raise PipelineError(f"{where}: unknown key(s) {', '.join(sorted(extra))}; expected config or args")
+        stage_dir = out / name
+        if kind in training:
+            body = _resolve(raw.get("config") or {}, dirs, where)
+            if not isinstance(body, dict):
+                raise PipelineError(f"{where}: config: expected a mapping")
+            body = {**body, "output_dir": str(stage_dir)}
+            cls = training[kind].load(training[kind].config)
+            try:
+                cfg = load_config(cls, None, [], base=body)
+            except ConfigError as e:
+                raise PipelineError(f"{where}: config.{e}") from None
+            stages.append(StageSpec(name, kind, stage_dir, config=cfg))
+        elif kind in STAGE_TYPES:
+            args = _resolve(raw.get("args") or {}, dirs, where)
+            if not isinstance(args, dict):
+                raise PipelineError(f"{where}: args: expected a mapping")
+            stages.append(StageSpec(name, kind, stage_dir, args=args))
+        else:
+            raise PipelineError(f"{where}: unknown type {kind!r}; expected one of "
+                                f"{', '.join(list(training) + list(STAGE_TYPES))}")
+        dirs[name] = stage_dir
+    return out, stages
+
+
+# --------------------------------------------------------------------------- non-training stages
+
+
+def _tiny_model(out: Path, args: dict[str, Any]) -> dict[str, Any]:
+    from rlhf.models.tiny import make_tiny_checkpoint
+    args = dict(args)
+    texts_file = Path(args.pop("texts"))
+    fields = args.pop("fields", ["prompt", "completion"])
+    texts = []
+    for line in texts_file.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            texts.append("".join(str(row.get(f, "")) for f in fields))
+    arch = args.pop("arch", "llama")
+    make_tiny_checkpoint(out, arch, texts, **args)
+    return {"arch": arch, "texts": len(texts)}
+
+
+def _label(out: Path, args: dict[str, Any]) -> dict[str, Any]:
+    from rlhf.label import label_stage
+    return label_stage(out, **args)
+
+
+def _eval(out: Path, args: dict[str, Any]) -> dict[str, Any]:
+    from rlhf.eval.stage import eval_stage
+    return eval_stage(out, **args)
+
+
+def _report(out: Path, args: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    from rlhf.report import write_report
+    path = write_report(run_dir, out_dir=out, **args)
+    return {"report": str(Path(path).name)}
+
+
+def _call(out: Path, args: dict[str, Any]) -> dict[str, Any]:
+    from rlhf.rewards import import_callable
+    args = dict(args)
+    if "function" not in args:
+        raise PipelineError("call stage: args.function ('package.module:function') is required")
+    fn = import_callable(args.pop("function"), what="pipeline stage function")
+    result = fn(output_dir=out, **args)
+    return dict(result or {})
+
+
+STAGE_TYPES: dict[str, Callable[..., dict[str, Any]]] = {
+    "tiny-model": _tiny_model, "label": _label, "eval": _eval, "report": _report, "call": _call,
+}
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_pipeline(spec: dict[str, Any] | str | Path, output_dir: str | Path | None = None,
+                 only: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every stage not yet finished, in order. Returns the pipeline status dict."""
+    out, stages = load_pipeline(spec, output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    status_file = out / "pipeline.json"
+    status = {"stages": [{"name": s.name, "type": s.type, "output_dir": str(s.output_dir), "status": "pending"}
+                         for s in stages]}
+    t_all = time.time()
+    for k, (st, rec) in enumerate(zip(stages, status["stages"]), 1):
+        if only and st.name not in only:
+            rec["status"] = "not selected"
+            continue
+        if is_finished(st.output_dir):
+            rec["status"] = "done (skipped: finished earlier)"
+            log(f"[pipeline] {k}/{len(stages)} {st.name} ({st.type}): finished earlier, skipped")
+            write_json_atomic(status_file, status)
+            continue
+        log(f"[pipeline] {k}/{len(stages)} {st.name} ({st.type}) -> {st.output_dir}")
+        t0 = time.time()
+        rec["status"] = "running"
+        write_json_atomic(status_file, status)
+        if st.config is not None:
+            training = _training_stages()
+            training[st.type].load(training[st.type].run)(st.config)
+        else:
+            fn = STAGE_TYPES[st.type]
+            with atomic_dir(st.output_dir) as tmp:
+                summary = fn(tmp, st.args, out) if st.type == "report" else fn(tmp, st.args)
+                write_json_atomic(tmp / "summary.json", {"stage": st.type, **summary,
+                                                         "wall_time_s": round(time.time() - t0, 2)})
+        rec["status"] = "done"
+        rec["wall_time_s"] = round(time.time() - t0, 2)
+        write_json_atomic(status_file, status)
+    status["wall_time_s"] = round(time.time() - t_all, 2)
+    write_json_atomic(status_file, status)
+    log(f"[pipeline] all stages finished in {status['wall_time_s']:.0f} s: {out}")
+    return status
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="rlhf pipeline", description=__doc__.splitlines()[0])
+    p.add_argument("file", help="pipeline YAML file")
+    p.add_argument("--output-dir", help="override the file's output_dir")
+    p.add_argument("--only", help="comma-separated stage names to run (others are left alone)")
+    a = p.parse_args(argv)
+    try:
+        run_pipeline(a.file, a.output_dir, a.only.split(",") if a.only else None)
+    except PipelineError as e:
+        print(f"rlhf pipeline: {e}", file=sys.stderr)
+        return 2
+    return 0

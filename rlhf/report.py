@@ -1,0 +1,585 @@
+"""The run report: one self-contained ``report.html`` (plus its PNGs) from a pipeline run folder.
+
+    rlhf report runs/quickstart            # -> runs/quickstart/report.html
+    write_report("runs/quickstart")         # the same from Python; returns the HTML's path
+
+What it reads (every input optional; a plot whose inputs are missing is replaced by a note):
+
+    run_dir/pipeline.json         {"stages": [{"name", "type", "output_dir", "status"}, ...]};
+                                  without it, every subfolder holding metrics.jsonl or
+                                  summary.json is a stage
+    run_dir/<stage>/config.yaml   the resolved config, shown as text
+    run_dir/<stage>/metrics.jsonl one object per logged step; PPO also logs sample tables
+    run_dir/<stage>/summary.json  best-of-n: its "curve" of (n, mean_reward, kl_bound, kl_estimate)
+    run_dir/eval/results.json     {"policies": {name: rlhf.eval.evaluate.evaluate(...) result}}
+
+What it shows: a headline table (reward per source, win rate, KL, length per policy); the
+reward-vs-KL frontier (the DPO paper's Fig. 2 left: each policy at its KL from the reference,
+with the best-of-n curve); the over-optimisation plot (Gao et al. 2022, Fig. 1: proxy and gold
+reward against √KL over PPO training); training curves per stage; sample responses; configs.
+The reward names "gold" (the true reward) and "proxy" (the reward model) come first when present.
+
+Plots use matplotlib's object API on the Agg canvas (no pyplot, no global backend switch), so
+the report can be written from a process with no display and without touching a user's session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import html
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["write_report", "main", "load_run", "read_metrics", "smooth", "gold_peak",
+           "plot_training_curves", "plot_overoptimization", "plot_frontier", "Skipped", "Run", "StageRun"]
+
+GOLD, PROXY = "gold", "proxy"
+_ORDER = {"sft": 0, "rm": 1, "ppo": 2, "dpo": 3, "best_of_n": 4, "eval": 5}
+# Training-curve panels: (title, metric names; "track/*" = every tracked reward).
+_PANELS = (("loss", ("loss", "eval_loss")),
+           ("reward", ("score", "track/*", "reward_margin", "eval_reward_margin")),
+           ("accuracy", ("accuracy_mean", "accuracy", "eval_accuracy", "reward_accuracy",
+                         "eval_reward_accuracy")),
+           ("KL to reference (nats)", ("kl",)),
+           ("entropy (nats/token)", ("entropy",)))
+
+
+class Skipped(Exception):
+    """A plot's inputs are missing; the message says which (and ends up in the HTML)."""
+
+
+@dataclass
+class StageRun:
+    name: str
+    type: str  # sft, rm, dpo, ppo, best_of_n, eval, or the folder name
+    path: Path
+    status: str | None = None
+    config: str | None = None  # config.yaml text
+    metrics: list[dict[str, float]] = field(default_factory=list)  # numeric rows, by step
+    samples: list[dict] = field(default_factory=list)  # {"step": N, "samples": [...]} rows
+    summary: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    path: Path
+    stages: list[StageRun]
+    policies: dict[str, dict] = field(default_factory=dict)  # eval/results.json "policies"
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _num(v: Any) -> float | None:
+    """A metric value as float: numbers, and the "nan"/"inf" strings MetricsWriter writes."""
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str) and v.lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
+        return float(v)
+    return None
+
+
+def read_metrics(path: str | Path) -> tuple[list[dict[str, float]], list[dict], list[str]]:
+    """(numeric rows sorted by step, sample tables, notes) from a metrics.jsonl.
+
+    Non-numeric fields are dropped; unreadable lines (e.g. one torn by a killed process) are
+    skipped and named in the notes rather than stopping the report."""
+    rows, tables, bad = [], [], []
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            bad.append(i)
+            continue
+        if not isinstance(rec, dict) or _num(rec.get("step")) is None:
+            bad.append(i)
+        elif isinstance(rec.get("samples"), list):
+            tables.append(rec)
+        else:
+            rows.append({k: x for k, v in rec.items() if (x := _num(v)) is not None})
+    rows.sort(key=lambda r: r["step"])
+    if not bad:
+        return rows, tables, []
+    return rows, tables, [f"{path}: skipped {len(bad)} unreadable line(s): {', '.join(map(str, bad[:5]))}"]
+
+
+def _read_json(path: Path, notes: list[str]) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        notes.append(f"{path}: could not be read ({e})")
+        return None
+
+
+def _resolve(run_dir: Path, output_dir: str | None, name: str) -> Path:
+    """A stage's folder: as recorded, relative to the run folder, or by name inside it (the run
+    folder may have been moved since the pipeline wrote its paths)."""
+    cands = []
+    if output_dir:
+        p = Path(output_dir)
+        cands += [p] if p.is_absolute() else [run_dir / p, Path.cwd() / p]
+        cands.append(run_dir / p.name)
+    cands.append(run_dir / name)
+    return next((c for c in cands if c.is_dir()), cands[0])
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Everything the report shows, read from a pipeline run folder (see the module doc)."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such run folder")
+    notes: list[str] = []
+    declared: list[tuple[str, str | None, Path, str | None]] = []
+    pipeline = _read_json(root / "pipeline.json", notes) if (root / "pipeline.json").is_file() else None
+    if isinstance(pipeline, dict) and isinstance(pipeline.get("stages"), list):
+        for i, s in enumerate(x for x in pipeline["stages"] if isinstance(x, dict)):
+            name = str(s.get("name") or f"stage{i + 1}")
+            declared.append((name, s.get("type"), _resolve(root, s.get("output_dir"), name), s.get("status")))
+    else:
+        declared = [(d.name, None, d, None) for d in sorted(root.iterdir()) if d.is_dir()
+                    and ((d / "metrics.jsonl").is_file() or (d / "summary.json").is_file())]
+    stages = []
+    for name, typ, path, status in declared:
+        st = StageRun(name, "", path, status)
+        if (path / "config.yaml").is_file():
+            st.config = (path / "config.yaml").read_text(encoding="utf-8")
+        if (path / "metrics.jsonl").is_file():
+            st.metrics, st.samples, st.notes = read_metrics(path / "metrics.jsonl")
+        if (path / "summary.json").is_file():
+            s = _read_json(path / "summary.json", st.notes)
+            st.summary = s if isinstance(s, dict) else None
+        summary = st.summary or {}
+        guess = typ or summary.get("stage") or ("best_of_n" if "curve" in summary else name)
+        st.type = str(guess).replace("-", "_")
+        stages.append(st)
+    stages.sort(key=lambda s: _ORDER.get(s.type, 9))  # stable: ties keep the declared order
+    run = Run(root, stages, notes=notes)
+    ev = next((s.path for s in stages if s.type == "eval"), root / "eval") / "results.json"
+    if ev.is_file():
+        data = _read_json(ev, notes)
+        if isinstance(data, dict) and "policy" in data and "policies" not in data:
+            data = {"policies": {"policy": data}}  # a single `rlhf eval` result
+        if isinstance(data, dict) and isinstance(data.get("policies"), dict):
+            run.policies = data["policies"]
+        # The eval stage re-scores best-of-n pools with every reward source (gold included):
+        # its curves, with per-source "rewards", replace the stage's own single-source curve.
+        for name, entry in ((data or {}).get("best_of_n") or {}).items():
+            for st in stages:
+                if st.name == name and isinstance(entry, dict) and isinstance(entry.get("curve"), list):
+                    st.summary = {**(st.summary or {}), "curve": entry["curve"]}
+    return run
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Centred moving average over ``window`` points (shrinking at the ends); NaNs are ignored."""
+    h = max(window, 1) // 2
+    out = []
+    for i in range(len(values)):
+        part = [v for v in values[max(0, i - h):i + h + 1] if math.isfinite(v)]
+        out.append(sum(part) / len(part) if part else math.nan)
+    return out
+
+
+def gold_peak(gold: list[float], window: int = 1) -> int | None:
+    """Index of the highest (smoothed) gold reward, the first one on ties; None if all are NaN.
+    Past it, optimising the proxy makes the true reward worse (Gao et al. 2022)."""
+    s = smooth(gold, window)
+    finite = [i for i, v in enumerate(s) if math.isfinite(v)]
+    return max(finite, key=lambda i: (s[i], -i)) if finite else None
+
+
+def _series(rows: list[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
+    pts = [(r["step"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _keys(rows: list[dict[str, float]], patterns: tuple[str, ...]) -> list[str]:
+    """The metric names of ``patterns`` that occur in ``rows``, in pattern order."""
+    present = {k for r in rows for k in r}
+    out = []
+    for p in patterns:
+        if p == "track/*":
+            out += sorted(k for k in present if k.startswith("track/"))
+        elif p in present:
+            out.append(p)
+    return out
+
+
+def _sources(policies: dict[str, dict]) -> list[str]:
+    """Reward names in the eval results, gold and proxy first."""
+    names = {n for r in policies.values() for n in ((r.get("policy") or {}).get("reward") or {})}
+    return [n for n in (GOLD, PROXY) if n in names] + sorted(names - {GOLD, PROXY})
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def _finite(v: Any) -> float | None:
+    x = _num(v)
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _mean(d: Any) -> float | None:
+    return _finite(_get(d, "mean"))
+
+
+def _policy_kl(name: str, res: dict) -> float | None:
+    kl = _mean(res.get("kl"))
+    if kl is None and (name in ("sft", "reference") or _get(res, "settings", "policy") is not None
+                       and _get(res, "settings", "policy") == _get(res, "settings", "reference")):
+        return 0.0  # the reference itself
+    return kl
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _new_figure(w: float, h: float) -> Figure:
+    fig = Figure(figsize=(w, h), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_training_curves(stages: list[StageRun]) -> Figure:
+    """Small multiples: one row per stage with logged metrics, one column per panel of _PANELS."""
+    stages = [s for s in stages if s.metrics]
+    if not stages:
+        raise Skipped("no stage has a metrics.jsonl with numeric rows")
+    cols = [(t, pats) for t, pats in _PANELS if any(_keys(s.metrics, pats) for s in stages)]
+    fig = _new_figure(3.0 * len(cols), 2.3 * len(stages))
+    axes = fig.subplots(len(stages), len(cols), squeeze=False)
+    for r, st in enumerate(stages):
+        for c, (title, pats) in enumerate(cols):
+            ax, keys = axes[r][c], _keys(st.metrics, pats)
+            if not keys:  # not logged by this stage: leave the cell blank, columns stay aligned
+                ax.axis("off")
+                continue
+            ax.set_title(f"{st.name}: {title}", fontsize=9)
+            for k in keys:
+                x, y = _series(st.metrics, k)
+                ax.plot(x, y, "o-" if k.startswith("eval_") else "-", ms=3, lw=1.2, label=k)
+            ax.tick_params(labelsize=7)
+            ax.set_xlabel("step", fontsize=8)
+            ax.legend(fontsize=6, frameon=False)
+    return fig
+
+
+def _overopt_stages(stages: list[StageRun]) -> list[tuple[StageRun, str]]:
+    out = []
+    for s in stages:
+        tracked = _keys(s.metrics, ("track/*",))
+        gold = f"track/{GOLD}" if f"track/{GOLD}" in tracked else (tracked[0] if tracked else None)
+        if gold and _keys(s.metrics, ("score", "kl")) == ["score", "kl"]:
+            out.append((s, gold))
+    return out
+
+
+def plot_overoptimization(stages: list[StageRun], sqrt_kl: bool = True, window: int = 5) -> Figure:
+    """Proxy reward ("score") and gold reward ("track/gold") against KL from the reference over
+    PPO training (Gao et al. 2022), twin y axes since the two rewards have their own scales.
+    Points are the logged steps; lines are their centred moving average in step order; the star
+    marks where the smoothed gold reward peaks."""
+    found = _overopt_stages(stages)
+    if not found:
+        raise Skipped("no stage logged 'score', 'kl' and a tracked reward 'track/<name>' together "
+                      "(set track: {gold: ...} in the PPO config to log the gold reward of each rollout)")
+    fig = _new_figure(5.5 * len(found), 3.8)
+    for ax, (st, gold_key) in zip(fig.subplots(1, len(found), squeeze=False)[0], found):
+        need = ("kl", "score", gold_key)
+        rows = [r for r in st.metrics if all(math.isfinite(r.get(k, math.nan)) for k in need)]
+        steps = [r["step"] for r in rows]
+        xs = [math.sqrt(max(r["kl"], 0.0)) if sqrt_kl else r["kl"] for r in rows]
+        proxy, gold = [r["score"] for r in rows], [r[gold_key] for r in rows]
+        xs_s, proxy_s, gold_s = smooth(xs, window), smooth(proxy, window), smooth(gold, window)
+        ax2 = ax.twinx()
+        ax.scatter(xs, proxy, s=10, color="C0", alpha=0.35)
+        ax.plot(xs_s, proxy_s, color="C0", lw=2, label="proxy reward (score)")
+        ax2.scatter(xs, gold, s=10, color="C3", alpha=0.35)
+        ax2.plot(xs_s, gold_s, color="C3", lw=2, label=f"gold reward ({gold_key})")
+        i = gold_peak(gold, window)
+        if i is not None:
+            ax2.plot([xs_s[i]], [gold_s[i]], "*", ms=14, color="k", label=f"gold peak (step {steps[i]:g})")
+            ax.axvline(xs_s[i], color="k", ls=":", lw=1)
+        ax.set_xlabel("√KL(π ‖ π_ref)  (√nats)" if sqrt_kl else "KL(π ‖ π_ref)  (nats)")
+        ax.set_ylabel("proxy reward", color="C0")
+        ax2.set_ylabel(f"{gold_key.removeprefix('track/')} reward", color="C3")
+        ax.set_title(f"{st.name}: over-optimisation", fontsize=10)
+        handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+        ax.legend(handles, [h.get_label() for h in handles], fontsize=7, ncol=3, frameon=False,
+                  loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    return fig
+
+
+def _bon_curves(stages: list[StageRun], policies: dict[str, dict], source: str
+                ) -> list[tuple[str, list[dict]]]:
+    """Best-of-n curves in terms of reward ``source``: a point's ``rewards[source]`` when given,
+    else its ``mean_reward`` if the stage's reward source is the one eval calls ``source``."""
+    eval_names = {spec: n for r in policies.values()
+                  for n, spec in (_get(r, "settings", "rewards") or {}).items()}
+    out = []
+    for st in stages:
+        curve = (st.summary or {}).get("curve")
+        if not isinstance(curve, list):
+            continue
+        own = st.summary.get("reward_name") or eval_names.get(st.summary.get("reward_source"))
+        pts = []
+        for p in curve:
+            y = _num(_get(p, "rewards", source)) if isinstance(p.get("rewards"), dict) else (
+                _num(p.get("mean_reward")) if own == source else None)
+            if y is not None and math.isfinite(y):
+                pts.append({"n": p.get("n"), "y": y, "bound": _finite(p.get("kl_bound")),
+                            "estimate": _finite(p.get("kl_estimate"))})
+        if pts:
+            out.append((st.name, pts))
+    return out
+
+
+def plot_frontier(policies: dict[str, dict], stages: list[StageRun] = ()) -> Figure:
+    """Reward under each source (gold first) against KL to the reference, one point per
+    evaluated policy (± standard errors) and the best-of-n curves (KL = log n - (n-1)/n, the
+    tie-free value; dashed: the KL measured on the pool), as in the DPO paper's Fig. 2 (left)."""
+    sources = _sources(policies)[:3]
+    panels = []
+    for src in sources:
+        pts = []
+        for name, res in policies.items():
+            y, x = _mean(_get(res, "policy", "reward", src)), _policy_kl(name, res)
+            if y is not None and x is not None:
+                pts.append((name, x, _finite(_get(res, "kl", "stderr")), y,
+                            _finite(_get(res, "policy", "reward", src, "stderr"))))
+        ref = next((_get(r, "reference", "reward", src) for r in policies.values()
+                    if _get(r, "reference", "reward", src)), None)
+        if "sft" not in policies and _mean(ref) is not None:
+            pts.insert(0, ("reference", 0.0, None, _mean(ref), _finite(_get(ref, "stderr"))))
+        curves = _bon_curves(list(stages), policies, src)
+        if pts or curves:
+            panels.append((src, pts, curves))
+    if not panels:
+        raise Skipped("no policy in eval/results.json has both a reward and a KL, and no best-of-n "
+                      "curve is in terms of an evaluated reward")
+    fig = _new_figure(5.0 * len(panels), 3.8)
+    for ax, (src, pts, curves) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        for name, pts_bon in curves:
+            ns = [p["n"] for p in pts_bon]
+            if all(p["bound"] is not None for p in pts_bon):
+                ax.plot([p["bound"] for p in pts_bon], [p["y"] for p in pts_bon], "-", color="C7",
+                        label=f"{name} (n = {min(ns)}..{max(ns)})")
+            if all(p["estimate"] is not None for p in pts_bon):
+                ax.plot([p["estimate"] for p in pts_bon], [p["y"] for p in pts_bon], "--", color="C7",
+                        lw=1, label=f"{name}, measured KL")
+        for k, (name, x, xe, y, ye) in enumerate(pts):
+            ax.errorbar([x], [y], xerr=None if xe is None else [xe], yerr=None if ye is None else [ye],
+                        fmt="o", ms=7, capsize=3, color=f"C{k % 7}", label=name)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.set_xlabel("KL(π ‖ π_ref)  (nats)")
+        ax.set_ylabel(f"{src} reward")
+        ax.set_title(f"{src} reward vs KL", fontsize=10)
+        ax.legend(fontsize=7, frameon=False)
+    return fig
+
+
+# --------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;max-width:1200px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;
+border-bottom:1px solid #ddd;padding-bottom:.2em}table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top;white-space:pre-wrap}
+th{background:#f4f4f4}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}tr.prompt td{background:#fafafa;
+font-style:italic}img{max-width:100%;height:auto}
+pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.85em}
+.note{color:#8a5a00;background:#fff8e6;border-left:3px solid #e0b040;padding:.4em .8em}.muted{color:#777}
+"""
+
+_e = html.escape
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    x = _finite(v)
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _pm(d: Any, digits: int = 3) -> str:
+    m, se = _mean(d), _finite(_get(d, "stderr"))
+    return "-" if m is None else f"{m:.{digits}f}" + (f" ± {se:.{digits}f}" if se is not None else "")
+
+
+def _rows(rows: list[list[str]], num_from: int = 1) -> str:
+    """Table rows, every cell escaped; columns from ``num_from`` on are right-aligned numbers."""
+    return "".join("<tr>" + "".join(f"<td{' class=num' if j >= num_from else ''}>{_e(str(c))}</td>"
+                                    for j, c in enumerate(r)) + "</tr>" for r in rows)
+
+
+def _table(header: list[str], body: str | list[list[str]], num_from: int = 1) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    return f"<table><tr>{head}</tr>{body if isinstance(body, str) else _rows(body, num_from)}</table>"
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{_e(text)}</p>'
+
+
+def headline_table(policies: dict[str, dict]) -> str:
+    """Per policy: reward ± standard error per source, win rate against the reference under the
+    first source (gold when present), KL, length, distinct-2."""
+    if not policies:
+        return _note("Skipped: no eval/results.json with evaluated policies.")
+    sources = _sources(policies)
+    first = sources[0] if sources else None
+    header = ["policy"] + [f"{s} reward" for s in sources] + [f"win rate vs ref ({first})", "KL (nats)",
+                                                               "length (tokens)", "distinct-2"]
+    rows = []
+    ref = next((r["reference"] for r in policies.values() if isinstance(r.get("reference"), dict)), None)
+    if ref is not None and "sft" not in policies:
+        rows.append(["reference"] + [_pm(_get(ref, "reward", s)) for s in sources] +
+                    ["-", "0", _pm(ref.get("length"), 1), _fmt(ref.get("distinct_2"))])
+    for name, res in policies.items():
+        kl = res.get("kl")
+        rows.append([name] + [_pm(_get(res, "policy", "reward", s)) for s in sources] +
+                    [_fmt(_get(res, "win_rate", first, "win_rate")) if first else "-",
+                     _pm(kl) if _mean(kl) is not None else _fmt(_policy_kl(name, res)),
+                     _pm(_get(res, "policy", "length"), 1), _fmt(_get(res, "policy", "distinct_2"))])
+    return _table(header, rows)
+
+
+def samples_table(policies: dict[str, dict]) -> str:
+    """Eval example rows grouped by prompt: the reference's response, then each policy's."""
+    sources = _sources(policies)
+    by_prompt: dict[str, list[list[str]]] = {}
+    for name, res in policies.items():
+        for ex in res.get("examples") or []:
+            rows = by_prompt.setdefault(str(ex.get("prompt", "")), [])
+            if "reference" in ex and not rows:
+                rows.append(["reference", str(ex["reference"])] +
+                            [_fmt(_get(ex, "rewards", s, "reference")) for s in sources])
+            rows.append([name, str(ex.get("policy", ""))] +
+                        [_fmt(_get(ex, "rewards", s, "policy")) for s in sources])
+    if not by_prompt:
+        return _note("Skipped: the eval results hold no example rows.")
+    header = ["model", "response"] + sources
+    body = "".join(f'<tr class="prompt"><td colspan="{len(header)}">prompt: {_e(p)}</td></tr>'
+                   + _rows(rows, num_from=2) for p, rows in by_prompt.items())
+    return _table(header, body)
+
+
+def _training_samples(stages: list[StageRun]) -> str:
+    parts = []
+    for st in stages:
+        for tab in (st.samples[:1] + st.samples[-1:]) if len(st.samples) > 1 else st.samples:
+            rows = [r for r in tab["samples"] if isinstance(r, dict)]
+            cols = sorted({k for r in rows for k in r} - {"prompt", "completion"},
+                          key=lambda k: (k != "score", k))
+            cells = [[str(r.get("prompt", "")), str(r.get("completion", ""))] + [_fmt(r.get(c)) for c in cols]
+                     for r in rows]
+            parts.append(f"<h3>{_e(st.name)}, step {_e(str(tab['step']))}</h3>"
+                         + _table(["prompt", "completion"] + cols, cells, num_from=2))
+    return "<details><summary>first and last sample tables logged in training</summary>" + "".join(parts) + \
+        "</details>" if parts else ""
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, title: str | None = None, *,
+                 sqrt_kl: bool = True, window: int = 5) -> Path:
+    """Write ``report.html`` (images embedded as base64 PNG) and the PNGs into ``out_dir``
+    (default: the run folder). Returns the HTML's path. ``sqrt_kl``: the over-optimisation x axis
+    is √KL as in Gao et al.; ``window``: points in its moving average."""
+    run = load_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else run.path
+    out.mkdir(parents=True, exist_ok=True)
+    title = title or f"RLHF run report: {run.path.resolve().name}"
+
+    def figure(name: str, alt: str, draw) -> str:
+        png = out / name
+        try:
+            data = _png(draw())
+        except Skipped as e:
+            png.unlink(missing_ok=True)  # no stale image from an earlier report
+            return _note(f"Skipped: {e}")
+        except Exception as e:  # a report should survive one bad input; say what went wrong
+            print(f"rlhf report: {name}: {type(e).__name__}: {e}", file=sys.stderr)
+            png.unlink(missing_ok=True)
+            return _note(f"Could not draw this plot: {type(e).__name__}: {e}")
+        png.write_bytes(data)
+        return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
+
+    stage_rows = [[s.name, s.type, s.status or "-", str(s.path),
+                   _fmt(s.metrics[-1]["step"], 0) if s.metrics else "-"] for s in run.stages]
+    configs = "".join(f"<details><summary>{_e(s.name)} ({_e(s.type)}): config.yaml</summary>"
+                      f"<pre>{_e(s.config)}</pre></details>" for s in run.stages if s.config)
+    now = datetime.datetime.now().isoformat(timespec="seconds")
+    notes = run.notes + [n for s in run.stages for n in s.notes]
+    parts = [
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="muted">run folder {_e(str(run.path))} · written {_e(now)}</p>',
+        _table(["stage", "type", "status", "folder", "last step"], stage_rows, num_from=4) if stage_rows
+        else _note("No stages found in this folder."),
+        "".join(_note(n) for n in notes),
+        "<h2>Headline</h2>", headline_table(run.policies),
+        "<h2>Reward vs KL frontier</h2>",
+        figure("frontier.png", "reward against KL to the reference per policy",
+               lambda: plot_frontier(run.policies, run.stages)),
+        "<h2>Over-optimisation</h2>",
+        figure("overoptimization.png", "proxy and gold reward against KL over PPO training",
+               lambda: plot_overoptimization(run.stages, sqrt_kl, window)),
+        "<h2>Training curves</h2>",
+        figure("training_curves.png", "training curves per stage", lambda: plot_training_curves(run.stages)),
+        "<h2>Sample responses</h2>", samples_table(run.policies), _training_samples(run.stages),
+        "<h2>Configs</h2>", configs or _note("Skipped: no stage folder holds a config.yaml."),
+    ]
+    doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+           f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    path = out / "report.html"
+    tmp = path.with_name(".report.html.tmp")
+    tmp.write_text(doc, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rlhf report", description="Turn a pipeline run folder into a "
+                                "self-contained report.html (plots embedded) plus the PNGs.")
+    p.add_argument("run_dir", help="the run folder (pipeline.json, stage folders, eval/results.json)")
+    p.add_argument("--out", default=None, help="folder for report.html and the PNGs (default: RUN_DIR)")
+    p.add_argument("--title", default=None, help="the report's title")
+    p.add_argument("--linear-kl", action="store_true", help="over-optimisation plot against KL, not √KL")
+    p.add_argument("--smooth", type=int, default=5, help="points in the moving average (default 5)")
+    a = p.parse_args(argv)
+    try:
+        path = write_report(a.run_dir, a.out, a.title, sqrt_kl=not a.linear_kl, window=a.smooth)
+    except FileNotFoundError as e:
+        print(f"rlhf report: error: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
