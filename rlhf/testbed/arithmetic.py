@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["make_prompts", "make_sft_records", "exact_answer", "write_task"]
+__all__ = ["make_prompts", "make_sft_records", "exact_answer", "write_task", "write_task_stage"]
 
 _PROMPT = re.compile(r"^\s*(\d+)\s*\+\s*(\d+)\s*=\s*$")
 
@@ -78,6 +78,12 @@ def write_task(out: str | Path, n_sft: int = 3000, n_prompts: int = 256, seed: i
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows[k]))
         tmp.replace(path)
     return files
+
+
+def write_task_stage(output_dir: str | Path, **kwargs) -> dict[str, int]:
+    """``rlhf pipeline`` stage form of :func:`write_task` (type: call)."""
+    files = write_task(output_dir, **kwargs)
+    return {name: sum(1 for _ in open(path)) for name, path in files.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ only learns the answer's vocabulary:
     count: a b c d          ->  4
     double: x y             ->  x x y y
 
-It feeds the SFT demo and tests until the review testbed (rlhf/testbed) takes over the demo.
+It feeds the tests (a fast, fully known SFT task); the demo runs the review testbed (reviews.py).
 The generator is seeded: the same ``seed`` gives the same examples.
 """
 

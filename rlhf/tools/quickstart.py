@@ -91,9 +91,9 @@ def pipeline_spec(out: str | Path = "runs/quickstart", fast: bool = False, seed:
                 "train": {**train_common, "lr": 5e-4 if f else 3e-4, "batch_size": 16,
                           "max_steps": 12 if f else 300, "eval_batch_size": 64, "log_every": 1}}},
             {"name": "dpo", "type": "dpo", "config": {
-                "model": {"name_or_path": "${sft}/final"}, "beta": 0.1,
+                "model": {"name_or_path": "${sft}/final"}, "beta": 0.1 if f else 0.3,
                 "data": {**data, "train": "${pairs}/train.jsonl", "eval": "${pairs}/eval.jsonl"},
-                "train": {**train_common, "lr": 5e-4, "batch_size": 16, "epochs": 1 if f else 2,
+                "train": {**train_common, "lr": 5e-4 if f else 2e-4, "batch_size": 16, "epochs": 1,
                           "log_every": 5}}},
             {"name": "best-of-n", "type": "best-of-n", "config": {
                 "model": {"name_or_path": "${sft}/final"}, "reward": "${rm}/final", "n": 4,
