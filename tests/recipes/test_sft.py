@@ -120,10 +120,12 @@ def test_two_processes_match_one(tiny_llama, instruction_data, tmp_path):
     one = subprocess.run([sys.executable, "-m", "rlhf.cli", "sft", f"output_dir={tmp_path / 'one'}",
                           "train.grad_accum=2", *common], env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "rlhf.cli", "sft",
+    # --standalone: a fresh rendezvous on a free port, so no other job's port can collide.
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "rlhf.cli", "sft",
                           f"output_dir={tmp_path / 'two'}", *common],
                          env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
+    # On failure show both ends of stderr: a crashed rank's own error comes first.
+    assert two.returncode == 0, two.stderr[:3000] + "\n...\n" + two.stderr[-3000:]
     assert "2 process(es)" in two.stdout
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5]
