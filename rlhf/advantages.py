@@ -20,7 +20,7 @@ from typing import Callable, Literal
 
 import torch
 
-from rlhf.masking import masked_whiten
+from rlhf.masking import last_index, masked_whiten
 
 __all__ = [
     "gae",
@@ -29,6 +29,7 @@ __all__ = [
     "reinforce_pp_advantages",
     "remax_advantages",
     "informative_groups",
+    "token_rewards",
     "ESTIMATORS",
     "CRITIC_ESTIMATORS",
     "compute_advantages",
@@ -173,6 +174,19 @@ def remax_advantages(scores: torch.Tensor, greedy_scores: torch.Tensor) -> torch
             )
         greedy_scores = greedy_scores.repeat_interleave(scores.numel() // greedy_scores.numel())
     return scores - greedy_scores
+
+
+@torch.no_grad()
+def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-token rewards of the RLHF episode: ``-β·KL_t`` on every action, plus the sequence
+    score on the last one (Ziegler et al. 2019; InstructGPT eq. 2). scores (B,), kl, mask (B, T)
+    -> (B, T), 0 off the completion."""
+    rewards = torch.where(mask.bool(), -beta * kl, torch.zeros_like(kl))
+    last = last_index(mask)  # (B,) the last action of each completion
+    if bool((last < 0).any()):
+        raise ValueError("token_rewards: a completion with no tokens has no last action to reward")
+    rewards[torch.arange(mask.shape[0], device=mask.device), last] += scores.to(rewards.dtype)
+    return rewards
 
 
 @torch.no_grad()

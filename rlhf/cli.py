@@ -6,7 +6,6 @@ work starts. Tools (generate, tiny-model, quickstart) take ordinary flags.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 from dataclasses import dataclass

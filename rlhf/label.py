@@ -14,7 +14,6 @@ with the gold ordering about as often as human labelers agree with each other.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
@@ -22,35 +21,26 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["bradley_terry_labels", "label_stage"]
+__all__ = ["preference_probability", "bradley_terry_labels", "label_stage"]
+
+
+def preference_probability(r_a: float, r_b: float, temperature: float) -> float:
+    """Bradley–Terry: P(a ≻ b) = σ((r_a − r_b)/τ), computed without overflow; τ > 0."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (got {temperature!r})")
+    z = (r_a - r_b) / temperature
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
 def bradley_terry_labels(scores_a: Sequence[float], scores_b: Sequence[float], temperature: float,
                          rng: random.Random) -> list[bool]:
-    """True where a is preferred: P(a ≻ b) = σ((r_a − r_b)/τ); τ = 0 picks the higher score
-    (a coin for ties)."""
+    """True where a is preferred: drawn with P(a ≻ b) = σ((r_a − r_b)/τ); τ = 0 picks the higher
+    score (a coin for ties). One ``rng.random()`` per pair, in order."""
     out = []
     for a, b in zip(scores_a, scores_b):
-        if temperature > 0:
-            p = 1.0 / (1.0 + math.exp(-max(min((a - b) / temperature, 50.0), -50.0)))
-        else:
-            p = 0.5 if a == b else float(a > b)
+        p = preference_probability(a, b, temperature) if temperature > 0 else (0.5 if a == b else float(a > b))
         out.append(rng.random() < p)
     return out
-
-
-def _read_prompts(path: str | Path) -> list[Any]:
-    rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
-    for i, r in enumerate(rows, 1):
-        if not isinstance(r, dict) or "prompt" not in r:
-            raise ValueError(f"{path}:{i}: prompt: expected an object with a 'prompt' field")
-    return [r["prompt"] for r in rows]
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
 
 
 def label_stage(output_dir: str | Path, *, policy: str, prompts: str, judge: str,
@@ -62,17 +52,19 @@ def label_stage(output_dir: str | Path, *, policy: str, prompts: str, judge: str
     score_rejected) into ``output_dir``. Pairs with identical completions are dropped (a
     comparison of a text with itself says nothing). Returns the summary."""
     from rlhf.data.config import DataConfig
+    from rlhf.data.load import load_prompts
     from rlhf.data.records import PromptRecord
     from rlhf.data.tokenize import encode_prompt
     from rlhf.models.config import ModelConfig
     from rlhf.models.load import load_causal_lm, load_tokenizer
     from rlhf.rewards import load_reward_source
     from rlhf.rollout import SamplingConfig, sample
+    from rlhf.train.run import write_jsonl_atomic
 
     if temperature < 0:
         raise ValueError(f"label: temperature must be >= 0 (got {temperature})")
     out = Path(output_dir)
-    texts = _read_prompts(prompts)[:max_prompts]
+    texts = load_prompts(prompts, max_prompts)
     mcfg = ModelConfig(name_or_path=policy)
     tok = load_tokenizer(mcfg)
     model = load_causal_lm(mcfg, for_training=False)
@@ -106,8 +98,8 @@ def label_stage(output_dir: str | Path, *, policy: str, prompts: str, judge: str
         raise ValueError("label: every pair had two identical completions; raise the sampling temperature")
     order = random.Random(seed + 1).sample(range(len(rows)), len(rows))
     n_eval = int(round(eval_fraction * len(rows)))
-    _write_jsonl(out / "eval.jsonl", [rows[i] for i in order[:n_eval]])
-    _write_jsonl(out / "train.jsonl", [rows[i] for i in order[n_eval:]])
+    write_jsonl_atomic(out / "eval.jsonl", [rows[i] for i in order[:n_eval]])
+    write_jsonl_atomic(out / "train.jsonl", [rows[i] for i in order[n_eval:]])
     return {"pairs": len(rows), "train_pairs": len(rows) - n_eval, "eval_pairs": n_eval,
             "dropped_identical": identical, "dropped_empty": empty, "judge": str(judge), "temperature": temperature,
             "agreement_with_judge_scores": agree / len(rows),

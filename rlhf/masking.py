@@ -25,6 +25,7 @@ __all__ = [
     "masked_mean",
     "masked_var",
     "masked_whiten",
+    "last_index",
 ]
 
 Aggregation = Literal["token_mean", "sequence_mean", "sequence_sum", "constant"]
@@ -77,6 +78,14 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     if not shift_mean:
         out = out + mean
     return _select(out, mask)
+
+
+def last_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position where ``mask`` is set in each row, -1 for an empty row:
+    (B, T) -> (B,) long."""
+    m = mask.bool()
+    positions = torch.arange(m.shape[-1], device=m.device)
+    return torch.where(m, positions, -1).amax(-1)
 
 
 def count_units(mask: torch.Tensor, mode: Aggregation) -> torch.Tensor:

@@ -29,7 +29,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -129,6 +128,10 @@ def load_pipeline(spec: dict[str, Any] | str | Path, output_dir: str | Path | No
             args = _resolve(raw.get("args") or {}, dirs, where)
             if not isinstance(args, dict):
                 raise PipelineError(f"{where}: args: expected a mapping")
+            missing = [k for k in REQUIRED_ARGS.get(kind, ()) if k not in args]
+            if missing:
+                raise PipelineError(f"{where}: args.{missing[0]} is required for a {kind} stage "
+                                    f"(needs {', '.join(REQUIRED_ARGS[kind])})")
             stages.append(StageSpec(name, kind, stage_dir, args=args))
         else:
             raise PipelineError(f"{where}: unknown type {kind!r}; expected one of "
@@ -141,15 +144,10 @@ def load_pipeline(spec: dict[str, Any] | str | Path, output_dir: str | Path | No
 
 
 def _tiny_model(out: Path, args: dict[str, Any]) -> dict[str, Any]:
-    from rlhf.models.tiny import make_tiny_checkpoint
+    from rlhf.models.tiny import make_tiny_checkpoint, read_texts
     args = dict(args)
-    texts_file = Path(args.pop("texts"))
-    fields = args.pop("fields", ["prompt", "completion"])
-    texts = []
-    for line in texts_file.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            texts.append("".join(str(row.get(f, "")) for f in fields))
+    # Each row's prompt and completion as one text, so the tokenizer learns merges across them.
+    texts = read_texts(args.pop("texts"), args.pop("fields", ["prompt", "completion"]))
     arch = args.pop("arch", "llama")
     make_tiny_checkpoint(out, arch, texts, **args)
     return {"arch": arch, "texts": len(texts)}
@@ -174,12 +172,16 @@ def _report(out: Path, args: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 def _call(out: Path, args: dict[str, Any]) -> dict[str, Any]:
     from rlhf.rewards import import_callable
     args = dict(args)
-    if "function" not in args:
-        raise PipelineError("call stage: args.function ('package.module:function') is required")
     fn = import_callable(args.pop("function"), what="pipeline stage function")
     result = fn(output_dir=out, **args)
     return dict(result or {})
 
+
+# Checked when the file is read, so a missing argument fails before the first stage runs.
+REQUIRED_ARGS: dict[str, tuple[str, ...]] = {
+    "tiny-model": ("texts",), "label": ("policy", "prompts", "judge"),
+    "eval": ("reference", "policies", "prompts", "rewards"), "call": ("function",),
+}
 
 STAGE_TYPES: dict[str, Callable[..., dict[str, Any]]] = {
     "tiny-model": _tiny_model, "label": _label, "eval": _eval, "report": _report, "call": _call,

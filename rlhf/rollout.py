@@ -137,15 +137,14 @@ def _sample_chunk(model: nn.Module, prompt_ids: list[list[int]], pad_id: int, st
                   cfg: SamplingConfig, greedy: bool, generator: torch.Generator | None
                   ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Sample one completion per row. Returns (ids (B, P+L), attention (B, P+L), P)."""
+    from rlhf.data.collate import PromptCollator
+
     device = next(model.parameters()).device
-    B, P = len(prompt_ids), max(len(p) for p in prompt_ids)
-    ids = torch.full((B, P), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, P), dtype=torch.long)
-    for i, p in enumerate(prompt_ids):  # left padding: every prompt ends at column P - 1
-        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
-        attn[i, P - len(p):] = 1
-    ids, attn = ids.to(device), attn.to(device)
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    B = len(prompt_ids)
+    # Left padding: every prompt ends at column P - 1; positions count real tokens only.
+    batch = PromptCollator(pad_id, "left")([{"prompt_input_ids": p} for p in prompt_ids])
+    ids, attn, pos = (batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids"))
+    P = ids.shape[1]
     stop = torch.tensor(stop_ids, device=device)
     cache = _new_cache(model)
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True)
@@ -197,13 +196,14 @@ def sample(model: nn.Module, tokenizer: Any, prompts: Sequence[Any], prompt_ids:
     ``prompts`` are the original prompts (text or messages; handed to reward sources as is) and
     ``prompt_ids`` their token ids as the policy sees them (rlhf.data.tokenize.encode_prompt).
     The model is put in eval mode for sampling and its previous mode restored. ``greedy``
-    takes the argmax at each step (ReMax's baseline) and forces one sample per prompt.
+    takes the argmax at each step (ReMax's baseline; pass ``num_samples=1``, since every
+    greedy sample of a prompt is the same).
     """
     if len(prompts) != len(prompt_ids):
         raise ValueError(f"sample: {len(prompts)} prompts but {len(prompt_ids)} prompt_ids")
     if not prompts:
         raise ValueError("sample: no prompts")
-    K = 1 if greedy else (num_samples or cfg.num_samples)
+    K = num_samples or cfg.num_samples
     pad = tokenizer.pad_token_id
     if pad is None:
         raise ValueError("the tokenizer has no pad_token_id; set one (e.g. tokenizer.pad_token = eos)")
@@ -229,18 +229,15 @@ def sample(model: nn.Module, tokenizer: Any, prompts: Sequence[Any], prompt_ids:
                 cut = _stop_string_cut(tokenizer, row, cfg.stop_strings)
             ended.append(cut is not None)
             completions_tok.append(row[:cut] if cut is not None else row)
+    from rlhf.data.collate import _pad
+
     L = max(1, max(len(c) for c in completions_tok))
-    B = len(rows_ids)
-    input_ids = torch.full((B, P + L), pad, dtype=torch.long)
-    attention = torch.zeros((B, P + L), dtype=torch.long)
-    comp_mask = torch.zeros((B, P + L), dtype=torch.long)
-    for i, (p, c) in enumerate(zip(rows_ids, completions_tok)):
-        input_ids[i, P - len(p):P] = torch.tensor(p, dtype=torch.long)
-        attention[i, P - len(p):P] = 1
-        if c:
-            input_ids[i, P:P + len(c)] = torch.tensor(c, dtype=torch.long)
-            attention[i, P:P + len(c)] = 1
-            comp_mask[i, P:P + len(c)] = 1
+    # Prompt left-padded to width P, completion right-padded to width L after it.
+    input_ids = torch.cat([_pad(rows_ids, pad, "left", P), _pad(completions_tok, pad, "right", L)], dim=1)
+    prompt_real = _pad([[1] * len(p) for p in rows_ids], 0, "left", P)
+    comp_real = _pad([[1] * len(c) for c in completions_tok], 0, "right", L)
+    attention = torch.cat([prompt_real, comp_real], dim=1)
+    comp_mask = torch.cat([torch.zeros_like(prompt_real), comp_real], dim=1)
     device = next(model.parameters()).device
     texts = tokenizer.batch_decode(completions_tok, skip_special_tokens=True)
     return Rollout(

@@ -202,3 +202,15 @@ def test_compute_advantages_dispatch():
         compute_advantages("ppo", mask=mask)
     assert CRITIC_ESTIMATORS <= set(ESTIMATORS)
     assert set(ESTIMATORS) == {"gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "remax"}
+
+
+def test_token_rewards_closed_form():
+    """r_t = -β·kl_t on actions, plus the score on the last action; 0 elsewhere."""
+    kl = torch.tensor([[9.0, 0.5, 1.0, 9.0], [9.0, 2.0, 9.0, 9.0]])
+    mask = torch.tensor([[0, 1, 1, 0], [0, 1, 0, 0]])
+    from rlhf.advantages import token_rewards
+    r = token_rewards(torch.tensor([3.0, -1.0]), kl, mask, beta=0.1)
+    expected = torch.tensor([[0.0, -0.05, -0.1 + 3.0, 0.0], [0.0, -0.2 - 1.0, 0.0, 0.0]])
+    torch.testing.assert_close(r, expected)
+    with pytest.raises(ValueError, match="no last action"):
+        token_rewards(torch.tensor([1.0]), kl[:1], torch.zeros(1, 4), beta=0.1)

@@ -56,6 +56,8 @@ def test_references_resolve_to_earlier_stage_folders(tmp_path, tiny_llama):
     ([{"name": "a", "type": "report"}, {"name": "a", "type": "report"}], "used twice"),
     ([{"name": "s", "type": "sft", "config": {"train": {"lr": -1}}}], "stage 's': config.train.lr"),
     ([{"name": "s", "type": "sft", "confg": {}}], "unknown key(s) confg"),
+    ([{"name": "a", "type": "report"}, {"name": "c", "type": "call", "args": {"x": 1}}],
+     "stage 'c': args.function is required"),
 ])
 def test_bad_pipelines_fail_before_anything_runs_and_name_the_stage(tmp_path, stages, message):
     with pytest.raises(PipelineError) as e:

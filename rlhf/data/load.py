@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Literal
+from typing import Any, Literal
 
 from rlhf.config import ConfigError
 from rlhf.data.config import CANONICAL_FIELDS, DataConfig
@@ -37,7 +37,7 @@ from rlhf.data.records import (
     UnpairedRecord,
 )
 
-__all__ = ["load_records", "load_train_eval", "split_eval", "KIND_FORMATS", "Kind"]
+__all__ = ["load_records", "load_prompts", "load_train_eval", "split_eval", "KIND_FORMATS", "Kind"]
 
 log = logging.getLogger("rlhf.data")
 
@@ -114,6 +114,13 @@ def load_records(cfg: DataConfig, kind: Kind, source: str | None = None,
     else:
         log.info("%s (%s, %s records): %s", name, fmt, kind, report.summary())
     return out, report
+
+
+def load_prompts(source: str, limit: int | None = None) -> list[Any]:
+    """The prompts of any source that has them (a prompt file, SFT or preference data), in
+    order, at most ``limit``. Strict: a bad row stops with ``file:row: field: expected ...``."""
+    cfg = DataConfig(train=str(source), strict=True, max_samples=limit)
+    return [r.prompt for r in load_records(cfg, "prompt")[0]]
 
 
 def split_eval(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:

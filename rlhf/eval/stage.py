@@ -39,21 +39,17 @@ def concomitant_curve(proxy: Sequence[Sequence[float]], judge: Sequence[Sequence
     return out
 
 
-def _prompts(path: str | Path, limit: int | None) -> list[Any]:
-    rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
-    return [r["prompt"] for r in rows][:limit]
-
-
 def eval_stage(output_dir: str | Path, *, reference: str, policies: dict[str, str], prompts: str,
                rewards: dict[str, str], best_of_n: dict[str, str] | None = None,
                num_samples: int = 2, max_new_tokens: int = 32, temperature: float = 1.0,
                batch_size: int = 16, seed: int = 0, max_prompts: int | None = None,
                chat_template: str = "auto") -> dict[str, Any]:
     from rlhf.data.config import DataConfig
+    from rlhf.data.load import load_prompts
     from rlhf.eval.evaluate import evaluate
     from rlhf.rewards import load_reward_source
 
-    texts = _prompts(prompts, max_prompts)
+    texts = load_prompts(prompts, max_prompts)
     dcfg = DataConfig(chat_template=chat_template)
     results: dict[str, Any] = {"reference": reference, "prompts": len(texts), "policies": {}}
     # Each result also holds the reference's own samples and scores (its "reference" side):

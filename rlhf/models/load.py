@@ -467,12 +467,13 @@ def score_tokens(
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last position with attention_mask == 1 in each row: (B, T) -> (B,)."""
-    mask = attention_mask.bool()
-    if not bool(mask.any(-1).all()):
-        rows = (~mask.any(-1)).nonzero().flatten().tolist()
+    from rlhf.masking import last_index
+
+    idx = last_index(attention_mask)
+    if bool((idx < 0).any()):
+        rows = (idx < 0).nonzero().flatten().tolist()
         raise ValueError(f"attention_mask rows {rows} have no real token to score")
-    positions = torch.arange(mask.shape[-1], device=mask.device)
-    return torch.where(mask, positions, -1).amax(-1)
+    return idx
 
 
 def score_last_token(

@@ -24,7 +24,7 @@ phi         ~166k      parallel attention + MLP, partial rotary, biased LM head,
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "build_tiny_model",
     "make_tiny_checkpoint",
     "tiny_corpus",
+    "read_texts",
 ]
 
 TINY_ARCHITECTURES: tuple[str, ...] = ("llama", "gpt2", "qwen2", "gpt_neox", "mistral", "gemma", "phi")
@@ -234,6 +235,35 @@ _VERBS = ["likes", "sees", "writes", "finds", "reads", "wants", "builds"]
 _OBJECTS = ["a red ball", "the answer", "some bread", "a long story", "the green door",
             "three apples", "a quiet song"]
 _ENDS = [".", "!", "?", ", then rests.", " every day.", " again."]
+
+
+def read_texts(path: str | Path, fields: Sequence[str] | None = None) -> list[str]:
+    """Texts to train a tiny tokenizer on: the lines of a .txt file, or from a .jsonl file
+    either every string field of each row (``fields`` None) or the named fields of each row
+    joined into one text. Bad lines stop with ``file:line: ...``."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    lines = path.read_text().splitlines()
+    if path.suffix != ".jsonl":
+        return lines
+    texts: list[str] = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{i}: expected a JSON object")
+        if fields is None:
+            texts += [v for v in row.values() if isinstance(v, str)]
+        else:
+            texts.append("".join(str(row.get(f, "")) for f in fields))
+    return texts
 
 
 def tiny_corpus(n: int = 200, seed: int = 0) -> list[str]:

@@ -27,9 +27,7 @@ Run it with ``rlhf best-of-n configs/best_of_n/tiny.yaml [key=value ...]``.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -41,7 +39,7 @@ from rlhf.data.config import DataConfig
 from rlhf.eval.evaluate import SamplingConfig, sample_completions
 from rlhf.eval.metrics import (best_of_n_curve, best_of_n_kl_bound, best_of_n_kl_estimate, mean_stderr)
 from rlhf.models.config import ModelConfig
-from rlhf.train.run import prepare_output_dir, write_json_atomic
+from rlhf.train.run import prepare_output_dir, write_json_atomic, write_jsonl_atomic
 
 __all__ = ["BestOfNConfig", "train", "select_best", "best_of_n_curve"]
 
@@ -90,16 +88,6 @@ def select_best(rewards: list[float], rng: random.Random) -> int:
     (the rule under which :func:`rlhf.eval.metrics.best_of_n_kl_exact` is exact)."""
     top = max(rewards)
     return rng.choice([i for i, r in enumerate(rewards) if r == top])
-
-
-def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 def train(cfg: BestOfNConfig) -> dict[str, Any]:
@@ -179,9 +167,9 @@ def train(cfg: BestOfNConfig) -> dict[str, Any]:
     }
 
     # Step 7. Write the outputs; summary.json last marks the run finished.
-    _write_jsonl_atomic(out / "best.jsonl", best_rows)
+    write_jsonl_atomic(out / "best.jsonl", best_rows)
     if cfg.save_pool:
-        _write_jsonl_atomic(out / "pool.jsonl", [
+        write_jsonl_atomic(out / "pool.jsonl", [
             {"prompt": prompts[i], "completions": [r["completion"] for r in rows[i * M:(i + 1) * M]],
              "rewards": pool[i]} for i in range(len(prompts))])
     summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}

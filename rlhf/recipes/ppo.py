@@ -40,7 +40,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from rlhf.advantages import CRITIC_ESTIMATORS, ESTIMATORS, compute_advantages, informative_groups
+from rlhf.advantages import CRITIC_ESTIMATORS, compute_advantages, informative_groups, token_rewards
 from rlhf.config import ConfigError, opt
 from rlhf.data.config import DataConfig
 from rlhf.data.load import load_records
@@ -58,7 +58,7 @@ from rlhf.rollout import Rollout, SamplingConfig, rollout_logps, rollout_values,
 from rlhf.train.config import TrainConfig
 from rlhf.train.trainer import Trainer
 
-__all__ = ["PPOConfig", "KLConfig", "PolicyLossConfig", "PolicyAndValue", "train", "token_rewards"]
+__all__ = ["PPOConfig", "KLConfig", "PolicyLossConfig", "PolicyAndValue", "train"]
 
 AdvantageName = Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "remax"]
 GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")  # need K >= 2 samples per prompt
@@ -214,20 +214,6 @@ def _load_value_model(cfg: PPOConfig, tokenizer: Any) -> tuple[nn.Module, str]:
 # --------------------------------------------------------------------------- the reward signal
 
 
-def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
-    """Per-token rewards of the RLHF episode: ``-β·KL_t`` on every action, plus the sequence
-    score on the last one (Ziegler et al. 2019; InstructGPT eq. 2). scores (B,), kl, mask (B, T)
-    -> (B, T), 0 off the completion."""
-    m = mask.bool()
-    rewards = torch.where(m, -beta * kl, torch.zeros_like(kl))
-    positions = torch.arange(mask.shape[1], device=mask.device)
-    last = torch.where(m, positions, -1).amax(-1)  # (B,) index of the last action
-    if bool((last < 0).any()):
-        raise ValueError("token_rewards: a completion with no tokens has no last action to reward")
-    rewards[torch.arange(mask.shape[0], device=mask.device), last] += scores.to(rewards.dtype)
-    return rewards
-
-
 def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
     """1 - Var(R - V) / Var(R) over completion tokens: 1 = the critic predicts returns exactly."""
     var_r = masked_var(returns, mask)
@@ -357,7 +343,8 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         if cfg.advantage == "remax":  # the baseline: the score of the greedy completion
             with trainer.accelerator.autocast():
                 greedy = sample(inner.policy, tokenizer, [e["prompt"] for e in examples],
-                                [e["prompt_input_ids"] for e in examples], cfg.sampling, greedy=True)
+                                [e["prompt_input_ids"] for e in examples], cfg.sampling, greedy=True,
+                                num_samples=1)
             greedy_scores = reward(greedy.prompts, greedy.completions).to(device).float()
             if cfg.ppo.missing_eos_penalty is not None:
                 greedy_scores = torch.where(greedy.ended, greedy_scores, greedy_scores - cfg.ppo.missing_eos_penalty)

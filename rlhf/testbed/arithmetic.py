@@ -16,7 +16,6 @@ a checker instead.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 from pathlib import Path
@@ -56,10 +55,10 @@ def make_sft_records(n: int, seed: int = 0, accuracy: float = 0.5) -> list[dict[
 def exact_answer(prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
     """1.0 when the completion (surrounding spaces ignored) is the sum asked for, else 0.0."""
     scores = []
-    for p, c in zip(prompts, completions):
+    for i, (p, c) in enumerate(zip(prompts, completions)):
         m = _PROMPT.match(str(p))
         if m is None:
-            raise ValueError(f"exact_answer: prompt {p!r} is not of the form 'a+b='")
+            raise ValueError(f"exact_answer: pair {i}: prompt {p!r} is not of the form 'a+b='")
         scores.append(1.0 if c.strip() == str(int(m.group(1)) + int(m.group(2))) else 0.0)
     return scores
 
@@ -73,10 +72,9 @@ def write_task(out: str | Path, n_sft: int = 3000, n_prompts: int = 256, seed: i
     rows = {"sft": make_sft_records(n_sft, seed, accuracy),
             "prompts": [{"prompt": p} for p in make_prompts(n_prompts, seed + 1)],
             "eval_prompts": [{"prompt": p} for p in make_prompts(100, seed + 2)]}
+    from rlhf.train.run import write_jsonl_atomic
     for k, path in files.items():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows[k]))
-        tmp.replace(path)
+        write_jsonl_atomic(path, rows[k])
     return files
 
 

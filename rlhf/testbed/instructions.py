@@ -17,7 +17,6 @@ The generator is seeded: the same ``seed`` gives the same examples.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -49,9 +48,5 @@ def make_examples(n: int, seed: int = 0, **kw) -> list[dict[str, str]]:
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
-    return path
+    from rlhf.train.run import write_jsonl_atomic
+    return write_jsonl_atomic(path, rows)

@@ -87,6 +87,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from rlhf.label import bradley_terry_labels
+from rlhf.label import preference_probability as _bt_probability
 from rlhf.testbed.instructions import write_jsonl
 
 __all__ = [
@@ -549,11 +551,8 @@ def relabel(prompt: Any, completion: str) -> str:
 
 
 def preference_probability(g_a: float, g_b: float, temperature: float = DEFAULT_TEMPERATURE) -> float:
-    """Bradley-Terry: P(a preferred to b) = sigmoid((g_a - g_b) / temperature)."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (got {temperature!r})")
-    z = (g_a - g_b) / temperature
-    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+    """Bradley-Terry: P(a preferred to b) = sigmoid((g_a - g_b) / temperature) (rlhf.label's)."""
+    return _bt_probability(g_a, g_b, temperature)
 
 
 def annotate(prompts: Sequence[Any], completions_a: Sequence[str], completions_b: Sequence[str], *,
@@ -569,12 +568,11 @@ def annotate(prompts: Sequence[Any], completions_a: Sequence[str], completions_b
                          f"{len(completions_b)} completions_b: expected the same number of each")
     g_a = gold_reward(prompts, completions_a)
     g_b = gold_reward(prompts, completions_b)
-    rng = random.Random(seed)
-    out = []
-    for p, a, b, ga, gb in zip(prompts, completions_a, completions_b, g_a, g_b):
-        a_wins = rng.random() < preference_probability(ga, gb, temperature)
-        out.append({"prompt": p, "chosen": a if a_wins else b, "rejected": b if a_wins else a})
-    return out
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (got {temperature!r})")
+    wins = bradley_terry_labels(g_a, g_b, temperature, random.Random(seed))
+    return [{"prompt": p, "chosen": a if w else b, "rejected": b if w else a}
+            for p, a, b, w in zip(prompts, completions_a, completions_b, wins)]
 
 
 def _pair_probs(g_a: Sequence[float], g_b: Sequence[float], temperature: float) -> list[float]:

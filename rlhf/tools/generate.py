@@ -38,44 +38,42 @@ def read_prompts(path: str | Path) -> list[str]:
 def generate(model, tokenizer, prompts: list, *, data_cfg=None, max_new_tokens: int = 64,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, num_samples: int = 1,
              batch_size: int = 8, seed: int = 0) -> list[dict]:
-    """Sample ``num_samples`` completions per prompt. Returns one dict per (prompt, sample)."""
+    """Sample ``num_samples`` completions per prompt (temperature 0 = greedy). Returns one dict
+    per (prompt, sample), samples of one prompt consecutive: prompt, completion, ended_with_eos,
+    num_tokens (EOS not counted), prompt_ids, completion_ids (the exact sampled ids, EOS
+    included when it ended). ``batch_size`` counts prompts per batch.
+
+    Sampling is :func:`rlhf.rollout.sample`, the project's one sampler (the one PPO uses), with
+    its own seeded generator: the global torch RNG is left alone.
+    """
     import torch
 
     from rlhf.data.config import DataConfig
     from rlhf.data.records import PromptRecord
     from rlhf.data.tokenize import encode_prompt
+    from rlhf.rollout import SamplingConfig, eos_ids, sample
 
     data_cfg = data_cfg or DataConfig()
-    torch.manual_seed(seed)
     encoded = [encode_prompt(PromptRecord(prompt=p), tokenizer, data_cfg)["prompt_input_ids"] for p in prompts]
-    pad = tokenizer.pad_token_id
-    model.eval()
+    greedy = temperature <= 0
+    cfg = SamplingConfig(num_samples=num_samples, max_new_tokens=max_new_tokens,
+                         temperature=1.0 if greedy else temperature, top_p=top_p, top_k=top_k,
+                         batch_size=batch_size * num_samples)
+    stops = set(eos_ids(tokenizer, model))
+    generator = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start:start + batch_size]
-        T = max(len(x) for x in chunk)
-        ids = torch.full((len(chunk), T), pad, dtype=torch.long)
-        attn = torch.zeros((len(chunk), T), dtype=torch.long)
-        for i, x in enumerate(chunk):  # left padding: every prompt ends where generation starts
-            ids[i, T - len(x):] = torch.tensor(x)
-            attn[i, T - len(x):] = 1
-        with torch.no_grad():
-            gen = model.generate(
-                input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
-                do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                top_p=top_p if temperature > 0 else None, top_k=top_k if temperature > 0 else None,
-                max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
-                pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-        for j, row in enumerate(gen[:, T:].tolist()):
-            i = start + j // num_samples
-            ended = tokenizer.eos_token_id in row
-            if ended:
-                row = row[:row.index(tokenizer.eos_token_id)]
-            # Token ids travel with the text so that later log-prob computations (eval's KL,
-            # best-of-N) score exactly the sampled tokens, not a re-tokenisation of the text.
-            out.append({"prompt": prompts[i], "completion": tokenizer.decode(row, skip_special_tokens=True),
-                        "ended_with_eos": ended, "num_tokens": len(row),
-                        "prompt_ids": encoded[i], "completion_ids": row + ([tokenizer.eos_token_id] if ended else [])})
+        part, ids = prompts[start:start + batch_size], encoded[start:start + batch_size]
+        ro = sample(model, tokenizer, part, ids, cfg, greedy=greedy, num_samples=num_samples,
+                    generator=generator)
+        P = ro.prompt_width
+        for i in range(len(ro)):
+            completion_ids = ro.input_ids[i, P:][ro.completion_mask[i, P:].bool()].tolist()
+            ended = bool(ro.ended[i])
+            eos_at_end = ended and bool(completion_ids) and completion_ids[-1] in stops
+            out.append({"prompt": ro.prompts[i], "completion": ro.completions[i], "ended_with_eos": ended,
+                        "num_tokens": len(completion_ids) - int(eos_at_end),
+                        "prompt_ids": ids[i // num_samples], "completion_ids": completion_ids})
     return out
 
 

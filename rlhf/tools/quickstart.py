@@ -35,6 +35,7 @@ def write_data(output_dir: str | Path, n_sft: int = 4000, n_prompts: int = 512, 
                seed: int = 0) -> dict[str, Any]:
     """The task's files: sft.jsonl (prompt/completion), prompts.jsonl, eval_prompts.jsonl."""
     from rlhf.testbed import reviews
+    from rlhf.train.run import write_jsonl_atomic
 
     out = Path(output_dir)
     files = {
@@ -43,7 +44,7 @@ def write_data(output_dir: str | Path, n_sft: int = 4000, n_prompts: int = 512, 
         "eval_prompts.jsonl": [{"prompt": p} for p in reviews.make_prompts(n_eval, seed=seed + 2)],
     }
     for name, rows in files.items():
-        (out / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl_atomic(out / name, rows)
     gold = reviews.gold_reward([r["prompt"] for r in files["sft.jsonl"]],
                                [r["completion"] for r in files["sft.jsonl"]])
     return {"sft_examples": n_sft, "prompts": n_prompts, "eval_prompts": n_eval,

@@ -7,14 +7,13 @@ checkpoint, so every stage loads it as it would load a hub model.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 __all__ = ["main"]
 
 
 def main(argv: list[str]) -> int:
-    from rlhf.models.tiny import TINY_ARCHITECTURES, make_tiny_checkpoint, tiny_corpus
+    from rlhf.models.tiny import TINY_ARCHITECTURES, make_tiny_checkpoint, read_texts, tiny_corpus
 
     p = argparse.ArgumentParser(prog="rlhf tiny-model", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder to create (must not exist)")
@@ -30,14 +29,10 @@ def main(argv: list[str]) -> int:
     out = Path(a.out)
     if out.exists():
         p.error(f"--out {out} already exists; not overwriting it")
-    texts = tiny_corpus()
-    if a.texts:
-        src = Path(a.texts)
-        if src.suffix == ".jsonl":
-            texts = [v for line in src.read_text().splitlines() if line.strip()
-                     for v in json.loads(line).values() if isinstance(v, str)]
-        else:
-            texts = src.read_text().splitlines()
+    try:
+        texts = read_texts(a.texts) if a.texts else tiny_corpus()
+    except ValueError as e:
+        p.error(f"--texts: {e}")
     make_tiny_checkpoint(out, a.arch, texts, vocab_size=a.vocab_size, hidden_size=a.hidden_size,
                          num_layers=a.num_layers, num_heads=a.num_heads,
                          max_position_embeddings=a.max_position_embeddings, seed=a.seed)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["RunDirError", "prepare_output_dir", "list_checkpoints", "latest_checkpoint",
-           "MetricsWriter", "write_json_atomic", "atomic_dir", "is_finished"]
+           "MetricsWriter", "write_json_atomic", "write_jsonl_atomic", "atomic_dir", "is_finished"]
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -100,6 +100,21 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
+
+
+def write_jsonl_atomic(path: str | Path, rows: Any) -> Path:
+    """One JSON object per line (UTF-8), written to a temporary file and renamed into place,
+    so a reader never sees half a file. Creates the parent folder. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    return path
 
 
 class atomic_dir:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rlhf.config import ConfigError, load_config
-from rlhf.recipes.ppo import PPOConfig, token_rewards, train
+from rlhf.recipes.ppo import PPOConfig, train
 
 REWARD_MODULE = '''
 def e_fraction(prompts, completions):
@@ -43,15 +43,6 @@ def _scores(out_dir) -> list[dict]:
     return [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines() if '"score"' in x]
 
 
-def test_token_rewards_closed_form():
-    """r_t = -β·kl_t on actions, plus the score on the last action; 0 elsewhere."""
-    kl = torch.tensor([[9.0, 0.5, 1.0, 9.0], [9.0, 2.0, 9.0, 9.0]])
-    mask = torch.tensor([[0, 1, 1, 0], [0, 1, 0, 0]])
-    r = token_rewards(torch.tensor([3.0, -1.0]), kl, mask, beta=0.1)
-    expected = torch.tensor([[0.0, -0.05, -0.1 + 3.0, 0.0], [0.0, -0.2 - 1.0, 0.0, 0.0]])
-    torch.testing.assert_close(r, expected)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("advantage,extra", [
     ("grpo", ["train.max_steps=14", "kl.beta=0.05"]),
@@ -69,7 +60,10 @@ def test_learns_the_programmatic_reward(setup, tmp_path, advantage, extra):
     last = sum(r["score"] for r in rows[-3:]) / 3
     assert last > 2 * first and last > first + 0.04, (first, last)
     assert rows[-1]["kl"] < 10.0
-    assert summary["advantage"] == advantage and summary["final_score"] == pytest.approx(rows[-1]["score"], abs=0.2)
+    # final_score is the mean over the last 10% of steps (at least one).
+    tail = rows[-max(1, len(rows) // 10):]
+    assert summary["advantage"] == advantage
+    assert summary["final_score"] == pytest.approx(sum(r["score"] for r in tail) / len(tail), rel=1e-9)
     if advantage == "gae":
         assert "value_loss" in rows[-1] and math.isfinite(rows[-1]["explained_variance"])
     assert (tmp_path / advantage / "final" / "model.safetensors").is_file()

@@ -13,7 +13,6 @@ from rlhf.config import load_config
 from rlhf.data.collate import PadCollator
 from rlhf.data.records import SFTRecord
 from rlhf.data.tokenize import encode_sft
-from rlhf.models.config import ModelConfig
 from rlhf.models.load import load_causal_lm, load_tokenizer
 from rlhf.recipes.sft import SFTConfig, _loss, _units
 from rlhf.train.trainer import Trainer, epoch_order, plan_steps
