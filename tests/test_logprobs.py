@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rlhf.logprobs import entropy_from_logits, shifted_token_logps, token_logps
@@ -48,3 +49,101 @@ def test_entropy_ignores_masked_vocabulary_and_keeps_float64():
     x = torch.randn(2, 5, dtype=torch.float64)
     ids = torch.tensor([1, 3])
     assert token_logps(x, ids).dtype == torch.float64
+
+
+# --------------------------------------------------------------------------- per-sequence sums
+
+def _model(arch: str):
+    import transformers
+    torch.manual_seed(0)
+    if arch == "llama":
+        cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+        return transformers.LlamaForCausalLM(cfg).eval()
+    cfg = transformers.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=128)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def _sequences(lengths=(5, 17, 33, 9, 40, 3, 2, 21), seed=1):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in lengths:
+        p = max(1, n // 3)
+        out.append({"input_ids": torch.randint(0, 97, (n,), generator=g).tolist(),
+                    "completion_mask": [0] * p + [1] * (n - p)})
+    return out
+
+
+def _naive_sums(model, seqs):
+    """Each sequence alone, unpadded: full log_softmax in float64, summed over its completion."""
+    out = []
+    for s in seqs:
+        ids = torch.tensor([s["input_ids"]])
+        logp = torch.log_softmax(model(input_ids=ids).logits.double(), -1)[0]  # (n, V)
+        out.append(sum(logp[t - 1, ids[0, t]] for t in range(1, ids.shape[1]) if s["completion_mask"][t]))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_sequence_logps_layouts_equal_naive(arch, side):
+    """packed, bucketed and padded all equal the one-sequence-at-a-time computation, whichever
+    side the batch is padded on; completion lengths count the completion tokens."""
+    from rlhf.data.collate import PadCollator
+    from rlhf.logprobs import sequence_logps
+
+    model, seqs = _model(arch), _sequences()
+    batch = PadCollator(0, side)(seqs)
+    want = _naive_sums(model, seqs)
+    for layout in ("packed", "bucketed", "padded"):
+        got, lengths = sequence_logps(model, batch, layout)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+        assert lengths.tolist() == [sum(s["completion_mask"]) for s in seqs]
+
+
+def test_packed_gradient_equals_padded():
+    from rlhf.data.collate import PadCollator
+    from rlhf.logprobs import sequence_logps
+
+    model = _model("llama")
+    batch = PadCollator(0, "right")(_sequences())
+    w = torch.linspace(-1, 1, 8)  # a loss that weighs sequences differently
+    grads = []
+    for layout in ("packed", "padded"):
+        model.zero_grad()
+        (sequence_logps(model, batch, layout)[0] * w).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_bucketed_is_batch_invariant_to_the_bit():
+    """A sequence's bucketed value is the same bits alone, in any batch, in any order."""
+    from rlhf.data.collate import PadCollator
+    from rlhf.logprobs import bucketed_sequence_logps
+
+    model, seqs = _model("llama"), _sequences()
+    collate = PadCollator(0, "right")
+    alone = torch.stack([bucketed_sequence_logps(model, collate([s]))[0][0] for s in seqs])
+    together = bucketed_sequence_logps(model, collate(seqs))[0]
+    rev = bucketed_sequence_logps(model, PadCollator(0, "left")(seqs[::-1]))[0].flip(0)
+    assert torch.equal(alone, together) and torch.equal(alone, rev)
+
+
+def test_models_without_logits_to_keep_fall_back_to_full_logits():
+    from rlhf.data.collate import PadCollator
+    from rlhf.logprobs import sequence_logps
+
+    inner = _model("llama")
+
+    class Plain(torch.nn.Module):  # a forward with no logits_to_keep argument
+        def __init__(self):
+            super().__init__()
+            self.m = inner
+
+        def forward(self, input_ids, position_ids=None, attention_mask=None, use_cache=False):
+            return inner(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                         use_cache=use_cache)
+
+    batch = PadCollator(0, "right")(_sequences())
+    torch.testing.assert_close(sequence_logps(Plain(), batch)[0], sequence_logps(inner, batch)[0],
+                               rtol=0, atol=1e-5)

@@ -34,6 +34,8 @@ __all__ = [
     "PromptCollator",
     "PackingCollator",
     "pack_examples",
+    "best_fit_rows",
+    "PackedLayout",
     "model_inputs",
     "position_ids_from_mask",
     "block_causal_mask",
@@ -145,12 +147,35 @@ class PromptCollator:
 # --------------------------------------------------------------------------- packing
 
 
+def best_fit_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Assign items of the given lengths to rows of at most ``capacity``: best-fit decreasing.
+
+    Items are taken longest first (ties in input order) and each goes into the open row with the
+    least room that still fits it, else into a new row: deterministic, and it wastes little room.
+    Returns the item indices of each row, in placement order. An item longer than ``capacity``
+    gets a row of its own (callers that forbid this check first).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # sorted (free tokens, row index) of every row
+    for i in order:
+        n = lengths[i]
+        k = bisect.bisect_left(room, (n, -1))  # the row with the least room >= n
+        if k < len(room):
+            free, r = room.pop(k)
+            rows[r].append(i)
+            bisect.insort(room, (free - n, r))
+        else:
+            rows.append([i])
+            bisect.insort(room, (max(capacity - n, 0), len(rows) - 1))
+    return rows
+
+
 def pack_examples(examples: list[dict[str, Any]], max_length: int) -> list[dict[str, list[int]]]:
     """Pack encoded SFT examples into rows of at most ``max_length`` tokens.
 
-    Best-fit decreasing: examples are taken longest first (ties in input order) and each goes
-    into the open row with the least room that still fits it, else into a new row. This is
-    deterministic and wastes little room. Within a row, sequences keep their input order.
+    Rows are filled by :func:`best_fit_rows` (best-fit decreasing, deterministic); within a
+    row, sequences keep their input order.
     Each packed example holds ``input_ids``, ``completion_mask`` (0 on the first token of
     every sequence), ``position_ids`` (0.. per sequence) and ``seq_lengths``.
     """
@@ -166,19 +191,7 @@ def pack_examples(examples: list[dict[str, Any]], max_length: int) -> list[dict[
         if n > max_length:
             raise ValueError(f"example {i} has {n} tokens, more than the packing length {max_length}; "
                              "encode with the same max_length")
-    order = sorted(range(len(examples)), key=lambda i: (-lengths[i], i))
-    rows: list[list[int]] = []  # example indices per row
-    room: list[tuple[int, int]] = []  # sorted (free tokens, row index) of every row
-    for i in order:
-        n = lengths[i]
-        k = bisect.bisect_left(room, (n, -1))  # the row with the least room >= n
-        if k < len(room):
-            free, r = room.pop(k)
-            rows[r].append(i)
-            bisect.insort(room, (free - n, r))
-        else:
-            rows.append([i])
-            bisect.insort(room, (max_length - n, len(rows) - 1))
+    rows = best_fit_rows(lengths, max_length)
     packed = []
     for members in rows:
         members.sort()
@@ -195,6 +208,68 @@ def pack_examples(examples: list[dict[str, Any]], max_length: int) -> list[dict[
         packed.append({"input_ids": ids, "completion_mask": mask, "position_ids": pos,
                        "seq_lengths": [lengths[i] for i in members]})
     return packed
+
+
+class PackedLayout:
+    """Where each real token of a padded (N, T) batch goes when its sequences are packed back to
+    back into R rows of at most ``capacity`` tokens (default T, the batch width).
+
+    Padding costs a transformer as much as real tokens; preference batches (chosen and rejected
+    of different lengths, 2B rows padded to the longest) are often half padding. Packing
+    removes it without changing any sequence's numbers beyond float rounding: positions restart
+    at 0 per sequence and no attention_mask is passed, so transformers builds the block-diagonal
+    causal mask (module doc). With ``capacity = T`` attention never spans more than the padded
+    batch did. Left and right padding give the same layout (only attention_mask == 1 tokens move).
+
+    ``pack(x, fill)`` moves any (N, T) tensor into the (R, W) layout (differentiable: a gather
+    and a scatter). ``position_ids`` (R, W) restart per sequence (trailing padding is a block of
+    its own); ``sequence`` (R, W) holds each token's source row, -1 on padding; ``starts`` (R, W)
+    is True at each sequence's first token; ``last`` (N,) is the flat (R*W) index of each
+    sequence's last token.
+    """
+
+    def __init__(self, attention_mask: torch.Tensor, capacity: int | None = None):
+        am = attention_mask.bool()
+        N, T = am.shape
+        lengths = am.sum(-1).tolist()
+        if min(lengths, default=1) < 1:
+            raise ValueError("every row needs at least one real token to be packed")
+        rows = best_fit_rows(lengths, capacity or T)
+        fill = [sum(lengths[i] for i in r) for r in rows]
+        R, W = len(rows), max(fill)
+        dev = am.device
+        base = [0] * N  # flat (R*W) offset of each sequence's first token
+        for r, members in enumerate(rows):
+            start = r * W
+            for i in sorted(members):  # within a row, sequences keep their batch order
+                base[i] = start
+                start += lengths[i]
+        lens = torch.tensor(lengths, device=dev)
+        offsets = torch.cumsum(lens, 0) - lens  # (N,) first token of each row in the flat list
+        within = torch.arange(int(lens.sum()), device=dev) - offsets.repeat_interleave(lens)  # (n,)
+        self.src = am.reshape(-1).nonzero().squeeze(-1)  # (n,) flat (N*T) index, row-major order
+        self.dst = torch.tensor(base, device=dev).repeat_interleave(lens) + within  # (n,) flat (R*W)
+        self.shape = (R, W)
+        self.lengths = lengths
+        seq = torch.full((R * W,), -1, dtype=torch.long, device=dev)
+        seq[self.dst] = torch.arange(N, device=dev).repeat_interleave(lens)
+        pos = torch.zeros(R * W, dtype=torch.long, device=dev)
+        pos[self.dst] = within
+        for r, used in enumerate(fill):  # trailing padding: positions 0.. of its own block
+            pos[r * W + used:(r + 1) * W] = torch.arange(W - used, device=dev)
+        self.sequence = seq.view(R, W)
+        self.position_ids = pos.view(R, W)
+        starts = torch.zeros(R * W, dtype=torch.bool, device=dev)
+        starts[self.dst[within == 0]] = True
+        self.starts = starts.view(R, W)
+        self.last = self.dst[offsets + lens - 1]  # (N,) flat (R*W) index of each sequence's last token
+
+    def pack(self, x: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
+        """(N, T, ...) -> (R, W, ...): real tokens moved into the packed rows, ``fill`` elsewhere."""
+        flat = x.reshape(-1, *x.shape[2:])
+        out = flat.new_full((self.shape[0] * self.shape[1], *x.shape[2:]), fill)
+        out = out.index_copy(0, self.dst, flat.index_select(0, self.src))
+        return out.view(*self.shape, *x.shape[2:])
 
 
 class PackingCollator:

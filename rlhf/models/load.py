@@ -60,6 +60,7 @@ __all__ = [
     "positions_from_mask",
     "score_tokens",
     "score_last_token",
+    "packed_last_token_scores",
     "last_token_index",
     "unwrap_model",
 ]
@@ -492,6 +493,22 @@ def score_last_token(
     values = score_tokens(model, input_ids, attention_mask, position_ids)  # (B, T)
     idx = last_token_index(attention_mask)  # (B,)
     return values.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
+
+
+def packed_last_token_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """:func:`score_last_token` computed on the batch's packed layout (sequences back to back,
+    no padding: :class:`rlhf.data.collate.PackedLayout`), (B, T) -> (B,). Equal up to float
+    rounding, without compute on padding; needs an architecture that derives the block-diagonal
+    mask from restarting position ids (rlhf/data/collate.py)."""
+    from rlhf.data.collate import PackedLayout
+
+    layout = PackedLayout(attention_mask)
+    base = unwrap_model(model)
+    trunk = getattr(base, base.base_model_prefix)
+    ids = layout.pack(input_ids, int(input_ids[0, 0]))  # (R, W)
+    hidden = trunk(input_ids=ids, position_ids=layout.position_ids, use_cache=False).last_hidden_state  # (R, W, H)
+    last = hidden.reshape(-1, hidden.shape[-1])[layout.last]  # (B, H)
+    return scalar_head(model)(last).squeeze(-1)  # (B,)
 
 
 # --------------------------------------------------------------------------- saving

@@ -8,17 +8,21 @@ losses that need one, of the frozen reference policy:
 
 * **One forward pass for a pair.** ``PreferenceCollator`` puts the B chosen and the B rejected
   sequences in one batch of 2B rows (chosen first); one forward scores both, and the per-token
-  log-probs are summed over each row's completion mask (``masked_sum``). Lengths (number of
-  completion tokens) go along for the losses that length-normalise (IPO, SimPO, ORPO, NLL term).
+  log-probs are summed over each row's completion. The forward runs on the batch's *packed*
+  layout (rlhf/logprobs.py): the 2B sequences back to back without padding, positions
+  restarting per sequence, and logits only where a completion token is predicted, so no compute
+  goes to padding and the lm_head skips the prompts (``packed=false``: the padded batch).
+  Lengths (number of completion tokens) go along for the losses that length-normalise (IPO,
+  SimPO, ORPO, NLL term).
 * **Reference log-probs** (``reference=cached``, the default) are computed once before the
   first step, for every training and evaluation example, and saved in
   ``output_dir/reference_logps.safetensors`` keyed by example index (with a fingerprint of the
   token ids and the reference model). A resumed run reads them back instead of recomputing them.
   The reference model is then dropped, so training holds one model. ``reference=online``
-  keeps the reference and runs it on every micro-batch instead. Both pad every row to
-  ``data.max_length`` before the reference forward: the summation order of a matmul depends on
-  the padded width, and a fixed width makes an example's reference log-prob the same bits in
-  any batch, so cached and online numbers are equal exactly. With LoRA the reference is
+  keeps the reference and runs it on every micro-batch instead. Both run the reference in the
+  *bucketed* layout: each sequence alone, padded to a multiple of 16 tokens. The summation
+  order of a matmul depends on the shapes, and this makes an example's reference log-prob the
+  same bits in any batch, so cached and online numbers are equal exactly. With LoRA the reference is
   the policy with its adapters disabled (no second copy). Losses that need no reference
   (SimPO, ORPO) never load one.
 * **Reduction.** Each loss returns one value per pair (per example for KTO); the step loss is
@@ -59,9 +63,8 @@ from rlhf.data.collate import PadCollator, PreferenceCollator
 from rlhf.data.config import DataConfig
 from rlhf.data.load import load_train_eval
 from rlhf.data.tokenize import encode_records
-from rlhf.logprobs import forward_logps
+from rlhf.logprobs import BUCKET, sequence_logps as _sequence_logps
 from rlhf.losses.preference import PREFERENCE_LOSSES, add_nll_term, is_paired, kto_reference_point, needs_reference
-from rlhf.masking import masked_sum
 from rlhf.models.config import ModelConfig
 from rlhf.models.load import ReferenceModel, count_parameters, load_causal_lm, load_reference, load_tokenizer
 from rlhf.train.config import TrainConfig
@@ -71,6 +74,7 @@ from rlhf.train.trainer import Trainer
 __all__ = ["DPOConfig", "train", "sequence_logps", "compute_reference_logps", "OnlineReference", "evaluate", "CACHE_FILE"]
 
 CACHE_FILE = "reference_logps.safetensors"
+REFERENCE_LAYOUT = f"bucketed-{BUCKET}"  # part of the cache fingerprint
 LossName = Literal["dpo", "robust", "ipo", "hinge", "simpo", "orpo", "kto"]
 
 
@@ -97,6 +101,9 @@ class DPOConfig:
     reference: Literal["cached", "online"] = opt(
         "cached", "cached: reference log-probs computed once before training and saved with the run "
                   "(reused on resume); online: run the reference on every batch")
+    packed: bool = opt(True, "run the policy on packed rows (sequences back to back, no padding) with "
+                             "logits only at completion positions; false for architectures that do not "
+                             "derive the attention mask from restarting position ids")
 
     def validate(self) -> None:
         if not self.data.train:
@@ -119,17 +126,21 @@ class DPOConfig:
 # --------------------------------------------------------------------------- log-probs
 
 
-def sequence_logps(model: Callable, batch: dict[str, torch.Tensor], prefix: str = ""
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(model: Callable, batch: dict[str, torch.Tensor], prefix: str = "",
+                   layout: str = "packed") -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence summed completion log-probs (N,) float32 and completion lengths (N,).
 
     ``prefix`` selects a sub-batch stored under prefixed keys (``kl_`` rows of KTO).
-    ``model`` is the policy or a :class:`ReferenceModel` (called the same way).
+    ``model`` is the policy or a :class:`ReferenceModel` (called the same way). ``layout``:
+    see :func:`rlhf.logprobs.sequence_logps` (the policy runs ``packed`` unless
+    ``packed_forward`` is off; the reference always runs ``bucketed``).
     """
     sub = {k[len(prefix):]: v for k, v in batch.items() if k.startswith(prefix)} if prefix else batch
-    logps = forward_logps(model, sub)  # (N, T), 0 at position 0
-    mask = sub["completion_mask"]
-    return masked_sum(logps, mask, dim=-1), mask.sum(-1)  # (N,), (N,)
+    return _sequence_logps(model, sub, layout)
+
+
+def _policy_layout(cfg: DPOConfig) -> str:
+    return "packed" if cfg.packed else "padded"
 
 
 def _reference_keys(loss: str) -> tuple[str, ...]:
@@ -137,57 +148,39 @@ def _reference_keys(loss: str) -> tuple[str, ...]:
     return ("ref_logps", "ref_kl_logps") if loss == "kto" else ("ref_chosen_logps", "ref_rejected_logps")
 
 
-def _pad_to(batch: dict[str, torch.Tensor], length: int, pad_id: int, side: str) -> dict[str, torch.Tensor]:
-    """The batch's (N, T) tensors widened to (N, length) with padding on ``side``; positions
-    recomputed from the attention mask, so real tokens keep theirs."""
-    out = dict(batch)
-    for prefix in ("", "kl_"):
-        ids = batch.get(f"{prefix}input_ids")
-        if ids is None or ids.shape[1] >= length:
-            continue
-        extra = length - ids.shape[1]
-        pad = (0, extra) if side == "right" else (extra, 0)
-        for key, value in (("input_ids", pad_id), ("attention_mask", 0), ("completion_mask", 0)):
-            out[prefix + key] = torch.nn.functional.pad(batch[prefix + key], pad, value=value)
-        out[prefix + "position_ids"] = (out[prefix + "attention_mask"].cumsum(-1) - 1).clamp(min=0)
-    return out
-
-
 @torch.no_grad()
-def _reference_batch_logps(ref: ReferenceModel, batch: dict[str, torch.Tensor], loss: str,
-                           layout: tuple[int, int, str] | None = None) -> dict[str, torch.Tensor]:
+def _reference_batch_logps(ref: ReferenceModel, batch: dict[str, torch.Tensor], loss: str) -> dict[str, torch.Tensor]:
     """The reference log-prob fields of one collated batch (see :func:`_reference_keys`).
 
-    ``layout = (max_length, pad_id, side)``: every row is first padded to ``max_length``, the
-    canonical width. A row's log-probs then do not depend on how long its batch-mates are (the
-    matmul shapes, hence the floating-point summation order, depend on the padded width), so
-    the cached numbers and the online ones are the same bits for the same example.
+    Computed in the ``bucketed`` layout: each sequence alone, padded to a multiple of 16
+    tokens, so its value does not depend on its batch-mates or the batch size (the matmul
+    shapes, hence the floating-point summation order, would), and the cached numbers and the
+    online ones are the same bits for the same example.
     """
-    if layout is not None:
-        batch = _pad_to(batch, *layout)
     if loss == "kto":
-        return {"ref_logps": sequence_logps(ref, batch)[0], "ref_kl_logps": sequence_logps(ref, batch, "kl_")[0]}
+        return {"ref_logps": sequence_logps(ref, batch, layout="bucketed")[0],
+                "ref_kl_logps": sequence_logps(ref, batch, "kl_", layout="bucketed")[0]}
     B = batch["input_ids"].shape[0] // 2
-    seq = sequence_logps(ref, batch)[0]  # (2B,)
+    seq = sequence_logps(ref, batch, layout="bucketed")[0]  # (2B,)
     return {"ref_chosen_logps": seq[:B], "ref_rejected_logps": seq[B:]}
 
 
 @torch.no_grad()
 def compute_reference_logps(trainer: Trainer, ref: ReferenceModel, examples: list[dict], collate,
-                            loss: str, layout: tuple[int, int, str] | None = None) -> dict[str, torch.Tensor]:
+                            loss: str) -> dict[str, torch.Tensor]:
     """Reference log-probs of every example, in example order: ``{field: (N,) float32}``.
 
-    Batches of ``train.eval_batch_size`` examples under the run's autocast, each row padded to
-    the canonical width of ``layout`` (see :func:`_reference_batch_logps`), so the numbers are
-    those online mode computes for the same example. Computed on the main process (the others
-    read the cache file it writes).
+    Batches of ``train.eval_batch_size`` examples under the run's autocast, in the batch-invariant
+    ``bucketed`` layout (see :func:`_reference_batch_logps`), so the numbers are those online
+    mode computes for the same example. Computed on the main process (the others read the cache
+    file it writes).
     """
     out: dict[str, list[torch.Tensor]] = {k: [] for k in _reference_keys(loss)}
     bs = trainer.cfg.eval_batch_size
     for k in range(0, len(examples), bs):
         batch = trainer.to_device(collate(examples[k:k + bs]))
         with trainer.accelerator.autocast():
-            vals = _reference_batch_logps(ref, batch, loss, layout)
+            vals = _reference_batch_logps(ref, batch, loss)
         for name, v in vals.items():
             out[name].append(v.float().cpu())
     return {k: torch.cat(v) if v else torch.zeros(0) for k, v in out.items()}
@@ -198,7 +191,7 @@ def _fingerprint(cfg: DPOConfig, splits: dict[str, list[dict]]) -> str:
     and the precision. A cache with another fingerprint belongs to another run."""
     h = hashlib.sha256()
     h.update(json.dumps([cfg.model.name_or_path, cfg.model.revision, cfg.model.dtype,
-                         cfg.train.mixed_precision, cfg.loss == "kto"]).encode())
+                         cfg.train.mixed_precision, cfg.loss == "kto", REFERENCE_LAYOUT]).encode())
     for name, exs in splits.items():
         h.update(name.encode())
         for e in exs:
@@ -208,11 +201,7 @@ def _fingerprint(cfg: DPOConfig, splits: dict[str, list[dict]]) -> str:
     return h.hexdigest()
 
 
-def _layout(cfg: DPOConfig, pad_id: int) -> tuple[int, int, str]:
-    return (cfg.data.max_length, pad_id, cfg.data.padding_side)
-
-
-def _load_or_build_cache(trainer: Trainer, cfg: DPOConfig, ref: ReferenceModel | None, pad_id: int,
+def _load_or_build_cache(trainer: Trainer, cfg: DPOConfig, ref: ReferenceModel | None,
                          splits: dict[str, tuple[list[dict], Callable]]) -> dict[str, dict[str, torch.Tensor]]:
     """Read ``output_dir/reference_logps.safetensors`` or compute and write it (atomically).
 
@@ -225,8 +214,7 @@ def _load_or_build_cache(trainer: Trainer, cfg: DPOConfig, ref: ReferenceModel |
         assert ref is not None
         tensors = {}
         for split, (exs, collate) in splits.items():
-            for field, t in compute_reference_logps(trainer, ref, exs, collate, cfg.loss,
-                                                     _layout(cfg, pad_id)).items():
+            for field, t in compute_reference_logps(trainer, ref, exs, collate, cfg.loss).items():
                 tensors[f"{split}/{field}"] = t.contiguous()
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata={"fingerprint": fp, "loss_family": "kto" if cfg.loss == "kto" else "paired"})
@@ -358,13 +346,13 @@ def _pair_losses(cfg: DPOConfig, logps: torch.Tensor, lengths: torch.Tensor, bat
 
 
 class OnlineReference:
-    """The reference run on each batch (``reference=online``), in the cache's canonical layout."""
+    """The reference run on each batch (``reference=online``), in the cache's layout."""
 
-    def __init__(self, ref: ReferenceModel, loss: str, layout: tuple[int, int, str]):
-        self.ref, self.loss, self.layout = ref, loss, layout
+    def __init__(self, ref: ReferenceModel, loss: str):
+        self.ref, self.loss = ref, loss
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return _reference_batch_logps(self.ref, batch, self.loss, self.layout)
+        return _reference_batch_logps(self.ref, batch, self.loss)
 
 
 def _with_online_reference(ref: OnlineReference | None, batch: dict[str, torch.Tensor], loss: str):
@@ -382,7 +370,7 @@ def _units(mb: dict[str, torch.Tensor], paired: bool) -> torch.Tensor:
 
 def _paired_loss(cfg: DPOConfig, ref: OnlineReference | None, model, mb, denominator):
     mb = _with_online_reference(ref, mb, cfg.loss)
-    logps, lengths = sequence_logps(model, mb)  # (2B,): chosen rows then rejected rows
+    logps, lengths = sequence_logps(model, mb, layout=_policy_layout(cfg))  # (2B,): chosen rows then rejected rows
     losses, metrics = _pair_losses(cfg, logps, lengths, mb)
     # Sum of per-pair losses over the global pair count: micro-batch losses add up to the mean.
     loss = losses.sum() / denominator.to(losses.dtype)
@@ -390,7 +378,7 @@ def _paired_loss(cfg: DPOConfig, ref: OnlineReference | None, model, mb, denomin
 
 
 @torch.no_grad()
-def _kto_z0(trainer: Trainer, model, ref: OnlineReference | None, micro_batches) -> torch.Tensor:
+def _kto_z0(trainer: Trainer, cfg: DPOConfig, model, ref: OnlineReference | None, micro_batches) -> torch.Tensor:
     """z0 over the step's whole batch (every micro-batch, every process), without gradient."""
     was_training = model.training
     model.eval()
@@ -398,7 +386,7 @@ def _kto_z0(trainer: Trainer, model, ref: OnlineReference | None, micro_batches)
     for mb in micro_batches:
         with trainer.accelerator.autocast():
             mb = _with_online_reference(ref, mb, "kto")
-            pol.append(sequence_logps(model, mb, "kl_")[0].float())
+            pol.append(sequence_logps(model, mb, "kl_", _policy_layout(cfg))[0].float())
         refs.append(mb["ref_kl_logps"].float())
     model.train(was_training)
     pol_all, ref_all = trainer.accelerator.gather(torch.cat(pol)), trainer.accelerator.gather(torch.cat(refs))
@@ -407,7 +395,7 @@ def _kto_z0(trainer: Trainer, model, ref: OnlineReference | None, micro_batches)
 
 def _kto_loss(cfg: DPOConfig, ref: OnlineReference | None, z0: torch.Tensor, model, mb, denominator):
     mb = _with_online_reference(ref, mb, "kto")
-    logps, _ = sequence_logps(model, mb)  # (B,)
+    logps, _ = sequence_logps(model, mb, layout=_policy_layout(cfg))  # (B,)
     losses, m = PREFERENCE_LOSSES["kto"](logps, mb["ref_logps"], mb["label"], z0, **_loss_kwargs(cfg))
     loss = losses.sum() / denominator.to(losses.dtype)
     d = m["desirable"]
@@ -452,7 +440,7 @@ def evaluate(trainer: Trainer, cfg: DPOConfig, model, ref: OnlineReference | Non
         with trainer.accelerator.autocast():
             batch = _with_online_reference(ref, batch, cfg.loss)
             if cfg.loss == "kto":
-                logps, _ = sequence_logps(model, batch)
+                logps, _ = sequence_logps(model, batch, layout=_policy_layout(cfg))
                 beta = _loss_kwargs(cfg).get("beta", inspect.signature(PREFERENCE_LOSSES["kto"]).parameters["beta"].default)
                 r = beta * (logps - batch["ref_logps"])  # (B,)
                 label = batch["label"]
@@ -460,7 +448,7 @@ def evaluate(trainer: Trainer, cfg: DPOConfig, model, ref: OnlineReference | Non
                 n += r.shape[0]
                 rewards.extend(zip(batch["origin"], label.tolist(), r.tolist()))
                 continue
-            logps, lengths = sequence_logps(model, batch)
+            logps, lengths = sequence_logps(model, batch, layout=_policy_layout(cfg))
             losses, metrics = _pair_losses(cfg, logps, lengths, batch)
         n += losses.shape[0]
         for k, v in {"loss": losses.detach(), **metrics}.items():
@@ -548,12 +536,12 @@ def train(cfg: DPOConfig) -> dict[str, Any]:
         splits = {"train": (train_ex, base_collate)}
         if eval_ex:
             splits["eval"] = (eval_ex, base_collate)
-        cache = _load_or_build_cache(trainer, cfg, ref, pad_id, splits)
+        cache = _load_or_build_cache(trainer, cfg, ref, splits)
         _attach(train_ex, cache["train"])
         if eval_ex:
             _attach(eval_ex, cache["eval"])
         ref = None  # a frozen copy is freed; a LoRA reference was the policy anyway
-    online = OnlineReference(ref, cfg.loss, _layout(cfg, pad_id)) if ref is not None else None
+    online = OnlineReference(ref, cfg.loss) if ref is not None else None
 
     # Step 5. Optimizer, schedule, distribution wrapper; restore the newest checkpoint if any.
     model = trainer.setup(model, num_examples=len(train_ex))
@@ -568,7 +556,7 @@ def train(cfg: DPOConfig) -> dict[str, Any]:
             metrics = trainer.optimize(micro_batches, units, partial(_paired_loss, cfg, online))
             metrics = {k.removesuffix("_mean"): v for k, v in metrics.items()}
         else:
-            z0 = _kto_z0(trainer, model, online, micro_batches)
+            z0 = _kto_z0(trainer, cfg, model, online, micro_batches)
             metrics = _kto_metrics(trainer.optimize(micro_batches, units, partial(_kto_loss, cfg, online, z0)))
             metrics["kl"] = float(z0)
         metrics["pairs" if paired else "examples"] = metrics.pop("units")

@@ -11,6 +11,9 @@ Three details this recipe owns:
 
 * **One forward pass per micro-batch.** :class:`~rlhf.data.collate.PreferenceCollator` stacks
   the B chosen and the B rejected sequences into one (2B, T) batch; rows ``[:B]`` are chosen.
+  The forward runs on the batch's packed layout (:class:`~rlhf.data.collate.PackedLayout`:
+  the 2B sequences back to back, positions restarting per sequence, no compute on padding);
+  ``packed=false`` runs the padded batch.
 * **Ranked data counts each prompt once** (InstructGPT §3.5). A ranking of K responses gives
   K(K-1)/2 pairs; the training *example* is the prompt's group of pairs, so all of them land
   in the same batch, and each pair is weighted 1/(its group's pair count)
@@ -44,7 +47,8 @@ from rlhf.data.tokenize import encode_records
 from rlhf.losses.reward import (bradley_terry_loss, expected_calibration_error, ranked_pair_weights,
                                 reward_centering_loss)
 from rlhf.models.config import ModelConfig
-from rlhf.models.load import count_parameters, load_scalar_model, load_tokenizer, score_last_token
+from rlhf.models.load import (count_parameters, load_scalar_model, load_tokenizer, packed_last_token_scores,
+                              score_last_token)
 from rlhf.train.config import TrainConfig
 from rlhf.train.trainer import Trainer
 
@@ -117,6 +121,9 @@ class RMConfig:
     loss: RewardLossConfig = opt(factory=RewardLossConfig, help="the pairwise loss")
     stats: RewardStatsConfig = opt(factory=RewardStatsConfig, help="reward normalisation statistics")
     ece_bins: int = opt(10, "equal-width bins of the held-out expected calibration error", gt=0)
+    packed: bool = opt(True, "score training pairs on packed rows (sequences back to back, no padding); "
+                             "false for architectures that do not derive the attention mask from "
+                             "restarting position ids")
 
     def validate(self) -> None:
         if not self.data.train:
@@ -212,11 +219,19 @@ def _units(mb: dict[str, torch.Tensor]) -> torch.Tensor:
     return mb["weights"].double().sum().round()
 
 
-def _make_loss(cfg: RewardLossConfig):
+def _scores(model: torch.nn.Module, batch: dict[str, torch.Tensor], packed: bool) -> torch.Tensor:
+    """Scores (N,) at each row's last real token; on the packed layout (no compute on padding:
+    chosen and rejected often differ much in length) unless ``packed`` is off."""
+    if packed:
+        return packed_last_token_scores(model, batch["input_ids"], batch["attention_mask"])
+    return score_last_token(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+
+
+def _make_loss(cfg: RewardLossConfig, packed: bool = True):
     use_margin = cfg.margin != "none"
 
     def loss_fn(model: torch.nn.Module, mb: dict[str, torch.Tensor], denominator: torch.Tensor):
-        scores = score_last_token(model, mb["input_ids"], mb["attention_mask"], mb["position_ids"]).float()  # (2P,)
+        scores = _scores(model, mb, packed).float()  # (2P,)
         P = scores.shape[0] // 2
         chosen_scores, rejected_scores = scores[:P], scores[P:]  # (P,) each
         w = mb["weights"]  # (P,)
@@ -351,7 +366,7 @@ def train(cfg: RMConfig) -> dict[str, Any]:
     model = trainer.setup(model, num_examples=len(train_groups))
 
     # Step 5. The loop: chosen and rejected scored in one forward pass; loss Σ w·BT / Σ w.
-    loss_fn = _make_loss(cfg.loss)
+    loss_fn = _make_loss(cfg.loss, cfg.packed)
     last_eval: dict[str, float] = {}
     for step, micro_batches in trainer.steps(train_groups, GroupCollator(pad_id, side)):
         metrics = trainer.optimize(micro_batches, _units, loss_fn)

@@ -133,3 +133,34 @@ def test_packing_rejects_inconsistent_examples_with_a_message():
         pack_examples([{"input_ids": [1, 2], "completion_mask": [0]}], 4)
     with pytest.raises(ValueError, match="example 0: 3 tokens but seq_lengths sum to 2"):
         PackingCollator(PAD)([{"input_ids": [1, 2, 3], "completion_mask": [0, 1, 1], "seq_lengths": [2]}])
+
+
+def test_packed_layout_by_hand():
+    """Rows of lengths 3, 5, 8 in a width-8 batch: best fit puts 8 alone and 5 + 3 together
+    (batch order kept within a row); positions restart per sequence."""
+    from rlhf.data.collate import PackedLayout, PadCollator
+
+    seqs = [{"input_ids": list(range(10, 10 + n)), "completion_mask": [0] + [1] * (n - 1)} for n in (3, 5, 8)]
+    for side in ("right", "left"):
+        b = PadCollator(0, side)(seqs)
+        lay = PackedLayout(b["attention_mask"])
+        assert lay.shape == (2, 8)
+        assert lay.pack(b["input_ids"]).tolist() == [list(range(10, 18)), [10, 11, 12, 10, 11, 12, 13, 14]]
+        assert lay.position_ids.tolist() == [list(range(8)), [0, 1, 2, 0, 1, 2, 3, 4]]
+        assert lay.sequence.tolist() == [[2] * 8, [0, 0, 0, 1, 1, 1, 1, 1]]
+        assert lay.starts.nonzero().tolist() == [[0, 0], [1, 0], [1, 3]]
+
+
+def test_packed_layout_trailing_padding_is_its_own_block():
+    from rlhf.data.collate import PackedLayout
+
+    am = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0]])
+    lay = PackedLayout(am)  # 6 | 3 + 2 (+1 free)
+    assert lay.shape == (2, 6)
+    assert lay.position_ids[1].tolist() == [0, 1, 0, 1, 2, 0]
+    assert lay.sequence[1].tolist() == [1, 1, 2, 2, 2, -1]
+    x = torch.arange(18.).view(3, 6).requires_grad_()
+    packed = lay.pack(x, fill=-1.0)
+    assert packed[1].tolist() == [6., 7., 12., 13., 14., -1.]
+    packed.sum().backward()  # gradient flows back to exactly the real tokens
+    assert x.grad.tolist() == am.float().tolist()

@@ -519,3 +519,26 @@ def test_save_refuses_to_overwrite_and_leaves_no_temp_files(tiny_checkpoint, tmp
     save_model(model, None, out, overwrite=True)
     assert (out / "model.safetensors").read_bytes() != stamp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_packed_last_token_scores_equal_padded(side):
+    """Packed scoring equals score_last_token on the padded batch (and each row scored alone)."""
+    import transformers
+    from rlhf.data.collate import PadCollator
+    from rlhf.models.load import packed_last_token_scores, score_last_token
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, num_labels=1,
+                                   max_position_embeddings=64, pad_token_id=0)
+    model = transformers.LlamaForSequenceClassification(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    seqs = [{"input_ids": torch.randint(1, 97, (n,), generator=g).tolist(), "completion_mask": [0] * n}
+            for n in (4, 19, 7, 30, 2, 11)]
+    b = PadCollator(0, side)(seqs)
+    packed = packed_last_token_scores(model, b["input_ids"], b["attention_mask"])
+    padded = score_last_token(model, b["input_ids"], b["attention_mask"], b["position_ids"])
+    alone = torch.stack([model(input_ids=torch.tensor([s["input_ids"]])).logits[0, 0] for s in seqs])
+    torch.testing.assert_close(packed, padded, rtol=0, atol=1e-5)
+    torch.testing.assert_close(packed, alone, rtol=0, atol=1e-5)

@@ -119,7 +119,7 @@ def test_cached_reference_equals_online(tiny_llama, pref_data, tmp_path):
     tok, ex = _encoded(tiny_llama, pref_data, n=48)
     ref = load_reference(ModelConfig(name_or_path=str(tiny_llama)),
                          policy=load_causal_lm(ModelConfig(name_or_path=str(tiny_llama))))
-    online_ref = OnlineReference(ref, "dpo", (32, tok.pad_token_id, "right"))
+    online_ref = OnlineReference(ref, "dpo")
     collate = PreferenceCollator(tok.pad_token_id)
     # Batches unlike the cache's (sizes 1, 5 and 7, shuffled order).
     order = list(range(48))
