@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads in every child (1: steady "
+                                                               "timings on a small shared machine)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     trl_py = REPO / ".venv-trl" / "bin" / "python"
@@ -106,7 +109,8 @@ def main() -> int:
     for prec in args.precisions:
         steps = args.bf16_max_steps if prec == "bf16" else None
         common = ["--max-length", str(args.max_length), "--batch-size", str(args.batch_size),
-                  "--epochs", str(args.epochs), "--seed", str(args.seed)]
+                  "--epochs", str(args.epochs), "--seed", str(args.seed),
+                  *(["--threads", str(args.threads)] if args.threads else [])]
         ours = _run([sys.executable, "bench/rm_hh.py", "--model", str(model_dir), "--out", str(work / f"ours-{prec}"),
                      "--mixed-precision", "bf16" if prec == "bf16" else "no", *common,
                      *(["--max-steps", str(steps)] if steps else [])])
@@ -137,6 +141,7 @@ def main() -> int:
         results[prec] = row
         print(json.dumps({prec: row}), file=sys.stderr)
     print(json.dumps({"bench": "rm_vs_trl", "max_length": args.max_length, "batch_size": args.batch_size,
+                      "torch_threads": args.threads, "loadavg_end": list(os.getloadavg()),
                       "epochs": args.epochs, "bf16_max_steps": args.bf16_max_steps, "results": results,
                       "wall_s": round(time.time() - t0, 1)}))
     if tmp is not None:

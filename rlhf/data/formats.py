@@ -142,10 +142,17 @@ def _number(v: Any, name: str, nan_reason: str) -> float:
     return v
 
 
-def _margin(data: dict) -> float | None:
+def _margin(data: dict) -> float | str | None:
+    """A number, or a text rating label ("significantly better", Llama 2's scale) kept as text
+    for ``loss.margin: mapping`` to translate; a blank cell is no margin."""
     v = data.get("margin")
-    if v is None:
+    if v is None or isinstance(v, str) and not v.strip():
         return None
+    if isinstance(v, str):
+        try:
+            float(v)
+        except ValueError:
+            return v.strip()
     return _number(v, "margin", NAN_MARGIN)
 
 

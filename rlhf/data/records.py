@@ -69,13 +69,15 @@ class PreferenceRecord:
     """A prompt with a preferred (``chosen``) and a dispreferred (``rejected``) completion.
 
     ``margin`` (optional) is how much better chosen is than rejected, as used by the margin
-    loss of Llama 2 (Touvron et al. 2023, eq. 2); None when the data gives none.
+    loss of Llama 2 (Touvron et al. 2023, eq. 2): a number, or a text rating label (e.g.
+    "significantly better") that the reward model's ``loss.margin_mapping`` turns into one;
+    None when the data gives none.
     """
 
     prompt: Text
     chosen: Text
     rejected: Text
-    margin: float | None = None
+    margin: float | str | None = None
     origin: Origin = field(default=None, compare=False, repr=False)
 
     @property

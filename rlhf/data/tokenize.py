@@ -259,7 +259,8 @@ def encode_preference(record: PreferenceRecord, tokenizer: Any, cfg: DataConfig)
     out: dict[str, Any] = {}
     out.update(_join(record, p, c, cfg, "chosen_"))
     out.update(_join(record, p, r, cfg, "rejected_"))
-    out["margin"] = record.margin
+    # A text rating label is not a margin until a mapping translates it (rlhf/recipes/rm.py).
+    out["margin"] = record.margin if not isinstance(record.margin, str) else None
     return out
 
 

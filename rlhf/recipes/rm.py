@@ -72,8 +72,9 @@ class RewardLossConfig:
                 "-log σ(r_c - r_r - m) (map a rating column to it with data.columns.margin); "
                 "mapping = the margin column holds rating levels, turned into m by margin_mapping")
     margin_mapping: dict[str, float] = opt(
-        factory=dict, help="rating level -> margin, e.g. {3: 1.0, 2: 0.67, 1: 0.33, 0: 0.0} "
-                           "(Llama 2 Table 28); used when margin is 'mapping'")
+        factory=dict, help="rating level (a number or a text label, matched ignoring case) -> margin, "
+                           "e.g. {significantly better: 1.0, better: 0.67, slightly better: 0.33, "
+                           "negligibly better: 0.0} (Llama 2 Table 28); used when margin is 'mapping'")
     centering_coef: float = opt(0.0, "c in the reward-centring term c·mean((r_c + r_r)^2) "
                                      "(Eisenstein et al. 2023); 0 = off", ge=0.0)
     ranked_weighting: Literal["per_prompt", "per_pair"] = opt(
@@ -86,11 +87,6 @@ class RewardLossConfig:
                 raise ConfigError("margin_mapping", "must map each rating level to a margin when "
                                   "margin is 'mapping' (got an empty mapping)")
             for k, v in self.margin_mapping.items():
-                try:
-                    float(k)
-                except (TypeError, ValueError):
-                    raise ConfigError(f"margin_mapping.{k}", "keys are numeric rating levels as "
-                                      f"read from the margin column (got {k!r})") from None
                 if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
                     raise ConfigError(f"margin_mapping.{k}", f"must be a finite number (got {v!r})")
 
@@ -138,6 +134,17 @@ class RMConfig:
 # --------------------------------------------------------------------------- data
 
 
+def rating_key(level: Any) -> float | str:
+    """A rating level as a mapping key: numbers (3, 3.0, "3") compare as numbers, text labels
+    ignoring case and surrounding spaces."""
+    if isinstance(level, str):
+        try:
+            return float(level)
+        except ValueError:
+            return level.strip().casefold()
+    return float(level)
+
+
 def _resolve_margins(records: list[PreferenceRecord], cfg: RewardLossConfig, data_cfg: DataConfig,
                      report: SkipReport) -> list[PreferenceRecord]:
     """Check (and for 'mapping', translate) every record's margin when the loss uses one.
@@ -153,7 +160,7 @@ def _resolve_margins(records: list[PreferenceRecord], cfg: RewardLossConfig, dat
         raise DataError(file, None, column, f"a rating column '{column}' because loss.margin is "
                         f"{cfg.margin!r}, but no row has one (ranked data gives no margin; name "
                         "the rating column with data.columns.margin, or set loss.margin: none)")
-    table = {float(k): float(v) for k, v in cfg.margin_mapping.items()}
+    table = {rating_key(k): float(v) for k, v in cfg.margin_mapping.items()}
     out = []
     for r in records:
         file, row = r.origin if r.origin else ("<record>", None)
@@ -165,11 +172,14 @@ def _resolve_margins(records: list[PreferenceRecord], cfg: RewardLossConfig, dat
             report.skip(MISSING, file, row, str(err))
             continue
         if cfg.margin == "mapping":
-            if r.margin not in table:
+            if rating_key(r.margin) not in table:
                 # Not a bad row but an incomplete mapping: always an error.
                 raise DataError(file, row, column, "one of the rating levels of loss.margin_mapping "
-                                f"({', '.join(map(str, sorted(table)))}) (got {r.margin})")
-            r = PreferenceRecord(r.prompt, r.chosen, r.rejected, table[r.margin], r.origin)
+                                f"({', '.join(map(repr, cfg.margin_mapping))}) (got {r.margin!r})")
+            r = PreferenceRecord(r.prompt, r.chosen, r.rejected, table[rating_key(r.margin)], r.origin)
+        elif isinstance(r.margin, str):
+            raise DataError(file, row, column, f"a number for loss.margin 'column' (got the text label "
+                            f"{r.margin!r}; translate labels with loss.margin: mapping and margin_mapping)")
         out.append(r)
     return out
 

@@ -260,6 +260,31 @@ def test_margin_column_is_used_in_the_loss(tiny_llama, tmp_path):
         assert float(loss) != pytest.approx(float(-F.logsigmoid(d).mean()), rel=1e-3)  # the margin matters
 
 
+def test_text_rating_labels_through_a_mapping(tmp_path):
+    """Llama 2-style text labels: mapped (ignoring case/spaces) to margins; a label in 'column'
+    mode or one missing from the mapping is an error naming file, row and field."""
+    from rlhf.data.config import DataConfig
+    from rlhf.data.errors import DataError
+    from rlhf.data.load import load_records
+    from rlhf.recipes.rm import RewardLossConfig, _resolve_margins
+
+    path = _write([{"prompt": "p1", "chosen": "a", "rejected": "b", "rating": "Significantly better "},
+                   {"prompt": "p2", "chosen": "a", "rejected": "c", "rating": "negligibly better"},
+                   {"prompt": "p3", "chosen": "a", "rejected": "d", "rating": 2}], tmp_path / "t.jsonl")
+    dcfg = DataConfig(train=str(path), chat_template="none", columns={"margin": "rating"})
+    records, report = load_records(dcfg, "preference")
+    assert [r.margin for r in records] == ["Significantly better", "negligibly better", 2.0]
+    mapping = {"significantly better": 1.0, "negligibly better": 0.0, "2": 0.5}
+    got = _resolve_margins(records, RewardLossConfig(margin="mapping", margin_mapping=mapping), dcfg, report)
+    assert [r.margin for r in got] == [1.0, 0.0, 0.5]
+    with pytest.raises(DataError) as e:
+        _resolve_margins(records, RewardLossConfig(margin="column"), dcfg, report)
+    assert f"{path}:1" in str(e.value) and "rating" in str(e.value) and "Significantly better" in str(e.value)
+    with pytest.raises(DataError) as e:
+        _resolve_margins(records, RewardLossConfig(margin="mapping", margin_mapping={"better": 1.0}), dcfg, report)
+    assert f"{path}:1" in str(e.value) and "'better'" in str(e.value)
+
+
 def test_margin_asked_but_missing(tiny_llama, tmp_path):
     """No rating column at all: an error naming the file and the field. One row without a
     rating: skipped and counted, or (strict) an error naming that row."""
