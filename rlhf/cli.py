@@ -37,6 +37,12 @@ STAGES: dict[str, Stage] = {
                  "online RL against a reward source: PPO (GAE + critic), GRPO, Dr. GRPO, RLOO, REINFORCE++, ReMax"),
     "best-of-n": Stage("rlhf.recipes.best_of_n:BestOfNConfig", "rlhf.recipes.best_of_n:train",
                        "best-of-n sampling: keep the highest-reward of n completions per prompt; reward curve and KL"),
+    "raft": Stage("rlhf.recipes.rejection:RAFTConfig", "rlhf.recipes.rejection:train",
+                  "rejection-sampling fine-tuning (RAFT / Llama 2): sample K, keep the best, SFT; R rounds"),
+    "rest": Stage("rlhf.recipes.rejection:ReSTConfig", "rlhf.recipes.rejection:train_rest",
+                  "ReST: Grow (sample from the policy) then Improve (SFT above rising reward thresholds)"),
+    "iterative-dpo": Stage("rlhf.recipes.iterative_dpo:IterativeDPOConfig", "rlhf.recipes.iterative_dpo:train",
+                           "iterative / online DPO: sample pairs from the current policy, label, DPO; per round"),
 }
 
 # Tools: their own argparse flags.
@@ -57,9 +63,10 @@ def _top_help() -> str:
     lines = [f"rlhf {__version__}: align language models with human and AI feedback", "",
              "usage: rlhf <stage> [CONFIG.yaml] [key=value ...]", "       rlhf <tool> [flags]", "",
              "stages (rlhf <stage> --help lists every option with its default):"]
-    lines += [f"  {k:<12} {s.summary}" for k, s in STAGES.items()]
+    w = max(map(len, [*STAGES, *TOOLS]))
+    lines += [f"  {k:<{w}}  {s.summary}" for k, s in STAGES.items()]
     lines += ["", "tools:"]
-    lines += [f"  {k:<12} {s}" for k, (_, s) in TOOLS.items()]
+    lines += [f"  {k:<{w}}  {s}" for k, (_, s) in TOOLS.items()]
     lines += ["", "example: rlhf sft configs/sft/tiny.yaml train.lr=1e-4 output_dir=runs/my-sft"]
     return "\n".join(lines)
 

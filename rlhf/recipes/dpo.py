@@ -50,7 +50,7 @@ import hashlib
 import inspect
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Callable, Literal
 
@@ -101,6 +101,9 @@ class DPOConfig:
     reference: Literal["cached", "online"] = opt(
         "cached", "cached: reference log-probs computed once before training and saved with the run "
                   "(reused on resume); online: run the reference on every batch")
+    reference_model: str | None = opt(None, "a checkpoint to use as the reference instead of the policy's "
+                                            "initial weights (e.g. the first policy of iterative DPO); "
+                                            "null = the initial policy")
     packed: bool = opt(True, "run the policy on packed rows (sequences back to back, no padding) with "
                              "logits only at completion positions; false for architectures that do not "
                              "derive the attention mask from restarting position ids")
@@ -112,6 +115,11 @@ class DPOConfig:
         if self.data.packing:
             raise ConfigError("data.packing", "is not supported by preference training: chosen and "
                                               "rejected are scored as whole rows (got true)")
+        if self.reference_model and self.loss in ("simpo", "orpo"):
+            raise ConfigError("reference_model", f"loss={self.loss} uses no reference (got {self.reference_model!r})")
+        if self.reference_model and self.model.lora.enabled:
+            raise ConfigError("reference_model", "with LoRA the reference is the policy with its adapters "
+                                                 f"disabled; a separate one is not supported (got {self.reference_model!r})")
         if self.label_smoothing > 0 and self.loss not in ("dpo", "robust"):
             raise ConfigError("label_smoothing", f"applies to loss=dpo (cDPO) or loss=robust only "
                                                  f"(got {self.label_smoothing} with loss={self.loss})")
@@ -190,7 +198,7 @@ def _fingerprint(cfg: DPOConfig, splits: dict[str, list[dict]]) -> str:
     """What the cached numbers depend on: token ids and masks of every row, the reference model
     and the precision. A cache with another fingerprint belongs to another run."""
     h = hashlib.sha256()
-    h.update(json.dumps([cfg.model.name_or_path, cfg.model.revision, cfg.model.dtype,
+    h.update(json.dumps([cfg.model.name_or_path, cfg.model.revision, cfg.reference_model, cfg.model.dtype,
                          cfg.train.mixed_precision, cfg.loss == "kto", REFERENCE_LAYOUT]).encode())
     for name, exs in splits.items():
         h.update(name.encode())
@@ -524,7 +532,8 @@ def train(cfg: DPOConfig) -> dict[str, Any]:
                   f"{n['trainable']:,} trainable")
     ref: ReferenceModel | None = None
     if use_ref:
-        ref = load_reference(cfg.model, policy=model)
+        ref = (load_reference(replace(cfg.model, name_or_path=cfg.reference_model, revision=None))
+               if cfg.reference_model else load_reference(cfg.model, policy=model))
         if not ref.shares_policy_weights:
             ref.module.to(trainer.device)
         else:
