@@ -43,6 +43,10 @@ STAGES: dict[str, Stage] = {
                   "ReST: Grow (sample from the policy) then Improve (SFT above rising reward thresholds)"),
     "iterative-dpo": Stage("rlhf.recipes.iterative_dpo:IterativeDPOConfig", "rlhf.recipes.iterative_dpo:train",
                            "iterative / online DPO: sample pairs from the current policy, label, DPO; per round"),
+    "constitutional": Stage("rlhf.recipes.constitutional:ConstitutionalConfig", "rlhf.recipes.constitutional:train",
+                            "Constitutional AI (supervised): critique and revise against principles, SFT on the revisions"),
+    "hindsight": Stage("rlhf.recipes.hindsight:HindsightConfig", "rlhf.recipes.hindsight:train",
+                       "hindsight instruction relabeling: sample, relabel with an instruction it satisfies, SFT; rounds"),
 }
 
 # Tools: their own argparse flags.
@@ -54,6 +58,8 @@ TOOLS: dict[str, tuple[str, str]] = {
     "pipeline": ("rlhf.pipeline:main", "run stages declared in one YAML (sft -> rm -> ppo / dpo / best-of-n "
                                        "-> eval -> report), resuming where it stopped"),
     "score": ("rlhf.tools.score:main", "add a reward column to a file with any reward source"),
+    "label": ("rlhf.tools.label:main", "turn prompts + two responses into a preference file with a judge "
+                                       "(an LM asked A or B, both orders, or any reward source)"),
     "tiny-model": ("rlhf.tools.tiny:main", "build a tiny random-weight model + tokenizer for tests and demos"),
     "quickstart": ("rlhf.tools.quickstart:main", "the built-in demo, end to end on a laptop CPU (what `make demo` runs)"),
 }
