@@ -45,10 +45,10 @@ from rlhf.config import ConfigError, opt, save_config
 from rlhf.data.config import DataConfig
 from rlhf.eval.evaluate import SamplingConfig
 from rlhf.models.config import ModelConfig
-from rlhf.train.config import TrainConfig
-from rlhf.train.run import is_finished, prepare_output_dir, write_json_atomic, write_jsonl_atomic
+from rlhf.recipes.sft import SFTSection, inner_sft_config, run_inner_sft
+from rlhf.train.run import prepare_output_dir, write_json_atomic, write_jsonl_atomic
 
-__all__ = ["SFTSection", "ConstitutionalConfig", "train", "generate_texts", "fill", "inner_sft_config",
+__all__ = ["ConstitutionalConfig", "train", "generate_texts", "fill",
            "link_final", "load_step_function", "DEFAULT_CRITIQUE_TEMPLATE", "DEFAULT_REVISION_TEMPLATE"]
 
 DEFAULT_CRITIQUE_TEMPLATE = (
@@ -65,16 +65,6 @@ DEFAULT_REVISION_TEMPLATE = (
 )
 _CRITIQUE_FIELDS = ("prompt", "response", "principle")
 _REVISION_FIELDS = ("prompt", "response", "principle", "critique")
-
-
-@dataclass(frozen=True)
-class SFTSection:
-    """The supervised fine-tuning that recipes built on generated data run (rlhf/recipes/sft.py).
-    The model is the recipe's policy; data format, length and template come from its ``data``."""
-
-    train: TrainConfig = opt(factory=TrainConfig, help="optimisation of the inner SFT run")
-    eval_fraction: float = opt(0.0, "fraction of the generated examples held out for the SFT "
-                                    "run's evaluation loss", ge=0.0, lt=1.0)
 
 
 @dataclass(frozen=True)
@@ -147,32 +137,6 @@ def generate_texts(model: Any, tokenizer: Any, texts: Sequence[Any], sampling: S
     if bar is not None:
         bar.close()
     return [r["completion"] for r in rows]
-
-
-def inner_sft_config(output_dir: Path, model: ModelConfig, data: DataConfig, train_file: Path,
-                     section: SFTSection) -> Any:
-    """The SFT stage's config for training ``model`` on ``train_file`` (prompt/completion rows),
-    with the outer run's tokenization settings."""
-    from rlhf.config import _validate_tree
-    from rlhf.recipes.sft import SFTConfig
-
-    d = dataclasses.replace(data, train=str(train_file), train_split="train", eval=None, eval_split=None,
-                            eval_fraction=section.eval_fraction, format="sft", columns={}, max_samples=None)
-    cfg = SFTConfig(output_dir=str(output_dir), model=model, data=d, train=section.train)
-    _validate_tree(cfg, "sft")
-    return cfg
-
-
-def run_inner_sft(cfg: Any) -> dict[str, Any]:
-    """Train (or resume, or read back when finished) an inner SFT run."""
-    import json
-
-    from rlhf.recipes.sft import train as sft_train
-
-    out = Path(cfg.output_dir)
-    if is_finished(out):
-        return json.loads((out / "summary.json").read_text())
-    return sft_train(cfg)
 
 
 def link_final(output_dir: Path, target: str) -> None:

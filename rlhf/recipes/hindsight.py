@@ -39,8 +39,8 @@ from rlhf.config import ConfigError, opt, save_config
 from rlhf.data.config import DataConfig
 from rlhf.eval.evaluate import SamplingConfig
 from rlhf.models.config import ModelConfig
-from rlhf.recipes.constitutional import (SFTSection, generate_texts, inner_sft_config, link_final,
-                                         load_step_function, run_inner_sft)
+from rlhf.recipes.constitutional import generate_texts, link_final, load_step_function
+from rlhf.recipes.sft import SFTSection, inner_sft_config, run_inner_sft
 from rlhf.train.run import is_finished, prepare_output_dir, write_json_atomic, write_jsonl_atomic
 
 __all__ = ["HindsightConfig", "RelabelError", "relabel_samples", "train"]

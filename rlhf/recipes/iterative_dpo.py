@@ -14,9 +14,11 @@ PairRM-DPO) refreshes the data every round:
    P(best ≻ worst) = σ((r_best − r_worst)/τ) (:func:`rlhf.label.bradley_terry_labels`), as a
    noisy annotator would give it;
 4. run :mod:`rlhf.recipes.dpo` on the round's pairs (the nested ``dpo:`` section: loss, beta,
-   optimisation), starting from the current policy. By default that policy is also the round's
-   reference: each round is KL-anchored to the policy that sampled its data (online / iterative
-   DPO); ``reference=initial`` anchors every round to the starting policy instead.
+   optimisation), starting from the current policy. The reference is the starting policy in
+   every round (``reference=initial``, default: the KL-regularised objective of Xiong et al.
+   2024, so the total drift is bounded), or the policy the round starts from
+   (``reference=round``: each round anchored to the policy that sampled its data, so drift
+   compounds; on the built-in task it reached KL 4.2 and lower gold than initial's KL 1.2).
 
 Labelling is one function of (prompt, scored samples) so another labeller, e.g. an LM judge
 comparing the two texts, can replace it without touching the loop.
@@ -87,10 +89,10 @@ class IterativeDPOConfig:
                                               "null = every prompt every round", ge=1)
     label_temperature: float = opt(0.0, "Bradley-Terry label noise τ: P(best ≻ worst) = σ((r_best - "
                                         "r_worst)/τ); 0 = the higher reward always wins", ge=0)
-    reference: Literal["round", "initial"] = opt(
-        "round", "the reference of each round's DPO: round = the policy the round starts from (online "
-                 "iterative DPO, Xiong et al. 2024); initial = the starting policy in every round (KL "
-                 "anchored to it throughout)")
+    reference: Literal["initial", "round"] = opt(
+        "initial", "the reference of each round's DPO: initial = the starting policy in every round (the "
+                   "KL-regularised objective of Xiong et al. 2024: drift is bounded in total); round = the "
+                   "policy the round starts from (drift compounds over rounds)")
     on_empty: Literal["error", "skip"] = opt("error", "a round with no usable pair: error, or skip it "
                                                       "(policy unchanged, counted)")
     seed: int = opt(0, "seed of prompt subsets, sampling, tie-breaking and label noise")

@@ -63,7 +63,7 @@ from rlhf.data.config import DataConfig
 from rlhf.eval.evaluate import SamplingConfig
 from rlhf.models.config import ModelConfig
 from rlhf.recipes.best_of_n import select_best
-from rlhf.train.config import TrainConfig
+from rlhf.recipes.sft import SFTSection, inner_sft_config, run_inner_sft
 from rlhf.train.run import (RunDirError, atomic_dir, is_finished, prepare_output_dir, write_json_atomic,
                             write_jsonl_atomic)
 
@@ -113,8 +113,8 @@ class RAFTConfig:
                                   "reward (and tracked rewards) beside the starting policy's")
     progress: bool = opt(True, "show a progress bar while sampling")
     sampling: SamplingConfig = opt(factory=SamplingConfig, help="how completions are sampled")
-    sft: TrainConfig = opt(factory=TrainConfig, help="optimisation of each round's SFT run (lr, epochs, "
-                                                     "batch_size, save_every...)")
+    sft: SFTSection = opt(factory=SFTSection, help="each round's SFT run: sft.train (lr, epochs, batch_size, "
+                                                     "save_every...) and sft.eval_fraction")
 
     def validate(self) -> None:
         _validate_common(self)
@@ -162,7 +162,7 @@ class ReSTConfig:
     score_final: bool = opt(True, "sample the final policy on the first Grow's prompts and report its reward")
     progress: bool = opt(True, "show a progress bar while sampling")
     sampling: SamplingConfig = opt(factory=SamplingConfig, help="how completions are sampled")
-    sft: TrainConfig = opt(factory=TrainConfig, help="optimisation of each Improve step's SFT run")
+    sft: SFTSection = opt(factory=SFTSection, help="each Improve step's SFT run (sft.train: optimisation)")
 
     def validate(self) -> None:
         _validate_common(self)
@@ -550,18 +550,10 @@ def _inner_stats(run_dir: Path, keys: Sequence[str] = ("loss",)) -> dict[str, fl
     return out
 
 
-def _sft_data(cfg: Any, kept_file: Path) -> DataConfig:
-    """The outer data settings (tokenisation) pointed at a kept.jsonl of prompt/completion rows."""
-    return replace(cfg.data, train=str(kept_file), format="sft", eval=None, eval_split=None,
-                   eval_fraction=0.0, max_samples=None, columns={})
-
-
 # --------------------------------------------------------------------------- the loop
 
 
 def _run_filtered_sft(cfg: RAFTConfig | ReSTConfig, stage: str, steps: list[Step]) -> dict[str, Any]:
-    from rlhf.recipes import sft as sft_recipe
-
     # Step 1. Inputs, output folder, fingerprint (RoundRun checks inputs before writing).
     run = RoundRun(cfg, stage, [s.folder for s in steps] + [s.samples for s in steps])
     initial = cfg.model.name_or_path
@@ -607,10 +599,9 @@ def _run_filtered_sft(cfg: RAFTConfig | ReSTConfig, stage: str, steps: list[Step
             new_policy = policy
         else:
             start = initial if init_mode == "initial" else policy
-            sft_cfg = sft_recipe.SFTConfig(output_dir=str(folder / "sft"), model=run.model_cfg(start),
-                                           data=_sft_data(cfg, folder / "kept.jsonl"),
-                                           train=replace(cfg.sft, seed=cfg.sft.seed + st.index))
-            sft_recipe.train(sft_cfg)
+            section = replace(cfg.sft, train=replace(cfg.sft.train, seed=cfg.sft.train.seed + st.index))
+            run_inner_sft(inner_sft_config(folder / "sft", run.model_cfg(start), cfg.data, folder / "kept.jsonl",
+                                           section))
             metrics.update(_inner_stats(folder / "sft"))
             metrics["skipped"] = 0
             new_policy = str(folder / "sft" / "final")

@@ -12,7 +12,8 @@ Run it with ``rlhf sft configs/sft/tiny.yaml [key=value ...]``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from rlhf.models.load import count_parameters, load_causal_lm, load_tokenizer
 from rlhf.train.config import TrainConfig
 from rlhf.train.trainer import Trainer
 
-__all__ = ["SFTConfig", "train", "evaluate_nll"]
+__all__ = ["SFTConfig", "train", "evaluate_nll", "SFTSection", "inner_sft_config", "run_inner_sft"]
 
 
 @dataclass(frozen=True)
@@ -124,3 +125,43 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     summary = {"train_examples": n_sequences, "train_rows": len(train_ex), "eval_examples": len(eval_ex),
                "skipped_rows": dict(report.counts), **last_eval}
     return trainer.finish(tokenizer, summary)
+
+
+# --------------------------------------------------------------------------- inner runs
+# Recipes that fine-tune on data they generate (RAFT, ReST, Constitutional AI, hindsight
+# relabeling) run this stage inside their own folder.
+
+
+@dataclass(frozen=True)
+class SFTSection:
+    """The supervised fine-tuning that recipes built on generated data run (rlhf/recipes/sft.py).
+    The model is the recipe's policy; data format, length and template come from its ``data``."""
+
+    train: TrainConfig = opt(factory=TrainConfig, help="optimisation of the inner SFT run")
+    eval_fraction: float = opt(0.0, "fraction of the generated examples held out for the SFT "
+                                    "run's evaluation loss", ge=0.0, lt=1.0)
+
+
+def inner_sft_config(output_dir: Path, model: ModelConfig, data: DataConfig, train_file: Path,
+                     section: SFTSection) -> Any:
+    """The SFT stage's config for training ``model`` on ``train_file`` (prompt/completion rows),
+    with the outer run's tokenization settings."""
+    from rlhf.config import _validate_tree
+
+    d = replace(data, train=str(train_file), train_split="train", eval=None, eval_split=None,
+                eval_fraction=section.eval_fraction, format="sft", columns={}, max_samples=None)
+    cfg = SFTConfig(output_dir=str(output_dir), model=model, data=d, train=section.train)
+    _validate_tree(cfg, "sft")
+    return cfg
+
+
+def run_inner_sft(cfg: Any) -> dict[str, Any]:
+    """Train (or resume, or read back when finished) an inner SFT run."""
+    import json
+
+    from rlhf.train.run import is_finished
+
+    out = Path(cfg.output_dir)
+    if is_finished(out):
+        return json.loads((out / "summary.json").read_text())
+    return train(cfg)

@@ -40,8 +40,8 @@ def setup(tmp_path, monkeypatch, tiny_llama, instruction_data):
 
 COMMON = ["data.chat_template=none", "data.max_length=64", "reward=rs_rewards:frac_a", "samples_per_prompt=8",
           "sampling.max_new_tokens=16", "sampling.batch_size=16", "progress=false", "require_eos=false",
-          "sft.lr=3e-3", "sft.batch_size=8", "sft.epochs=3", "sft.progress=false",
-          "sft.save_model_in_checkpoints=false"]
+          "sft.train.lr=3e-3", "sft.train.batch_size=8", "sft.train.epochs=3", "sft.train.progress=false",
+          "sft.train.save_model_in_checkpoints=false"]
 
 
 def _cfg(cls, s, *extra, out=None):
@@ -168,7 +168,7 @@ def test_raft_learns_a_programmatic_reward(setup):
 
 
 def test_rest_runs_its_schedule_and_shares_grow_samples(setup):
-    s = train_rest(_cfg(ReSTConfig, setup, "grow_steps=2", "thresholds=[0.5,0.75]", "sft.epochs=1"))
+    s = train_rest(_cfg(ReSTConfig, setup, "grow_steps=2", "thresholds=[0.5,0.75]", "sft.train.epochs=1"))
     out = setup["out"]
     m = _jsonl(out / "metrics.jsonl")
     assert [(r["grow"], r["improve"]) for r in m] == [(1, 1), (1, 2), (2, 1), (2, 2)]
@@ -188,7 +188,7 @@ def test_rest_runs_its_schedule_and_shares_grow_samples(setup):
 def test_resume_after_a_crash_equals_an_uninterrupted_run(setup, monkeypatch):
     """Kill the run inside round 2's SFT (after round 1 finished), start it again: round 1 is
     skipped, round 2's samples are read back, and every output equals a run never interrupted."""
-    extra = ("rounds=3", "keep=top_fraction", "top_fraction=0.25", "sft.epochs=1")
+    extra = ("rounds=3", "keep=top_fraction", "top_fraction=0.25", "sft.train.epochs=1")
     ref = train(_cfg(RAFTConfig, setup, *extra, out=setup["tmp"] / "ref"))
 
     from rlhf.recipes import sft as sft_recipe
@@ -208,7 +208,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(setup, monkeypatch):
     assert not (out / "round-2" / "summary.json").exists() and not (out / "summary.json").exists()
     # A changed setting is refused, not silently resumed.
     with pytest.raises(RunDirError, match="other settings.*top_fraction"):
-        train(_cfg(RAFTConfig, setup, *extra[:2], "top_fraction=0.5", "sft.epochs=1"))
+        train(_cfg(RAFTConfig, setup, *extra[:2], "top_fraction=0.5", "sft.train.epochs=1"))
     monkeypatch.setattr(sft_recipe, "train", real)
     got = train(_cfg(RAFTConfig, setup, *extra))
     drop = ("seconds", "wall_time_s", "policy_source")
