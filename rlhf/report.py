@@ -44,7 +44,8 @@ __all__ = ["write_report", "main", "load_run", "read_metrics", "smooth", "gold_p
            "plot_training_curves", "plot_overoptimization", "plot_frontier", "Skipped", "Run", "StageRun"]
 
 GOLD, PROXY = "gold", "proxy"
-_ORDER = {"sft": 0, "rm": 1, "ppo": 2, "dpo": 3, "best_of_n": 4, "eval": 5}
+_ORDER = {"sft": 0, "rm": 1, "ppo": 2, "dpo": 3, "best_of_n": 4, "raft": 5, "rest": 6, "iterative_dpo": 7,
+          "constitutional": 8, "hindsight": 9, "eval": 10}
 # Training-curve panels: (title, metric names; "track/*" = every tracked reward).
 _PANELS = (("loss", ("loss", "eval_loss")),
            ("reward", ("score", "track/*", "reward_margin", "eval_reward_margin")),
@@ -168,7 +169,7 @@ def load_run(run_dir: str | Path) -> Run:
         guess = typ or summary.get("stage") or ("best_of_n" if "curve" in summary else name)
         st.type = str(guess).replace("-", "_")
         stages.append(st)
-    stages.sort(key=lambda s: _ORDER.get(s.type, 9))  # stable: ties keep the declared order
+    stages.sort(key=lambda s: _ORDER.get(s.type, 11))  # stable: ties keep the declared order
     run = Run(root, stages, notes=notes)
     ev = next((s.path for s in stages if s.type == "eval"), root / "eval") / "results.json"
     if ev.is_file():

@@ -13,8 +13,13 @@ with a hidden **gold** reward that plays the human. The demo is an ordinary ``rl
 6. ppo         PPO against the proxy with a KL penalty to the SFT policy (gold tracked, never seen)
 7. dpo         DPO on the same pairs
 8. best-of-n   n samples per prompt from the SFT policy, the proxy's favourite kept
-9. eval        gold and proxy reward, KL to SFT, win rates, on held-out prompts
-10. report     report.html: reward-vs-KL frontier, over-optimisation, curves, samples
+9. raft        rejection-sampling fine-tuning: best of 4 by the proxy, SFT, 3 rounds
+10. rest       ReST: Grow (sample) then Improve (SFT above rising reward quantiles)
+11. iterative-dpo  3 rounds of sample -> best-vs-worst pairs by the proxy -> DPO
+12. constitutional Constitutional AI (supervised): critique and revise against two principles
+               (rule-based critic and reviser: a tiny model cannot critique), SFT on revisions
+13. eval       gold and proxy reward, KL to SFT, win rates, on held-out prompts
+14. report     report.html: reward-vs-KL frontier, over-optimisation, curves, samples
 
 Every stage is skipped when its output is finished, so a killed demo resumes where it was.
 """
@@ -29,6 +34,7 @@ from typing import Any
 __all__ = ["main", "pipeline_spec", "write_data"]
 
 GOLD = "rlhf.testbed.reviews:gold_reward"
+FEEDBACK = "rlhf.testbed.feedback"
 
 
 def write_data(output_dir: str | Path, n_sft: int = 4000, n_prompts: int = 512, n_eval: int = 64,
@@ -55,9 +61,18 @@ def pipeline_spec(out: str | Path = "runs/quickstart", fast: bool = False, seed:
     """The demo as a pipeline dict (``rlhf pipeline`` reads the same thing from YAML)."""
     from rlhf.testbed.reviews import DEFAULT_TEMPERATURE
 
+    from rlhf.testbed.feedback import REVIEW_PRINCIPLES
+
     f = fast
     train_common = {"seed": seed, "progress": True, "save_model_in_checkpoints": False}
     data = {"chat_template": "none", "max_length": 64}
+    # The rejection-sampling family and iterative DPO: K samples per prompt from the current
+    # policy, scored by the proxy (gold tracked), a fresh subset of prompts each round.
+    alt = {"model": {"name_or_path": "${sft}/final"}, "reward": "${rm}/final", "track": {"gold": GOLD},
+           "data": {**data, "train": "${data}/prompts.jsonl"}, "samples_per_prompt": 4,
+           "prompts_per_round": 64 if f else 256, "seed": seed,
+           "sampling": {"max_new_tokens": 40, "batch_size": 64}}
+    inner_sft = {**train_common, "lr": 5e-4, "batch_size": 16, "epochs": 1, "log_every": 1}
     return {
         "output_dir": str(out),
         "description": "rlhf quickstart" + (" --fast" if fast else ""),
@@ -101,8 +116,24 @@ def pipeline_spec(out: str | Path = "runs/quickstart", fast: bool = False, seed:
                 "pool_size": 8 if f else 64, "save_pool": True, "seed": seed,
                 "data": {**data, "train": "${data}/eval_prompts.jsonl"},
                 "sampling": {"max_new_tokens": 40, "batch_size": 16}}},
+            {"name": "raft", "type": "raft", "config": {
+                **alt, "keep": "best", "rounds": 2 if f else 3, "sft": {"train": inner_sft}}},
+            {"name": "rest", "type": "rest", "config": {
+                **alt, "grow_steps": 1 if f else 2, "thresholds": [0.5, 0.75], "sft": {"train": inner_sft}}},
+            {"name": "iterative-dpo", "type": "iterative-dpo", "config": {
+                **alt, "rounds": 2 if f else 3, "reference": "initial",
+                "dpo": {"beta": 0.3, "train": {**inner_sft, "lr": 2e-4}}}},
+            {"name": "constitutional", "type": "constitutional", "config": {
+                "model": {"name_or_path": "${sft}/final"}, "seed": seed,
+                "data": {**data, "train": "${data}/prompts.jsonl", "max_samples": 256 if f else 1024},
+                "principles": REVIEW_PRINCIPLES, "critic": f"{FEEDBACK}:reviews_critic",
+                "reviser": f"{FEEDBACK}:reviews_reviser", "sampling": {"max_new_tokens": 40, "batch_size": 64},
+                "sft": {"train": {**inner_sft, "batch_size": 32}}}},
             {"name": "eval", "type": "eval", "args": {
-                "reference": "${sft}/final", "policies": {"ppo": "${ppo}/final", "dpo": "${dpo}/final"},
+                "reference": "${sft}/final",
+                "policies": {"ppo": "${ppo}/final", "dpo": "${dpo}/final", "raft": "${raft}/final",
+                             "rest": "${rest}/final", "iterative-dpo": "${iterative-dpo}/final",
+                             "constitutional": "${constitutional}/final"},
                 "prompts": "${data}/eval_prompts.jsonl", "rewards": {"gold": GOLD, "proxy": "${rm}/final"},
                 "best_of_n": {"best-of-n": "${best-of-n}"}, "num_samples": 2 if f else 4,
                 "max_new_tokens": 40, "seed": seed, "chat_template": "none"}},
@@ -146,9 +177,10 @@ def _print_headline(out: Path) -> None:
         return
     headline = json.loads(summary.read_text()).get("headline", {})
     nan = float("nan")
-    print(f"\n{'policy':<12} {'gold':>8} {'proxy':>8} {'KL':>8}   (held-out prompts; KL to the SFT policy, nats)")
+    w = max([len("policy"), *map(len, headline)])
+    print(f"\n{'policy':<{w}} {'gold':>8} {'proxy':>8} {'KL':>8}   (held-out prompts; KL to the SFT policy, nats)")
     for name, r in headline.items():
-        print(f"{name:<12} {_f(r.get('gold'), nan):>8.3f} {_f(r.get('proxy'), nan):>8.3f} {_f(r.get('kl'), nan):>8.3f}")
+        print(f"{name:<{w}} {_f(r.get('gold'), nan):>8.3f} {_f(r.get('proxy'), nan):>8.3f} {_f(r.get('kl'), nan):>8.3f}")
     print(f"\nReport: {out / 'report' / 'report.html'}")
 
 
