@@ -72,6 +72,12 @@ class Rollout:
     completions: list[str]
     group_size: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    # With ``sample(..., with_logps=True)``: each action's log-prob and the entropy of the
+    # distribution it was drawn from (softmax(logits / temperature), before top-k/top-p), both
+    # (B, T) float32 aligned with completion_mask (0 elsewhere), taken from the sampler's own
+    # logits: what :func:`rollout_logps` recomputes, without a second forward pass.
+    logps: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -134,10 +140,13 @@ def _new_cache(model: nn.Module):
 
 @torch.no_grad()
 def _sample_chunk(model: nn.Module, prompt_ids: list[list[int]], pad_id: int, stop_ids: list[int],
-                  cfg: SamplingConfig, greedy: bool, generator: torch.Generator | None
-                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Sample one completion per row. Returns (ids (B, P+L), attention (B, P+L), P)."""
+                  cfg: SamplingConfig, greedy: bool, generator: torch.Generator | None,
+                  with_logps: bool = False) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None,
+                                                     torch.Tensor | None]:
+    """Sample one completion per row. Returns (ids (B, P+L), attention (B, P+L), P, and with
+    ``with_logps`` the sampled tokens' log-probs and entropies (B, L), else None, None)."""
     from rlhf.data.collate import PromptCollator
+    from rlhf.logprobs import entropy_from_logits, token_logps
 
     device = next(model.parameters()).device
     B = len(prompt_ids)
@@ -151,13 +160,17 @@ def _sample_chunk(model: nn.Module, prompt_ids: list[list[int]], pad_id: int, st
     logits = out.logits[:, -1]  # (B, V) distribution of the first completion token
     next_pos = pos[:, -1] + 1  # (B,)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    new_tokens, new_attn = [], []
+    new_tokens, new_attn, lps, ents = [], [], [], []
+    temp = cfg.temperature if cfg.temperature > 0 else 1.0
     for _ in range(cfg.max_new_tokens):
         if greedy:
             tok = logits.argmax(-1)
         else:
             probs = torch.softmax(filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p), -1)
             tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        if with_logps:  # the policy's own distribution (no top-k/top-p), as rollout_logps scores it
+            lps.append(token_logps(logits, tok, temp))  # (B,)
+            ents.append(entropy_from_logits(logits, temp))  # (B,)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         new_tokens.append(tok)
         new_attn.append((~done).long())
@@ -171,7 +184,9 @@ def _sample_chunk(model: nn.Module, prompt_ids: list[list[int]], pad_id: int, st
         next_pos = next_pos + 1
     gen = torch.stack(new_tokens, dim=1)  # (B, L)
     gen_attn = torch.stack(new_attn, dim=1)
-    return torch.cat([ids, gen], dim=1), torch.cat([attn[:, :P], gen_attn], dim=1), P
+    gen_lps = torch.stack(lps, dim=1) if with_logps else None
+    gen_ents = torch.stack(ents, dim=1) if with_logps else None
+    return torch.cat([ids, gen], dim=1), torch.cat([attn[:, :P], gen_attn], dim=1), P, gen_lps, gen_ents
 
 
 def _stop_string_cut(tokenizer: Any, tokens: list[int], stop_strings: Sequence[str]) -> int | None:
@@ -190,14 +205,15 @@ def _stop_string_cut(tokenizer: Any, tokens: list[int], stop_strings: Sequence[s
 @torch.no_grad()
 def sample(model: nn.Module, tokenizer: Any, prompts: Sequence[Any], prompt_ids: Sequence[list[int]],
            cfg: SamplingConfig, *, greedy: bool = False, num_samples: int | None = None,
-           generator: torch.Generator | None = None) -> Rollout:
+           generator: torch.Generator | None = None, with_logps: bool = False) -> Rollout:
     """Sample ``num_samples`` (default ``cfg.num_samples``) completions for each prompt.
 
     ``prompts`` are the original prompts (text or messages; handed to reward sources as is) and
     ``prompt_ids`` their token ids as the policy sees them (rlhf.data.tokenize.encode_prompt).
     The model is put in eval mode for sampling and its previous mode restored. ``greedy``
     takes the argmax at each step (ReMax's baseline; pass ``num_samples=1``, since every
-    greedy sample of a prompt is the same).
+    greedy sample of a prompt is the same). ``with_logps`` also keeps each action's log-prob and
+    entropy from the sampler's own logits (``Rollout.logps`` / ``Rollout.entropy``).
     """
     if len(prompts) != len(prompt_ids):
         raise ValueError(f"sample: {len(prompts)} prompts but {len(prompt_ids)} prompt_ids")
@@ -213,14 +229,14 @@ def sample(model: nn.Module, tokenizer: Any, prompts: Sequence[Any], prompt_ids:
     was_training = model.training
     model.eval()
     try:
-        chunks = [_sample_chunk(model, rows_ids[s:s + cfg.batch_size], pad, stops, cfg, greedy, generator)
-                  for s in range(0, len(rows_ids), cfg.batch_size)]
+        chunks = [_sample_chunk(model, rows_ids[s:s + cfg.batch_size], pad, stops, cfg, greedy, generator,
+                                with_logps) for s in range(0, len(rows_ids), cfg.batch_size)]
     finally:
         model.train(was_training)
     P = max(c[2] for c in chunks)
     completions_tok: list[list[int]] = []
     ended: list[bool] = []
-    for ids, _, p in chunks:
+    for ids, _, p, _, _ in chunks:
         for row in ids[:, p:].tolist():
             # The episode ends at the first EOS (kept: it is an action the policy took) ...
             cut = next((k + 1 for k, t in enumerate(row) if t in stops), None)
@@ -240,11 +256,22 @@ def sample(model: nn.Module, tokenizer: Any, prompts: Sequence[Any], prompt_ids:
     comp_mask = torch.cat([torch.zeros_like(prompt_real), comp_real], dim=1)
     device = next(model.parameters()).device
     texts = tokenizer.batch_decode(completions_tok, skip_special_tokens=True)
+    logps = entropy = None
+    if with_logps:  # completion token k of row i sits at column P + k
+        logps = torch.zeros(input_ids.shape, dtype=torch.float32, device=device)
+        entropy = torch.zeros(input_ids.shape, dtype=torch.float32, device=device)
+        i = 0
+        for _, _, _, c_lps, c_ents in chunks:
+            for r in range(c_lps.shape[0]):
+                n = len(completions_tok[i])
+                logps[i, P:P + n] = c_lps[r, :n]
+                entropy[i, P:P + n] = c_ents[r, :n]
+                i += 1
     return Rollout(
         input_ids=input_ids.to(device), attention_mask=attention.to(device),
         position_ids=(attention.cumsum(-1) - 1).clamp(min=0).to(device),
         completion_mask=comp_mask.to(device), ended=torch.tensor(ended, device=device),
-        prompt_width=P, prompts=rows_prompt, completions=texts, group_size=K)
+        prompt_width=P, prompts=rows_prompt, completions=texts, group_size=K, logps=logps, entropy=entropy)
 
 
 # --------------------------------------------------------------------------- scoring the rollout

@@ -175,3 +175,21 @@ def test_stop_strings_end_the_episode():
 def test_shift_values_reads_the_state_before_each_action():
     raw = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     assert shift_values(raw).tolist() == [[0.0, 1.0, 2.0, 3.0]]
+
+
+@pytest.mark.parametrize("top_k,top_p,temperature", [(0, 1.0, 0.7), (5, 0.9, 1.3)])
+def test_sampler_logps_equal_a_second_forward(llama, top_k, top_p, temperature):
+    """with_logps keeps what rollout_logps recomputes: each action's log-prob under
+    softmax(logits / T) (the policy itself, whatever top-k/top-p drew it) and that
+    distribution's entropy; 0 outside the completion; rows sampled in several batches."""
+    model, tok = llama
+    torch.manual_seed(0)
+    cfg = SamplingConfig(max_new_tokens=9, num_samples=3, temperature=temperature, top_k=top_k, top_p=top_p,
+                         batch_size=4)
+    ro = sample(model, tok, PROMPTS, _ids(tok, PROMPTS), cfg, with_logps=True)
+    want, want_ent = rollout_logps(model, ro, temperature=temperature, with_entropy=True)
+    mask = ro.completion_mask.bool()
+    torch.testing.assert_close(ro.logps[mask], want[mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ro.entropy[mask], want_ent[mask], atol=1e-5, rtol=0)
+    assert ro.logps[~mask].eq(0).all() and ro.entropy[~mask].eq(0).all()
+    assert sample(model, tok, PROMPTS, _ids(tok, PROMPTS), cfg).logps is None  # off by default

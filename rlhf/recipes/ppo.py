@@ -115,6 +115,12 @@ class PolicyLossConfig:
                                                   "completion cut at max_new_tokens; null = off", ge=0)
     drop_uninformative_groups: bool = opt(False, "leave out of the loss the prompts whose K samples "
                                                  "all scored the same (DAPO dynamic sampling, simplified)")
+    old_logps: Literal["auto", "sampler", "forward"] = opt(
+        "auto", "where π_old's log-probs (the ratio's denominator, the KL) come from: sampler = the "
+                "logits the sampler drew each token from (no extra forward pass; equal to a forward "
+                "pass up to float rounding, ~1e-6 in fp32); forward = a separate no-grad pass over the "
+                "rollout; auto = sampler in fp32, forward under bf16 (where the KV-cache and the full "
+                "forward round differently)")
 
 
 @dataclass(frozen=True)
@@ -285,11 +291,18 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         kl_ctl.load_state_dict(extra["kl_controller"])
     history: list[dict[str, float]] = list(extra.get("history", []))
 
+    # π_old's log-probs from the sampler's logits unless rounding would make them differ (bf16).
+    fp32 = cfg.model.dtype == "fp32" and cfg.train.mixed_precision == "no"
+    sampler_logps = cfg.ppo.old_logps == "sampler" or (cfg.ppo.old_logps == "auto" and fp32)
+
     def evaluate_batch(ro: Rollout) -> dict[str, torch.Tensor]:
         """Step 3: old log-probs (+ entropy), reference log-probs and values, no gradient."""
         bs = cfg.train.eval_batch_size
         with trainer.accelerator.autocast():
-            old_logps, entropy = rollout_logps(inner.policy, ro, temperature, bs, with_entropy=True)
+            if ro.logps is not None:  # kept by the sampler (ppo.old_logps)
+                old_logps, entropy = ro.logps, ro.entropy
+            else:
+                old_logps, entropy = rollout_logps(inner.policy, ro, temperature, bs, with_entropy=True)
             ref_logps = rollout_logps(reference, ro, temperature, bs)
             values = rollout_values(inner.value, ro, bs) if inner.value is not None else None
         return {"old_logps": old_logps, "entropy": entropy, "ref_logps": ref_logps, "values": values}
@@ -330,7 +343,7 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         # 5.1 rollout: K completions per prompt, consecutive (the group layout of rlhf.advantages).
         with trainer.accelerator.autocast():
             ro = sample(inner.policy, tokenizer, [e["prompt"] for e in examples],
-                        [e["prompt_input_ids"] for e in examples], cfg.sampling)
+                        [e["prompt_input_ids"] for e in examples], cfg.sampling, with_logps=sampler_logps)
         t_gen = time.perf_counter()
 
         # 5.2 scores (the environment's reward at the end of the episode) and the EOS trick.
