@@ -120,8 +120,9 @@ def run_ours(a) -> dict:
     P.rollout_values = timed("values", P.rollout_values)
     orig_logps = P.rollout_logps
 
-    def rollout_logps(model, *args, **kw):  # first call of a step: the old policy; second: the reference
-        name = "old_logps" if "old_logps" not in phase else "ref_logps"
+    def rollout_logps(model, *args, **kw):  # the old-policy pass asks for the entropy, the reference's not
+        # (with ppo.old_logps=auto in fp32 the old-policy log-probs come from the sampler: no pass)
+        name = "old_logps" if kw.get("with_entropy") else "ref_logps"
         return timed(name, orig_logps)(model, *args, **kw)
 
     P.rollout_logps = rollout_logps
