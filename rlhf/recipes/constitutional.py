@@ -21,7 +21,7 @@ reward model (docs/ai-feedback.md).
 Outputs in ``output_dir``: ``config.yaml``; ``chains.jsonl`` (per prompt: the first response
 and, per principle, the critique request, the critique, the revision request and the
 revision); ``revisions.jsonl`` (prompt / completion = the final revision, what SFT trains on);
-``sft/`` (the inner SFT run, resumable); ``final`` (a link to ``sft/final``); ``summary.json``
+``sft/`` (the inner SFT run, resumable); ``final/`` (the fine-tuned policy, hard-linked from ``sft/final``); ``summary.json``
 last, which marks the run finished. A killed run resumes: the chains are reused once written,
 the SFT resumes from its last checkpoint.
 
@@ -35,7 +35,6 @@ Run it with ``rlhf constitutional configs/constitutional/tiny.yaml [key=value ..
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +45,10 @@ from rlhf.data.config import DataConfig
 from rlhf.eval.evaluate import SamplingConfig
 from rlhf.models.config import ModelConfig
 from rlhf.recipes.sft import SFTSection, inner_sft_config, run_inner_sft
-from rlhf.train.run import prepare_output_dir, write_json_atomic, write_jsonl_atomic
+from rlhf.train.run import prepare_output_dir, publish_model, write_json_atomic, write_jsonl_atomic
 
 __all__ = ["ConstitutionalConfig", "train", "generate_texts", "fill",
-           "link_final", "load_step_function", "DEFAULT_CRITIQUE_TEMPLATE", "DEFAULT_REVISION_TEMPLATE"]
+           "load_step_function", "DEFAULT_CRITIQUE_TEMPLATE", "DEFAULT_REVISION_TEMPLATE"]
 
 DEFAULT_CRITIQUE_TEMPLATE = (
     "Prompt: {prompt}\nResponse: {response}\n\n"
@@ -137,17 +136,6 @@ def generate_texts(model: Any, tokenizer: Any, texts: Sequence[Any], sampling: S
     if bar is not None:
         bar.close()
     return [r["completion"] for r in rows]
-
-
-def link_final(output_dir: Path, target: str) -> None:
-    """``output_dir/final`` -> ``target`` (relative), as a symbolic link replaced atomically, so
-    that ``<run>/final`` is the trained model like every other stage's."""
-    final = output_dir / "final"
-    tmp = output_dir / f".final.tmp-{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(target, tmp, target_is_directory=True)
-    os.replace(tmp, final)
 
 
 def _is_callable_ref(ref: str) -> bool:
@@ -281,7 +269,7 @@ def train(cfg: ConstitutionalConfig) -> dict[str, Any]:
     chains = [json.loads(x) for x in chains_file.read_text().splitlines() if x.strip()]
     sft_cfg = inner_sft_config(out / "sft", cfg.model, cfg.data, sft_file, cfg.sft)
     sft_summary = run_inner_sft(sft_cfg)
-    link_final(out, "sft/final")
+    publish_model(out / "sft" / "final", out / "final")
 
     # Step 7. Summary, last: it marks the run finished.
     changed = sum(ch["final"] != ch["response"] for ch in chains)

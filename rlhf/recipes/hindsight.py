@@ -18,7 +18,7 @@ over instructions; this recipe does its relabel-then-supervise core only.
 Outputs in ``output_dir``: ``config.yaml``; per round ``round-<r>/`` holding
 ``relabeled.jsonl`` (prompt = the relabeled instruction, completion, original_prompt; what the
 SFT trains on), ``sft/`` (the inner SFT run) and ``summary.json`` (the round is finished);
-``final`` (a link to the last round's ``sft/final``); ``summary.json`` last. A killed run
+``final/`` (the last round's policy, hard-linked from its ``sft/final``); ``summary.json`` last. A killed run
 resumes: finished rounds are skipped, a round's samples are reused once written, its SFT
 resumes from its last checkpoint. A relabel function that raises stops the run with an error
 naming the prompt and sample, before the round writes anything.
@@ -39,9 +39,9 @@ from rlhf.config import ConfigError, opt, save_config
 from rlhf.data.config import DataConfig
 from rlhf.eval.evaluate import SamplingConfig
 from rlhf.models.config import ModelConfig
-from rlhf.recipes.constitutional import generate_texts, link_final, load_step_function
+from rlhf.recipes.constitutional import generate_texts, load_step_function
 from rlhf.recipes.sft import SFTSection, inner_sft_config, run_inner_sft
-from rlhf.train.run import is_finished, prepare_output_dir, write_json_atomic, write_jsonl_atomic
+from rlhf.train.run import is_finished, prepare_output_dir, publish_model, write_json_atomic, write_jsonl_atomic
 
 __all__ = ["HindsightConfig", "RelabelError", "relabel_samples", "train"]
 
@@ -178,7 +178,7 @@ def train(cfg: HindsightConfig) -> dict[str, Any]:
               + (f" ({tracked} on the original prompts)" if tracked else ""))
 
     # Step 5. The final policy and the summary (last: marks the run finished).
-    link_final(out, f"round-{cfg.rounds}/sft/final")
+    publish_model(out / f"round-{cfg.rounds}" / "sft" / "final", out / "final")
     summary = {"rounds": rounds, "prompts": len(prompts), "num_samples": cfg.num_samples,
                "skipped": dict(report.counts), "seconds": round(time.time() - t0, 2)}
     write_json_atomic(out / "summary.json", summary)

@@ -26,7 +26,7 @@ comparing the two texts, can replace it without touching the loop.
 Outputs, in ``output_dir``: ``config.yaml``; ``round-<r>/`` with ``samples.jsonl`` (every sample
 and its rewards), ``pairs.jsonl`` (prompt / chosen / rejected / score_chosen / score_rejected,
 what DPO reads), ``dpo/`` (the inner run) and ``summary.json`` (the round is finished);
-``metrics.jsonl`` (one row per round); ``final_samples.jsonl``; ``final/`` (a copy of the last
+``metrics.jsonl`` (one row per round); ``final_samples.jsonl``; ``final/`` (hard links to the last
 round's policy); ``summary.json`` last. Resuming works as for RAFT (rlhf/recipes/rejection.py).
 
 Run it with ``rlhf iterative-dpo configs/iterative_dpo/tiny.yaml [key=value ...]``.

@@ -33,7 +33,7 @@ Outputs, in ``output_dir``::
         summary.json            the step's metrics; marks the step finished
     metrics.jsonl               one row per step (step, score, kept, loss, track/<name>, ...)
     final_samples.jsonl         samples of the final policy on step 1's prompts (``score_final``)
-    final/                      a copy of the last step's policy (loadable like any model folder)
+    final/                      the last step's policy (hard links; loadable like any model folder)
     summary.json                written last: the run is finished
 
 Resuming: a killed run is started again with the same command. Finished steps (their
@@ -50,7 +50,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -64,8 +63,8 @@ from rlhf.eval.evaluate import SamplingConfig
 from rlhf.models.config import ModelConfig
 from rlhf.recipes.best_of_n import select_best
 from rlhf.recipes.sft import SFTSection, inner_sft_config, run_inner_sft
-from rlhf.train.run import (RunDirError, atomic_dir, is_finished, prepare_output_dir, write_json_atomic,
-                            write_jsonl_atomic)
+from rlhf.train.run import (RunDirError, is_finished, prepare_output_dir, publish_model,
+                            write_json_atomic, write_jsonl_atomic)
 
 __all__ = ["RAFTConfig", "ReSTConfig", "Step", "train", "train_rest", "raft_schedule", "rest_schedule",
            "select_best_per_prompt", "select_threshold", "select_top_fraction",
@@ -321,7 +320,7 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 class RoundRun:
     """What RAFT, ReST and iterative DPO share: the output folder and its fingerprint, prompts,
     reward sources, sampling + scoring from a policy folder, the per-step metrics file, and the
-    finish (final/ copy, summary.json last).
+    finish (final/ published, summary.json last).
 
     Inputs are checked (prompts read, reward sources loaded) BEFORE the output folder is created,
     so bad input leaves nothing behind.
@@ -509,12 +508,9 @@ class RoundRun:
             summary.update({f"final_{k}": v for k, v in fin.items() if k.startswith("track/")})
             if summary["initial_score"] is not None:
                 summary["score_gain"] = summary["final_score"] - summary["initial_score"]
-        # final/ holds a full copy: load_causal_lm reads it like any model folder, and deleting
-        # round folders later cannot break it.
-        with atomic_dir(self.out / "final") as tmp:
-            src = Path(self.resolve(policy))
-            shutil.copytree(src, tmp, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("checkpoint-*", "*.tmp-*"))
+        # final/ holds the policy itself (hard links or a copy): load_causal_lm reads it like any
+        # model folder, and deleting round folders later cannot break it.
+        publish_model(self.resolve(policy), self.out / "final")
         summary["policy_source"] = self.rel(policy)
         summary["wall_time_s"] = round(time.time() - self.t0, 2)
         summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}

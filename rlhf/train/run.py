@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["RunDirError", "prepare_output_dir", "list_checkpoints", "latest_checkpoint",
-           "MetricsWriter", "write_json_atomic", "write_jsonl_atomic", "atomic_dir", "is_finished"]
+           "MetricsWriter", "write_json_atomic", "write_jsonl_atomic", "atomic_dir", "is_finished",
+           "publish_model"]
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -147,6 +148,24 @@ class atomic_dir:
             shutil.rmtree(old, ignore_errors=True)
         else:
             self.tmp.rename(self.path)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)
+
+
+def publish_model(src: str | Path, dst: str | Path) -> Path:
+    """Make ``dst`` (e.g. a multi-round run's ``final/``) a loadable copy of the model folder
+    ``src`` (an inner run's ``final/``), atomically. Files are hard-linked where the file system
+    allows (no extra disk; deleting ``src`` later leaves ``dst`` whole), copied otherwise;
+    checkpoints and temporary files are left out."""
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns("checkpoint-*", "*.tmp-*"))
+    return Path(dst)
 
 
 class MetricsWriter:
