@@ -58,7 +58,7 @@ from rlhf.rollout import Rollout, SamplingConfig, rollout_logps, rollout_values,
 from rlhf.train.config import TrainConfig
 from rlhf.train.trainer import Trainer
 
-__all__ = ["PPOConfig", "KLConfig", "PolicyLossConfig", "PolicyAndValue", "train"]
+__all__ = ["shared_value_head", "PPOConfig", "KLConfig", "PolicyLossConfig", "PolicyAndValue", "train"]
 
 AdvantageName = Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "remax"]
 GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")  # need K >= 2 samples per prompt
@@ -140,9 +140,10 @@ class PPOConfig:
     track: dict[str, str] = opt(factory=dict, help="extra reward sources scored on every rollout and "
                                                    "logged as track/<name> but not optimised, e.g. "
                                                    "{gold: my_pkg.gold:reward} to watch over-optimisation")
-    value_model: str = opt("auto", "the critic's initial weights (advantage=gae): 'reward' (the "
-                                   "reward model; the default when the reward is one), 'policy' "
-                                   "(its trunk, new head), or a checkpoint folder")
+    value_model: str = opt("auto", "the critic (advantage=gae): 'reward' (a copy of the reward model; "
+                                   "the default when the reward is one), 'policy' (a copy of the "
+                                   "policy's trunk, new head), 'shared' (a value head on the policy's "
+                                   "own trunk: no second model), or a checkpoint folder")
     sampling: SamplingConfig = opt(factory=SamplingConfig, help="rollout sampling")
     kl: KLConfig = opt(factory=KLConfig, help="KL penalty to the reference")
     ppo: PolicyLossConfig = opt(factory=PolicyLossConfig, help="the policy update")
@@ -178,25 +179,63 @@ class PPOConfig:
 
 class PolicyAndValue(nn.Module):
     """The trained modules of the loop in one container, so one optimizer, one checkpoint and
-    one distributed wrapper cover both: ``policy`` (a causal LM) and ``value`` (a scalar model,
-    or None for the critic-free estimators). ``forward`` returns logits (B, T, V) and the
-    critic's values aligned with actions (B, T) (rlhf.rollout.shift_values) or None."""
+    one distributed wrapper cover both: ``policy`` (a causal LM) and the critic, either
+    ``value`` (a separate scalar model) or ``value_head`` (a linear head on the policy's own
+    final hidden states: ``value_model: shared``), or neither (the critic-free estimators).
+    ``forward`` returns logits (B, T, V) and the critic's values aligned with actions (B, T)
+    (rlhf.rollout.shift_values) or None."""
 
-    def __init__(self, policy: nn.Module, value: nn.Module | None = None):
+    def __init__(self, policy: nn.Module, value: nn.Module | None = None, value_head: nn.Module | None = None):
         super().__init__()
+        if value is not None and value_head is not None:
+            raise ValueError("a separate value model or a shared value head, not both")
         self.policy = policy
         self.value = value
+        self.value_head = value_head
 
     def forward(self, input_ids, attention_mask, position_ids):
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=position_ids, use_cache=False).logits
+        shared = self.value_head is not None
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False, output_hidden_states=shared)
         values = None
-        if self.value is not None:
+        if shared:  # the last entry of hidden_states is the final (normed) one the LM head reads
+            values = shift_values(self.value_head(out.hidden_states[-1]).squeeze(-1).float())
+        elif self.value is not None:
             values = shift_values(score_tokens(self.value, input_ids, attention_mask, position_ids).float())
-        return logits, values
+        return out.logits, values
+
+    @torch.no_grad()
+    def rollout_values(self, rollout: Rollout, batch_size: int) -> torch.Tensor | None:
+        """The critic's V(s_t) for every action of a rollout (B, T), without gradient."""
+        if self.value is not None:
+            return rollout_values(self.value, rollout, batch_size)
+        if self.value_head is None:
+            return None
+        was_training = self.training
+        self.eval()
+        try:
+            return torch.cat([self(**rollout.model_inputs(slice(s, s + batch_size)))[1]
+                              for s in range(0, len(rollout), batch_size)])
+        finally:
+            self.train(was_training)
+
+
+def shared_value_head(policy: nn.Module) -> nn.Linear:
+    """A scalar head for the policy's final hidden states, initialised as the reward model's
+    (N(0, 1/sqrt(d_model + 1)), bias 0), in the policy's dtype and on its device."""
+    from rlhf.models.load import unwrap_model
+
+    p = next(policy.parameters())
+    d = unwrap_model(policy).config.hidden_size
+    head = nn.Linear(d, 1)
+    nn.init.normal_(head.weight, std=1.0 / (d + 1) ** 0.5)
+    nn.init.zeros_(head.bias)
+    return head.to(device=p.device, dtype=p.dtype)
 
 
 def _value_source(cfg: PPOConfig) -> str:
+    if cfg.value_model == "shared":
+        return "shared"
     if cfg.value_model not in ("auto", "reward"):
         return "policy" if cfg.value_model == "policy" else cfg.value_model
     reward_is_model = Path(cfg.reward).is_dir()
@@ -270,8 +309,11 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     reference = load_reference(cfg.model, policy)
     if not reference.shares_policy_weights:
         reference.module.to(device)
-    value = None
-    if cfg.advantage in CRITIC_ESTIMATORS:
+    value = value_head = None
+    if cfg.advantage in CRITIC_ESTIMATORS and _value_source(cfg) == "shared":
+        value_head = shared_value_head(policy)
+        trainer.print("[ppo] critic: a value head on the policy's trunk (shared)")
+    elif cfg.advantage in CRITIC_ESTIMATORS:
         value, value_src = _load_value_model(cfg, tokenizer)
         trainer.print(f"[ppo] value model initialised from {value_src}")
     n = count_parameters(policy)
@@ -281,7 +323,8 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
 
     # Step 4. Optimizer over policy (+ critic), schedule over every minibatch update, resume.
     updates = cfg.ppo.epochs * cfg.ppo.num_minibatches
-    model = trainer.setup(PolicyAndValue(policy, value), num_examples=len(prompts), updates_per_step=updates)
+    model = trainer.setup(PolicyAndValue(policy, value, value_head), num_examples=len(prompts),
+                          updates_per_step=updates)
     trainer.export = lambda m: m.policy  # final/ and checkpoint models hold the policy only
     inner = trainer.accelerator.unwrap_model(model)
     kl_ctl = (AdaptiveKLController(cfg.kl.beta, cfg.kl.target, cfg.kl.horizon) if cfg.kl.target
@@ -304,7 +347,7 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
             else:
                 old_logps, entropy = rollout_logps(inner.policy, ro, temperature, bs, with_entropy=True)
             ref_logps = rollout_logps(reference, ro, temperature, bs)
-            values = rollout_values(inner.value, ro, bs) if inner.value is not None else None
+            values = inner.rollout_values(ro, bs)
         return {"old_logps": old_logps, "entropy": entropy, "ref_logps": ref_logps, "values": values}
 
     def loss_fn(m: nn.Module, mb: dict[str, torch.Tensor], denom: torch.Tensor):

@@ -132,6 +132,56 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(setup, tmp_path, 
     assert sa == sb
 
 
+def test_shared_value_head_reads_the_policy_final_hidden_state(tiny_llama):
+    """value_model=shared: one forward of the policy gives its logits and V(s_t) = head(h_t) on
+    the final (normed) hidden state the LM head reads, shifted to the actions; the head starts
+    with bias 0 and weights of scale 1/sqrt(d+1)."""
+    from rlhf.models.config import ModelConfig
+    from rlhf.models.load import load_causal_lm
+    from rlhf.recipes.ppo import PolicyAndValue, shared_value_head
+    from rlhf.rollout import shift_values
+
+    torch.manual_seed(0)
+    policy = load_causal_lm(ModelConfig(name_or_path=str(tiny_llama)))
+    head = shared_value_head(policy)
+    d = policy.config.hidden_size
+    assert head.weight.shape == (1, d) and head.bias.item() == 0.0
+    assert 0.5 < float(head.weight.detach().std()) * (d + 1) ** 0.5 < 1.5
+    m = PolicyAndValue(policy, value_head=head).eval()
+    ids = torch.randint(3, 200, (2, 9))
+    am = torch.ones_like(ids)
+    am[1, :3] = 0  # left padding
+    pos = (am.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits, values = m(ids, am, pos)
+        h = policy.model(input_ids=ids, attention_mask=am, position_ids=pos).last_hidden_state
+        want = shift_values(head(h).squeeze(-1))
+        want_logits = policy(input_ids=ids, attention_mask=am, position_ids=pos).logits
+    torch.testing.assert_close(values, want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits, want_logits, rtol=0, atol=1e-6)
+
+
+def test_shared_critic_trains_checkpoints_and_resumes(setup, tmp_path, crash_run):
+    """GAE with the critic as a head on the policy: the head is trained and checkpointed with
+    the policy, final/ holds the policy alone, and a resumed run equals an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    common = ["advantage=gae", "value_model=shared", "train.max_steps=4", "train.save_every=2"]
+    train(setup("straight", *common))
+    crash_run(train, setup("crashed", *common), 2)
+    train(setup("crashed", *common))
+    a, b = _final_weights(tmp_path / "straight"), _final_weights(tmp_path / "crashed")
+    assert not any("value_head" in k for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    rows = _scores(tmp_path / "straight")
+    assert all(r["value_loss"] > 0 and "explained_variance" in r for r in rows)
+    c2 = load_file(str(tmp_path / "straight" / "checkpoint-2" / "trainable.safetensors"))
+    c4 = load_file(str(tmp_path / "straight" / "checkpoint-4" / "trainable.safetensors"))
+    assert c2["value_head.weight"].shape[0] == 1
+    assert not torch.equal(c2["value_head.weight"], c4["value_head.weight"])  # the head learns
+
+
 @pytest.mark.parametrize("overrides,field", [
     (["advantage=grpo", "sampling.num_samples=1"], "sampling.num_samples"),
     (["advantage=rloo", "sampling.num_samples=1"], "sampling.num_samples"),
