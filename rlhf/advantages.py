@@ -139,7 +139,8 @@ def rloo_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def reinforce_pp_advantages(
-    rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, eps: float = 1e-8
+    rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, eps: float = 1e-8,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """REINFORCE++ (Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning LLMs", §3).
 
@@ -148,11 +149,12 @@ def reinforce_pp_advantages(
 
     rewards, mask: (B, T), per-token rewards (score at the last token minus β·KL per token).
     Return-to-go is GAE with V = 0 and λ = 1, so it reuses :func:`gae`'s recursion. The
-    whitening is over the batch given here; for the paper's *global* batch normalisation in
-    data-parallel training pass the gathered batch. Returns (B, T), 0 at unmasked positions.
+    whitening is over the batch given here, or, with ``reduce`` (a sum over processes), over the
+    global batch of data-parallel training: the paper's global batch normalisation. Returns
+    (B, T), 0 at unmasked positions.
     """
     returns_to_go, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma=gamma, lam=1.0)  # (B, T)
-    return masked_whiten(returns_to_go, mask, shift_mean=True, eps=eps)
+    return masked_whiten(returns_to_go, mask, shift_mean=True, eps=eps, reduce=reduce)
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ the shares over the accumulation window and across processes before the first ba
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -65,15 +65,23 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """(x - mean) / std over masked positions; masked-out positions are returned as 0.
 
     ``shift_mean=False`` keeps the original mean: (x - mean) / std + mean, so the scale is
-    normalised but the level (whose sign matters for rewards) is kept.
+    normalised but the level (whose sign matters for rewards) is kept. ``reduce`` sums a scalar
+    over processes (e.g. ``Trainer.reduce_sum``): the mean and the (unbiased) variance are then
+    those of the global batch, as if every process's positions were in one tensor.
     """
     m = mask.to(x.dtype)
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask, unbiased=bool(m.sum() >= 2))
+    if reduce is None:
+        mean = masked_mean(x, mask)
+        var = masked_var(x, mask, unbiased=bool(m.sum() >= 2))
+    else:  # two passes, each one all-reduce of a scalar: sums, then squared deviations
+        n = reduce(m.sum())
+        mean = (reduce((x * m).sum()) / n).to(x.dtype)
+        var = (reduce((((x - mean) * m) ** 2).sum()) / (n - 1 if n >= 2 else n)).to(x.dtype)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -214,3 +214,52 @@ def test_token_rewards_closed_form():
     torch.testing.assert_close(r, expected)
     with pytest.raises(ValueError, match="no last action"):
         token_rewards(torch.tensor([1.0]), kl[:1], torch.zeros(1, 4), beta=0.1)
+
+
+def _two_process_run(fn, halves):
+    """Run fn(half, reduce) in two threads whose ``reduce`` is an all-reduce (sum) of a scalar
+    between them, as torch.distributed would do across two processes."""
+    import threading
+
+    barrier = threading.Barrier(2)
+    slots = [None, None]
+    out = [None, None]
+
+    def reduce_for(rank):
+        def reduce(t):
+            slots[rank] = t.detach().double()
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()  # both have read the slots before either writes the next value
+            return total
+        return reduce
+
+    def run(rank):
+        out[rank] = fn(halves[rank], reduce_for(rank))
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_reinforce_pp_global_normalisation_across_processes_equals_one_batch():
+    """REINFORCE++ normalises over the global batch: two processes holding half the rows each,
+    with ``reduce`` an all-reduce, give exactly the advantages of one process holding all rows
+    (and differ from normalising each half alone)."""
+    from rlhf.advantages import reinforce_pp_advantages
+
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.randn(6, 7, generator=g, dtype=torch.float64)
+    mask = torch.ones(6, 7, dtype=torch.float64)
+    mask[0, 5:] = 0
+    mask[4, 2:] = 0
+    rewards[3] += 3.0  # the halves have different means, so local normalisation would differ
+    whole = reinforce_pp_advantages(rewards, mask, gamma=0.9)
+    halves = [(rewards[:3], mask[:3]), (rewards[3:], mask[3:])]
+    a, b = _two_process_run(lambda h, red: reinforce_pp_advantages(h[0], h[1], gamma=0.9, reduce=red), halves)
+    torch.testing.assert_close(torch.cat([a, b]), whole, rtol=0, atol=1e-12)
+    local = reinforce_pp_advantages(rewards[:3], mask[:3], gamma=0.9)
+    assert (local - whole[:3]).abs().max() > 0.1

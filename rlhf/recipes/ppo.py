@@ -334,6 +334,9 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         kl_ctl.load_state_dict(extra["kl_controller"])
     history: list[dict[str, float]] = list(extra.get("history", []))
 
+    # Batch statistics (whitening, REINFORCE++'s normalisation) over every process's rollouts.
+    global_sum = trainer.reduce_sum if trainer.accelerator.num_processes > 1 else None
+
     # π_old's log-probs from the sampler's logits unless rounding would make them differ (bf16).
     fp32 = cfg.model.dtype == "fp32" and cfg.train.mixed_precision == "no"
     sampler_logps = cfg.ppo.old_logps == "sampler" or (cfg.ppo.old_logps == "auto" and fp32)
@@ -417,16 +420,16 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         in_reward = placement == "reward" and beta > 0
         rewards = token_rewards(scores, kl_tok if in_reward else torch.zeros_like(kl_tok), mask, beta)
         if cfg.ppo.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=global_sum)
         # Per-completion estimators see the score minus the completion's total KL penalty.
         seq_scores = scores - beta * masked_sum(kl_tok, mask, dim=-1) if in_reward else scores
 
         # 5.5 advantages (and returns for the critic, taken before whitening).
         advantages, returns = compute_advantages(
             cfg.advantage, rewards=rewards, values=ev["values"], mask=mask, scores=seq_scores,
-            greedy_scores=greedy_scores, group_size=K, gamma=cfg.ppo.gamma, lam=cfg.ppo.lam)
+            greedy_scores=greedy_scores, group_size=K, gamma=cfg.ppo.gamma, lam=cfg.ppo.lam, reduce=global_sum)
         if cfg.advantage == "gae" and cfg.ppo.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            advantages = masked_whiten(advantages, mask, reduce=global_sum)
         loss_mask = mask
         if cfg.ppo.drop_uninformative_groups:
             keep = informative_groups(scores, K).repeat_interleave(K).float()  # (B,)
