@@ -34,7 +34,6 @@ Run it with ``rlhf iterative-dpo configs/iterative_dpo/tiny.yaml [key=value ...]
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass, replace
@@ -42,13 +41,11 @@ from typing import Any, Literal, Sequence
 
 from rlhf.config import ConfigError, opt
 from rlhf.data.config import DataConfig
-from rlhf.eval.evaluate import SamplingConfig
 from rlhf.label import bradley_terry_labels
-from rlhf.models.config import ModelConfig
 from rlhf.recipes.best_of_n import select_best
-from rlhf.recipes.rejection import RoundRun, _inner_stats, _validate_common
+from rlhf.recipes.rejection import RoundRun, SampledRoundsConfig, _inner_stats
 from rlhf.train.config import TrainConfig
-from rlhf.train.run import is_finished, write_json_atomic, write_jsonl_atomic
+from rlhf.train.run import write_json_atomic, write_jsonl_atomic
 
 __all__ = ["IterativeDPOConfig", "DPOSettings", "train", "label_pairs"]
 
@@ -73,40 +70,23 @@ class DPOSettings:
 
 
 @dataclass(frozen=True)
-class IterativeDPOConfig:
+class IterativeDPOConfig(SampledRoundsConfig):
     output_dir: str = opt("runs/iterative-dpo", "folder for config.yaml, round-<r>/ folders, "
                                                 "metrics.jsonl, final/ and summary.json")
-    model: ModelConfig = opt(factory=ModelConfig, help="the starting policy (round 1 samples from it)")
-    data: DataConfig = opt(factory=DataConfig, help="the prompts (data.train, its prompt column) and the "
-                                                    "tokenisation of the inner DPO runs")
-    reward: str | dict[str, Any] = opt("", "the reward source that labels pairs: a reward-model folder, "
-                                           "package.module:function, or a spec file/mapping")
-    track: dict[str, str] = opt(factory=dict, help="extra reward sources logged as track/<name>, never "
-                                                   "used to label, e.g. {gold: my_pkg.gold:reward}")
     rounds: int = opt(3, "rounds of sample -> label -> DPO", ge=1)
-    samples_per_prompt: int = opt(4, "completions K sampled per prompt (>= 2: best vs worst)", ge=1)
-    prompts_per_round: int | None = opt(None, "prompts per round, a fresh seeded subset each round; "
-                                              "null = every prompt every round", ge=1)
     label_temperature: float = opt(0.0, "Bradley-Terry label noise τ: P(best ≻ worst) = σ((r_best - "
                                         "r_worst)/τ); 0 = the higher reward always wins", ge=0)
     reference: Literal["initial", "round"] = opt(
         "initial", "the reference of each round's DPO: initial = the starting policy in every round (the "
                    "KL-regularised objective of Xiong et al. 2024: drift is bounded in total); round = the "
                    "policy the round starts from (drift compounds over rounds)")
-    on_empty: Literal["error", "skip"] = opt("error", "a round with no usable pair: error, or skip it "
-                                                      "(policy unchanged, counted)")
-    seed: int = opt(0, "seed of prompt subsets, sampling, tie-breaking and label noise")
-    reward_batch_size: int = opt(64, "completions per call of a reward source", ge=1)
-    score_final: bool = opt(True, "sample the final policy on round 1's prompts and report its reward")
-    progress: bool = opt(True, "show a progress bar while sampling")
-    sampling: SamplingConfig = opt(factory=SamplingConfig, help="how completions are sampled")
     dpo: DPOSettings = opt(factory=DPOSettings, help="the inner DPO runs")
 
     def validate(self) -> None:
         if self.samples_per_prompt < 2:
             raise ConfigError("samples_per_prompt", f"must be >= 2: a pair needs two completions of a "
                                                     f"prompt (got {self.samples_per_prompt})")
-        _validate_common(self)
+        super().validate()
 
 
 def label_pairs(groups: Sequence[Sequence[dict]], temperature: float, rng: random.Random
@@ -155,11 +135,9 @@ def train(cfg: IterativeDPOConfig) -> dict[str, Any]:
     for r, name in enumerate(folders, 1):
         folder = run.out / name
         where = f"round {r}/{cfg.rounds}"
-        if is_finished(folder):
-            s = json.loads((folder / "summary.json").read_text())
-            done.append(s)
-            policy = run.resolve(s["policy"])
-            print(f"[iterative-dpo] {where}: finished earlier, skipped", flush=True)
+        finished = run.finished_step(folder, where, done)
+        if finished is not None:
+            policy = finished
             continue
         t0 = time.time()
         # Step 2. K samples per prompt from the current policy, scored.

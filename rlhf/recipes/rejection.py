@@ -66,7 +66,7 @@ from rlhf.recipes.sft import SFTSection, inner_sft_config, run_inner_sft
 from rlhf.train.run import (RunDirError, is_finished, prepare_output_dir, publish_model,
                             write_json_atomic, write_jsonl_atomic)
 
-__all__ = ["RAFTConfig", "ReSTConfig", "Step", "train", "train_rest", "raft_schedule", "rest_schedule",
+__all__ = ["SampledRoundsConfig", "RAFTConfig", "ReSTConfig", "Step", "train", "train_rest", "raft_schedule", "rest_schedule",
            "select_best_per_prompt", "select_threshold", "select_top_fraction",
            "select", "RoundRun", "read_jsonl"]
 
@@ -75,23 +75,45 @@ __all__ = ["RAFTConfig", "ReSTConfig", "Step", "train", "train_rest", "raft_sche
 
 
 @dataclass(frozen=True)
-class RAFTConfig:
-    output_dir: str = opt("runs/raft", "folder for config.yaml, round-<r>/ folders, metrics.jsonl, "
-                                       "final/ and summary.json")
-    model: ModelConfig = opt(factory=ModelConfig, help="the starting policy (round 1 samples from it)")
+class SampledRoundsConfig:
+    """What every recipe that samples from its current policy in rounds shares (RAFT, ReST,
+    iterative DPO): the policy, the prompts, the reward source that judges the samples, tracked
+    rewards, sampling and the bookkeeping. Subclasses add their schedule and inner training."""
+
+    output_dir: str = opt("runs/rounds", "folder for config.yaml, the per-round folders, metrics.jsonl, "
+                                         "final/ and summary.json")
+    model: ModelConfig = opt(factory=ModelConfig, help="the starting policy (the first round samples it)")
     data: DataConfig = opt(factory=DataConfig, help="the prompts (data.train, its prompt column) and the "
-                                                    "tokenisation of the inner SFT runs (max_length, "
+                                                    "tokenisation of the inner training runs (max_length, "
                                                     "chat_template...)")
-    reward: str | dict[str, Any] = opt("", "the reward source that selects: a reward-model folder, "
-                                           "package.module:function, or a spec file/mapping "
+    reward: str | dict[str, Any] = opt("", "the reward source that judges the samples: a reward-model "
+                                           "folder, package.module:function, or a spec file/mapping "
                                            "(docs/reward-models.md)")
     track: dict[str, str] = opt(factory=dict, help="extra reward sources scored on every sample and "
                                                    "logged as track/<name>, never used to select, e.g. "
                                                    "{gold: my_pkg.gold:reward}")
-    rounds: int = opt(3, "rounds R of sample -> filter -> fine-tune", ge=1)
-    samples_per_prompt: int = opt(4, "completions K sampled per prompt per round", ge=1)
+    samples_per_prompt: int = opt(4, "completions K sampled per prompt in each round", ge=1)
     prompts_per_round: int | None = opt(None, "prompts per round, a fresh seeded subset each round; "
                                               "null = every prompt every round", ge=1)
+    on_empty: Literal["error", "skip"] = opt(
+        "error", "a round that yields no training data: error = stop with a message; skip = keep the "
+                 "policy unchanged for that round and count it in the summary")
+    seed: int = opt(0, "seed of prompt subsets, sampling, tie-breaking and label noise")
+    reward_batch_size: int = opt(64, "completions per call of a reward source", ge=1)
+    score_final: bool = opt(True, "sample the final policy once more on the first round's prompts and "
+                                  "report its reward (and tracked rewards) beside the starting policy's")
+    progress: bool = opt(True, "show a progress bar while sampling")
+    sampling: SamplingConfig = opt(factory=SamplingConfig, help="how completions are sampled")
+
+    def validate(self) -> None:
+        _validate_common(self)
+
+
+@dataclass(frozen=True)
+class RAFTConfig(SampledRoundsConfig):
+    output_dir: str = opt("runs/raft", "folder for config.yaml, round-<r>/ folders, metrics.jsonl, "
+                                       "final/ and summary.json")
+    rounds: int = opt(3, "rounds R of sample -> filter -> fine-tune", ge=1)
     keep: Literal["best", "threshold", "top_fraction"] = opt(
         "best", "best: the best of K per prompt (ties at random, seeded); threshold: every sample with "
                 "reward >= threshold; top_fraction: the top_fraction highest samples of the round")
@@ -103,20 +125,11 @@ class RAFTConfig:
                    "the current policy)")
     require_eos: bool = opt(True, "only completions that ended with EOS may be kept (a truncated one "
                                   "would teach the model to stop where the length limit cut it)")
-    on_empty: Literal["error", "skip"] = opt(
-        "error", "a round that keeps nothing: error = stop with a message; skip = keep the policy "
-                 "unchanged for that round and count it in the summary")
-    seed: int = opt(0, "seed of prompt subsets, sampling and tie-breaking")
-    reward_batch_size: int = opt(64, "completions per call of a reward source", ge=1)
-    score_final: bool = opt(True, "sample the final policy once more on round 1's prompts and report its "
-                                  "reward (and tracked rewards) beside the starting policy's")
-    progress: bool = opt(True, "show a progress bar while sampling")
-    sampling: SamplingConfig = opt(factory=SamplingConfig, help="how completions are sampled")
     sft: SFTSection = opt(factory=SFTSection, help="each round's SFT run: sft.train (lr, epochs, batch_size, "
                                                      "save_every...) and sft.eval_fraction")
 
     def validate(self) -> None:
-        _validate_common(self)
+        super().validate()
         if self.keep == "threshold" and self.threshold is None:
             raise ConfigError("threshold", "is required with keep=threshold: the reward a sample needs "
                                            "to be kept (got null)")
@@ -132,20 +145,10 @@ Kind = Literal["quantile", "absolute"]
 
 
 @dataclass(frozen=True)
-class ReSTConfig:
+class ReSTConfig(SampledRoundsConfig):
     output_dir: str = opt("runs/rest", "folder for config.yaml, grow-<g>/improve-<i>/ folders, "
                                        "metrics.jsonl, final/ and summary.json")
-    model: ModelConfig = opt(factory=ModelConfig, help="the starting policy (the first Grow samples it)")
-    data: DataConfig = opt(factory=DataConfig, help="the prompts (data.train, its prompt column) and the "
-                                                    "tokenisation of the inner SFT runs")
-    reward: str | dict[str, Any] = opt("", "the reward source that filters: a reward-model folder, "
-                                           "package.module:function, or a spec file/mapping")
-    track: dict[str, str] = opt(factory=dict, help="extra reward sources logged as track/<name>, never "
-                                                   "used to filter")
     grow_steps: int = opt(2, "Grow steps G: each samples one dataset from the current policy", ge=1)
-    samples_per_prompt: int = opt(4, "completions K sampled per prompt in each Grow step", ge=1)
-    prompts_per_round: int | None = opt(None, "prompts per Grow step, a fresh seeded subset each; null = "
-                                              "every prompt", ge=1)
     threshold_kind: Kind = opt("quantile", "quantile: threshold q keeps the top 1-q of the Grow dataset's "
                                            "samples by reward (scale-free, the default); absolute: keep "
                                            "reward >= threshold (the paper's fixed thresholds)")
@@ -154,17 +157,10 @@ class ReSTConfig:
                                        "samples with reward >= its threshold and fine-tunes the policy "
                                        "of the previous Improve step")
     require_eos: bool = opt(True, "only completions that ended with EOS may be kept")
-    on_empty: Literal["error", "skip"] = opt("error", "an Improve step that keeps nothing: error, or "
-                                                      "skip it (policy unchanged, counted)")
-    seed: int = opt(0, "seed of prompt subsets and sampling")
-    reward_batch_size: int = opt(64, "completions per call of a reward source", ge=1)
-    score_final: bool = opt(True, "sample the final policy on the first Grow's prompts and report its reward")
-    progress: bool = opt(True, "show a progress bar while sampling")
-    sampling: SamplingConfig = opt(factory=SamplingConfig, help="how completions are sampled")
     sft: SFTSection = opt(factory=SFTSection, help="each Improve step's SFT run (sft.train: optimisation)")
 
     def validate(self) -> None:
-        _validate_common(self)
+        super().validate()
         if not self.thresholds:
             raise ConfigError("thresholds", "must hold at least one threshold (one Improve step each)")
         bad = [i for i, (a, b) in enumerate(zip(self.thresholds, self.thresholds[1:])) if b < a]
@@ -390,6 +386,16 @@ class RoundRun:
         p = Path(stored)
         return str(p if p.is_absolute() or not (self.out / p).exists() else self.out / p)
 
+    def finished_step(self, folder: Path, where: str, done: list[dict]) -> str | None:
+        """A step finished earlier: its summary joins ``done`` and its policy is returned (the
+        next step's starting point); None when the step still has to run."""
+        if not is_finished(folder):
+            return None
+        s = json.loads((folder / "summary.json").read_text())
+        done.append(s)
+        print(f"[{self.stage}] {where}: finished earlier, skipped", flush=True)
+        return self.resolve(s["policy"])
+
     # -- sampling and scoring -------------------------------------------------------------
 
     def prompts_for(self, index: int) -> list[Any]:
@@ -561,11 +567,9 @@ def _run_filtered_sft(cfg: RAFTConfig | ReSTConfig, stage: str, steps: list[Step
         folder = run.out / st.folder
         where = f"step {st.index}/{len(steps)} ({st.folder})"
         # Step 2. A finished step is read back, not redone.
-        if is_finished(folder):
-            s = json.loads((folder / "summary.json").read_text())
-            done.append(s)
-            policy = run.resolve(s["policy"])
-            print(f"[{stage}] {where}: finished earlier, skipped", flush=True)
+        finished = run.finished_step(folder, where, done)
+        if finished is not None:
+            policy = finished
             continue
         t0 = time.time()
         # Step 3. Samples from the CURRENT policy (drawn once per samples folder: every ReST

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from rlhf.config import ConfigError, load_config
 from rlhf.recipes import constitutional as cai
