@@ -46,6 +46,10 @@ class RewardSource:
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any]) -> torch.Tensor:
         raise NotImplementedError
 
+    def modules(self) -> list[torch.nn.Module]:
+        """The models this source runs (none for a Python function): what offloading moves."""
+        return []
+
     @staticmethod
     def _check_inputs(prompts: Sequence[Any], completions: Sequence[Any]) -> None:
         if len(prompts) != len(completions):
@@ -107,6 +111,9 @@ class ModelReward(RewardSource):
         self.model = load_scalar_model(mcfg, tokenizer=self.tokenizer, for_training=False, init_head=False)
         self.model.to(self.device)
         self.batch_size = batch_size
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.model]
 
     @property
     def mean(self) -> float | None:
@@ -177,6 +184,9 @@ class WeightedSum(RewardSource):
         self.sources, self.weights = list(sources), weights
         self.name = "sum(" + ", ".join(f"{w}*{s.name}" for s, w in zip(self.sources, weights)) + ")"
 
+    def modules(self) -> list[torch.nn.Module]:
+        return [m for s in self.sources for m in s.modules()]
+
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any]) -> torch.Tensor:
         self._check_inputs(prompts, completions)
         total = torch.zeros(len(prompts), dtype=torch.float32)
@@ -213,6 +223,9 @@ class SafetyGated(RewardSource):
         self.unsafe_prompts = import_callable(unsafe_prompts, "unsafe-prompt flagger") \
             if isinstance(unsafe_prompts, str) else unsafe_prompts
         self.name = f"safety_gated({helpfulness.name}, {safety.name}, threshold={threshold})"
+
+    def modules(self) -> list[torch.nn.Module]:
+        return self.helpfulness.modules() + self.safety.modules()
 
     def _prob(self, scores: torch.Tensor, which: str) -> torch.Tensor:
         if self.scale == "sigmoid":

@@ -32,6 +32,7 @@ this file only wires it. Run it with ``rlhf ppo configs/ppo/tiny.yaml [key=value
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -58,7 +59,7 @@ from rlhf.rollout import Rollout, SamplingConfig, rollout_logps, rollout_values,
 from rlhf.train.config import TrainConfig
 from rlhf.train.trainer import Trainer
 
-__all__ = ["shared_value_head", "PPOConfig", "KLConfig", "PolicyLossConfig", "PolicyAndValue", "train"]
+__all__ = ["shared_value_head", "visiting", "PPOConfig", "KLConfig", "PolicyLossConfig", "PolicyAndValue", "train"]
 
 AdvantageName = Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "remax"]
 GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")  # need K >= 2 samples per prompt
@@ -147,6 +148,9 @@ class PPOConfig:
     sampling: SamplingConfig = opt(factory=SamplingConfig, help="rollout sampling")
     kl: KLConfig = opt(factory=KLConfig, help="KL penalty to the reference")
     ppo: PolicyLossConfig = opt(factory=PolicyLossConfig, help="the policy update")
+    offload: bool = opt(False, "keep the frozen models (reference, reward models, tracked ones) in CPU "
+                               "memory and move each to the accelerator only for its pass: less "
+                               "accelerator memory, more transfer time; no effect on a CPU-only run")
     sample_every: int = opt(10, "log a table of sample prompts and completions every N steps", gt=0)
     num_log_samples: int = opt(4, "rows in that table", ge=0)
 
@@ -233,6 +237,22 @@ def shared_value_head(policy: nn.Module) -> nn.Linear:
     return head.to(device=p.device, dtype=p.dtype)
 
 
+@contextlib.contextmanager
+def visiting(modules: list[nn.Module], device: torch.device, home: torch.device):
+    """Model offloading: ``modules`` move to ``device`` for the block and back ``home`` after
+    it (even if it raises). Nothing moves when the two are the same device."""
+    if device == home or not modules:
+        yield
+        return
+    for m in modules:
+        m.to(device)
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.to(home)
+
+
 def _value_source(cfg: PPOConfig) -> str:
     if cfg.value_model == "shared":
         return "shared"
@@ -307,8 +327,12 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     # adapters off), and the critic for GAE.
     policy = load_causal_lm(cfg.model)
     reference = load_reference(cfg.model, policy)
-    if not reference.shares_policy_weights:
-        reference.module.to(device)
+    # Offloading: the frozen models live on the CPU and visit the accelerator for their pass.
+    offload = cfg.offload and device.type != "cpu"
+    home = torch.device("cpu") if offload else device
+    ref_modules = [] if reference.shares_policy_weights else [reference.module]
+    for m in ref_modules + reward.modules() + [m for src in tracked.values() for m in src.modules()]:
+        m.to(home)
     value = value_head = None
     if cfg.advantage in CRITIC_ESTIMATORS and _value_source(cfg) == "shared":
         value_head = shared_value_head(policy)
@@ -349,7 +373,8 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
                 old_logps, entropy = ro.logps, ro.entropy
             else:
                 old_logps, entropy = rollout_logps(inner.policy, ro, temperature, bs, with_entropy=True)
-            ref_logps = rollout_logps(reference, ro, temperature, bs)
+            with visiting(ref_modules, device, home):
+                ref_logps = rollout_logps(reference, ro, temperature, bs)
             values = inner.rollout_values(ro, bs)
         return {"old_logps": old_logps, "entropy": entropy, "ref_logps": ref_logps, "values": values}
 
@@ -393,18 +418,23 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         t_gen = time.perf_counter()
 
         # 5.2 scores (the environment's reward at the end of the episode) and the EOS trick.
-        raw_scores = reward(ro.prompts, ro.completions).to(device).float()  # (B,)
+        with visiting(reward.modules(), device, home):
+            raw_scores = reward(ro.prompts, ro.completions).to(device).float()  # (B,)
         scores = raw_scores.clone()
         if cfg.ppo.missing_eos_penalty is not None:
             scores = torch.where(ro.ended, scores, scores - cfg.ppo.missing_eos_penalty)
-        track_scores = {f"track/{k}": src(ro.prompts, ro.completions).float() for k, src in tracked.items()}
+        track_scores = {}
+        for k, src in tracked.items():
+            with visiting(src.modules(), device, home):
+                track_scores[f"track/{k}"] = src(ro.prompts, ro.completions).float()
         greedy_scores = None
         if cfg.advantage == "remax":  # the baseline: the score of the greedy completion
             with trainer.accelerator.autocast():
                 greedy = sample(inner.policy, tokenizer, [e["prompt"] for e in examples],
                                 [e["prompt_input_ids"] for e in examples], cfg.sampling, greedy=True,
                                 num_samples=1)
-            greedy_scores = reward(greedy.prompts, greedy.completions).to(device).float()
+            with visiting(reward.modules(), device, home):
+                greedy_scores = reward(greedy.prompts, greedy.completions).to(device).float()
             if cfg.ppo.missing_eos_penalty is not None:
                 greedy_scores = torch.where(greedy.ended, greedy_scores, greedy_scores - cfg.ppo.missing_eos_penalty)
         t_score = time.perf_counter()

@@ -215,3 +215,51 @@ def test_value_model_starts_from_the_reward_model(tmp_path, tiny_llama):
     attn = torch.ones_like(ids)
     with torch.no_grad():
         torch.testing.assert_close(score_last_token(critic, ids, attn), score_last_token(rm, ids, attn))
+
+
+def test_offloading_moves_frozen_models_for_their_pass_only():
+    """visiting(): the modules are on the accelerator inside the block and back home after it,
+    also when the block raises; with one device nothing moves. (Recorded with a module whose
+    ``to`` logs its target, since this machine has no accelerator.)"""
+    from rlhf.recipes.ppo import visiting
+
+    class Logged(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.moves = []
+
+        def to(self, device):
+            self.moves.append(str(device))
+            return self
+
+    a, b = Logged(), Logged()
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    with visiting([a, b], gpu, cpu):
+        assert a.moves == ["cuda"] and b.moves == ["cuda"]
+    assert a.moves == ["cuda", "cpu"] and b.moves == ["cuda", "cpu"]
+    with pytest.raises(RuntimeError):
+        with visiting([a], gpu, cpu):
+            raise RuntimeError("pass failed")
+    assert a.moves[-2:] == ["cuda", "cpu"]
+    with visiting([a], cpu, cpu):
+        pass
+    assert len(a.moves) == 4  # same device: no move
+
+
+def test_reward_sources_list_the_models_they_run(tmp_path):
+    """offloading reaches every model a reward source runs: a reward model's, each part of a sum,
+    both sides of a safety gate; a Python function runs none."""
+    from rlhf.rewards import CallableReward, RewardSource, SafetyGated, WeightedSum
+
+    class FakeModelReward(RewardSource):
+        def __init__(self):
+            self.model = torch.nn.Linear(2, 1)
+
+        def modules(self):
+            return [self.model]
+
+    r1, r2 = FakeModelReward(), FakeModelReward()
+    fn = CallableReward(lambda p, c: [0.0] * len(p))
+    assert fn.modules() == []
+    assert WeightedSum([r1, fn, r2]).modules() == [r1.model, r2.model]
+    assert SafetyGated(r1, r2, threshold=0.15).modules() == [r1.model, r2.model]

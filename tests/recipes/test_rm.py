@@ -89,6 +89,7 @@ def test_eval_metrics_and_reward_stats_equal_a_direct_computation(tiny_llama, tm
     out = tmp_path / "rm"
     s = _tiny_rm_run(tiny_llama, train_path, out, f"data.eval={eval_path}", "ece_bins=5")
     rm = ModelReward(out / "final", batch_size=1)
+    assert rm.modules() == [rm.model]  # what PPO's offloading moves
     info = json.loads((out / "final" / "reward_stats.json").read_text())
 
     ref = torch.stack([rm([r["prompt"]], [r["chosen"]])[0] for r in rows[:32]]).double()  # (32,)
