@@ -9,6 +9,7 @@ sequences are sums of many terms.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -90,12 +91,19 @@ def forward_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], temper
 BUCKET = 16
 
 
-def _base_forward_params(model) -> set[str]:
+@functools.lru_cache(maxsize=None)
+def _forward_params(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
+def _base_forward_params(model) -> frozenset[str]:
+    """Parameter names of the transformers model's forward (looked up once per class: this runs
+    every training step)."""
     from rlhf.models.load import unwrap_model
 
     inner = getattr(model, "module", model)  # ReferenceModel / DDP wrappers hold the module
     inner = getattr(inner, "module", inner)
-    return set(inspect.signature(unwrap_model(inner).forward).parameters)
+    return _forward_params(type(unwrap_model(inner)))
 
 
 def _logits_at(model, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,

@@ -61,6 +61,12 @@ def _pad(seqs: Sequence[Sequence[int]], value: int, side: str, length: int) -> t
     return out
 
 
+def _pad_id(pad_token_id: int | None) -> int:
+    if pad_token_id is None:
+        raise ValueError("pad_token_id is None: give the tokenizer a pad token (or use its EOS id)")
+    return int(pad_token_id)
+
+
 def _check_side(side: str) -> None:
     if side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left' (got {side!r})")
@@ -88,9 +94,7 @@ class PadCollator:
 
     def __init__(self, pad_token_id: int, padding_side: str = "right"):
         _check_side(padding_side)
-        if pad_token_id is None:
-            raise ValueError("pad_token_id is None: give the tokenizer a pad token (or use its EOS id)")
-        self.pad_token_id = int(pad_token_id)
+        self.pad_token_id = _pad_id(pad_token_id)
         self.padding_side = padding_side
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -132,9 +136,7 @@ class PromptCollator:
 
     def __init__(self, pad_token_id: int, padding_side: str = "left"):
         _check_side(padding_side)
-        if pad_token_id is None:
-            raise ValueError("pad_token_id is None: give the tokenizer a pad token (or use its EOS id)")
-        self.pad_token_id = int(pad_token_id)
+        self.pad_token_id = _pad_id(pad_token_id)
         self.padding_side = padding_side
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -232,8 +234,10 @@ class PackedLayout:
         am = attention_mask.bool()
         N, T = am.shape
         lengths = am.sum(-1).tolist()
-        if min(lengths, default=1) < 1:
-            raise ValueError("every row needs at least one real token to be packed")
+        empty = [i for i, n in enumerate(lengths) if n < 1]
+        if empty:
+            raise ValueError(f"rows {empty} of the batch have no real token (attention_mask all 0); "
+                             "every row needs at least one to be packed")
         rows = best_fit_rows(lengths, capacity or T)
         fill = [sum(lengths[i] for i in r) for r in rows]
         R, W = len(rows), max(fill)
@@ -288,9 +292,7 @@ class PackingCollator:
     """
 
     def __init__(self, pad_token_id: int, block_mask: bool = False, mask_dtype: torch.dtype = torch.float32):
-        if pad_token_id is None:
-            raise ValueError("pad_token_id is None: give the tokenizer a pad token (or use its EOS id)")
-        self.pad_token_id = int(pad_token_id)
+        self.pad_token_id = _pad_id(pad_token_id)
         self.block_mask = block_mask
         self.mask_dtype = mask_dtype
 

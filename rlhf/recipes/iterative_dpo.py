@@ -45,7 +45,7 @@ from rlhf.label import bradley_terry_labels
 from rlhf.recipes.best_of_n import select_best
 from rlhf.recipes.rejection import RoundRun, SampledRoundsConfig, _inner_stats
 from rlhf.train.config import TrainConfig
-from rlhf.train.run import write_json_atomic, write_jsonl_atomic
+from rlhf.train.run import write_jsonl_atomic
 
 __all__ = ["IterativeDPOConfig", "DPOSettings", "train", "label_pairs"]
 
@@ -175,13 +175,7 @@ def train(cfg: IterativeDPOConfig) -> dict[str, Any]:
             metrics.update(_inner_stats(folder / "dpo", ("loss", "reward_accuracy", "reward_margin")))
             metrics["skipped"] = 0
             new_policy = str(folder / "dpo" / "final")
-        metrics["seconds"] = round(time.time() - t0, 2)
-        s = {"metrics": metrics, "policy": run.rel(new_policy)}
-        write_json_atomic(folder / "summary.json", s)
-        done.append(s)
-        policy = run.resolve(s["policy"])
-        run.write_metrics(done)
-        run.report(where, metrics, f"{len(pairs)} pairs")
+        policy = run.complete_step(folder, metrics, new_policy, t0, where, done, f"{len(pairs)} pairs")
     run.write_metrics(done)
     extra = {"skipped_steps": sum(int(s["metrics"].get("skipped", 0)) for s in done),
              "pairs_total": sum(s["metrics"]["pairs"] for s in done)}

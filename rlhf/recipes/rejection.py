@@ -386,6 +386,18 @@ class RoundRun:
         p = Path(stored)
         return str(p if p.is_absolute() or not (self.out / p).exists() else self.out / p)
 
+    def complete_step(self, folder: Path, metrics: dict[str, Any], new_policy: str, t0: float, where: str,
+                      done: list[dict], note: str) -> str:
+        """Close a step: its summary.json (written last: the step is finished), the run's
+        metrics.jsonl, a progress line. Returns the policy the next step starts from."""
+        metrics["seconds"] = round(time.time() - t0, 2)
+        s = {"metrics": metrics, "policy": self.rel(new_policy)}
+        write_json_atomic(folder / "summary.json", s)
+        done.append(s)
+        self.write_metrics(done)
+        self.report(where, metrics, note)
+        return self.resolve(s["policy"])
+
     def finished_step(self, folder: Path, where: str, done: list[dict]) -> str | None:
         """A step finished earlier: its summary joins ``done`` and its policy is returned (the
         next step's starting point); None when the step still has to run."""
@@ -605,13 +617,8 @@ def _run_filtered_sft(cfg: RAFTConfig | ReSTConfig, stage: str, steps: list[Step
             metrics.update(_inner_stats(folder / "sft"))
             metrics["skipped"] = 0
             new_policy = str(folder / "sft" / "final")
-        metrics["seconds"] = round(time.time() - t0, 2)
-        s = {"metrics": metrics, "policy": run.rel(new_policy)}
-        write_json_atomic(folder / "summary.json", s)
-        done.append(s)
-        policy = run.resolve(s["policy"])
-        run.write_metrics(done)
-        run.report(where, metrics, f"kept {len(kept)}" + (f" (reward {metrics['kept_score']:.4g})" if kept else ""))
+        policy = run.complete_step(folder, metrics, new_policy, t0, where, done,
+                                   f"kept {len(kept)}" + (f" (reward {metrics['kept_score']:.4g})" if kept else ""))
     run.write_metrics(done)
     extra = {"skipped_steps": sum(int(s["metrics"].get("skipped", 0)) for s in done),
              "kept_total": sum(s["metrics"]["kept"] for s in done)}

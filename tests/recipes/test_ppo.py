@@ -106,7 +106,7 @@ def test_gradient_accumulation_gives_the_same_update(setup, tmp_path, tiny_llama
 def test_sampler_log_probs_give_the_forward_pass_run(setup, tmp_path):
     """ppo.old_logps=sampler (no second forward pass) and =forward compute the same π_old: the
     same samples, the same KL to the reference and the same losses over 3 steps, to float
-    rounding (measured ~1e-6)."""
+    rounding (measured: relative differences <= 2.5e-6; step 1's KL 1.8e-7 vs 0)."""
     rows = {}
     for mode in ("sampler", "forward"):
         train(setup(mode, "advantage=gae", "train.max_steps=3", "kl.beta=0.1", f"ppo.old_logps={mode}"))
@@ -114,7 +114,7 @@ def test_sampler_log_probs_give_the_forward_pass_run(setup, tmp_path):
     for a, b in zip(rows["sampler"], rows["forward"]):
         assert a["score"] == b["score"] and a["response_length"] == b["response_length"]
         for key in ("kl", "loss", "entropy", "approx_kl"):
-            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-5), key
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
 
 
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(setup, tmp_path, crash_run):
