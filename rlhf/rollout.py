@@ -26,7 +26,7 @@ behind the recipe's back), and it is lighter per token on small models.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
@@ -34,7 +34,7 @@ from torch import nn
 from rlhf.config import ConfigError, opt
 
 __all__ = ["SamplingConfig", "Rollout", "sample", "filter_logits", "rollout_logps", "rollout_values",
-           "eos_ids"]
+           "eos_ids", "inverse_cdf"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,10 @@ class SamplingConfig:
     stop_strings: list[str] = opt(factory=list, help="also end a completion when its text contains "
                                                      "one of these (kept in the completion, like EOS)")
     batch_size: int = opt(64, "sequences generated together (one KV cache)", gt=0)
+    engine: Literal["auto", "lean", "transformers"] = opt(
+        "auto", "the forward used for sampling and no-grad scoring: 'lean' (rlhf.models.lean: "
+                "Llama-family models, fewer ops per token), 'transformers' (the model's own "
+                "forward), 'auto' (lean where the model is supported, else transformers)")
 
     def validate(self) -> None:
         if any(not s for s in self.stop_strings):
@@ -138,6 +142,89 @@ def _new_cache(model: nn.Module):
         return DynamicCache()
 
 
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The token whose cumulative-probability interval holds ``u * total``: (B, V) probs (any
+    non-negative weights), (B,) u in (0, 1] -> (B,) long.
+
+    Token i is drawn when ``cdf[i-1] < u * total <= cdf[i]``, so with u uniform on (0, 1] each
+    token comes with probability proportional to its weight, and a token of weight 0 (removed by
+    top-k/top-p) has an empty interval and can never come. u in (0, 1] (not [0, 1)) keeps the
+    point above 0 and at most ``total``, the last entry of the cdf itself, so the search always
+    lands on a token of positive weight, whatever the rounding of the cumulative sum.
+    """
+    cdf = probs.cumsum(-1)
+    point = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, point).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
+def _draw(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None, greedy: bool,
+          with_logps: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One token per row, and with ``with_logps`` its log-prob and the entropy under the policy's
+    own distribution softmax(logits / T) (before top-k/top-p, as rollout_logps scores it).
+
+    Sampling is inverse-CDF with one uniform number per row (``torch.multinomial`` draws one
+    exponential per vocabulary entry: a fifth of a small model's decode step), from the
+    :func:`filter_logits` distribution. One log-softmax serves the draw and both statistics.
+    """
+    logp = None
+    if with_logps or not (greedy or cfg.top_k or cfg.top_p < 1.0):
+        z = logits.float() / cfg.temperature
+        logp = z - torch.logsumexp(z, -1, keepdim=True)
+    if greedy:
+        tok = logits.argmax(-1)
+    else:
+        filtered = cfg.top_k or cfg.top_p < 1.0
+        probs = torch.softmax(filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p), -1) if filtered \
+            else logp.exp()
+        u = 1.0 - torch.rand(probs.shape[0], generator=generator, device=probs.device)  # (0, 1]
+        tok = inverse_cdf(probs, u)
+    if not with_logps:
+        return tok, None, None
+    p = logp.exp()
+    # A logit of -inf (a token the model rules out) has p = 0 and adds 0, not 0 * -inf = NaN.
+    ent = -torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype, device=p.device)).sum(-1)
+    return tok, logp.gather(-1, tok[:, None]).squeeze(-1), ent
+
+
+class _TransformersDecoder:
+    """Next-token logits through the model's own forward and a DynamicCache."""
+
+    def __init__(self, model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor):
+        self.model, self.attn, self.next_pos = model, attn, pos[:, -1] + 1
+        self.cache = _new_cache(model)
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=self.cache, use_cache=True)
+        self.first = out.logits[:, -1]
+
+    def step(self, tok: torch.Tensor, t: int) -> torch.Tensor:
+        B = tok.shape[0]
+        self.attn = torch.cat([self.attn, torch.ones((B, 1), dtype=self.attn.dtype, device=tok.device)], dim=1)
+        out = self.model(input_ids=tok[:, None], attention_mask=self.attn, position_ids=self.next_pos[:, None],
+                         past_key_values=self.cache, use_cache=True)
+        self.next_pos = self.next_pos + 1
+        return out.logits[:, -1]
+
+
+class _LeanDecoder:
+    """Next-token logits through :class:`rlhf.models.lean.LeanLM`: the cache, rotary tables and
+    padding bias of the whole episode are made once."""
+
+    def __init__(self, lean, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, max_new_tokens: int):
+        B, P = ids.shape
+        T = P + max_new_tokens
+        self.lean, self.P = lean, P
+        steps = torch.arange(1, max_new_tokens + 1, device=ids.device)
+        self.cos, self.sin = lean.rotary(torch.cat([pos, pos[:, -1:] + steps], dim=1))  # (B, T, D)
+        self.cache = lean.new_cache(B, T)
+        keys = torch.cat([attn.bool(), torch.ones((B, max_new_tokens), dtype=torch.bool, device=ids.device)], 1)
+        self.bias = lean.key_bias(keys)
+        hidden = lean.forward(ids, attn.bool(), self.cos[:, :P], self.sin[:, :P], self.cache)
+        self.first = lean.logits(hidden[:, -1])
+
+    def step(self, tok: torch.Tensor, t: int) -> torch.Tensor:
+        c = self.P + t  # completion token t sits at column P + t
+        return self.lean.decode_step(tok, c, self.cos[:, c], self.sin[:, c], self.cache, self.bias)
+
+
 @torch.no_grad()
 def _sample_chunk(model: nn.Module, prompt_ids: list[list[int]], pad_id: int, stop_ids: list[int],
                   cfg: SamplingConfig, greedy: bool, generator: torch.Generator | None,
@@ -146,7 +233,7 @@ def _sample_chunk(model: nn.Module, prompt_ids: list[list[int]], pad_id: int, st
     """Sample one completion per row. Returns (ids (B, P+L), attention (B, P+L), P, and with
     ``with_logps`` the sampled tokens' log-probs and entropies (B, L), else None, None)."""
     from rlhf.data.collate import PromptCollator
-    from rlhf.logprobs import entropy_from_logits, token_logps
+    from rlhf.models.lean import lean_for
 
     device = next(model.parameters()).device
     B = len(prompt_ids)
@@ -155,38 +242,29 @@ def _sample_chunk(model: nn.Module, prompt_ids: list[list[int]], pad_id: int, st
     ids, attn, pos = (batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids"))
     P = ids.shape[1]
     stop = torch.tensor(stop_ids, device=device)
-    cache = _new_cache(model)
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True)
-    logits = out.logits[:, -1]  # (B, V) distribution of the first completion token
-    next_pos = pos[:, -1] + 1  # (B,)
+    lean = lean_for(model, P + cfg.max_new_tokens, cfg.engine)
+    decoder = (_LeanDecoder(lean, ids, attn, pos, cfg.max_new_tokens) if lean is not None
+               else _TransformersDecoder(model, ids, attn, pos))
+    logits = decoder.first  # (B, V) distribution of the first completion token
     done = torch.zeros(B, dtype=torch.bool, device=device)
     new_tokens, new_attn, lps, ents = [], [], [], []
-    temp = cfg.temperature if cfg.temperature > 0 else 1.0
-    for _ in range(cfg.max_new_tokens):
-        if greedy:
-            tok = logits.argmax(-1)
-        else:
-            probs = torch.softmax(filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p), -1)
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
-        if with_logps:  # the policy's own distribution (no top-k/top-p), as rollout_logps scores it
-            lps.append(token_logps(logits, tok, temp))  # (B,)
-            ents.append(entropy_from_logits(logits, temp))  # (B,)
+    for t in range(cfg.max_new_tokens):
+        tok, lp, ent = _draw(logits, cfg, generator, greedy, with_logps)  # (B,) each
+        if with_logps:
+            lps.append(lp)
+            ents.append(ent)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         new_tokens.append(tok)
         new_attn.append((~done).long())
         done = done | torch.isin(tok, stop)
         if bool(done.all()) or len(new_tokens) == cfg.max_new_tokens:
             break
-        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
-                    past_key_values=cache, use_cache=True)
-        logits = out.logits[:, -1]
-        next_pos = next_pos + 1
+        logits = decoder.step(tok, t)
     gen = torch.stack(new_tokens, dim=1)  # (B, L)
     gen_attn = torch.stack(new_attn, dim=1)
     gen_lps = torch.stack(lps, dim=1) if with_logps else None
     gen_ents = torch.stack(ents, dim=1) if with_logps else None
-    return torch.cat([ids, gen], dim=1), torch.cat([attn[:, :P], gen_attn], dim=1), P, gen_lps, gen_ents
+    return torch.cat([ids, gen], dim=1), torch.cat([attn, gen_attn], dim=1), P, gen_lps, gen_ents
 
 
 def _stop_string_cut(tokenizer: Any, tokens: list[int], stop_strings: Sequence[str]) -> int | None:
@@ -279,27 +357,36 @@ def sample(model: nn.Module, tokenizer: Any, prompts: Sequence[Any], prompt_ids:
 
 @torch.no_grad()
 def rollout_logps(model: Any, rollout: Rollout, temperature: float = 1.0, batch_size: int = 64,
-                  with_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs (B, T) of the rollout's tokens under ``model`` (a policy or a
-    ``ReferenceModel``), at ``temperature``, aligned with ``completion_mask`` (0 at position 0).
+                  with_entropy: bool = False, engine: str = "auto"
+                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs (B, T) of the rollout's completion tokens under ``model`` (a policy
+    or a ``ReferenceModel``), at ``temperature``, aligned with ``completion_mask``; 0 on the
+    prompt columns (no action there).
 
     ``with_entropy`` also returns the per-token entropy (B, T) of the temperature-scaled
     distribution each action was drawn from (top-k/top-p are not applied: the entropy and the
-    log-probs are those of the policy itself, as in the PPO objective).
+    log-probs are those of the policy itself, as in the PPO objective). ``engine`` as
+    ``SamplingConfig.engine``: the lean forward (rlhf.models.lean) where the model allows.
     """
-    from rlhf.logprobs import entropy_from_logits, shifted_token_logps
+    from rlhf.logprobs import entropy_from_logits, token_logps
+    from rlhf.models.lean import lean_for
 
-    outs, ents = [], []
+    P = rollout.prompt_width
+    lean = lean_for(model, rollout.input_ids.shape[1], engine)
+    keep = slice(P - 1, -1)  # the positions that predict completion tokens
+    out = torch.zeros(rollout.input_ids.shape, dtype=torch.float32, device=rollout.input_ids.device)
+    ent = torch.zeros_like(out) if with_entropy else None
     for s in range(0, len(rollout), batch_size):
         inputs = rollout.model_inputs(slice(s, s + batch_size))
-        logits = model(**inputs, use_cache=False).logits  # (b, T, V)
-        outs.append(shifted_token_logps(logits, inputs["input_ids"], temperature))
+        if lean is not None:
+            logits = lean.score(**inputs, keep=keep)
+        else:
+            logits = model(**inputs, use_cache=False).logits[:, keep]
+        rows = slice(s, s + logits.shape[0])
+        out[rows, P:] = token_logps(logits, inputs["input_ids"][:, P:], temperature)
         if with_entropy:
-            e = torch.zeros(outs[-1].shape, dtype=torch.float32, device=logits.device)
-            e[:, 1:] = entropy_from_logits(logits[:, :-1], temperature)
-            ents.append(e)
-    logps = torch.cat(outs)
-    return (logps, torch.cat(ents)) if with_entropy else logps
+            ent[rows, P:] = entropy_from_logits(logits, temperature)
+    return (out, ent) if with_entropy else out
 
 
 def shift_values(raw: torch.Tensor) -> torch.Tensor:

@@ -372,9 +372,10 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
             if ro.logps is not None:  # kept by the sampler (ppo.old_logps)
                 old_logps, entropy = ro.logps, ro.entropy
             else:
-                old_logps, entropy = rollout_logps(inner.policy, ro, temperature, bs, with_entropy=True)
+                old_logps, entropy = rollout_logps(inner.policy, ro, temperature, bs, with_entropy=True,
+                                                   engine=cfg.sampling.engine)
             with visiting(ref_modules, device, home):
-                ref_logps = rollout_logps(reference, ro, temperature, bs)
+                ref_logps = rollout_logps(reference, ro, temperature, bs, engine=cfg.sampling.engine)
             values = inner.rollout_values(ro, bs)
         return {"old_logps": old_logps, "entropy": entropy, "ref_logps": ref_logps, "values": values}
 
