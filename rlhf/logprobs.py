@@ -25,12 +25,14 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor, temperature: float 
     Rows are processed one at a time along the batch when the batch is large, to bound the
     float32 copy of the logits to one row.
     """
-    if temperature != 1.0:
-        logits = logits / temperature
     if logits.dim() == 3 and logits.shape[0] > 1 and logits.dtype != torch.float32:
         # (B, T, V) in bf16: upcast one row at a time instead of the whole tensor.
-        return torch.stack([token_logps(row, tgt) for row, tgt in zip(logits, targets)])
+        return torch.stack([token_logps(row, tgt, temperature) for row, tgt in zip(logits, targets)])
+    # Upcast before dividing by the temperature: bf16 division would round the scaled logits
+    # (~0.05 on log-probs at T = 0.7) and disagree with the sampler, which scales in float32.
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if temperature != 1.0:
+        logits = logits / temperature
     picked = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
 

@@ -24,7 +24,7 @@ module hooks (no accelerate offloading), with full attention over the lengths as
 sliding window shorter than the episode) and a rope type other than ``dynamic``; for anything
 else :func:`lean_unsupported` says why and callers fall back to transformers.
 
-Equal to transformers' forward up to float rounding: tests/test_lean.py compares logits and
+Equal to transformers' forward up to float rounding: tests/models/test_lean.py compares logits and
 log-probs with the transformers forward for each supported architecture, with left padding.
 """
 
@@ -267,7 +267,7 @@ class LeanLM:
         D, H, KV = self.head_dim, self.n_heads, self.n_kv
         T = column + 1
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, D): broadcast over heads
-        bias = bias[..., :T]
+        bias = bias[..., :T].to(cache[0][0].dtype)  # baddbmm wants one dtype (a no-op in fp32)
         h = F.embedding(tokens, self.embed.weight)  # (B, E)
         for w, (kc, vc) in zip(self._w, cache):
             x = self._rms(h, *w.ln1)
