@@ -104,7 +104,7 @@ def pipeline_spec(out: str | Path = "runs/quickstart", fast: bool = False, seed:
                 "sampling": {"num_samples": 2, "max_new_tokens": 40},
                 "kl": {"beta": 0.02 if f else 0.005}, "ppo": {"epochs": 2, "missing_eos_penalty": 1.0},
                 "sample_every": 10,
-                "train": {**train_common, "lr": 5e-4 if f else 3e-4, "batch_size": 16,
+                "train": {**train_common, "lr": 5e-4 if f else 1e-4, "batch_size": 16,
                           "max_steps": 12 if f else 300, "eval_batch_size": 64, "log_every": 1}}},
             {"name": "dpo", "type": "dpo", "config": {
                 "model": {"name_or_path": "${sft}/final"}, "beta": 0.1 if f else 0.3,
