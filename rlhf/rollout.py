@@ -357,36 +357,72 @@ def sample(model: nn.Module, tokenizer: Any, prompts: Sequence[Any], prompt_ids:
 
 @torch.no_grad()
 def rollout_logps(model: Any, rollout: Rollout, temperature: float = 1.0, batch_size: int = 64,
-                  with_entropy: bool = False, engine: str = "auto"
+                  with_entropy: bool = False, engine: str = "auto", packed: bool = False
                   ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs (B, T) of the rollout's completion tokens under ``model`` (a policy
-    or a ``ReferenceModel``), at ``temperature``, aligned with ``completion_mask``; 0 on the
-    prompt columns (no action there).
+    or a ``ReferenceModel``), at ``temperature``, aligned with ``completion_mask``; 0 wherever
+    the mask is 0 (prompt columns, padding after EOS: no action there).
 
     ``with_entropy`` also returns the per-token entropy (B, T) of the temperature-scaled
     distribution each action was drawn from (top-k/top-p are not applied: the entropy and the
     log-probs are those of the policy itself, as in the PPO objective). ``engine`` as
     ``SamplingConfig.engine``: the lean forward (rlhf.models.lean) where the model allows.
+    ``packed`` runs each batch's sequences back to back without padding
+    (rlhf.data.collate.PackedLayout): the same numbers up to float rounding, less work when
+    completions differ in length.
     """
     from rlhf.logprobs import entropy_from_logits, token_logps
     from rlhf.models.lean import lean_for
 
     P = rollout.prompt_width
     lean = lean_for(model, rollout.input_ids.shape[1], engine)
-    keep = slice(P - 1, -1)  # the positions that predict completion tokens
     out = torch.zeros(rollout.input_ids.shape, dtype=torch.float32, device=rollout.input_ids.device)
     ent = torch.zeros_like(out) if with_entropy else None
     for s in range(0, len(rollout), batch_size):
         inputs = rollout.model_inputs(slice(s, s + batch_size))
+        rows = slice(s, s + inputs["input_ids"].shape[0])
+        if packed:
+            lp, e = _packed_logps(model, lean, inputs, rollout.completion_mask[rows], temperature, with_entropy)
+            out[rows] = lp
+            if with_entropy:
+                ent[rows] = e
+            continue
+        keep = slice(P - 1, -1)  # the positions that predict completion tokens
         if lean is not None:
             logits = lean.score(**inputs, keep=keep)
         else:
             logits = model(**inputs, use_cache=False).logits[:, keep]
-        rows = slice(s, s + logits.shape[0])
-        out[rows, P:] = token_logps(logits, inputs["input_ids"][:, P:], temperature)
+        real = rollout.completion_mask[rows, P:]  # 0 after EOS too, as in the packed layout
+        out[rows, P:] = token_logps(logits, inputs["input_ids"][:, P:], temperature) * real
         if with_entropy:
-            ent[rows, P:] = entropy_from_logits(logits, temperature)
+            ent[rows, P:] = entropy_from_logits(logits, temperature) * real
     return (out, ent) if with_entropy else out
+
+
+def _packed_logps(model: Any, lean: Any, inputs: dict[str, torch.Tensor], completion_mask: torch.Tensor,
+                  temperature: float, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`rollout_logps` of one padded batch, computed on its packed layout with logits only
+    where a completion token is predicted. Returns (B, T) log-probs and entropies (or None)."""
+    from rlhf.data.collate import PackedLayout
+    from rlhf.logprobs import _logits_at, _predicting, entropy_from_logits, token_logps
+
+    ids = inputs["input_ids"]
+    layout = PackedLayout(inputs["attention_mask"])
+    p_ids = layout.pack(ids, int(ids[0, 0]))  # (R, W); the fill id is never a target
+    targets = layout.pack(completion_mask, 0).bool() & ~layout.starts  # (R, W)
+    keep = _predicting(targets)
+    if lean is not None:
+        logits = lean.score(p_ids, None, layout.position_ids, keep=keep, sequence_ids=layout.sequence)
+    else:
+        logits = _logits_at(model, p_ids, layout.position_ids, keep)  # (n, V)
+
+    def unpacked(values: torch.Tensor) -> torch.Tensor:
+        grid = torch.zeros(layout.shape, dtype=torch.float32, device=ids.device)
+        grid[targets] = values
+        return layout.unpack(grid)
+
+    lp = unpacked(token_logps(logits, p_ids[targets], temperature))
+    return lp, unpacked(entropy_from_logits(logits, temperature)) if with_entropy else None
 
 
 def shift_values(raw: torch.Tensor) -> torch.Tensor:
@@ -398,12 +434,22 @@ def shift_values(raw: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rollout_values(value_model: nn.Module, rollout: Rollout, batch_size: int = 64) -> torch.Tensor:
-    """The critic's V(s_t) for every action t of the rollout, (B, T) float32 (see :func:`shift_values`)."""
+def rollout_values(value_model: nn.Module, rollout: Rollout, batch_size: int = 64, packed: bool = False
+                   ) -> torch.Tensor:
+    """The critic's V(s_t) for every action t of the rollout, (B, T) float32 (see
+    :func:`shift_values`); ``packed`` as in :func:`rollout_logps` (0 on padding)."""
+    from rlhf.data.collate import PackedLayout
     from rlhf.models.load import score_tokens
 
     outs = []
     for s in range(0, len(rollout), batch_size):
         inputs = rollout.model_inputs(slice(s, s + batch_size))
-        outs.append(shift_values(score_tokens(value_model, **inputs).float()))
+        if packed:
+            layout = PackedLayout(inputs["attention_mask"])
+            ids = inputs["input_ids"]
+            raw = layout.unpack(score_tokens(value_model, layout.pack(ids, int(ids[0, 0])), None,
+                                             layout.position_ids).float())
+        else:
+            raw = score_tokens(value_model, **inputs).float()
+        outs.append(shift_values(raw))
     return torch.cat(outs)

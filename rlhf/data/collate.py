@@ -223,8 +223,8 @@ class PackedLayout:
     causal mask (module doc). With ``capacity = T`` attention never spans more than the padded
     batch did. Left and right padding give the same layout (only attention_mask == 1 tokens move).
 
-    ``pack(x, fill)`` moves any (N, T) tensor into the (R, W) layout (differentiable: a gather
-    and a scatter). ``position_ids`` (R, W) restart per sequence (trailing padding is a block of
+    ``pack(x, fill)`` moves any (N, T) tensor into the (R, W) layout and ``unpack(y, fill)``
+    back (both differentiable: a gather and a scatter). ``position_ids`` (R, W) restart per sequence (trailing padding is a block of
     its own); ``sequence`` (R, W) holds each token's source row, -1 on padding; ``starts`` (R, W)
     is True at each sequence's first token; ``last`` (N,) is the flat (R*W) index of each
     sequence's last token.
@@ -254,6 +254,7 @@ class PackedLayout:
         self.src = am.reshape(-1).nonzero().squeeze(-1)  # (n,) flat (N*T) index, row-major order
         self.dst = torch.tensor(base, device=dev).repeat_interleave(lens) + within  # (n,) flat (R*W)
         self.shape = (R, W)
+        self.batch_shape = (N, T)
         self.lengths = lengths
         seq = torch.full((R * W,), -1, dtype=torch.long, device=dev)
         seq[self.dst] = torch.arange(N, device=dev).repeat_interleave(lens)
@@ -274,6 +275,14 @@ class PackedLayout:
         out = flat.new_full((self.shape[0] * self.shape[1], *x.shape[2:]), fill)
         out = out.index_copy(0, self.dst, flat.index_select(0, self.src))
         return out.view(*self.shape, *x.shape[2:])
+
+    def unpack(self, y: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
+        """(R, W, ...) -> (N, T, ...): the inverse of :meth:`pack`, ``fill`` where the padded
+        batch had padding (differentiable: a gather and a scatter)."""
+        flat = y.reshape(-1, *y.shape[2:])
+        out = flat.new_full((self.batch_shape[0] * self.batch_shape[1], *y.shape[2:]), fill)
+        out = out.index_copy(0, self.src, flat.index_select(0, self.dst))
+        return out.view(*self.batch_shape, *y.shape[2:])
 
 
 class PackingCollator:

@@ -218,19 +218,26 @@ class LeanLM:
     # ------------------------------------------------------------------ whole sequences
 
     @torch.no_grad()
-    def forward(self, input_ids: torch.Tensor, key_mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, key_mask: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                sequence_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states (B, S, E) (after the last norm) of ``input_ids`` (B, S).
 
-        ``key_mask`` (B, S) bool: real tokens (padding is never attended to); ``cos``/``sin``
-        (B, S, D) from :meth:`rotary`. With ``cache`` the keys and values land in its first S
-        positions (the prompt of an episode).
+        ``key_mask`` (B, S) bool: real tokens (padding is never attended to); or, for packed
+        rows, ``sequence_ids`` (B, S): a token attends only to earlier tokens with the same id
+        (rlhf.data.collate.PackedLayout.sequence). ``cos``/``sin`` (B, S, D) from
+        :meth:`rotary`. With ``cache`` the keys and values land in its first S positions (the
+        prompt of an episode).
         """
         B, S = input_ids.shape
         causal = torch.ones(S, S, dtype=torch.bool, device=input_ids.device).tril()
+        if sequence_ids is not None:
+            allowed = sequence_ids[:, :, None] == sequence_ids[:, None, :]  # (B, S, S)
+        else:
+            allowed = key_mask[:, None, :].expand(B, S, S)
         # A padding position attends to itself only: its output is never read, and a row with
         # nothing to attend to would come out NaN and poison the cache through 0 * NaN.
-        mask = (causal[None] & key_mask[:, None, :]) | torch.eye(S, dtype=torch.bool, device=input_ids.device)
+        mask = (causal[None] & allowed) | torch.eye(S, dtype=torch.bool, device=input_ids.device)
         mask = mask[:, None]  # (B, 1, S, S)
         h = self.embed(input_ids)
         for i, w in enumerate(self._w):
@@ -248,12 +255,15 @@ class LeanLM:
         return self.head(hidden)
 
     @torch.no_grad()
-    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-              keep: slice = slice(None)) -> torch.Tensor:
-        """Logits (B, len(keep), V) at the positions ``keep`` of whole sequences (no cache)."""
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor,
+              keep: slice | torch.Tensor = slice(None), sequence_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of whole sequences (no cache) at ``keep``: a slice of positions -> (B, len, V),
+        or a (B, S) bool mask -> (n, V) in row-major order. Padded rows take ``attention_mask``,
+        packed rows ``sequence_ids`` (see :meth:`forward`)."""
         cos, sin = self.rotary(position_ids)
-        hidden = self.forward(input_ids, attention_mask.bool(), cos, sin)
-        return self.logits(hidden[:, keep])
+        hidden = self.forward(input_ids, None if attention_mask is None else attention_mask.bool(), cos, sin,
+                              sequence_ids=sequence_ids)
+        return self.logits(hidden[keep] if torch.is_tensor(keep) else hidden[:, keep])
 
     # ------------------------------------------------------------------ one token at a time
 

@@ -448,18 +448,21 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 def score_tokens(
     model: nn.Module,
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The scalar head applied at every position: (B, T) ids -> (B, T) float (a critic's values).
 
     Runs the trunk (with LoRA adapters if any are active) and the head on the final hidden
     states. ``position_ids`` default to :func:`positions_from_mask`, so left and right padding
-    give the same numbers.
+    give the same numbers. Packed rows (rlhf.data.collate.PackedLayout) pass
+    ``attention_mask=None`` and their restarting ``position_ids``.
     """
     base = unwrap_model(model)
     trunk = getattr(base, base.base_model_prefix)
     if position_ids is None:
+        if attention_mask is None:
+            raise ValueError("score_tokens needs attention_mask or position_ids")
         position_ids = positions_from_mask(attention_mask)
     hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    use_cache=False).last_hidden_state  # (B, T, H)

@@ -122,6 +122,11 @@ class PolicyLossConfig:
                 "pass up to float rounding, ~1e-6 in fp32); forward = a separate no-grad pass over the "
                 "rollout; auto = sampler in fp32, forward under bf16 (where the KV-cache and the full "
                 "forward round differently)")
+    packed: bool = opt(True, "run the update's forward and the no-grad passes over the rollout on packed "
+                             "rows (sequences back to back, no padding after EOS): the same numbers up to "
+                             "float rounding, less work when completion lengths differ; false for "
+                             "architectures that do not derive the attention mask from restarting "
+                             "position ids")
 
 
 @dataclass(frozen=True)
@@ -189,30 +194,47 @@ class PolicyAndValue(nn.Module):
     ``forward`` returns logits (B, T, V) and the critic's values aligned with actions (B, T)
     (rlhf.rollout.shift_values) or None."""
 
-    def __init__(self, policy: nn.Module, value: nn.Module | None = None, value_head: nn.Module | None = None):
+    def __init__(self, policy: nn.Module, value: nn.Module | None = None, value_head: nn.Module | None = None,
+                 packed: bool = False):
         super().__init__()
         if value is not None and value_head is not None:
             raise ValueError("a separate value model or a shared value head, not both")
         self.policy = policy
         self.value = value
         self.value_head = value_head
+        self.packed = packed
 
     def forward(self, input_ids, attention_mask, position_ids):
+        """With ``packed`` the models run on the batch's packed layout (rlhf.data.collate.
+        PackedLayout: sequences back to back, no padding) and the outputs are unpacked to the
+        padded (B, T) layout (logits 0 on padding; values are read at t - 1, see shift_values):
+        the same numbers up to float rounding."""
+        layout = None
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        if self.packed:
+            from rlhf.data.collate import PackedLayout
+
+            layout = PackedLayout(attention_mask)
+            inputs = {"input_ids": layout.pack(input_ids, int(input_ids[0, 0])), "attention_mask": None,
+                      "position_ids": layout.position_ids}
+
+        def unpacked(x: torch.Tensor) -> torch.Tensor:
+            return x if layout is None else layout.unpack(x)
+
         shared = self.value_head is not None
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False, output_hidden_states=shared)
+        out = self.policy(**inputs, use_cache=False, output_hidden_states=shared)
         values = None
         if shared:  # the last entry of hidden_states is the final (normed) one the LM head reads
-            values = shift_values(self.value_head(out.hidden_states[-1]).squeeze(-1).float())
+            values = shift_values(unpacked(self.value_head(out.hidden_states[-1]).squeeze(-1).float()))
         elif self.value is not None:
-            values = shift_values(score_tokens(self.value, input_ids, attention_mask, position_ids).float())
-        return out.logits, values
+            values = shift_values(unpacked(score_tokens(self.value, **inputs).float()))
+        return unpacked(out.logits), values
 
     @torch.no_grad()
     def rollout_values(self, rollout: Rollout, batch_size: int) -> torch.Tensor | None:
         """The critic's V(s_t) for every action of a rollout (B, T), without gradient."""
         if self.value is not None:
-            return rollout_values(self.value, rollout, batch_size)
+            return rollout_values(self.value, rollout, batch_size, packed=self.packed)
         if self.value_head is None:
             return None
         was_training = self.training
@@ -347,7 +369,7 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
 
     # Step 4. Optimizer over policy (+ critic), schedule over every minibatch update, resume.
     updates = cfg.ppo.epochs * cfg.ppo.num_minibatches
-    model = trainer.setup(PolicyAndValue(policy, value, value_head), num_examples=len(prompts),
+    model = trainer.setup(PolicyAndValue(policy, value, value_head, packed=cfg.ppo.packed), num_examples=len(prompts),
                           updates_per_step=updates)
     trainer.export = lambda m: m.policy  # final/ and checkpoint models hold the policy only
     inner = trainer.accelerator.unwrap_model(model)
@@ -373,9 +395,10 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
                 old_logps, entropy = ro.logps, ro.entropy
             else:
                 old_logps, entropy = rollout_logps(inner.policy, ro, temperature, bs, with_entropy=True,
-                                                   engine=cfg.sampling.engine)
+                                                   engine=cfg.sampling.engine, packed=cfg.ppo.packed)
             with visiting(ref_modules, device, home):
-                ref_logps = rollout_logps(reference, ro, temperature, bs, engine=cfg.sampling.engine)
+                ref_logps = rollout_logps(reference, ro, temperature, bs, engine=cfg.sampling.engine,
+                                          packed=cfg.ppo.packed)
             values = inner.rollout_values(ro, bs)
         return {"old_logps": old_logps, "entropy": entropy, "ref_logps": ref_logps, "values": values}
 
