@@ -20,7 +20,10 @@ is seen at the same positions as an unpadded one, during sampling and in every l
 The sampler is our own loop rather than ``model.generate``: it applies exactly the
 temperature / top-k / top-p transformation documented here and nothing else (no generation
 defaults shipped with a checkpoint, such as a repetition penalty, can change the distribution
-behind the recipe's back), and it is lighter per token on small models.
+behind the recipe's back), and it is lighter per token on small models. Tokens are drawn by
+inverse CDF (:func:`inverse_cdf`, one uniform number per row); Llama-family models decode
+through the lean forward of rlhf/models/lean.py (``SamplingConfig.engine``), the rest through
+the model's own forward with a DynamicCache.
 """
 
 from __future__ import annotations
@@ -176,7 +179,10 @@ def _draw(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator 
         filtered = cfg.top_k or cfg.top_p < 1.0
         probs = torch.softmax(filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p), -1) if filtered \
             else logp.exp()
-        u = 1.0 - torch.rand(probs.shape[0], generator=generator, device=probs.device)  # (0, 1]
+        # Uniforms come from the generator's own device (a seeded CPU generator works for a
+        # model on an accelerator, and draws the same numbers there): B numbers per token.
+        where = generator.device if generator is not None else probs.device
+        u = 1.0 - torch.rand(probs.shape[0], generator=generator, device=where).to(probs.device)  # (0, 1]
         tok = inverse_cdf(probs, u)
     if not with_logps:
         return tok, None, None
