@@ -158,20 +158,16 @@ def test_score_keep_and_padding_content():
 # --------------------------------------------------------------------------- 2. incremental decode
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_prompt_then_decode_steps_equal_full_forward(arch):
-    """forward() of left-padded prompts into a cache, then decode_step() of given tokens: the
-    logits at each step == transformers' full forward of the whole sequence at that column."""
-    model = _model(arch)
+def _prompt_then_decode(model, S: int = 5):
+    """Left-padded prompts (LENS) through LeanLM.forward into a cache, then S - 1 given tokens
+    through decode_step. Returns (the S next-token logits, (ids, attention, positions) of the
+    whole sequences, prompt width P)."""
     ids, attn, _ = _batch(LENS, "left", seed=3)
     B, P = ids.shape
-    S = 5
     new = torch.randint(2, V, (B, S), generator=torch.Generator().manual_seed(4))
     full_ids = torch.cat([ids, new], 1)
     full_attn = torch.cat([attn, torch.ones((B, S), dtype=torch.long)], 1)
     full_pos = (full_attn.cumsum(-1) - 1).clamp(min=0)
-    ref = _hf_logits(model, full_ids, full_attn, full_pos)  # (B, P+S, V)
-
     lean = LeanLM(model)
     cos, sin = lean.rotary(full_pos)  # (B, P+S, D)
     cache = lean.new_cache(B, P + S)
@@ -181,6 +177,16 @@ def test_prompt_then_decode_steps_equal_full_forward(arch):
     for t in range(S - 1):
         c = P + t
         got.append(lean.decode_step(new[:, t], c, cos[:, c], sin[:, c], cache, bias))
+    return got, (full_ids, full_attn, full_pos), P
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prompt_then_decode_steps_equal_full_forward(arch):
+    """forward() of left-padded prompts into a cache, then decode_step() of given tokens: the
+    logits at each step == transformers' full forward of the whole sequence at that column."""
+    model = _model(arch)
+    got, (full_ids, full_attn, full_pos), P = _prompt_then_decode(model)
+    ref = _hf_logits(model, full_ids, full_attn, full_pos)  # (B, P+S, V)
     # Measured max |diff| 4.4e-6 over all archs and steps (logits of size ~4-7; the same as
     # transformers' own fp32-vs-float64 error): attention for one token is computed differently
     # (bmm vs SDPA), so not bit-equal; a wrong column, position or mask gives >= 1e-2.
@@ -475,23 +481,8 @@ def test_bf16_decode_steps_match_float64():
     to the model dtype (without it, decode_step raises on a bf16 model). A wrong position, mask
     or cache column gives errors of order 1."""
     model = _bf16_llama()
-    ids, attn, _ = _batch(LENS, "left", seed=3)
-    B, P = ids.shape
-    S = 5
-    new = torch.randint(2, V, (B, S), generator=torch.Generator().manual_seed(4))
-    full_ids = torch.cat([ids, new], 1)
-    full_attn = torch.cat([attn, torch.ones((B, S), dtype=torch.long)], 1)
-    full_pos = (full_attn.cumsum(-1) - 1).clamp(min=0)
+    got, (full_ids, full_attn, full_pos), P = _prompt_then_decode(model)
     ref64 = _lsm(_hf_logits(_model64("llama_gqa"), full_ids, full_attn, full_pos))
-    lean = LeanLM(model)
-    cos, sin = lean.rotary(full_pos)
-    cache = lean.new_cache(B, P + S)
-    bias = lean.key_bias(full_attn.bool())
-    hidden = lean.forward(ids, attn.bool(), cos[:, :P], sin[:, :P], cache)
-    got = [lean.logits(hidden[:, -1])]
-    for t in range(S - 1):
-        c = P + t
-        got.append(lean.decode_step(new[:, t], c, cos[:, c], sin[:, c], cache, bias))
     for t, logits in enumerate(got):
         assert logits.dtype == torch.bfloat16
         torch.testing.assert_close(_lsm(logits), ref64[:, P - 1 + t], atol=0.15, rtol=0, msg=f"step {t}")
