@@ -14,8 +14,8 @@ import inspect
 
 import torch
 
-__all__ = ["token_logps", "shifted_token_logps", "entropy_from_logits", "forward_logps",
-           "sequence_logps", "packed_sequence_logps", "bucketed_sequence_logps"]
+__all__ = ["token_logps", "shifted_token_logps", "entropy_from_logits", "entropy_from_logp", "forward_logps",
+           "sequence_logps", "packed_completion_logits", "packed_sequence_logps", "bucketed_sequence_logps"]
 
 
 def token_logps(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -54,7 +54,11 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature != 1.0:
         logits = logits / temperature
-    logp = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+    return entropy_from_logp(logits - torch.logsumexp(logits, dim=-1, keepdim=True))
+
+
+def entropy_from_logp(logp: torch.Tensor) -> torch.Tensor:
+    """Entropy of a distribution given as normalised log-probs over the last axis. (..., V) -> (...)."""
     p = torch.exp(logp)
     # Masked-out vocabulary entries (logit -inf, e.g. after top-k) have p = 0 and contribute 0,
     # not 0 * -inf = NaN.
@@ -127,20 +131,35 @@ def _predicting(target_mask: torch.Tensor) -> torch.Tensor:
     return keep
 
 
+def packed_completion_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                             completion_mask: torch.Tensor, capacity: int | None = None, lean=None):
+    """A padded batch on its packed layout (:class:`rlhf.data.collate.PackedLayout`) and the
+    logits only where a completion token is predicted. Returns ``(layout, p_ids (R, W),
+    targets (R, W) bool, logits (n, V))``, the logits in the row-major order of ``targets``.
+    ``lean``: a :class:`rlhf.models.lean.LeanLM` to run instead of ``model`` (no gradient).
+    Needs an architecture that derives the block-diagonal mask from restarting position ids
+    (llama, qwen2, gpt_neox, gpt2, ...: rlhf/data/collate.py)."""
+    from rlhf.data.collate import PackedLayout
+
+    layout = PackedLayout(attention_mask, capacity)
+    p_ids = layout.pack_ids(input_ids)  # (R, W)
+    targets = layout.pack(completion_mask, 0).bool() & ~layout.starts  # nothing predicts a sequence's first token
+    keep = _predicting(targets)
+    if lean is not None:
+        logits = lean.score(p_ids, None, layout.position_ids, keep=keep, sequence_ids=layout.sequence)
+    else:
+        logits = _logits_at(model, p_ids, layout.position_ids, keep)  # (n, V)
+    return layout, p_ids, targets, logits
+
+
 def packed_sequence_logps(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
                           capacity: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs (N,) float32 and completion lengths (N,) of a padded batch
-    (``input_ids``, ``attention_mask``, ``completion_mask``), computed on its packed layout
-    (:class:`rlhf.data.collate.PackedLayout`) with logits only where a completion token is
-    predicted. Differentiable. Needs an architecture that derives the block-diagonal mask from
-    restarting position ids (llama, qwen2, gpt_neox, gpt2, ...: rlhf/data/collate.py)."""
-    from rlhf.data.collate import PackedLayout
-
+    (``input_ids``, ``attention_mask``, ``completion_mask``), computed on its packed layout with
+    logits only where a completion token is predicted (:func:`packed_completion_logits`).
+    Differentiable."""
     ids, cm = batch["input_ids"], batch["completion_mask"]
-    layout = PackedLayout(batch["attention_mask"], capacity)
-    p_ids = layout.pack(ids, int(ids[0, 0]))  # (R, W); the fill id is never a target
-    targets = layout.pack(cm, 0).bool() & ~layout.starts  # nothing predicts a sequence's first token
-    logits = _logits_at(model, p_ids, layout.position_ids, _predicting(targets))  # (n, V)
+    layout, p_ids, targets, logits = packed_completion_logits(model, ids, batch["attention_mask"], cm, capacity)
     lp = token_logps(logits, p_ids[targets], temperature)  # (n,) float32
     sums = torch.zeros(ids.shape[0], dtype=lp.dtype, device=lp.device).index_add(0, layout.sequence[targets], lp)
     return sums, cm.sum(-1)

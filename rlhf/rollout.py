@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from rlhf.config import ConfigError, opt
+from rlhf.logprobs import entropy_from_logp
 
 __all__ = ["SamplingConfig", "Rollout", "sample", "filter_logits", "rollout_logps", "rollout_values",
            "eos_ids", "inverse_cdf"]
@@ -186,10 +187,7 @@ def _draw(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator 
         tok = inverse_cdf(probs, u)
     if not with_logps:
         return tok, None, None
-    p = logp.exp()
-    # A logit of -inf (a token the model rules out) has p = 0 and adds 0, not 0 * -inf = NaN.
-    ent = -torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype, device=p.device)).sum(-1)
-    return tok, logp.gather(-1, tok[:, None]).squeeze(-1), ent
+    return tok, logp.gather(-1, tok[:, None]).squeeze(-1), entropy_from_logp(logp)
 
 
 class _TransformersDecoder:
@@ -409,21 +407,13 @@ def _packed_logps(model: Any, lean: Any, inputs: dict[str, torch.Tensor], comple
                   temperature: float, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`rollout_logps` of one padded batch, computed on its packed layout with logits only
     where a completion token is predicted. Returns (B, T) log-probs and entropies (or None)."""
-    from rlhf.data.collate import PackedLayout
-    from rlhf.logprobs import _logits_at, _predicting, entropy_from_logits, token_logps
+    from rlhf.logprobs import entropy_from_logits, packed_completion_logits, token_logps
 
-    ids = inputs["input_ids"]
-    layout = PackedLayout(inputs["attention_mask"])
-    p_ids = layout.pack(ids, int(ids[0, 0]))  # (R, W); the fill id is never a target
-    targets = layout.pack(completion_mask, 0).bool() & ~layout.starts  # (R, W)
-    keep = _predicting(targets)
-    if lean is not None:
-        logits = lean.score(p_ids, None, layout.position_ids, keep=keep, sequence_ids=layout.sequence)
-    else:
-        logits = _logits_at(model, p_ids, layout.position_ids, keep)  # (n, V)
+    layout, p_ids, targets, logits = packed_completion_logits(
+        model, inputs["input_ids"], inputs["attention_mask"], completion_mask, lean=lean)
 
     def unpacked(values: torch.Tensor) -> torch.Tensor:
-        grid = torch.zeros(layout.shape, dtype=torch.float32, device=ids.device)
+        grid = torch.zeros(layout.shape, dtype=torch.float32, device=p_ids.device)
         grid[targets] = values
         return layout.unpack(grid)
 
@@ -443,7 +433,8 @@ def shift_values(raw: torch.Tensor) -> torch.Tensor:
 def rollout_values(value_model: nn.Module, rollout: Rollout, batch_size: int = 64, packed: bool = False
                    ) -> torch.Tensor:
     """The critic's V(s_t) for every action t of the rollout, (B, T) float32 (see
-    :func:`shift_values`); ``packed`` as in :func:`rollout_logps` (0 on padding)."""
+    :func:`shift_values`); ``packed`` as in :func:`rollout_logps` (the critic's outputs are 0 on
+    padding before the shift; action positions read real tokens either way)."""
     from rlhf.data.collate import PackedLayout
     from rlhf.models.load import score_tokens
 
@@ -452,8 +443,7 @@ def rollout_values(value_model: nn.Module, rollout: Rollout, batch_size: int = 6
         inputs = rollout.model_inputs(slice(s, s + batch_size))
         if packed:
             layout = PackedLayout(inputs["attention_mask"])
-            ids = inputs["input_ids"]
-            raw = layout.unpack(score_tokens(value_model, layout.pack(ids, int(ids[0, 0])), None,
+            raw = layout.unpack(score_tokens(value_model, layout.pack_ids(inputs["input_ids"]), None,
                                              layout.position_ids).float())
         else:
             raw = score_tokens(value_model, **inputs).float()

@@ -223,8 +223,8 @@ class PackedLayout:
     causal mask (module doc). With ``capacity = T`` attention never spans more than the padded
     batch did. Left and right padding give the same layout (only attention_mask == 1 tokens move).
 
-    ``pack(x, fill)`` moves any (N, T) tensor into the (R, W) layout and ``unpack(y, fill)``
-    back (both differentiable: a gather and a scatter). ``position_ids`` (R, W) restart per sequence (trailing padding is a block of
+    ``pack(x, fill)`` moves any (N, T) tensor into the (R, W) layout (``pack_ids`` for token
+    ids) and ``unpack(y, fill)`` back (both differentiable: a gather and a scatter). ``position_ids`` (R, W) restart per sequence (trailing padding is a block of
     its own); ``sequence`` (R, W) holds each token's source row, -1 on padding; ``starts`` (R, W)
     is True at each sequence's first token; ``last`` (N,) is the flat (R*W) index of each
     sequence's last token.
@@ -275,6 +275,11 @@ class PackedLayout:
         out = flat.new_full((self.shape[0] * self.shape[1], *x.shape[2:]), fill)
         out = out.index_copy(0, self.dst, flat.index_select(0, self.src))
         return out.view(*self.shape, *x.shape[2:])
+
+    def pack_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(N, T) token ids -> (R, W). Trailing padding takes the batch's first id: it forms a
+        block of its own, so no real token attends to it, and it is never a target."""
+        return self.pack(input_ids, int(input_ids[0, 0]))
 
     def unpack(self, y: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
         """(R, W, ...) -> (N, T, ...): the inverse of :meth:`pack`, ``fill`` where the padded

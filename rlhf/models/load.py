@@ -508,7 +508,7 @@ def packed_last_token_scores(model: nn.Module, input_ids: torch.Tensor, attentio
     layout = PackedLayout(attention_mask)
     base = unwrap_model(model)
     trunk = getattr(base, base.base_model_prefix)
-    ids = layout.pack(input_ids, int(input_ids[0, 0]))  # (R, W)
+    ids = layout.pack_ids(input_ids)  # (R, W)
     hidden = trunk(input_ids=ids, position_ids=layout.position_ids, use_cache=False).last_hidden_state  # (R, W, H)
     last = hidden.reshape(-1, hidden.shape[-1])[layout.last]  # (B, H)
     return scalar_head(model)(last).squeeze(-1)  # (B,)

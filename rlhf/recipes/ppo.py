@@ -43,6 +43,7 @@ from torch import nn
 
 from rlhf.advantages import CRITIC_ESTIMATORS, compute_advantages, informative_groups, token_rewards
 from rlhf.config import ConfigError, opt
+from rlhf.data.collate import PackedLayout
 from rlhf.data.config import DataConfig
 from rlhf.data.load import load_records
 from rlhf.data.errors import ENCODING, DataError
@@ -212,10 +213,8 @@ class PolicyAndValue(nn.Module):
         layout = None
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         if self.packed:
-            from rlhf.data.collate import PackedLayout
-
             layout = PackedLayout(attention_mask)
-            inputs = {"input_ids": layout.pack(input_ids, int(input_ids[0, 0])), "attention_mask": None,
+            inputs = {"input_ids": layout.pack_ids(input_ids), "attention_mask": None,
                       "position_ids": layout.position_ids}
 
         def unpacked(x: torch.Tensor) -> torch.Tensor:
