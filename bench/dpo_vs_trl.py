@@ -115,6 +115,20 @@ def loadavg() -> list[float]:
         return []
 
 
+def phase_timer(phase: dict[str, float]):
+    """``timed(name, fn)``: ``fn`` wrapped so that each call's seconds add to ``phase[name]``
+    (how the online-RL benches split a step into generation, scoring and update)."""
+    def timed(name, fn):
+        def wrapper(*args, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                phase[name] = phase.get(name, 0.0) + time.perf_counter() - t0
+        return wrapper
+    return timed
+
+
 def throughput(stamps: list[float], batch_size: int, cpu_stamps: list[float] | None = None,
                threads: int = 1) -> dict:
     """pairs/s from the end of step 1 to the end of the last step. With ``cpu_stamps`` (process

@@ -71,7 +71,7 @@ def main() -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dpo_vs_trl import _status, memory_report, reset_peak_rss
+    from dpo_vs_trl import _status, memory_report, phase_timer, reset_peak_rss
     from ppo_vs_trl import episode_rate
 
     if a.threads:
@@ -103,14 +103,7 @@ def main() -> int:
     phase: dict[str, float] = {}  # seconds per phase since the last rollout step ended
     split: list[dict[str, float]] = []
 
-    def timed(name, fn):
-        def wrapper(*args, **kw):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kw)
-            finally:
-                phase[name] = phase.get(name, 0.0) + time.perf_counter() - t0
-        return wrapper
+    timed = phase_timer(phase)
     per_rollout = 1 if a.algo == "ppo" else a.epochs  # optimizer steps (callbacks) per rollout step
 
     from transformers import TrainerCallback

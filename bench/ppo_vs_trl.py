@@ -65,7 +65,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from dpo_vs_trl import _status, loadavg, memory_report, reset_peak_rss, throughput  # noqa: E402
+from dpo_vs_trl import _status, loadavg, memory_report, phase_timer, reset_peak_rss, throughput  # noqa: E402
 
 VENVS = {"grpo": ".venv-trl", "rloo": ".venv-trl", "ppo": ".venv-trl-ppo"}
 MAKE_VENV = {".venv-trl": "bench/make_trl_venv.sh", ".venv-trl-ppo": "bench/make_trl_ppo_venv.sh"}
@@ -107,14 +107,7 @@ def run_ours(a) -> dict:
     phase: dict[str, float] = {}
     split: list[dict[str, float]] = []  # per rollout step: seconds in each phase
 
-    def timed(name, fn):
-        def wrapper(*args, **kw):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kw)
-            finally:
-                phase[name] = phase.get(name, 0.0) + time.perf_counter() - t0
-        return wrapper
+    timed = phase_timer(phase)
 
     P.sample = timed("generate", P.sample)
     P.rollout_values = timed("values", P.rollout_values)

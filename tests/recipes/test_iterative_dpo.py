@@ -28,13 +28,8 @@ def constant(prompts, completions):
 
 
 @pytest.fixture
-def setup(tmp_path, monkeypatch, tiny_llama, instruction_data):
-    (tmp_path / "idpo_rewards.py").write_text(REWARDS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    rows = [json.loads(x) for x in instruction_data["train"].read_text().splitlines()[:12]]
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows))
-    return {"model": tiny_llama, "prompts": prompts, "out": tmp_path / "run", "tmp": tmp_path}
+def setup(rounds_setup):
+    return rounds_setup("idpo_rewards", REWARDS, 12)
 
 
 def _cfg(s, *extra, out=None):

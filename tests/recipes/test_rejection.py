@@ -29,13 +29,8 @@ def nothing(prompts, completions):
 
 
 @pytest.fixture
-def setup(tmp_path, monkeypatch, tiny_llama, instruction_data):
-    (tmp_path / "rs_rewards.py").write_text(REWARDS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    rows = [json.loads(x) for x in instruction_data["train"].read_text().splitlines()[:16]]
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows))
-    return {"model": tiny_llama, "prompts": prompts, "out": tmp_path / "run", "tmp": tmp_path}
+def setup(rounds_setup):
+    return rounds_setup("rs_rewards", REWARDS, 16)
 
 
 COMMON = ["data.chat_template=none", "data.max_length=64", "reward=rs_rewards:frac_a", "samples_per_prompt=8",
