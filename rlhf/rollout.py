@@ -146,6 +146,21 @@ def _new_cache(model: nn.Module):
         return DynamicCache()
 
 
+_CACHE_KWARG: dict[type, str] = {}
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """The forward's keyword for the KV cache: ``cache`` since transformers 5.2x (where
+    ``past_key_values`` is deprecated, to be removed in 5.40), ``past_key_values`` before.
+    Looked up once per model class."""
+    cls = type(model)
+    if cls not in _CACHE_KWARG:
+        import inspect
+        params = inspect.signature(cls.forward).parameters
+        _CACHE_KWARG[cls] = "cache" if "cache" in params else "past_key_values"
+    return _CACHE_KWARG[cls]
+
+
 def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """The token whose cumulative-probability interval holds ``u * total``: (B, V) probs (any
     non-negative weights), (B,) u in (0, 1] -> (B,) long.
@@ -195,15 +210,16 @@ class _TransformersDecoder:
 
     def __init__(self, model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor):
         self.model, self.attn, self.next_pos = model, attn, pos[:, -1] + 1
-        self.cache = _new_cache(model)
-        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=self.cache, use_cache=True)
+        self.cache, self.cache_kwarg = _new_cache(model), _cache_kwarg(model)
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
+                    **{self.cache_kwarg: self.cache})
         self.first = out.logits[:, -1]
 
     def step(self, tok: torch.Tensor, t: int) -> torch.Tensor:
         B = tok.shape[0]
         self.attn = torch.cat([self.attn, torch.ones((B, 1), dtype=self.attn.dtype, device=tok.device)], dim=1)
         out = self.model(input_ids=tok[:, None], attention_mask=self.attn, position_ids=self.next_pos[:, None],
-                         past_key_values=self.cache, use_cache=True)
+                         use_cache=True, **{self.cache_kwarg: self.cache})
         self.next_pos = self.next_pos + 1
         return out.logits[:, -1]
 
