@@ -1,7 +1,8 @@
-"""``rlhf <stage> [config.yaml] [key=value ...]``: parse, validate, then call the recipe.
+"""``rlhf <stage> [config.yaml | --recipe NAME] [key=value ...]``: parse, validate, then call the recipe.
 
-Training stages take a YAML config plus dotted overrides; everything is validated before any
-work starts. Tools (generate, tiny-model, quickstart) take ordinary flags.
+Training stages take a YAML config (a file, or a recipe shipped in rlhf/configs/) plus dotted
+overrides; everything is validated before any work starts. Tools (generate, tiny-model,
+quickstart, recipes) take ordinary flags.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "score": ("rlhf.tools.score:main", "add a reward column to a file with any reward source"),
     "label": ("rlhf.tools.label:main", "turn prompts + two responses into a preference file with a judge "
                                        "(an LM asked A or B, both orders, or any reward source)"),
+    "recipes": ("rlhf.configs:main", "list the configs shipped with rlhf (rlhf <stage> --recipe NAME starts from one)"),
     "tiny-model": ("rlhf.tools.tiny:main", "build a tiny random-weight model + tokenizer for tests and demos"),
     "quickstart": ("rlhf.tools.quickstart:main", "the built-in demo, end to end on a laptop CPU (what `make demo` runs)"),
 }
@@ -67,13 +69,13 @@ TOOLS: dict[str, tuple[str, str]] = {
 
 def _top_help() -> str:
     lines = [f"rlhf {__version__}: align language models with human and AI feedback", "",
-             "usage: rlhf <stage> [CONFIG.yaml] [key=value ...]", "       rlhf <tool> [flags]", "",
+             "usage: rlhf <stage> [CONFIG.yaml | --recipe NAME] [key=value ...]", "       rlhf <tool> [flags]", "",
              "stages (rlhf <stage> --help lists every option with its default):"]
     w = max(map(len, [*STAGES, *TOOLS]))
     lines += [f"  {k:<{w}}  {s.summary}" for k, s in STAGES.items()]
     lines += ["", "tools:"]
     lines += [f"  {k:<{w}}  {s}" for k, (_, s) in TOOLS.items()]
-    lines += ["", "example: rlhf sft configs/sft/tiny.yaml train.lr=1e-4 output_dir=runs/my-sft"]
+    lines += ["", "example: rlhf sft --recipe tiny train.lr=1e-4 output_dir=runs/my-sft   (rlhf recipes lists them)"]
     return "\n".join(lines)
 
 
@@ -83,20 +85,48 @@ def run_stage(name: str, argv: list[str]) -> int:
     stage = STAGES[name]
     cls = stage.load(stage.config)
     if any(a in ("-h", "--help") for a in argv):
-        print(f"usage: rlhf {name} [CONFIG.yaml] [key=value ...]\n\n{stage.summary}.\n"
+        print(f"usage: rlhf {name} [CONFIG.yaml | --recipe NAME] [key=value ...]\n\n{stage.summary}.\n"
               f"Options (set them in the YAML file or as dotted key=value overrides):\n")
         print(format_help(cls))
         return 0
-    path = None
-    if argv and "=" not in argv[0]:
-        path, argv = argv[0], argv[1:]
     try:
+        path, argv = _config_source(name, argv)
         cfg = load_config(cls, path, argv)
     except ConfigError as e:
         print(f"rlhf {name}: config error: {e}", file=sys.stderr)
         return 2
     run: Callable[[Any], Any] = stage.load(stage.run)
     return _run_guarded(name, lambda: run(cfg))
+
+
+def _config_source(stage: str, argv: list[str]) -> tuple[str | None, list[str]]:
+    """Split ``[CONFIG.yaml | --recipe NAME] key=value ...`` into the YAML path and the overrides."""
+    from rlhf.config import ConfigError
+    from rlhf.configs import RecipeNotFound, recipe_path
+
+    path: str | None = None
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--recipe" or a.startswith("--recipe="):
+            value = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+            i += 1 if "=" in a else 2
+            if not value:
+                raise ConfigError("--recipe", "needs a name (rlhf recipes lists them)")
+            if path is not None:
+                raise ConfigError("--recipe", f"give a config file or a recipe, not both (got {path})")
+            try:
+                path = str(recipe_path(stage, value))
+            except RecipeNotFound as e:
+                raise ConfigError("--recipe", str(e)) from None
+            continue
+        if i == 0 and "=" not in a:
+            path = a
+        else:
+            rest.append(a)
+        i += 1
+    return path, rest
 
 
 def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
