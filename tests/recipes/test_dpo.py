@@ -319,6 +319,6 @@ def test_shipped_tiny_config_is_valid():
     """rlhf/configs/dpo/tiny.yaml loads and validates, and each loss name can be set on top of it."""
     path = recipe_path("dpo", "tiny")
     cfg = load_config(DPOConfig, str(path), [])
-    assert cfg.loss == "dpo" and cfg.reference == "cached" and cfg.data.eval_fraction == 0.2
+    assert cfg.loss == "dpo" and cfg.reference == "cached" and cfg.data.eval == "runs/quickstart/pairs/eval.jsonl"
     for loss in LOSS_RUNS:
         assert load_config(DPOConfig, str(path), [f"loss={loss}"]).loss == loss
