@@ -417,7 +417,7 @@ def reference_markdown(classes: dict[str, type]) -> str:
         "",
         "Generated from the config dataclasses by `python -m rlhf.docs`; do not edit by hand",
         "(a test fails when this page is stale). Every key can be set in the stage's YAML file",
-        "or on the command line as a dotted override: `rlhf sft configs/sft/tiny.yaml train.lr=1e-4`.",
+        "or on the command line as a dotted override: `rlhf sft --recipe tiny train.lr=1e-4`.",
         "",
     ]
     for stage, cls in classes.items():

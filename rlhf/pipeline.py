@@ -233,11 +233,20 @@ def run_pipeline(spec: dict[str, Any] | str | Path, output_dir: str | Path | Non
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="rlhf pipeline", description=__doc__.splitlines()[0])
-    p.add_argument("file", help="pipeline YAML file")
+    p.add_argument("file", nargs="?", help="pipeline YAML file")
+    p.add_argument("--recipe", help="a pipeline shipped with rlhf instead of a file (rlhf recipes pipeline lists them)")
     p.add_argument("--output-dir", help="override the file's output_dir")
     p.add_argument("--only", help="comma-separated stage names to run (others are left alone)")
     a = p.parse_args(argv)
+    if (a.file is None) == (a.recipe is None):
+        p.error("give a pipeline file or --recipe NAME (one of the two)")
     try:
+        if a.recipe is not None:
+            from rlhf.configs import RecipeNotFound, recipe_path
+            try:
+                a.file = str(recipe_path("pipeline", a.recipe))
+            except RecipeNotFound as e:
+                raise PipelineError(str(e)) from None
         run_pipeline(a.file, a.output_dir, a.only.split(",") if a.only else None)
     except PipelineError as e:
         print(f"rlhf pipeline: {e}", file=sys.stderr)

@@ -13,7 +13,8 @@ Specs (a string, a dict, or a .yaml/.json file holding a dict):
 * a folder: :class:`ModelReward` (``{"type": "model", "path": ..., "normalize": false,
   "batch_size": 16, "device": null}``);
 * ``package.module:function``: :class:`CallableReward`, ``function(prompts, completions) ->
-  list[float]`` (``{"type": "callable", "function": ...}``);
+  list[float]`` (``{"type": "callable", "function": ..., "kwargs": {...}}``: kwargs are bound
+  with functools.partial, e.g. a file of reference answers);
 * ``{"type": "sum", "sources": [spec, ...], "weights": [w, ...]}``: :class:`WeightedSum`;
 * ``{"type": "safety_gated", "helpfulness": spec, "safety": spec, "threshold": 0.15,
   "unsafe_prompts": "module:function" | null, "scale": "sigmoid" | "probability",
@@ -291,7 +292,17 @@ def load_reward_source(spec: str | dict | RewardSource, *, device: str | None = 
         if kind == "model":
             return ModelReward(spec.pop("path"), device=spec.pop("device", device), **spec)
         if kind == "callable":
-            return CallableReward(spec.pop("function"))
+            # kwargs bind data the function needs besides (prompts, completions), e.g. the
+            # reference answers of a verifiable task (rlhf/verifiers.py).
+            fn, kwargs = spec.pop("function"), spec.pop("kwargs", None) or {}
+            if kwargs:
+                import functools
+                name = fn if isinstance(fn, str) else getattr(fn, "__qualname__", repr(fn))
+                bound = functools.partial(import_callable(fn) if isinstance(fn, str) else fn, **kwargs)
+                source = CallableReward(bound)
+                source.name = name
+                return source
+            return CallableReward(fn)
         if kind == "sum":
             return WeightedSum([load_reward_source(s, device=device) for s in spec.pop("sources")],
                                spec.pop("weights", None))

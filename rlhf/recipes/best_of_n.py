@@ -22,7 +22,7 @@ file that ``rlhf sft`` reads, i.e. rejection-sampling fine-tuning data); ``pool.
 every completion when ``save_pool``; ``summary.json`` last, which marks the run finished. A
 finished run is never overwritten (the stage stops with an error, as every stage does).
 
-Run it with ``rlhf best-of-n configs/best_of_n/tiny.yaml [key=value ...]``.
+Run it with ``rlhf best-of-n --recipe tiny [key=value ...]``.
 """
 
 from __future__ import annotations

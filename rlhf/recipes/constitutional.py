@@ -29,7 +29,7 @@ The built-in task has a rule-based critic and reviser (rlhf/testbed/feedback.py:
 ``reviews_critic``, ``reviews_reviser``, principles ``REVIEW_PRINCIPLES``), so the recipe can
 be shown working where a tiny model's own critiques would be nonsense.
 
-Run it with ``rlhf constitutional configs/constitutional/tiny.yaml [key=value ...]``.
+Run it with ``rlhf constitutional --recipe tiny [key=value ...]``.
 """
 
 from __future__ import annotations

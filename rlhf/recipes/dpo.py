@@ -41,7 +41,7 @@ chosen/rejected log-probs and implicit rewards, grad_norm. At the end, held-out 
 accuracy, margin and loss go to summary.json. For KTO on data that came as pairs (a preference
 file read as unpaired), the held-out accuracy compares the two completions of each row.
 
-Run it with ``rlhf dpo configs/dpo/tiny.yaml [loss=ipo] [key=value ...]``.
+Run it with ``rlhf dpo --recipe tiny [loss=ipo] [key=value ...]``.
 """
 
 from __future__ import annotations

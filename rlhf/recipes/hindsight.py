@@ -23,7 +23,7 @@ resumes: finished rounds are skipped, a round's samples are reused once written,
 resumes from its last checkpoint. A relabel function that raises stops the run with an error
 naming the prompt and sample, before the round writes anything.
 
-Run it with ``rlhf hindsight configs/hindsight/tiny.yaml [key=value ...]``.
+Run it with ``rlhf hindsight --recipe tiny [key=value ...]``.
 """
 
 from __future__ import annotations

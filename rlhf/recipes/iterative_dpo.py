@@ -29,7 +29,7 @@ what DPO reads), ``dpo/`` (the inner run) and ``summary.json`` (the round is fin
 ``metrics.jsonl`` (one row per round); ``final_samples.jsonl``; ``final/`` (hard links to the last
 round's policy); ``summary.json`` last. Resuming works as for RAFT (rlhf/recipes/rejection.py).
 
-Run it with ``rlhf iterative-dpo configs/iterative_dpo/tiny.yaml [key=value ...]``.
+Run it with ``rlhf iterative-dpo --recipe tiny [key=value ...]``.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ Each training step is one iteration of:
     7. β            the KL controller (fixed, or Ziegler et al.'s adaptive one) sees the KL
 
 The math lives in rlhf/losses/policy.py, rlhf/advantages.py, rlhf/kl.py and rlhf/masking.py;
-this file only wires it. Run it with ``rlhf ppo configs/ppo/tiny.yaml [key=value ...]``.
+this file only wires it. Run it with ``rlhf ppo --recipe tiny [key=value ...]``.
 """
 
 from __future__ import annotations

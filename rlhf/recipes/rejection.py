@@ -42,7 +42,7 @@ unfinished inner SFT run resumes from its newest checkpoint (``sft.save_every``)
 saved config differs from the new one (other than ``output_dir`` and progress bars) is refused
 once any step folder exists, so changed settings never silently continue a different run.
 
-Run them with ``rlhf raft configs/raft/tiny.yaml`` and ``rlhf rest configs/rest/tiny.yaml``.
+Run them with ``rlhf raft --recipe tiny`` and ``rlhf rest --recipe tiny``.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ Three details this recipe owns:
   settings, so that :mod:`rlhf.rewards` can score new text exactly as in training and report
   normalised rewards.
 
-Run it with ``rlhf rm configs/rm/tiny.yaml [key=value ...]``.
+Run it with ``rlhf rm --recipe tiny [key=value ...]``.
 """
 
 from __future__ import annotations

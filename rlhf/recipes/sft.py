@@ -6,7 +6,7 @@ taught to answer, not to reproduce the prompts. The loss is the mean over all ta
 the optimizer step's global batch, exactly, however the batch is split over accumulation
 steps and processes (see rlhf/train/trainer.py).
 
-Run it with ``rlhf sft configs/sft/tiny.yaml [key=value ...]``.
+Run it with ``rlhf sft --recipe tiny [key=value ...]``.
 """
 
 from __future__ import annotations

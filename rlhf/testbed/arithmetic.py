@@ -10,7 +10,7 @@ is the shape of RL with verifiable rewards (GRPO on maths, DeepSeekMath / R1): n
 a checker instead.
 
     python -m rlhf.testbed.arithmetic --out runs/arithmetic     # writes sft.jsonl, prompts.jsonl
-    rlhf pipeline configs/pipeline/arithmetic.yaml              # tiny model -> SFT -> GRPO -> eval
+    rlhf pipeline --recipe arithmetic              # tiny model -> SFT -> GRPO -> eval
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from rlhf.cli import main as cli_main
 from rlhf.config import ConfigError, load_config
+from rlhf.configs import recipe_path
 from rlhf.data.collate import PadCollator, PreferenceCollator
 from rlhf.data.config import DataConfig
 from rlhf.data.load import load_records
@@ -315,9 +316,9 @@ def test_bad_config_names_the_field(tiny_llama, pref_data, tmp_path, override, k
 
 
 def test_shipped_tiny_config_is_valid():
-    """configs/dpo/tiny.yaml loads and validates, and each loss name can be set on top of it."""
-    path = Path(__file__).resolve().parents[2] / "configs" / "dpo" / "tiny.yaml"
+    """rlhf/configs/dpo/tiny.yaml loads and validates, and each loss name can be set on top of it."""
+    path = recipe_path("dpo", "tiny")
     cfg = load_config(DPOConfig, str(path), [])
-    assert cfg.loss == "dpo" and cfg.reference == "cached" and cfg.data.eval_fraction == 0.2
+    assert cfg.loss == "dpo" and cfg.reference == "cached" and cfg.data.eval == "runs/quickstart/pairs/eval.jsonl"
     for loss in LOSS_RUNS:
         assert load_config(DPOConfig, str(path), [f"loss={loss}"]).loss == loss

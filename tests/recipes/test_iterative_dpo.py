@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from rlhf.config import ConfigError, load_config
+from rlhf.configs import recipe_path
 from rlhf.recipes.iterative_dpo import IterativeDPOConfig, label_pairs, train
 from rlhf.train.run import RunDirError
 
@@ -178,8 +179,7 @@ def test_bad_input_gives_clear_errors_and_leaves_nothing_half_written(setup):
 
 
 def test_shipped_tiny_config_is_valid():
-    root = Path(__file__).resolve().parents[2]
-    load_config(IterativeDPOConfig, root / "configs" / "iterative_dpo" / "tiny.yaml")
+    load_config(IterativeDPOConfig, recipe_path("iterative-dpo", "tiny"))
 
 
 def _chosen_logps(model_dir, pairs_file):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from rlhf.config import ConfigError, load_config
+from rlhf.configs import recipe_path
 from rlhf.recipes import rejection
 from rlhf.recipes.rejection import (RAFTConfig, ReSTConfig, raft_schedule, rest_schedule, select,
                                     select_best_per_prompt, select_threshold, select_top_fraction, train,
@@ -267,7 +268,6 @@ def test_bad_input_gives_clear_errors_and_leaves_nothing_half_written(setup):
 
 
 def test_shipped_tiny_configs_are_valid():
-    root = Path(__file__).resolve().parents[2]
-    load_config(RAFTConfig, root / "configs" / "raft" / "tiny.yaml")
-    load_config(ReSTConfig, root / "configs" / "rest" / "tiny.yaml")
+    load_config(RAFTConfig, recipe_path("raft", "tiny"))
+    load_config(ReSTConfig, recipe_path("rest", "tiny"))
     assert rejection.train is train
