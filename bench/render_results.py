@@ -1,0 +1,248 @@
+"""The README's results section, its plots and its sentences, generated from the multi-seed runs
+(never typed by hand).
+
+    .venv/bin/python bench/render_results.py            # rewrite the README block and docs/images/*.png
+
+Reads bench/results/demo_seeds.json (bench/demo_seeds.py) and, when present,
+bench/results/overoptimization.json (bench/overoptimization.py) and bench/results/frontier.json.
+Replaces everything between ``<!-- results:begin -->`` and ``<!-- results:end -->`` in README.md.
+A sentence that compares two things is written only where the 95% interval of the per-seed
+paired difference excludes zero; otherwise it says the difference is not resolved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rlhf.eval.overoptimization import gao_predict  # noqa: E402
+from rlhf.stats import mean_interval  # noqa: E402
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+LABELS = {"reference": "SFT (reference)", "ppo": "PPO", "dpo": "DPO", "raft": "RAFT", "rest": "ReST",
+          "iterative-dpo": "iterative DPO", "constitutional": "Constitutional AI (supervised)"}
+
+
+def fmt(ci: dict, digits: int = 3) -> str:
+    if ci["n"] < 2 or math.isnan(ci["lo"]):
+        return f"{ci['mean']:.{digits}f}"
+    return f"{ci['mean']:.{digits}f} [{ci['lo']:.{digits}f}, {ci['hi']:.{digits}f}]"
+
+
+def paired(doc: dict, a: str, b: str, metric: str) -> dict | None:
+    """Per-seed difference a − b (same seed = same data, SFT and proxy), mean and 95% interval."""
+    diffs = []
+    for rec in doc["per_seed"].values():
+        ra, rb = rec["headline"].get(a), rec["headline"].get(b)
+        if ra and rb and ra.get(metric) is not None and rb.get(metric) is not None:
+            diffs.append(float(ra[metric]) - float(rb[metric]))
+    return mean_interval(diffs) if len(diffs) >= 2 else None
+
+
+def bon_key(doc: dict) -> tuple[str, int] | None:
+    """The best-of-n point reported in the table: the largest n (its KL is the bound)."""
+    keys = [k for k in doc["methods"] if "(n=" in k]
+    if not keys:
+        return None
+    best = max(keys, key=lambda k: int(k.split("(n=")[1].rstrip(")")))
+    return best, int(best.split("(n=")[1].rstrip(")"))
+
+
+def table(doc: dict) -> list[str]:
+    m = doc["methods"]
+    lines = ["| method | gold reward | proxy reward | KL to SFT (nats) |", "|---|---|---|---|"]
+    for key, label in LABELS.items():
+        if key in m:
+            lines.append(f"| {label} | {fmt(m[key]['gold'])} | {fmt(m[key]['proxy'])} | "
+                         f"{fmt(m[key]['kl'], 2) if key != 'reference' else '0'} |")
+    bk = bon_key(doc)
+    if bk:
+        key, n = bk
+        lines.append(f"| best-of-{n} by the proxy | {fmt(m[key]['gold'])} | {fmt(m[key]['proxy'])} | "
+                     f"{m[key]['kl']['mean']:.2f} (log n − (n−1)/n) |")
+    return lines
+
+
+def sentences(doc: dict) -> list[str]:
+    out = []
+    gains, unresolved = [], []
+    for key, label in LABELS.items():
+        if key == "reference":
+            continue
+        d = paired(doc, key, "reference", "gold")
+        if d is None:
+            continue
+        if d["lo"] > 0:
+            gains.append(f"{label} (+{d['mean']:.2f} [{d['lo']:.2f}, {d['hi']:.2f}])")
+        elif d["hi"] < 0:
+            out.append(f"{label} **lowers** gold below SFT's ({d['mean']:+.2f} [{d['lo']:.2f}, {d['hi']:.2f}]).")
+        else:
+            unresolved.append(f"{label} ({d['mean']:+.2f} [{d['lo']:.2f}, {d['hi']:.2f}])")
+    if gains:
+        out.insert(0, "Raise held-out gold over SFT in every sense the seeds can resolve (paired difference, "
+                      "95% interval above 0): " + ", ".join(gains) + ".")
+    if unresolved:
+        out.append("Not resolved from SFT on gold (interval of the paired difference includes 0): "
+                   + ", ".join(unresolved) + ".")
+    # The method with the highest mean gold against each other method.
+    names = [k for k in LABELS if k != "reference" and k in doc["methods"]]
+    if names:
+        top = max(names, key=lambda k: doc["methods"][k]["gold"]["mean"])
+        beats, ties = [], []
+        for k in names:
+            if k == top:
+                continue
+            d = paired(doc, top, k, "gold")
+            if d is None:
+                continue
+            (beats if d["lo"] > 0 else ties).append(LABELS[k])
+        s = f"{LABELS[top]} has the highest mean gold"
+        if beats:
+            s += f"; it is resolved above {', '.join(beats)}"
+        if ties:
+            s += f"; not resolved against {', '.join(ties)}"
+        out.append(s + ".")
+    return out
+
+
+def plot_frontier(doc: dict, path: Path, frontier: dict | None) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
+    # best-of-n: mean curve over seeds with its interval (KL is the same bound for every seed).
+    bon = {}
+    for rec in doc["per_seed"].values():
+        for curve in rec["best_of_n"].values():
+            for pt in curve:
+                if pt.get("gold") is not None:
+                    bon.setdefault(pt["kl"], []).append(pt["gold"])
+    if bon:
+        ks = sorted(bon)
+        cis = [mean_interval(bon[k]) for k in ks]
+        ax.plot(ks, [c["mean"] for c in cis], "-o", color="0.3", ms=3, label="best-of-n (n = 1, 2, 4, ...)")
+        if all(c["n"] > 1 for c in cis):
+            ax.fill_between(ks, [c["lo"] for c in cis], [c["hi"] for c in cis], color="0.3", alpha=0.15)
+    for sweep_name, pts in (frontier or {}).get("curves", {}).items():
+        xs = [p["kl"]["mean"] for p in pts]
+        ys = [p["gold"]["mean"] for p in pts]
+        ax.plot(xs, ys, "--", lw=1, label=f"{sweep_name} sweep")
+    for key, label in LABELS.items():
+        m = doc["methods"].get(key)
+        if not m:
+            continue
+        x, y = (0.0 if key == "reference" else m["kl"]["mean"]), m["gold"]["mean"]
+        xerr = None if key == "reference" or m["kl"]["n"] < 2 else [[x - m["kl"]["lo"]], [m["kl"]["hi"] - x]]
+        yerr = None if m["gold"]["n"] < 2 else [[y - m["gold"]["lo"]], [m["gold"]["hi"] - y]]
+        ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="o", ms=6, capsize=3, label=label)
+    ax.set_xlabel("KL(π ‖ π_SFT), nats per completion (held-out prompts)")
+    ax.set_ylabel("gold reward (the hidden true preference)")
+    ax.set_title(f"Gold reward vs KL, mean and 95% interval over {len(doc['seeds'])} seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_overopt(over: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(over["summary"].keys())
+    sizes = [s for s in sizes if s != "best_of_n"]
+    fig, axes = plt.subplots(2, len(sizes), figsize=(4.2 * len(sizes), 7), dpi=110, squeeze=False)
+    for j, n in enumerate(sizes):
+        ax, axp = axes[0][j], axes[1][j]
+        for s, rec in over["per_seed"].items():
+            r = rec["runs"][n]
+            d = [math.sqrt(k) for k in r["kl"]]
+            order = sorted(range(len(d)), key=d.__getitem__)
+            line, = ax.plot([d[i] for i in order], [r["gold"][i] - r["gold0"] for i in order], ".", ms=2, alpha=0.35)
+            f = r["fit_rl"]
+            grid = [max(d) * i / 100 for i in range(1, 101)]
+            ax.plot(grid, [gao_predict("rl", f["alpha"], f["beta"], g * g) for g in grid], "-", color=line.get_color(),
+                    lw=1.5, label=f"seed {s}: α={f['alpha']:.2f} β={f['beta']:.2f} R²={f['r2']:.2f}")
+            axp.plot([d[i] for i in order], [r["proxy"][i] for i in order], ".", ms=2, alpha=0.35, color=line.get_color())
+        acc = [rec["runs"][n]["rm_accuracy"] for rec in over["per_seed"].values() if rec["runs"][n]["rm_accuracy"]]
+        title = f"RM on {n} pairs" + (f" (held-out acc {sum(acc) / len(acc):.2f})" if acc else "")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("d = √KL to SFT")
+        ax.set_ylabel("gold gain over SFT")
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+        axp.set_xlabel("d = √KL to SFT")
+        axp.set_ylabel("proxy reward (what PPO optimises)")
+        axp.grid(alpha=0.3)
+    fig.suptitle("PPO without a KL penalty: gold (top, with Gao et al.'s RL fit d(α − β log d)) and proxy (bottom)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def overopt_lines(over: dict) -> list[str]:
+    lines = ["| RM training pairs | over-optimised seeds | α (RL fit) | β (RL fit) | R² | gold gain at peak | KL at gold peak |",
+             "|---|---|---|---|---|---|---|"]
+    for n, s in over["summary"].items():
+        if n == "best_of_n":
+            continue
+        lines.append(f"| {n} | {s['overoptimised_seeds']} / {s['seeds']} | {fmt(s['alpha'])} | {fmt(s['beta'])} | "
+                     f"{fmt(s['r2'], 2)} | {fmt(s['peak_gold_gain'])} | {fmt(s['kl_at_gold_peak'], 1)} |")
+    if "best_of_n" in over["summary"]:
+        b = over["summary"]["best_of_n"]
+        lines.append("")
+        lines.append(f"Best-of-n, fitted with d(α − β·d) on the demo's pools (RM on all pairs): α {fmt(b['alpha'])}, "
+                     f"β {fmt(b['beta'])}, R² {fmt(b['r2'], 2)}.")
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds-json", default="bench/results/demo_seeds.json")
+    p.add_argument("--overopt-json", default="bench/results/overoptimization.json")
+    p.add_argument("--frontier-json", default="bench/results/frontier.json")
+    p.add_argument("--readme", default="README.md")
+    p.add_argument("--images", default="docs/images")
+    a = p.parse_args()
+    doc = json.loads((ROOT / a.seeds_json).read_text())
+    over_path, front_path = ROOT / a.overopt_json, ROOT / a.frontier_json
+    over = json.loads(over_path.read_text()) if over_path.is_file() else None
+    front = json.loads(front_path.read_text()) if front_path.is_file() else None
+    images = ROOT / a.images
+    images.mkdir(parents=True, exist_ok=True)
+    plot_frontier(doc, images / "frontier.png", front)
+    block = [BEGIN, "",
+             f"Held-out prompts, mean and 95% Student-t interval over {len(doc['seeds'])} seeds "
+             f"(seeds {', '.join(map(str, doc['seeds']))}; each seed changes the task's data, the base model, "
+             f"the labels, the reward model and every method). Generated by "
+             f"`.venv/bin/python bench/demo_seeds.py --seeds {','.join(map(str, doc['seeds']))}` then "
+             f"`.venv/bin/python bench/render_results.py` (commit {doc['commit']}).", "",
+             *table(doc), "", *[f"- {s}" for s in sentences(doc)], "",
+             "![gold reward vs KL](docs/images/frontier.png)", ""]
+    if over:
+        plot_overopt(over, images / "overoptimization.png")
+        block += ["**Over-optimisation**, fitted to Gao et al. (2022): "
+                  f"`.venv/bin/python {over['command']}`. PPO against reward models trained on fewer or more "
+                  "labelled pairs, no KL penalty, gold tracked but never optimised; d = √KL.", "",
+                  *overopt_lines(over), "", "![over-optimisation](docs/images/overoptimization.png)", ""]
+    block.append(END)
+    readme = ROOT / a.readme
+    text = readme.read_text()
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + "\n".join(block) + text[text.index(END) + len(END):]
+    else:
+        raise SystemExit(f"render_results: {readme} has no {BEGIN} ... {END} block")
+    readme.write_text(text)
+    print("\n".join(block))
+
+
+if __name__ == "__main__":
+    main()
