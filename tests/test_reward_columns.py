@@ -13,8 +13,15 @@ import torch
 
 from rlhf.data import DataConfig, load_records
 from rlhf.models.load import HubError
-from rlhf.rewards import (CallableReward, RewardSource, WeightedSum, accepted_columns, call_reward,
-                          load_reward_source, row_columns)
+from rlhf.rewards import (
+    CallableReward,
+    RewardSource,
+    WeightedSum,
+    accepted_columns,
+    call_reward,
+    load_reward_source,
+    row_columns,
+)
 
 
 def test_prompt_records_carry_the_rows_other_columns_by_source_name(tmp_path):
@@ -151,3 +158,28 @@ def test_cli_ppo_with_unreachable_hub_reward_prints_one_line(tmp_path, tiny_llam
         "Hub is reachable (`hf download fake-org/fake-reward-model`, then give that folder or copy the "
         "cache) or give a local checkpoint folder"]
     assert "Traceback" not in err
+
+
+def test_rounds_recipes_score_with_each_samples_row_columns():
+    """Rejection sampling / iterative DPO (rlhf.recipes.rejection.RoundRun.score) look a sample's
+    row up by its prompt; batches cut across prompts keep each sample with its own row."""
+    from types import SimpleNamespace
+
+    from rlhf.config import ConfigError
+    from rlhf.data.records import PromptRecord
+    from rlhf.recipes.rejection import RoundRun, _columns_by_prompt
+
+    def check(prompts, completions, answer):
+        return [float(c == a) for c, a in zip(completions, answer)]
+
+    records = [PromptRecord("2+2=", ("q.jsonl", 1), {"answer": "4"}),
+               PromptRecord("3+4=", ("q.jsonl", 2), {"answer": "7"})]
+    run = object.__new__(RoundRun)  # only what score() reads
+    run.cfg, run.stage = SimpleNamespace(reward_batch_size=3), "raft"
+    run.source, run.tracked = CallableReward(check), {"also": CallableReward(check)}
+    run.columns = _columns_by_prompt(records)
+    prompts = ["2+2=", "2+2=", "3+4=", "3+4="]
+    rewards, tracked = run.score(prompts, ["4", "5", "7", "4"], "round 1")
+    assert rewards == [1.0, 0.0, 1.0, 0.0] and tracked == {"also": [1.0, 0.0, 1.0, 0.0]}
+    with pytest.raises(ConfigError, match="q.jsonl:2: the prompt '2\\+2=' appears twice with different"):
+        _columns_by_prompt([records[0], PromptRecord("2+2=", ("q.jsonl", 2), {"answer": "5"})])

@@ -136,6 +136,7 @@ class SkipReport:
     # most tokens cut from one sequence], and the sequences encoded.
     truncated: dict[str, list[int]] = field(default_factory=dict)
     encoded: int = 0
+    truncated_examples: int = 0  # examples (a pair is one) with any part cut
     # Source columns the format does not read that look like a label or text: column -> why.
     unused: dict[str, str] = field(default_factory=dict)
 
@@ -178,9 +179,8 @@ class SkipReport:
             return ""
         parts = [f"{part}: {n} ({tok} tokens cut, at most {mx})"
                  for part, (n, tok, mx) in sorted(self.truncated.items(), key=lambda kv: kv[0] != "prompt")]
-        n_seq = max(n for n, _, _ in self.truncated.values())
         of = f" of {self.encoded}" if self.encoded else ""
-        return f"truncated to data.max_length: {n_seq}{of} examples; " + "; ".join(parts)
+        return f"truncated to data.max_length: {self.truncated_examples}{of} examples; " + "; ".join(parts)
 
     @property
     def bad_rows(self) -> int:
@@ -214,6 +214,7 @@ class SkipReport:
             t = self.truncated.setdefault(part, [0, 0, 0])
             t[0], t[1], t[2] = t[0] + n, t[1] + tok, max(t[2], mx)
         self.encoded += other.encoded
+        self.truncated_examples += other.truncated_examples
         for col, why in other.unused.items():
             self.unused.setdefault(col, why)
         return self

@@ -46,8 +46,8 @@ from rlhf.data.errors import (
     NAN_MARGIN,
     NAN_SCORE,
     NO_COMMON_PREFIX,
-    TOO_FEW_RESPONSES,
     TIE_ROW,
+    TOO_FEW_RESPONSES,
     WRONG_TYPE,
     BadRow,
     DataError,
@@ -408,7 +408,7 @@ class RowSpec:
     winner_values: dict[str, str] = field(default_factory=dict)  # winner_key -> "a" | "b" | "tie"
 
     @classmethod
-    def from_config(cls, cfg: Any, fmt: str, renamed: dict[str, str] | None = None) -> "RowSpec":
+    def from_config(cls, cfg: Any, fmt: str, renamed: dict[str, str] | None = None) -> RowSpec:
         from rlhf.data.template import ALPACA_TEMPLATE
 
         values: dict[str, str] = {}

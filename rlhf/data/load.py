@@ -33,7 +33,6 @@ from rlhf.data.config import DataConfig
 from rlhf.data.errors import NOT_KEPT, BadRow, DataError, DropRow, SkipReport
 from rlhf.data.formats import CONVERTERS, FORMAT_FIELDS, RowSpec, detect_format, prepare_row, winner_key
 from rlhf.data.io import read_rows, rename_columns
-from rlhf.data.template import template_fields
 from rlhf.data.records import (
     PreferenceRecord,
     PromptRecord,
@@ -42,6 +41,7 @@ from rlhf.data.records import (
     SFTRecord,
     UnpairedRecord,
 )
+from rlhf.data.template import template_fields
 
 __all__ = ["load_records", "load_prompts", "load_train_eval", "split_eval", "KIND_FORMATS", "Kind"]
 

@@ -247,6 +247,7 @@ def _encode_pair(record: Any, prompt: Text, completions: list[Text], tokenizer: 
     cs = [truncate(c, cfg.max_length - len(p), cfg.completion_truncation) for c in cs]
     if report is not None:
         report.encoded += 1
+        report.truncated_examples += len(p) < n_p or any(len(c) < n for n, c in zip(n_cs, cs))
         if len(p) < n_p:
             report.truncate("prompt", n_p - len(p))
         for n, c in zip(n_cs, cs):
@@ -314,6 +315,7 @@ def encode_prompt(record: PromptRecord, tokenizer: Any, cfg: DataConfig,
     if report is not None:
         report.encoded += 1
         if len(ids) > limit:
+            report.truncated_examples += 1
             report.truncate("prompt", len(ids) - limit)
     return {"prompt_input_ids": truncate(ids, limit, cfg.prompt_truncation)}
 
@@ -338,6 +340,7 @@ def encode_records(records: list[Record], tokenizer: Any, cfg: DataConfig,
     out = []
     skipped: list[DataError] = []
     trunc_before = {k: list(v) for k, v in report.truncated.items()} if report is not None else {}
+    n_trunc_before = report.truncated_examples if report is not None else 0
     for rec in records:
         if isinstance(rec, RankedRecord):
             raise TypeError("expand ranked records to pairs first (RankedRecord.to_pairs, or "
@@ -357,7 +360,7 @@ def encode_records(records: list[Record], tokenizer: Any, cfg: DataConfig,
                         f"to be skipped at tokenization (data.max_skip_fraction), but {len(skipped)} "
                         f"of {len(records)} ({len(skipped) / len(records):.1%}) were; the first: {e}")
     if report is not None and report.truncated != trunc_before:
-        new = SkipReport(encoded=len(out))
+        new = SkipReport(encoded=len(out), truncated_examples=report.truncated_examples - n_trunc_before)
         for part, (n, tok, mx) in report.truncated.items():
             n0, tok0, _ = trunc_before.get(part, [0, 0, 0])
             if n > n0:

@@ -61,10 +61,11 @@ def test_sharegpt_custom_keys_and_role_names(tmp_path):
 
 def test_sharegpt_preference_with_chosen_rejected_as_message_object_list_or_string(tmp_path):
     conv = [{"from": "human", "value": "Hi"}]
+    good, bad = {"from": "gpt", "value": "Hello!"}, {"from": "gpt", "value": "Go."}
     rows = [
-        {"conversations": conv, "chosen": {"from": "gpt", "value": "Hello!"}, "rejected": {"from": "gpt", "value": "Go."}},
-        {"conversations": conv, "chosen": [{"from": "gpt", "value": "Hello!"}], "rejected": [{"from": "gpt", "value": "Go."}]},
-        {"conversations": conv, "chosen": "Hello!", "rejected": {"from": "gpt", "value": "Go."}},
+        {"conversations": conv, "chosen": good, "rejected": bad},  # message objects
+        {"conversations": conv, "chosen": [good], "rejected": [bad]},  # lists
+        {"conversations": conv, "chosen": "Hello!", "rejected": bad},  # a string and an object
     ]
     recs, report, _ = load(tmp_path, rows, "preference")
     want = PreferenceRecord([user("Hi")], [bot("Hello!")], [bot("Go.")])
@@ -117,7 +118,8 @@ def test_majority_of_annotator_votes_and_ties_dropped_and_counted(tmp_path):
     # Half of the rows are ties, far above max_skip_fraction: ties are not bad rows.
     recs, report, p = load(tmp_path, rows, "preference", winner_columns=["v1", "v2", "v3"])
     assert recs == [PreferenceRecord("p1", "y", "x"), PreferenceRecord("p3", "x", "y")]
-    assert report.counts == {"tie (row dropped)": 2} and report.examples["tie (row dropped)"] == [(str(p), 2), (str(p), 4)]
+    assert report.counts == {"tie (row dropped)": 2}
+    assert report.examples["tie (row dropped)"] == [(str(p), 2), (str(p), 4)]
     assert report.bad_rows == 0
     # strict mode does not turn a tie into an error
     recs, _, _ = load(tmp_path, rows, "preference", winner_columns=["v1", "v2", "v3"], strict=True)
@@ -249,7 +251,8 @@ def test_undecodable_bytes_in_csv_and_gzip(tmp_path):
     g = tmp_path / "d.jsonl.gz"
     g.write_bytes(gzip.compress(b'{"prompt": "a", "completion": "b"}\n{"prompt": "\xff", "completion": "b"}\n'))
     recs, report = load_records(DataConfig(train=str(g), max_skip_fraction=0.5), "sft")
-    assert len(recs) == 1 and report.counts == {"undecodable bytes": 1} and report.examples["undecodable bytes"] == [(str(g), 2)]
+    assert len(recs) == 1 and report.counts == {"undecodable bytes": 1}
+    assert report.examples["undecodable bytes"] == [(str(g), 2)]
 
 
 @pytest.mark.parametrize("line, reason", [
@@ -297,6 +300,7 @@ def test_truncated_rows_are_counted_with_tokens_cut(tmp_path, tok, caplog):
         out = encode_records(recs, tok, cfg, report)
     assert [len(e["input_ids"]) for e in out] == [6, 6, 4]
     assert report.truncated == {"prompt": [1, 3, 3], "completion": [1, 3, 3]}
-    assert report.truncation_summary() == ("truncated to data.max_length: 1 of 3 examples; "
-                                           "prompt: 1 (3 tokens cut, at most 3); completion: 1 (3 tokens cut, at most 3)")
-    assert "truncated to data.max_length" in caplog.text
+    assert report.truncation_summary() == (
+        "truncated to data.max_length: 2 of 3 examples; "
+        "prompt: 1 (3 tokens cut, at most 3); completion: 1 (3 tokens cut, at most 3)")
+    assert "truncated to data.max_length: 2 of 3 examples" in caplog.text
