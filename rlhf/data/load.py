@@ -63,6 +63,9 @@ _LABELLED = ("unpaired", "pairwise")
 _LABEL_NAME = re.compile(r"label|winner|prefer|choice|chosen|vote|better|best|rating|score|rank|win\b|"
                          r"good|bad|accept|reject|safe|harm|helpful|correct|annotat|judg", re.IGNORECASE)
 _ID_NAME = re.compile(r"(^|_)(id|idx|index|uuid|hash)$", re.IGNORECASE)
+# Bookkeeping that rides along with chosen/rejected (written by rlhf label / iterative DPO, and
+# UltraFeedback's scores): it agrees with the pair, it is not a label the format forgot.
+_PAIR_BOOKKEEPING = frozenset({"score_chosen", "score_rejected", "flipped", "position_consistent"})
 
 
 def _to_kind(rec: Record, kind: str, report: SkipReport, keep: str) -> list[Record]:
@@ -118,6 +121,8 @@ def _check_unused(rows: list, fmt: str, kind: str, cfg: DataConfig, spec: RowSpe
         if fmt == "alpaca":
             used -= {"instruction", "input"} - set(fields) - {spec.renamed.get(f, f) for f in fields}
     ignored = set(cfg.ignore_columns) | {spec.renamed.get(c, c) for c in cfg.ignore_columns}
+    if fmt in ("preference", "conversational_preference", "hh"):
+        ignored |= _PAIR_BOOKKEEPING
     back = {canon: src for src, canon in spec.renamed.items()}
     present: dict[str, list[Any]] = {}
     for r in rows[:200]:

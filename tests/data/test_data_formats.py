@@ -221,6 +221,14 @@ def test_unused_label_or_text_column_is_reported_once_and_strict_refuses(tmp_pat
     assert report.unused == {}
 
 
+def test_pair_bookkeeping_beside_chosen_rejected_is_not_reported(tmp_path):
+    """rlhf label / iterative DPO write scores and flags that agree with the pair; a rating is reported."""
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "score_chosen": 2.0, "score_rejected": 1.0,
+             "flipped": False, "position_consistent": True, "rating": 3}] * 2
+    _, report, _ = load(tmp_path, rows, "preference")
+    assert list(report.unused) == ["rating"]
+
+
 def test_instruction_input_given_as_prompt_loses_nothing_silently(tmp_path):
     """The issue's case: mapping prompt=instruction leaves the input column out; it is reported."""
     rows = [{"instruction": "Translate.", "input": "Bonjour tout le monde", "output": "Hello everyone"}]
