@@ -151,6 +151,7 @@ def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
     """Turn the errors a user can fix (bad data, unusable output folder) into one clear line."""
     from rlhf.config import ConfigError
     from rlhf.data.errors import DataError
+    from rlhf.models.load import HubError
     from rlhf.train.run import RunDirError
 
     try:
@@ -158,7 +159,7 @@ def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
     except ConfigError as e:  # a value only checkable at run time (a reward spec, a folder)
         print(f"rlhf {name}: config error: {e}", file=sys.stderr)
         return 2
-    except (DataError, RunDirError) as e:
+    except (DataError, RunDirError, HubError) as e:
         print(f"rlhf {name}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -10,21 +10,30 @@ One interface for PPO, best-of-N, ``rlhf score`` and the evaluators::
 
 Specs (a string, a dict, or a .yaml/.json file holding a dict):
 
-* a folder: :class:`ModelReward` (``{"type": "model", "path": ..., "normalize": false,
-  "batch_size": 16, "device": null}``);
-* ``package.module:function``: :class:`CallableReward`, ``function(prompts, completions) ->
-  list[float]`` (``{"type": "callable", "function": ..., "kwargs": {...}}``: kwargs are bound
-  with functools.partial, e.g. a file of reference answers);
+* a folder or a hub id (``org/name``): :class:`ModelReward` (``{"type": "model", "path": ...,
+  "normalize": false, "batch_size": 16, "device": null}``);
+* ``package.module:function`` or ``path/to/file.py:function``: :class:`CallableReward`,
+  ``function(prompts, completions, **columns) -> list[float]`` (``{"type": "callable",
+  "function": ..., "kwargs": {...}}``: kwargs are bound with functools.partial, e.g. a file of
+  reference answers). A spec that names Python code RUNS that code, with your permissions:
+  use reward files you trust, as you would any script;
 * ``{"type": "sum", "sources": [spec, ...], "weights": [w, ...]}``: :class:`WeightedSum`;
 * ``{"type": "safety_gated", "helpfulness": spec, "safety": spec, "threshold": 0.15,
   "unsafe_prompts": "module:function" | null, "scale": "sigmoid" | "probability",
   "whiten_logit": false}``: :class:`SafetyGated`, Llama 2's combination (Touvron et al. 2023,
   §3.2.2, eq. 4).
+
+Row columns: ``source(prompts, completions, **columns)`` also takes the other columns of each
+prompt's data row, batched like the prompts (``answer=["4", "7", ...]``: TRL's convention).
+A Python function receives those its signature names, or all of them if it has ``**kwargs``;
+a function of ``(prompts, completions)`` alone still works. See :func:`row_columns`.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
 import json
 import math
 import os
@@ -36,15 +45,16 @@ import torch
 from rlhf.masking import masked_whiten
 
 __all__ = ["RewardSource", "ModelReward", "CallableReward", "WeightedSum", "SafetyGated",
-           "load_reward_source", "import_callable"]
+           "load_reward_source", "import_callable", "row_columns", "accepted_columns", "call_reward"]
 
 
 class RewardSource:
-    """Base class: ``source(prompts, completions) -> (N,) float32 tensor`` (CPU)."""
+    """Base class: ``source(prompts, completions, **columns) -> (N,) float32 tensor`` (CPU);
+    ``columns`` are the prompts' other data-row columns, one list each (see :func:`row_columns`)."""
 
     name: str = "reward"
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any]) -> torch.Tensor:
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: list[Any]) -> torch.Tensor:
         raise NotImplementedError
 
     def modules(self) -> list[torch.nn.Module]:
@@ -57,19 +67,100 @@ class RewardSource:
             raise ValueError(f"reward source: got {len(prompts)} prompts but {len(completions)} completions")
 
 
+def _is_file_ref(mod_name: str) -> bool:
+    return mod_name.endswith(".py") or "/" in mod_name or os.sep in mod_name
+
+
+def _import_file(path_str: str, ref: str, what: str) -> Any:
+    """A module from a .py file (no PYTHONPATH needed); its own folder is importable from it."""
+    path = Path(os.path.expanduser(path_str))
+    if not path.is_file():
+        raise ValueError(f"{what} {ref!r}: no such file {path_str!r} (relative paths start from the "
+                         f"current directory, {os.getcwd()})")
+    name = f"rlhf_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"{what} {ref!r}: cannot load {path_str!r} as Python")
+    import sys
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses and pickling look the module up by name
+    folder = str(path.resolve().parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)  # the file may import its neighbours
+    try:
+        spec.loader.exec_module(mod)  # this RUNS the file: see the module doc
+    except Exception as e:
+        del sys.modules[name]
+        raise ValueError(f"{what} {ref!r}: running {path_str!r} raised {type(e).__name__}: {e}") from e
+    finally:
+        if added:
+            sys.path.remove(folder)
+    return mod
+
+
 def import_callable(ref: str, what: str = "reward function") -> Callable:
-    """``package.module:attr`` -> the object, with errors that say what was expected."""
+    """``package.module:attr`` or ``path/to/file.py:attr`` -> the object, with errors that say
+    what was expected. Importing a module or loading a file runs its code."""
     if ref.count(":") != 1:
-        raise ValueError(f"{what} {ref!r}: expected 'package.module:function'")
+        raise ValueError(f"{what} {ref!r}: expected 'package.module:function' or 'path/to/file.py:function'")
     mod_name, attr = ref.split(":")
+    if _is_file_ref(mod_name):
+        mod = _import_file(mod_name, ref, what)
+        fn = getattr(mod, attr, None)
+        if fn is None or not callable(fn):
+            raise ValueError(f"{what} {ref!r}: file {mod_name!r} has no callable {attr!r}")
+        return fn
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise ValueError(f"{what} {ref!r}: cannot import module {mod_name!r} ({e})") from None
+        hint = ""
+        if Path(mod_name.replace(".", "/") + ".py").is_file():
+            hint = f"; to load the file in this folder, write '{mod_name.replace('.', '/')}.py:{attr}'"
+        raise ValueError(f"{what} {ref!r}: cannot import module {mod_name!r} ({e}){hint}") from None
     fn = getattr(mod, attr, None)
     if fn is None or not callable(fn):
         raise ValueError(f"{what} {ref!r}: module {mod_name!r} has no callable {attr!r}")
     return fn
+
+
+# --------------------------------------------------------------------------- row columns
+
+
+def row_columns(rows: Sequence[dict[str, Any]], repeat: int = 1) -> dict[str, list[Any]]:
+    """Per-prompt column dicts -> one list per column, each entry repeated ``repeat`` times (the
+    K samples of a prompt are consecutive: rlhf.advantages' group layout). A column that a row
+    lacks is None in its place. ``prompts``/``completions`` cannot be column names (they are the
+    positional arguments) and are left out."""
+    names: list[str] = []
+    for r in rows:
+        names.extend(k for k in r if k not in names and k not in ("prompts", "completions"))
+    return {k: [r.get(k) for r in rows for _ in range(repeat)] for k in names}
+
+
+def accepted_columns(fn: Callable) -> set[str] | None:
+    """The keyword names ``fn`` takes besides the first two (None: any, it has ``**kwargs``).
+    Inspected once per function so that ``fn(prompts, completions)`` keeps working."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: give it nothing extra
+        return set()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in positional[:2]}
+
+
+def call_reward(source: Callable, prompts: Sequence[Any], completions: Sequence[Any],
+                **columns: list[Any]) -> Any:
+    """``source(prompts, completions, **columns)`` with only the columns its ``__call__``
+    accepts: a reward source written before row columns existed keeps working."""
+    if columns:
+        accepts = accepted_columns(source)
+        if accepts is not None:
+            columns = {k: v for k, v in columns.items() if k in accepts}
+    return source(prompts, completions, **columns)
 
 
 # --------------------------------------------------------------------------- sources
@@ -93,8 +184,8 @@ class ModelReward(RewardSource):
         from rlhf.models.load import load_scalar_model, load_tokenizer
         from rlhf.recipes.rm import REWARD_STATS_FILE
 
-        self.path = Path(path)
-        self.name = f"model:{self.path}"
+        self.path = Path(path)  # a folder, or a hub id (then there is no reward_stats.json to read)
+        self.name = f"model:{path}"
         info_file = self.path / REWARD_STATS_FILE
         self.info: dict[str, Any] = json.loads(info_file.read_text()) if info_file.is_file() else {}
         enc = dict(self.info.get("encoding", {}))
@@ -106,7 +197,7 @@ class ModelReward(RewardSource):
         if normalize and (self.info.get("mean") is None or not self.info.get("std")):
             raise ValueError(f"{self.path}: normalize=True needs reward statistics (mean and std > 0) "
                              f"in {REWARD_STATS_FILE}; train with stats.source set, or normalize=False")
-        mcfg = ModelConfig(name_or_path=str(self.path), dtype=dtype)
+        mcfg = ModelConfig(name_or_path=str(path), dtype=dtype)
         self.tokenizer = load_tokenizer(mcfg)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = load_scalar_model(mcfg, tokenizer=self.tokenizer, for_training=False, init_head=False)
@@ -131,7 +222,8 @@ class ModelReward(RewardSource):
                 for i, (p, c) in enumerate(zip(prompts, completions))]
 
     @torch.no_grad()
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any]) -> torch.Tensor:
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: list[Any]) -> torch.Tensor:
+        """Scores from the text; row ``columns`` are not model inputs and are ignored."""
         from rlhf.data.collate import PadCollator
         from rlhf.models.load import score_last_token
 
@@ -150,19 +242,27 @@ class ModelReward(RewardSource):
 
 
 class CallableReward(RewardSource):
-    """A Python function ``fn(prompts, completions) -> list[float]`` (e.g. a verifiable reward).
+    """A Python function ``fn(prompts, completions, **columns) -> list[float]`` (e.g. a
+    verifiable reward checking ``answer``, a column of the prompt's row).
 
-    Its output is checked: one finite number per completion, else a ValueError naming the
-    function and the index.
+    The row columns passed are those ``fn`` names as parameters, or all with ``**kwargs``
+    (:func:`accepted_columns`, inspected once). Its output is checked: one finite number per
+    completion, else a ValueError naming the function and the index.
     """
 
     def __init__(self, fn: Callable | str):
         self.name = fn if isinstance(fn, str) else getattr(fn, "__qualname__", repr(fn))
         self.fn = import_callable(fn) if isinstance(fn, str) else fn
+        self.accepts = accepted_columns(self.fn)
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any]) -> torch.Tensor:
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: list[Any]) -> torch.Tensor:
         self._check_inputs(prompts, completions)
-        values = list(self.fn(list(prompts), list(completions)))
+        for k, v in columns.items():
+            if len(v) != len(prompts):
+                raise ValueError(f"reward function {self.name}: column {k!r} has {len(v)} values for "
+                                 f"{len(prompts)} prompts")
+        kwargs = columns if self.accepts is None else {k: v for k, v in columns.items() if k in self.accepts}
+        values = list(self.fn(list(prompts), list(completions), **kwargs))
         if len(values) != len(prompts):
             raise ValueError(f"reward function {self.name}: returned {len(values)} values for "
                              f"{len(prompts)} completions (expected one number each)")
@@ -188,11 +288,11 @@ class WeightedSum(RewardSource):
     def modules(self) -> list[torch.nn.Module]:
         return [m for s in self.sources for m in s.modules()]
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any]) -> torch.Tensor:
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: list[Any]) -> torch.Tensor:
         self._check_inputs(prompts, completions)
         total = torch.zeros(len(prompts), dtype=torch.float32)
         for s, w in zip(self.sources, self.weights):
-            total += w * s(prompts, completions)
+            total += w * call_reward(s, prompts, completions, **columns)
         return total
 
 
@@ -236,11 +336,12 @@ class SafetyGated(RewardSource):
                              f"(got min {float(scores.min()):.4g}, max {float(scores.max()):.4g})")
         return scores
 
-    def gate(self, prompts: Sequence[Any], completions: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def gate(self, prompts: Sequence[Any], completions: Sequence[Any],
+             **columns: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(R_c (N,), use_safety (N,) bool): the gated probability and which score was taken."""
         self._check_inputs(prompts, completions)
-        p_h = self._prob(self.helpfulness(prompts, completions), "helpfulness")  # (N,)
-        p_s = self._prob(self.safety(prompts, completions), "safety")  # (N,)
+        p_h = self._prob(call_reward(self.helpfulness, prompts, completions, **columns), "helpfulness")  # (N,)
+        p_s = self._prob(call_reward(self.safety, prompts, completions, **columns), "safety")  # (N,)
         use_safety = p_s < self.threshold
         if self.unsafe_prompts is not None:
             flags = list(self.unsafe_prompts(list(prompts)))
@@ -249,8 +350,8 @@ class SafetyGated(RewardSource):
             use_safety |= torch.tensor([bool(f) for f in flags])
         return torch.where(use_safety, p_s, p_h), use_safety
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any]) -> torch.Tensor:
-        r_c, _ = self.gate(prompts, completions)
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: list[Any]) -> torch.Tensor:
+        r_c, _ = self.gate(prompts, completions, **columns)
         if not self.whiten_logit:
             return r_c
         p = r_c.double().clamp(self.eps, 1 - self.eps)
@@ -274,16 +375,21 @@ def load_reward_source(spec: str | dict | RewardSource, *, device: str | None = 
     if isinstance(spec, RewardSource):
         return spec
     if isinstance(spec, (str, os.PathLike)):
+        from rlhf.models.load import is_hub_id
+
         s = str(spec)
         p = Path(os.path.expanduser(s))
         if p.is_dir():
             return ModelReward(p, device=device)
         if p.is_file() and p.suffix in (".yaml", ".yml", ".json"):
             return load_reward_source(_read_spec_file(p), device=device)
-        if ":" in s and "/" not in s:
-            return CallableReward(s)
-        raise ValueError(f"reward source {s!r}: expected a reward-model folder, a .yaml/.json spec "
-                         "file or 'package.module:function' (no such folder or file)")
+        if s.count(":") == 1 and ("/" not in s or _is_file_ref(s.split(":")[0])):
+            return CallableReward(s)  # package.module:function or path/to/file.py:function
+        if is_hub_id(s):
+            return ModelReward(s, device=device)  # fails in one line when the Hub is unreachable
+        raise ValueError(f"reward source {s!r}: expected a reward-model folder or hub id, a .yaml/.json "
+                         "spec file, 'package.module:function' or 'path/to/file.py:function' (no such "
+                         "folder or file)")
     if not isinstance(spec, dict):
         raise ValueError(f"reward source: expected a string or a mapping (got {type(spec).__name__})")
     spec = dict(spec)

@@ -7,7 +7,7 @@ control.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from rlhf.config import ConfigError, opt
 
@@ -16,11 +16,12 @@ __all__ = ["DataConfig", "CANONICAL_FIELDS", "FORMATS"]
 # The column names the converters read. ``DataConfig.columns`` maps these to the source's names.
 CANONICAL_FIELDS = (
     "prompt", "completion", "messages", "chosen", "rejected", "margin",
-    "responses", "scores", "ranks", "label",
+    "responses", "scores", "ranks", "label", "system",
+    "response_a", "response_b", "winner", "instruction", "input", "output",
 )
 
 Format = Literal["auto", "sft", "messages", "preference", "hh", "conversational_preference",
-                 "ranked", "unpaired", "prompt"]
+                 "ranked", "unpaired", "pairwise", "alpaca", "prompt"]
 FORMATS: tuple[str, ...] = Format.__args__  # type: ignore[attr-defined]
 
 
@@ -60,7 +61,31 @@ class DataConfig:
                 "built-in default; default = always the built-in; none = plain text only")
     text_as_chat: bool = opt(False, "also render plain-text prompts as a user message (and the "
                                     "completion as the assistant reply) with the chat template")
-    strict: bool = opt(False, "raise at the first bad row instead of skipping and reporting it")
+    strict: bool = opt(False, "raise at the first bad row instead of skipping and reporting it; "
+                              "also makes an unused label- or text-like column an error")
+    max_skip_fraction: float = opt(0.01, "stop (error) when more than this fraction of a source's rows "
+                                         "is skipped as bad; ties and rows left out on purpose do not "
+                                         "count; 1 = never stop", ge=0.0, le=1.0)
+    encoding: str = opt("utf-8", "text encoding of .jsonl/.json/.csv files (e.g. latin-1, cp1252)")
+    prompt_template: str | None = opt(None, "build the prompt from several columns, e.g. "
+                                            "'{instruction}\\n\\n{input}'; a paragraph whose fields "
+                                            "are all empty is left out; null: the prompt column")
+    message_keys: dict[str, str] = opt(factory=dict, help="keys of a chat message, e.g. {role: from, "
+                                       "content: value}; default: role/content, or from/value "
+                                       "(ShareGPT) when a message has those")
+    roles: dict[str, str] = opt(factory=dict, help="role names -> chat roles, added to the defaults "
+                                "{human: user, gpt: assistant, ...}, e.g. {bot: assistant}")
+    winner_columns: list[str] = opt(factory=list, help="pairwise format: the column(s) saying which "
+                                    "of response_a/response_b won; several = annotators' votes "
+                                    "(majority, equal counts dropped as ties); default: winner")
+    winner_values: dict[str, list[Any]] = opt(factory=dict, help="pairwise format: {a: [...], b: [...], "
+                                              "tie: [...]}, the values meaning response_a won, "
+                                              "response_b won, a tie; default: 1/2, A/B, ... (see docs)")
+    ignore_columns: list[str] = opt(factory=list, help="source columns known to be unused: not "
+                                    "reported as possibly-forgotten labels or text")
+    sft_keep: Literal["refuse", "preferred", "all"] = opt(
+        "refuse", "SFT on rows with a KTO or winner label: preferred = only the desirable / winning "
+                  "completions, all = every completion; refuse (default) = stop and ask")
     add_eos: bool = opt(True, "end every completion with the tokenizer's EOS token")
 
     def validate(self) -> None:
@@ -77,6 +102,29 @@ class DataConfig:
                                   f"source's column names; allowed keys: {', '.join(CANONICAL_FIELDS)}")
             if not isinstance(src, str) or not src:
                 raise ConfigError(f"columns.{canon}", f"must be a source column name (got {src!r})")
+        for key in self.winner_values:
+            if key not in ("a", "b", "tie"):
+                raise ConfigError(f"winner_values.{key}", "keys are a, b and tie")
+        for key, v in self.winner_values.items():
+            if not isinstance(v, list):
+                raise ConfigError(f"winner_values.{key}", f"must be a list of values (got {v!r})")
+        for key in self.message_keys:
+            if key not in ("role", "content"):
+                raise ConfigError(f"message_keys.{key}", "keys are role and content")
+        if self.prompt_template is not None:
+            from rlhf.data.template import template_fields
+            try:
+                fields = template_fields(self.prompt_template)
+            except ValueError as e:
+                raise ConfigError("prompt_template", str(e)) from None
+            if not fields:
+                raise ConfigError("prompt_template", "needs at least one {column} field "
+                                  f"(got {self.prompt_template!r})")
+        import codecs
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ConfigError("encoding", f"unknown text encoding {self.encoding!r}") from None
         sources = list(self.columns.values())
         dup = {s for s in sources if sources.count(s) > 1}
         if dup:

@@ -33,8 +33,13 @@ __all__ = [
     "IDENTICAL_RESPONSES",
     "BAD_LABEL",
     "ENCODING",
+    "UNDECODABLE",
+    "TIE_ROW",
+    "NOT_KEPT",
     "CONTINUES",
     "PAIR_REASONS",
+    "DROP_REASONS",
+    "DropRow",
 ]
 
 # --------------------------------------------------------------------------- reasons
@@ -53,6 +58,12 @@ LENGTH_MISMATCH = "scores/ranks length differs from responses"
 TOO_FEW_RESPONSES = "fewer than 2 responses"
 BAD_LABEL = "bad label"
 ENCODING = "cannot be tokenized"  # raised while tokenizing (see rlhf.data.tokenize)
+UNDECODABLE = "undecodable bytes"  # a line that is not valid text in data.encoding
+# Rows left out on purpose, not for being bad: never raised in strict mode and not counted
+# towards data.max_skip_fraction (a pairwise file can hold a third of ties, by design).
+TIE_ROW = "tie (row dropped)"  # pairwise data whose winner is a tie, or an equal vote
+NOT_KEPT = "left out by data.sft_keep"  # SFT on labelled data: an undesirable / losing completion
+DROP_REASONS = frozenset({TIE_ROW, NOT_KEPT})
 # Reasons for skipping one *pair* of a ranked row (the row's other pairs are kept).
 TIE = "tie (pair skipped)"
 IDENTICAL_RESPONSES = "identical responses (pair skipped)"
@@ -76,6 +87,15 @@ class DataError(ValueError):
         self.reason = reason
         where = f"{file}:{row}" if row is not None else f"{file}"
         super().__init__(f"{where}: {field}: {expected}")
+
+
+class DropRow(Exception):
+    """Raised by a converter for a row that is fine but carries nothing to learn (a tie): it is
+    counted under ``reason`` and never raised, even in strict mode."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
 
 
 class BadRow(Exception):
@@ -112,6 +132,13 @@ class SkipReport:
     notes: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[tuple[str, int | None]]] = field(default_factory=dict)
     details: dict[str, str] = field(default_factory=dict)  # reason -> first full message
+    # Truncation at encoding, per part ("prompt", "completion"): [sequences cut, tokens cut,
+    # most tokens cut from one sequence], and the sequences encoded.
+    truncated: dict[str, list[int]] = field(default_factory=dict)
+    encoded: int = 0
+    truncated_examples: int = 0  # examples (a pair is one) with any part cut
+    # Source columns the format does not read that look like a label or text: column -> why.
+    unused: dict[str, str] = field(default_factory=dict)
 
     def skip(self, reason: str, file: str, row: int | None, detail: str = "") -> None:
         """Count one skipped row (or pair, for :data:`PAIR_REASONS`)."""
@@ -138,6 +165,29 @@ class SkipReport:
         if len(ex) < self.max_examples:
             ex.append((file, row))
 
+    def truncate(self, part: str, cut: int) -> None:
+        """Count one sequence whose ``part`` lost ``cut`` > 0 tokens to ``data.max_length``."""
+        t = self.truncated.setdefault(part, [0, 0, 0])
+        t[0] += 1
+        t[1] += cut
+        t[2] = max(t[2], cut)
+
+    def truncation_summary(self) -> str:
+        """E.g. ``truncated 3 of 40 sequences: prompt: 2 (51 tokens cut, at most 40); completion:
+        1 (7 tokens cut, at most 7)``; empty when nothing was cut."""
+        if not self.truncated:
+            return ""
+        parts = [f"{part}: {n} ({tok} tokens cut, at most {mx})"
+                 for part, (n, tok, mx) in sorted(self.truncated.items(), key=lambda kv: kv[0] != "prompt")]
+        of = f" of {self.encoded}" if self.encoded else ""
+        return f"truncated to data.max_length: {self.truncated_examples}{of} examples; " + "; ".join(parts)
+
+    @property
+    def bad_rows(self) -> int:
+        """Rows skipped for being bad (what ``data.max_skip_fraction`` limits): skipped rows
+        less those left out on purpose (:data:`DROP_REASONS`)."""
+        return sum(n for r, n in self.counts.items() if r not in PAIR_REASONS and r not in DROP_REASONS)
+
     @property
     def skipped_rows(self) -> int:
         """Rows dropped entirely (skipped pairs of ranked rows are not rows)."""
@@ -160,6 +210,13 @@ class SkipReport:
             mine.extend(ex[: max(0, self.max_examples - len(mine))])
         for reason, d in other.details.items():
             self.details.setdefault(reason, d)
+        for part, (n, tok, mx) in other.truncated.items():
+            t = self.truncated.setdefault(part, [0, 0, 0])
+            t[0], t[1], t[2] = t[0] + n, t[1] + tok, max(t[2], mx)
+        self.encoded += other.encoded
+        self.truncated_examples += other.truncated_examples
+        for col, why in other.unused.items():
+            self.unused.setdefault(col, why)
         return self
 
     def _refs(self, reason: str, n: int) -> str:
@@ -196,6 +253,10 @@ class SkipReport:
             lines.append(line)
         for reason, n in sorted(self.notes.items(), key=lambda kv: -kv[1]):
             lines.append(f"  note: {reason}: {n} {self._refs(reason, n)}")
+        for col, why in self.unused.items():
+            lines.append(f"  note: column {col!r} is not used: {why}")
+        if self.truncated:
+            lines.append(f"  {self.truncation_summary()}")
         return "\n".join(lines)
 
     def __str__(self) -> str:  # pragma: no cover - convenience

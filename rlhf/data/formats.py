@@ -14,15 +14,24 @@ format                           columns                                        
 ``hh``                           chosen, rejected (whole HH-RLHF dialogues)      PreferenceRecord
 ``conversational_preference``    chosen, rejected message lists [, prompt]       PreferenceRecord
 ``ranked``                       prompt, responses, scores or ranks              RankedRecord
-``unpaired``                     prompt, completion, label                       UnpairedRecord
+``unpaired``                     prompt, completion, label (or messages, label)  UnpairedRecord
+``pairwise``                     prompt, response_a, response_b, winner column(s) PreferenceRecord
+``alpaca``                       instruction [, input], output                   SFTRecord
 ``prompt``                       prompt                                          PromptRecord
 ================================ =============================================== ==================
+
+Before conversion every row goes through :func:`prepare_row` (one place for what the
+configuration says about all formats): chat messages in other key/role names (ShareGPT's
+``{"from": "human", "value": ...}``) become ``{"role", "content"}``, a single message object
+where a completion is expected becomes a one-message list, ``data.prompt_template`` builds the
+prompt from several columns, and a ``system`` column becomes the first message of the prompt.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from rlhf.data.errors import (
@@ -37,10 +46,12 @@ from rlhf.data.errors import (
     NAN_MARGIN,
     NAN_SCORE,
     NO_COMMON_PREFIX,
+    TIE_ROW,
     TOO_FEW_RESPONSES,
     WRONG_TYPE,
     BadRow,
     DataError,
+    DropRow,
 )
 from rlhf.data.records import (
     Message,
@@ -52,7 +63,8 @@ from rlhf.data.records import (
     UnpairedRecord,
 )
 
-__all__ = ["CONVERTERS", "detect_format", "HH_ASSISTANT", "HH_HUMAN", "split_hh"]
+__all__ = ["CONVERTERS", "detect_format", "HH_ASSISTANT", "HH_HUMAN", "split_hh", "RowSpec", "prepare_row",
+           "winner_key", "DEFAULT_ROLES", "DEFAULT_WINNER_VALUES", "FORMAT_FIELDS"]
 
 HH_HUMAN = "\n\nHuman:"
 HH_ASSISTANT = "\n\nAssistant:"
@@ -189,6 +201,8 @@ def convert_messages(data: dict, notes: list[str]) -> SFTRecord:
 
 def convert_preference(data: dict, notes: list[str]) -> PreferenceRecord:
     """prompt/chosen/rejected. Message-list chosen/rejected go through the conversational rule."""
+    if data.get("prompt") is None and data.get("messages") is not None:
+        data = {**data, "prompt": data["messages"]}  # ShareGPT: the conversation so far is the prompt
     chosen, rejected = data.get("chosen"), data.get("rejected")
     if isinstance(chosen, list) or isinstance(rejected, list):
         return convert_conversational_preference(data, notes)
@@ -247,6 +261,8 @@ def convert_conversational_preference(data: dict, notes: list[str]) -> Preferenc
     The prompt is the longest common message prefix, shortened so that both completions start
     with an assistant turn.
     """
+    if data.get("prompt") is None and data.get("messages") is not None:
+        data = {**data, "prompt": data["messages"]}  # ShareGPT: the conversation so far is the prompt
     chosen = _messages(_get(data, "chosen", "a list of chat messages"), "chosen")
     rejected = _messages(_get(data, "rejected", "a list of chat messages"), "rejected")
     if chosen == rejected:
@@ -312,8 +328,14 @@ _FALSE = {"false", "0", "no", "0.0"}
 
 
 def convert_unpaired(data: dict, notes: list[str]) -> UnpairedRecord:
-    prompt = _text_or_messages(data, "prompt")
-    completion = _completion(data, "completion")
+    """prompt + completion + label, or a whole ``messages`` conversation + label (its last
+    assistant turn is the completion, as in the ``messages`` format)."""
+    if data.get("prompt") is None and data.get("completion") is None and data.get("messages") is not None:
+        sft = convert_messages(data, notes)
+        prompt, completion = sft.prompt, sft.completion
+    else:
+        prompt = _text_or_messages(data, "prompt")
+        completion = _completion(data, "completion")
     v = _get(data, "label", "true (desirable) or false (undesirable)")
     if isinstance(v, bool):
         label = v
@@ -330,7 +352,199 @@ def convert_prompt(data: dict, notes: list[str]) -> PromptRecord:
     return PromptRecord(_text_or_messages(data, "prompt"))
 
 
-CONVERTERS: dict[str, Callable[[dict, list[str]], Any]] = {
+
+# --------------------------------------------------------------------------- row preparation
+
+# Role names used by published chat data -> the roles chat templates know.
+DEFAULT_ROLES = {
+    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+    "bing": "assistant", "bard": "assistant", "model": "assistant", "bot": "assistant", "system": "system",
+}
+# Pairwise winner values (compared as winner_key: case-insensitive text, 1 == "1" == 1.0).
+# true/false and 0 are left out on purpose: whether true means "a" or 0 means "a" differs between
+# datasets, so those need data.winner_values.
+DEFAULT_WINNER_VALUES: dict[str, tuple[Any, ...]] = {
+    "a": (1, "a", "response_a", "response1", "response_1", "model_a", "first"),
+    "b": (2, "b", "response_b", "response2", "response_2", "model_b", "second"),
+    "tie": ("tie", "tie (bothbad)", "draw", "equal", "same", "both", "neither"),
+}
+_MESSAGE_FIELDS = ("messages", "prompt", "chosen", "rejected", "completion", "response_a", "response_b")
+# The canonical fields each format reads (the rest of a row is reported when it looks used).
+FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
+    "sft": ("prompt", "completion", "system"),
+    "messages": ("messages", "system"),
+    "preference": ("prompt", "messages", "chosen", "rejected", "margin", "system"),
+    "hh": ("chosen", "rejected", "margin"),
+    "conversational_preference": ("prompt", "chosen", "rejected", "margin", "system"),
+    "ranked": ("prompt", "responses", "scores", "ranks", "system"),
+    "unpaired": ("prompt", "completion", "messages", "label", "system"),
+    "pairwise": ("prompt", "messages", "response_a", "response_b", "winner", "margin", "system"),
+    "alpaca": ("instruction", "input", "output", "system"),
+    "prompt": ("prompt", "system"),
+}
+
+
+def winner_key(v: Any) -> str | None:
+    """One spelling per winner value: True -> "true", 1 / 1.0 / "1" -> "1", " A " -> "a"."""
+    if v is None or isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)) and float(v).is_integer():
+        return str(int(v))
+    return str(v).strip().lower()
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """What the configuration says about every row (built once per source by the loader)."""
+
+    role_key: str | None = None  # None: "role", or "from" when a message has no "role"
+    content_key: str | None = None  # None: "content", or "value"
+    roles: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ROLES))
+    template: str | None = None
+    renamed: dict[str, str] = field(default_factory=dict)  # source column -> canonical field
+    winner_columns: tuple[str, ...] = ("winner",)
+    winner_values: dict[str, str] = field(default_factory=dict)  # winner_key -> "a" | "b" | "tie"
+
+    @classmethod
+    def from_config(cls, cfg: Any, fmt: str, renamed: dict[str, str] | None = None) -> RowSpec:
+        from rlhf.data.template import ALPACA_TEMPLATE
+
+        values: dict[str, str] = {}
+        given = cfg.winner_values or DEFAULT_WINNER_VALUES
+        for side, vals in given.items():
+            for v in vals:
+                values[winner_key(v) or ""] = side
+        template = cfg.prompt_template or (ALPACA_TEMPLATE if fmt == "alpaca" else None)
+        return cls(role_key=cfg.message_keys.get("role"), content_key=cfg.message_keys.get("content"),
+                   roles={**DEFAULT_ROLES, **{k.lower(): v for k, v in cfg.roles.items()}}, template=template,
+                   renamed=dict(renamed or {}), winner_columns=tuple(cfg.winner_columns) or ("winner",),
+                   winner_values=values)
+
+    def message(self, m: Any, name: str) -> Any:
+        """One chat message in {"role", "content"} form (anything else is left for the
+        converter to reject with its field name)."""
+        if not isinstance(m, dict):
+            return m
+        rk = self.role_key or ("role" if "role" in m or "from" not in m else "from")
+        ck = self.content_key or ("content" if "content" in m or "value" not in m else "value")
+        if rk == "role" and ck == "content" and m.get("role") in self.roles.values():
+            return m
+        if rk not in m or ck not in m:
+            return m  # the converter says which key is missing
+        role = m[rk]
+        out = {k: v for k, v in m.items() if k not in (rk, ck)}
+        out["role"] = self.roles.get(role.lower(), role) if isinstance(role, str) else role
+        out["content"] = m[ck]
+        return out
+
+    def lookup(self, data: dict, column: str) -> Any:
+        """A column's value by its source name (or canonical name, if it was renamed)."""
+        if column in data:
+            return data[column]
+        return data.get(self.renamed.get(column, column))
+
+
+def _is_message(v: Any) -> bool:
+    return isinstance(v, dict) and bool({"role", "from", "content", "value"} & set(v))
+
+
+def prepare_row(data: dict, spec: RowSpec, fmt: str) -> dict:
+    """The row as the converters expect it (see the module doc); raises :class:`BadRow`."""
+    from rlhf.data.template import render_template
+
+    out = dict(data)
+    for name in _MESSAGE_FIELDS:
+        v = out.get(name)
+        if _is_message(v):  # a single message object, e.g. ShareGPT's chosen/rejected
+            v = [v]
+        if isinstance(v, list):
+            v = [spec.message(m, name) for m in v]
+        if v is not None:
+            out[name] = v
+    if isinstance(out.get("responses"), list):
+        out["responses"] = [[spec.message(m, "responses") for m in r] if isinstance(r, list)
+                            else [spec.message(r, "responses")] if _is_message(r) else r
+                            for r in out["responses"]]
+    for a, b in (("chosen", "rejected"), ("rejected", "chosen"), ("response_a", "response_b"),
+                 ("response_b", "response_a")):
+        if isinstance(out.get(a), str) and isinstance(out.get(b), list):  # one side a message, one text
+            out[a] = [{"role": "assistant", "content": out[a]}]
+    if spec.template is not None:
+        view = {**{src: out.get(canon) for src, canon in spec.renamed.items()}, **out}
+        out["prompt"] = render_template(spec.template, view)
+    if fmt == "alpaca":
+        out["completion"] = out.get("output")
+    system = out.get("system")
+    if isinstance(system, str) and system.strip():
+        key = "messages" if fmt in ("messages",) or (out.get("prompt") is None and out.get("messages") is not None) \
+            else "prompt"
+        p = out.get(key)
+        if isinstance(p, str):
+            p = [{"role": "user", "content": p}]
+        if isinstance(p, list) and not (p and isinstance(p[0], dict) and p[0].get("role") == "system"):
+            out[key] = [{"role": "system", "content": system}, *p]
+    return out
+
+
+# --------------------------------------------------------------------------- label columns
+
+
+def _vote(v: Any, column: str, spec: RowSpec) -> str | None:
+    k = winner_key(v)
+    if k is None:
+        return None
+    side = spec.winner_values.get(k)
+    if side is None:
+        known = ", ".join(repr(x) for x in sorted(spec.winner_values))
+        raise BadRow(BAD_LABEL, column, f"a winner value: one of {known} (got {v!r}); set "
+                     "data.winner_values {a: [...], b: [...], tie: [...]} to say what the values mean")
+    return side
+
+
+def convert_pairwise(data: dict, notes: list[str], spec: RowSpec) -> PreferenceRecord:
+    """Two responses and the column(s) saying which won. One column: its value; several
+    (annotators): the response with more votes, equal counts (tie votes included) are a tie.
+    A tie carries no preference: the row is dropped and counted (reason ``tie (row dropped)``)."""
+    votes = []
+    for col in spec.winner_columns:
+        side = _vote(spec.lookup(data, col), col, spec)
+        if side is not None:
+            votes.append(side)
+    if not votes:
+        raise BadRow(MISSING, spec.winner_columns[0], "which response won (the winner column(s) "
+                     f"{list(spec.winner_columns)} are all empty)")
+    a, b = votes.count("a"), votes.count("b")
+    if a == b:
+        raise DropRow(TIE_ROW)
+    chosen, rejected = ("response_a", "response_b") if a > b else ("response_b", "response_a")
+    row = {"prompt": data.get("prompt") if data.get("prompt") is not None else data.get("messages"),
+           "chosen": data.get(chosen), "rejected": data.get(rejected), "margin": data.get("margin")}
+    for src, dst in ((chosen, "chosen"), (rejected, "rejected")):
+        if row[dst] is None:
+            raise BadRow(MISSING, src, f"{TEXT_OR_MESSAGES} (the field is missing)")
+    try:
+        return convert_preference(row, notes)
+    except BadRow as bad:  # name the source's field, not the one it was moved to
+        if bad.field.startswith(("chosen", "rejected")):
+            src = chosen if bad.field.startswith("chosen") else rejected
+            bad.field = src + bad.field[len("chosen" if bad.field.startswith("chosen") else "rejected"):]
+        raise
+
+
+def convert_alpaca(data: dict, notes: list[str]) -> SFTRecord:
+    """instruction [+ input] -> prompt (by the template, see :func:`prepare_row`), output -> completion."""
+    if data.get("prompt") is None:
+        raise BadRow(MISSING, "instruction", f"{TEXT} (the field is missing)")
+    try:
+        return SFTRecord(_text_or_messages(data, "prompt"), _completion(data, "completion"))
+    except BadRow as bad:
+        if bad.field == "completion":
+            bad.field = "output"
+        raise
+
+CONVERTERS: dict[str, Callable[..., Any]] = {
     "sft": convert_sft,
     "messages": convert_messages,
     "preference": convert_preference,
@@ -338,6 +552,8 @@ CONVERTERS: dict[str, Callable[[dict, list[str]], Any]] = {
     "conversational_preference": convert_conversational_preference,
     "ranked": convert_ranked,
     "unpaired": convert_unpaired,
+    "pairwise": convert_pairwise,  # also takes the RowSpec (the winner columns and values)
+    "alpaca": convert_alpaca,
     "prompt": convert_prompt,
 }
 
@@ -345,28 +561,36 @@ CONVERTERS: dict[str, Callable[[dict, list[str]], Any]] = {
 # --------------------------------------------------------------------------- detection
 
 
-def detect_format(rows: list, source: str) -> str:
+def detect_format(rows: list, source: str, extra: tuple[str, ...] = ()) -> str:
     """The format implied by the column names (after renames) present in any row.
 
-    Checked in this order: ``messages``; ``chosen``+``rejected`` (message lists ->
-    conversational_preference, text with a ``prompt`` -> preference, text without -> hh);
-    ``responses`` -> ranked; ``completion``+``label`` -> unpaired; ``prompt``+``completion`` ->
-    sft; ``prompt`` -> prompt.
+    Checked in this order: ``chosen``+``rejected`` (message lists -> conversational_preference;
+    text with a ``prompt`` or ``messages`` -> preference; text alone -> hh);
+    ``response_a``+``response_b`` -> pairwise; ``messages``+``label`` -> unpaired;
+    ``messages``; ``responses`` -> ranked; ``completion``+``label`` -> unpaired;
+    ``instruction``+``output`` -> alpaca; ``prompt``+``completion`` -> sft; ``prompt`` -> prompt.
+    ``extra`` names fields that will exist after preparation (``prompt`` with a prompt template).
     """
-    cols: set[str] = set()
+    cols: set[str] = set(extra)
     for r in rows:
         cols.update(k for k, v in r.data.items() if v is not None)
-    if "messages" in cols:
-        return "messages"
     if {"chosen", "rejected"} <= cols:
         sample = next(r.data["chosen"] for r in rows if r.data.get("chosen") is not None)
         if isinstance(sample, list):
             return "conversational_preference"
-        return "preference" if "prompt" in cols else "hh"
+        return "preference" if {"prompt", "messages"} & cols or isinstance(sample, (list, dict)) else "hh"
+    if {"response_a", "response_b"} <= cols:
+        return "pairwise"
+    if {"messages", "label"} <= cols:
+        return "unpaired"
+    if "messages" in cols:
+        return "messages"
     if "responses" in cols:
         return "ranked"
     if {"completion", "label"} <= cols:
         return "unpaired"
+    if {"instruction", "output"} <= cols:
+        return "alpaca"
     if {"prompt", "completion"} <= cols:
         return "sft"
     if "prompt" in cols:
@@ -375,5 +599,6 @@ def detect_format(rows: list, source: str) -> str:
         raise DataError(source, None, "rows", "at least one row (the source is empty)")
     raise DataError(source, None, "columns", f"columns that name a format (got {sorted(cols)}); "
                     "expected e.g. prompt+completion, messages, prompt+chosen+rejected, "
-                    "chosen+rejected (HH), prompt+responses+scores, prompt+completion+label or "
-                    "prompt; rename columns with data.columns or set data.format")
+                    "chosen+rejected (HH), prompt+responses+scores, prompt+completion+label, "
+                    "response_a+response_b+winner, instruction+output or prompt; rename columns "
+                    "with data.columns or set data.format")

@@ -28,9 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from rlhf.data.errors import MALFORMED, DataError, SkipReport
+from rlhf.data.errors import MALFORMED, UNDECODABLE, DataError, SkipReport
 
-__all__ = ["Row", "read_rows", "rename_columns", "source_kind"]
+__all__ = ["Row", "read_rows", "rename_columns", "source_kind", "json_reason", "ALIASES"]
+
+# Column names read as a canonical field when the source has no column of that name and
+# data.columns does not map it (ShareGPT's "conversations", Chatbot Arena's "model_a").
+ALIASES: dict[str, tuple[str, ...]] = {
+    "messages": ("conversations", "conversation"),
+    "response_a": ("response1", "response_1", "completion_a", "answer_a"),
+    "response_b": ("response2", "response_2", "completion_b", "answer_b"),
+    "system": ("system_prompt",),
+}
 
 FILE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv")
 
@@ -68,10 +77,79 @@ def source_kind(source: str) -> str:
     return "hub"
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def _open_binary(path: Path) -> io.BufferedIOBase:
     if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, "r", encoding="utf-8", newline="")
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def _undecodable(name: str, line: int, column: int, byte: int, encoding: str) -> DataError:
+    return DataError(name, line, "line", f"text in {encoding} (byte 0x{byte:02x} at column {column} "
+                     f"cannot be decoded; if the file is in another encoding, set data.encoding, "
+                     f"e.g. latin-1 or cp1252)", UNDECODABLE)
+
+
+def _read_text(path: Path, name: str, encoding: str) -> str:
+    """The whole file as text; undecodable bytes raise :class:`DataError` at their line."""
+    with _open_binary(path) as f:
+        raw = f.read()
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        line_start = raw.rfind(b"\n", 0, e.start) + 1
+        raise _undecodable(name, raw.count(b"\n", 0, e.start) + 1, e.start - line_start + 1,
+                           raw[e.start], encoding) from None
+    return text[1:] if text.startswith("\ufeff") else text  # a byte-order mark is not data
+
+
+def _decoded_lines(path: Path, name: str, encoding: str, strict: bool,
+                   report: SkipReport) -> Iterable[tuple[int, str]]:
+    """(line number, text) of a JSON Lines file, split at b"\\n" only; a line that does not
+    decode is skipped and counted (reason ``undecodable bytes``), or raises in strict mode."""
+    with _open_binary(path) as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode(encoding)
+            except UnicodeDecodeError as e:
+                report.rows_read += 1
+                err = _undecodable(name, number, e.start + 1, raw[e.start], encoding)
+                if strict:
+                    raise err from None
+                report.skip(UNDECODABLE, name, number, str(err))
+                continue
+            if number == 1 and line.startswith("\ufeff"):
+                line = line[1:]  # a byte-order mark is not data
+            yield number, line
+
+
+# json's messages read badly out of context ("Invalid control character at: line 1 column 52");
+# say what is wrong in words, and what usually causes it.
+_JSON_REASONS = {
+    "Unterminated string starting at": "a string that starts at column {col} is never closed",
+    "Invalid control character at": "a raw control character (newline, tab, ...) inside a string at "
+                                    "column {col}; JSON needs it escaped (\\n, \\t)",
+    "Expecting value": "a JSON value at column {col}",
+    "Expecting property name enclosed in double quotes": "a property name in double quotes at column {col}",
+    "Expecting ',' delimiter": "a ',' between items at column {col}",
+    "Expecting ':' delimiter": "a ':' after the property name at column {col}",
+    "Extra data": "one JSON value per line (more text follows it at column {col})",
+    "Invalid \\escape": "a valid escape (\\n, \\\", \\\\, \\uXXXX) at column {col}",
+}
+
+
+def json_reason(e: json.JSONDecodeError, line: str) -> str:
+    """A readable reason for a line that is not JSON, with the text around the error, e.g.
+    ``a string that starts at column 12 is never closed (the line ends at column 40: cut
+    short?) near '"chosen": "The ans'``."""
+    template = _JSON_REASONS.get(e.msg)
+    col = e.colno
+    reason = template.format(col=col) if template else f"{e.msg} (column {col})"
+    stripped = line.rstrip("\r\n")
+    at_end = e.msg == "Unterminated string starting at" or e.pos >= len(stripped.rstrip())
+    if at_end and e.msg != "Extra data":
+        reason += f" (the line ends at column {len(stripped)}: cut short?)"
+    near = stripped[max(0, e.pos - 20): e.pos + 20]
+    return f"{reason} near {near!r}" if near.strip() else reason
 
 
 def _read_jsonl_lines(lines: Iterable[tuple[int, str]], name: str, strict: bool,
@@ -81,11 +159,11 @@ def _read_jsonl_lines(lines: Iterable[tuple[int, str]], name: str, strict: bool,
         if not line.strip():
             continue  # blank lines (a trailing newline, spacing) are not rows
         report.rows_read += 1
+        line = line.rstrip("\r\n")  # so that an error at the end of the line is on this line
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            err = DataError(name, number, "line", f"a JSON object ({e.msg} at column {e.colno})",
-                            MALFORMED)
+            err = DataError(name, number, "line", f"a JSON object: {json_reason(e, line)}", MALFORMED)
             if strict:
                 raise err from None
             report.skip(MALFORMED, name, number, str(err))
@@ -100,9 +178,8 @@ def _read_jsonl_lines(lines: Iterable[tuple[int, str]], name: str, strict: bool,
     return rows
 
 
-def _read_json(path: Path, name: str, strict: bool, report: SkipReport) -> list[Row]:
-    with _open_text(path) as f:
-        text = f.read()
+def _read_json(path: Path, name: str, strict: bool, report: SkipReport, encoding: str) -> list[Row]:
+    text = _read_text(path, name, encoding)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
@@ -110,7 +187,9 @@ def _read_json(path: Path, name: str, strict: bool, report: SkipReport) -> list[
             # split on "\n" only: str.splitlines would also split at U+2028, which JSON allows
             # unescaped inside strings.
             return _read_jsonl_lines(enumerate(text.split("\n"), 1), name, strict, report)
-        raise DataError(name, None, "file", f"valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        line = text.split("\n")[e.lineno - 1] if e.lineno - 1 < text.count("\n") + 1 else ""
+        e_line = json.JSONDecodeError(e.msg, line, e.colno - 1)
+        raise DataError(name, e.lineno, "file", f"valid JSON: {json_reason(e_line, line)}") from None
     if isinstance(obj, dict):
         # {"data": [...]}: accept an object whose only list-of-objects value holds the rows.
         lists = [v for v in obj.values() if isinstance(v, list) and all(isinstance(x, dict) for x in v)]
@@ -149,9 +228,9 @@ def _csv_cell(v: str | None) -> Any:
     return v
 
 
-def _read_csv(path: Path, name: str, report: SkipReport) -> list[Row]:
+def _read_csv(path: Path, name: str, report: SkipReport, encoding: str) -> list[Row]:
     rows = []
-    with _open_text(path) as f:
+    with io.StringIO(_read_text(path, name, encoding), newline="") as f:
         reader = csv.DictReader(f)
         start = 2  # the header is line 1; line_num is the reader's line *after* a row
         for record in reader:
@@ -206,12 +285,13 @@ def _read_datasets(source: str, kind: str, split: str, columns: list[str] | None
 
 
 def read_rows(source: str, split: str = "train", *, columns: list[str] | None = None,
-              strict: bool = False, report: SkipReport | None = None) -> list[Row]:
+              strict: bool = False, report: SkipReport | None = None, encoding: str = "utf-8") -> list[Row]:
     """All rows of ``source`` (file, saved dataset folder or hub id; see the module doc).
 
     ``split`` matters only for hub ids and saved DatasetDicts. ``columns`` (when given) is the
     set of column names that may be used; other columns are not read where the format allows
     (parquet, datasets). Malformed lines are skipped into ``report`` or raise in strict mode.
+    ``encoding`` decodes text files; bytes that do not decode name their line and column.
     """
     report = report if report is not None else SkipReport()
     if not source:
@@ -221,12 +301,12 @@ def read_rows(source: str, split: str = "train", *, columns: list[str] | None = 
     if kind == "file":
         suffix = _suffix(path)
         if suffix in (".jsonl", ".ndjson"):
-            with _open_text(path) as f:
-                return _read_jsonl_lines(enumerate(f, 1), source, strict, report)
+            return _read_jsonl_lines(_decoded_lines(path, source, encoding, strict, report), source,
+                                     strict, report)
         if suffix == ".json":
-            return _read_json(path, source, strict, report)
+            return _read_json(path, source, strict, report, encoding)
         if suffix == ".csv":
-            return _read_csv(path, source, report)
+            return _read_csv(path, source, report, encoding)
         if suffix == ".parquet":
             return _read_parquet(path, source, columns, report)
         raise DataError(source, None, "file", f"a file ending in {', '.join(FILE_SUFFIXES)} "
@@ -237,17 +317,25 @@ def read_rows(source: str, split: str = "train", *, columns: list[str] | None = 
     return _read_datasets(source, kind, split, columns, report)
 
 
-def rename_columns(rows: list[Row], columns: dict[str, str], source: str) -> None:
-    """Rename source columns to canonical fields in place (``{canonical: source_column}``).
+def rename_columns(rows: list[Row], columns: dict[str, str], source: str) -> dict[str, str]:
+    """Rename source columns to canonical fields in place (``{canonical: source_column}``),
+    plus the :data:`ALIASES` the source has; returns the renames applied.
 
     A mapped column that no row has is a configuration mistake, reported at once with the
     columns that do exist.
     """
-    if not columns:
-        return
     present: set[str] = set()
     for r in rows:
         present.update(r.data)
+    columns = dict(columns)
+    for canon, names in ALIASES.items():
+        if canon in present or canon in columns:
+            continue
+        alias = next((a for a in names if a in present and a not in columns.values()), None)
+        if alias is not None:
+            columns[canon] = alias
+    if not columns:
+        return {}
     for canon, src in columns.items():
         if src not in present:
             raise DataError(source, None, f"columns.{canon}",
@@ -256,3 +344,4 @@ def rename_columns(rows: list[Row], columns: dict[str, str], source: str) -> Non
         d = r.data
         moved = {canon: d.pop(src) for canon, src in columns.items() if src in d}
         d.update(moved)
+    return columns

@@ -158,10 +158,15 @@ class UnpairedRecord:
 
 @dataclass
 class PromptRecord:
-    """A prompt alone (online RL: the policy generates the completion)."""
+    """A prompt alone (online RL: the policy generates the completion).
+
+    ``columns`` holds the row's other columns (by their source names), e.g. a ground-truth
+    ``answer``: reward functions receive them as keyword arguments (rlhf.rewards).
+    """
 
     prompt: Text
     origin: Origin = field(default=None, compare=False, repr=False)
+    columns: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def where(self) -> str:

@@ -43,6 +43,7 @@ Masks (house rule 5)
 
 from __future__ import annotations
 
+import logging
 import weakref
 from typing import Any
 
@@ -71,6 +72,8 @@ __all__ = [
     "encode_records",
     "truncate",
 ]
+
+log = logging.getLogger("rlhf.data")
 
 # Every message is "<|role|>\n" + content + EOS + "\n"; the generation prompt is the assistant
 # header "<|assistant|>\n". EOS closes every turn, so a model trained on it stops after its
@@ -229,33 +232,47 @@ def _join(record: Any, p: list[int], c: list[int], cfg: DataConfig, prefix: str 
 
 
 def _encode_pair(record: Any, prompt: Text, completions: list[Text], tokenizer: Any,
-                 cfg: DataConfig) -> tuple[list[int], list[list[int]]]:
-    """Shared, truncated prompt ids and each completion's truncated ids."""
+                 cfg: DataConfig, report: SkipReport | None = None) -> tuple[list[int], list[list[int]]]:
+    """Shared, truncated prompt ids and each completion's truncated ids; what truncation cut is
+    counted in ``report`` (per sequence: the prompt once, each completion)."""
     p_text, c_texts, templated = render(record, prompt, completions, tokenizer, cfg)
     p = _prompt_ids(tokenizer, p_text)
     cs = [_completion_ids(tokenizer, t, templated, cfg) for t in c_texts]
     for c in cs:
         if not c:
             raise _fail(record, "completion", "at least one token after tokenization (got none)")
+    n_p = len(p)
     p = truncate(p, _prompt_budget(max(len(c) for c in cs), cfg), cfg.prompt_truncation)
+    n_cs = [len(c) for c in cs]
     cs = [truncate(c, cfg.max_length - len(p), cfg.completion_truncation) for c in cs]
+    if report is not None:
+        report.encoded += 1
+        report.truncated_examples += len(p) < n_p or any(len(c) < n for n, c in zip(n_cs, cs))
+        if len(p) < n_p:
+            report.truncate("prompt", n_p - len(p))
+        for n, c in zip(n_cs, cs):
+            if len(c) < n:
+                report.truncate("completion", n - len(c))
     return p, cs
 
 
 # --------------------------------------------------------------------------- public encoders
 
 
-def encode_sft(record: SFTRecord, tokenizer: Any, cfg: DataConfig) -> dict[str, list[int]]:
-    """``{"input_ids": [...], "completion_mask": [...]}`` (equal lengths, <= max_length)."""
-    p, (c,) = _encode_pair(record, record.prompt, [record.completion], tokenizer, cfg)
+def encode_sft(record: SFTRecord, tokenizer: Any, cfg: DataConfig,
+               report: SkipReport | None = None) -> dict[str, list[int]]:
+    """``{"input_ids": [...], "completion_mask": [...]}`` (equal lengths, <= max_length).
+    With ``report``, truncation is counted there (so for every encoder)."""
+    p, (c,) = _encode_pair(record, record.prompt, [record.completion], tokenizer, cfg, report)
     return _join(record, p, c, cfg)
 
 
-def encode_preference(record: PreferenceRecord, tokenizer: Any, cfg: DataConfig) -> dict[str, Any]:
+def encode_preference(record: PreferenceRecord, tokenizer: Any, cfg: DataConfig,
+                      report: SkipReport | None = None) -> dict[str, Any]:
     """Chosen and rejected sequences sharing the same (identically truncated) prompt ids:
     ``chosen_input_ids, chosen_completion_mask, rejected_input_ids, rejected_completion_mask,
     margin`` (None when the record has none)."""
-    p, (c, r) = _encode_pair(record, record.prompt, [record.chosen, record.rejected], tokenizer, cfg)
+    p, (c, r) = _encode_pair(record, record.prompt, [record.chosen, record.rejected], tokenizer, cfg, report)
     out: dict[str, Any] = {}
     out.update(_join(record, p, c, cfg, "chosen_"))
     out.update(_join(record, p, r, cfg, "rejected_"))
@@ -264,15 +281,17 @@ def encode_preference(record: PreferenceRecord, tokenizer: Any, cfg: DataConfig)
     return out
 
 
-def encode_unpaired(record: UnpairedRecord, tokenizer: Any, cfg: DataConfig) -> dict[str, Any]:
+def encode_unpaired(record: UnpairedRecord, tokenizer: Any, cfg: DataConfig,
+                    report: SkipReport | None = None) -> dict[str, Any]:
     """As :func:`encode_sft`, plus ``label`` (True = desirable)."""
-    p, (c,) = _encode_pair(record, record.prompt, [record.completion], tokenizer, cfg)
+    p, (c,) = _encode_pair(record, record.prompt, [record.completion], tokenizer, cfg, report)
     out: dict[str, Any] = dict(_join(record, p, c, cfg))
     out["label"] = bool(record.label)
     return out
 
 
-def encode_prompt(record: PromptRecord, tokenizer: Any, cfg: DataConfig) -> dict[str, list[int]]:
+def encode_prompt(record: PromptRecord, tokenizer: Any, cfg: DataConfig,
+                  report: SkipReport | None = None) -> dict[str, list[int]]:
     """``{"prompt_input_ids": [...]}``: the prompt as the policy sees it before generating
     (with the assistant header for chat records), cut to ``max_prompt_length`` (or
     ``max_length - 1``, leaving room to generate) on the ``prompt_truncation`` side."""
@@ -293,6 +312,11 @@ def encode_prompt(record: PromptRecord, tokenizer: Any, cfg: DataConfig) -> dict
     if not ids:
         raise _fail(record, "prompt", "at least one token after tokenization (got none)")
     limit = cfg.max_prompt_length if cfg.max_prompt_length is not None else cfg.max_length - 1
+    if report is not None:
+        report.encoded += 1
+        if len(ids) > limit:
+            report.truncated_examples += 1
+            report.truncate("prompt", len(ids) - limit)
     return {"prompt_input_ids": truncate(ids, limit, cfg.prompt_truncation)}
 
 
@@ -310,19 +334,36 @@ def encode_records(records: list[Record], tokenizer: Any, cfg: DataConfig,
 
     A record that cannot be encoded (a chat template that rejects it, nothing left to train
     on) raises :class:`DataError` in strict mode and is otherwise skipped and counted in
-    ``report`` (reason ``cannot be tokenized``).
+    ``report`` (reason ``cannot be tokenized``); more than ``cfg.max_skip_fraction`` of them
+    raises. Truncation is counted in ``report`` and logged once.
     """
     out = []
+    skipped: list[DataError] = []
+    trunc_before = {k: list(v) for k, v in report.truncated.items()} if report is not None else {}
+    n_trunc_before = report.truncated_examples if report is not None else 0
     for rec in records:
         if isinstance(rec, RankedRecord):
             raise TypeError("expand ranked records to pairs first (RankedRecord.to_pairs, or "
                             "load_records(cfg, 'preference'))")
         enc = _ENCODERS[type(rec)]
         try:
-            out.append(enc(rec, tokenizer, cfg))
+            out.append(enc(rec, tokenizer, cfg, report))
         except DataError as e:
             if cfg.strict:
                 raise
+            skipped.append(e)
             if report is not None:
                 report.skip(e.reason or ENCODING, e.file, e.row, str(e))
+    if records and len(skipped) / len(records) > cfg.max_skip_fraction:
+        e = skipped[0]
+        raise DataError(e.file, None, "records", f"at most {cfg.max_skip_fraction:.1%} of the records "
+                        f"to be skipped at tokenization (data.max_skip_fraction), but {len(skipped)} "
+                        f"of {len(records)} ({len(skipped) / len(records):.1%}) were; the first: {e}")
+    if report is not None and report.truncated != trunc_before:
+        new = SkipReport(encoded=len(out), truncated_examples=report.truncated_examples - n_trunc_before)
+        for part, (n, tok, mx) in report.truncated.items():
+            n0, tok0, _ = trunc_before.get(part, [0, 0, 0])
+            if n > n0:
+                new.truncated[part] = [n - n0, tok - tok0, mx]
+        log.warning("%s: %s", records[0].where if records else "<records>", new.truncation_summary())
     return out

@@ -137,9 +137,15 @@ def _side_summary(rows: list[dict], scores: dict[str, torch.Tensor], group: int)
     }
 
 
-def _score(source: Any, rows: list[dict], chunk: int = 256) -> torch.Tensor:
+def _score(source: Any, rows: list[dict], chunk: int = 256, columns: Sequence[dict] | None = None) -> torch.Tensor:
+    """Scores of ``rows``; ``columns[i]`` (when given) is the data row of ``rows[i]``'s prompt,
+    passed on as keyword arguments (rlhf.rewards.row_columns)."""
+    from rlhf.rewards import call_reward, row_columns
+
     prompts, completions = [r["prompt"] for r in rows], [r["completion"] for r in rows]
-    parts = [source(prompts[k:k + chunk], completions[k:k + chunk]) for k in range(0, len(rows), chunk)]
+    cols = list(columns) if columns is not None else [{}] * len(rows)
+    parts = [call_reward(source, prompts[k:k + chunk], completions[k:k + chunk], **row_columns(cols[k:k + chunk]))
+             for k in range(0, len(rows), chunk)]
     return torch.cat(parts).double() if parts else torch.zeros(0, dtype=torch.float64)
 
 
@@ -161,7 +167,8 @@ def evaluate(policy: Any, reference: Any, prompts: Sequence[Any], rewards: dict[
              num_samples: int = 1, max_new_tokens: int = 64, temperature: float = 1.0,
              top_p: float = 1.0, top_k: int = 0, batch_size: int = 8, seed: int = 0,
              data_cfg: Any = None, dtype: str = "fp32", device: str | None = None,
-             num_examples: int = 3, keep_rows: bool = False, progress: bool = False) -> dict[str, Any]:
+             num_examples: int = 3, keep_rows: bool = False, progress: bool = False,
+             columns: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Evaluate ``policy`` against ``reference`` (checkpoint folders, hub ids or ModelConfigs).
 
     ``rewards`` maps a name to a reward-source spec (see :func:`rlhf.rewards.load_reward_source`).
@@ -169,6 +176,8 @@ def evaluate(policy: Any, reference: Any, prompts: Sequence[Any], rewards: dict[
     samples with ``seed``, the reference with ``seed + 1`` (independent samples, as the win
     rate assumes). Standard errors treat prompts as the independent units (samples of one
     prompt are averaged first). Returns a JSON-ready dict; ``keep_rows`` adds every sample.
+    ``columns`` (one dict per prompt: its data row's other columns, e.g. a ground-truth answer)
+    reach the reward functions as keyword arguments.
     """
     from rlhf.data.config import DataConfig
     from rlhf.rewards import load_reward_source
@@ -219,8 +228,11 @@ def evaluate(policy: Any, reference: Any, prompts: Sequence[Any], rewards: dict[
         bar.close()
 
     # Step 2. Rewards of both sides under every source.
-    scores_p = {name: _score(s, rows_p) for name, s in sources.items()}
-    scores_r = {name: _score(s, rows_r) for name, s in sources.items()} if rows_r else {}
+    if columns is not None and len(columns) != len(prompts):
+        raise ValueError(f"evaluate: {len(columns)} column rows for {len(prompts)} prompts")
+    cols = [columns[i // num_samples] for i in range(len(prompts) * num_samples)] if columns is not None else None
+    scores_p = {name: _score(s, rows_p, columns=cols) for name, s in sources.items()}
+    scores_r = {name: _score(s, rows_r, columns=cols) for name, s in sources.items()} if rows_r else {}
 
     # Step 3. Summaries.
     g = num_samples

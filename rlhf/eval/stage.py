@@ -45,11 +45,13 @@ def eval_stage(output_dir: str | Path, *, reference: str, policies: dict[str, st
                batch_size: int = 16, seed: int = 0, max_prompts: int | None = None,
                chat_template: str = "auto") -> dict[str, Any]:
     from rlhf.data.config import DataConfig
-    from rlhf.data.load import load_prompts
+    from rlhf.data.load import load_records
     from rlhf.eval.evaluate import evaluate
     from rlhf.rewards import load_reward_source
 
-    texts = load_prompts(prompts, max_prompts)
+    records = load_records(DataConfig(train=str(prompts), strict=True, max_samples=max_prompts), "prompt")[0]
+    texts = [r.prompt for r in records]
+    columns = [r.columns for r in records]  # each prompt's other columns, for reward functions
     dcfg = DataConfig(chat_template=chat_template)
     results: dict[str, Any] = {"reference": reference, "prompts": len(texts), "policies": {}}
     # Each result also holds the reference's own samples and scores (its "reference" side):
@@ -59,7 +61,7 @@ def eval_stage(output_dir: str | Path, *, reference: str, policies: dict[str, st
         results["policies"][name] = evaluate(path, reference, texts, rewards, num_samples=num_samples,
                                              max_new_tokens=max_new_tokens, temperature=temperature,
                                              batch_size=batch_size, seed=seed, data_cfg=dcfg,
-                                             num_examples=4)
+                                             num_examples=4, columns=columns)
     sources = {k: load_reward_source(v) for k, v in rewards.items()}
     for name, run in (best_of_n or {}).items():
         run = Path(run)

@@ -26,6 +26,7 @@ import copy
 import logging
 import math
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -88,8 +89,56 @@ def _is_peft(model: nn.Module) -> bool:
     return isinstance(model, PeftModel)
 
 
+class HubError(ValueError):
+    """A hub id that cannot be loaded here: not cached, and the Hub is offline or unreachable.
+    Its message is one line meant for the user (the CLI prints it without a traceback)."""
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def is_hub_id(name: str) -> bool:
+    """``org/name`` or ``name`` that is not an existing path: what from_pretrained would fetch."""
+    return bool(_HUB_ID.match(name)) and not os.path.exists(os.path.expanduser(name)) \
+        and not name.endswith((".py", ".yaml", ".yml", ".json"))
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _check_hub(name: str, what: str, timeout: float = 5.0) -> None:
+    """Fail in one line, at once, when hub id ``name`` is not in the local cache and the Hub
+    cannot be used: offline mode, or no connection within ``timeout`` seconds. Otherwise
+    transformers would retry for about a minute and end in a long traceback."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return  # cached: from_pretrained can load it without the network
+    except Exception:  # noqa: BLE001 - an id the cache helper rejects: let from_pretrained say why
+        return
+    fix = (f"download it where the Hub is reachable (`hf download {name}`, then give that folder "
+           f"or copy the cache) or give a local checkpoint folder")
+    if _hub_offline():
+        raise HubError(f"{what}: {name!r}: no such folder, and as a hub id it is not in the Hugging Face "
+                       f"cache and HF_HUB_OFFLINE is set; {fix}")
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise HubError(f"{what}: {name!r}: no such folder, and as a hub id it is not in the Hugging Face "
+                       f"cache and the Hub ({host}:{port}) cannot be reached ({e.strerror or e}); {fix}") from None
+
+
 def _check_source(name_or_path: str, what: str) -> None:
-    """Fail early, naming the path, when something that is clearly a path does not exist.
+    """Fail early, naming the path, when something that is clearly a path does not exist, or
+    when a hub id cannot be fetched (:func:`_check_hub`).
 
     A missing folder would otherwise be sent to the hub as a repo id and fail with an
     unrelated network error.
@@ -100,6 +149,8 @@ def _check_source(name_or_path: str, what: str) -> None:
     if looks_like_path and not os.path.isdir(p):
         raise FileNotFoundError(f"{what}: no such folder {name_or_path!r} (expected a local "
                                 f"checkpoint folder or a hub id such as 'org/name')")
+    if not os.path.isdir(p) and is_hub_id(name_or_path):
+        _check_hub(name_or_path, what)
 
 
 def _pretrained_kwargs(cfg: ModelConfig) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def train(cfg: BestOfNConfig) -> dict[str, Any]:
 
     from rlhf.data.load import load_records
     from rlhf.models.load import load_causal_lm, load_tokenizer
-    from rlhf.rewards import load_reward_source
+    from rlhf.rewards import call_reward, load_reward_source, row_columns
 
     t0 = time.time()
     out = Path(cfg.output_dir)
@@ -130,9 +130,11 @@ def train(cfg: BestOfNConfig) -> dict[str, Any]:
     if bar is not None:
         bar.close()
     rewards: list[float] = []
+    columns = [records[i // M].columns for i in range(len(rows))]  # M samples per prompt, in order
     for k in range(0, len(rows), cfg.reward_batch_size):
         part = rows[k:k + cfg.reward_batch_size]
-        rewards += source([r["prompt"] for r in part], [r["completion"] for r in part]).tolist()
+        rewards += call_reward(source, [r["prompt"] for r in part], [r["completion"] for r in part],
+                               **row_columns(columns[k:k + cfg.reward_batch_size])).tolist()
     pool = [rewards[i * M:(i + 1) * M] for i in range(len(prompts))]  # (P, M)
 
     # Step 5. Keep the best of the first n of each pool.

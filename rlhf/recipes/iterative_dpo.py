@@ -166,8 +166,12 @@ def train(cfg: IterativeDPOConfig) -> dict[str, Any]:
             d = cfg.dpo
             inner = dpo_recipe.DPOConfig(
                 output_dir=str(folder / "dpo"), model=run.model_cfg(policy),
+                # pairs.jsonl's prompts are already built (template, system, messages); its score
+                # columns are ours, not labels the user forgot.
                 data=replace(cfg.data, train=str(folder / "pairs.jsonl"), format="preference", eval=None,
-                             eval_split=None, eval_fraction=0.0, max_samples=None, columns={}),
+                             eval_split=None, eval_fraction=0.0, max_samples=None, columns={},
+                             prompt_template=None, message_keys={}, encoding="utf-8",
+                             ignore_columns=["score_chosen", "score_rejected", "flipped"]),
                 train=replace(d.train, seed=d.train.seed + r), loss=d.loss, beta=d.beta,
                 label_smoothing=d.label_smoothing, rpo_alpha=d.rpo_alpha,
                 reference_model=(cfg.model.name_or_path if cfg.reference == "initial" and r > 1 else None))

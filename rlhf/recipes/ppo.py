@@ -55,7 +55,7 @@ from rlhf.masking import count_units, masked_mean, masked_sum, masked_var, maske
 from rlhf.models.config import ModelConfig
 from rlhf.models.load import (count_parameters, load_causal_lm, load_reference, load_scalar_model,
                               load_tokenizer, score_tokens)
-from rlhf.rewards import load_reward_source
+from rlhf.rewards import call_reward, load_reward_source, row_columns
 from rlhf.rollout import Rollout, SamplingConfig, rollout_logps, rollout_values, sample, shift_values
 from rlhf.train.config import TrainConfig
 from rlhf.train.trainer import Trainer
@@ -279,7 +279,9 @@ def _value_source(cfg: PPOConfig) -> str:
         return "shared"
     if cfg.value_model not in ("auto", "reward"):
         return "policy" if cfg.value_model == "policy" else cfg.value_model
-    reward_is_model = Path(cfg.reward).is_dir()
+    from rlhf.models.load import is_hub_id
+
+    reward_is_model = Path(cfg.reward).is_dir() or (":" not in cfg.reward and is_hub_id(cfg.reward))
     if cfg.value_model == "reward" and not reward_is_model:
         raise ConfigError("value_model", f"'reward' needs the reward to be a reward-model folder "
                                          f"(got reward={cfg.reward!r}); use 'policy' or a folder")
@@ -314,13 +316,14 @@ def _prompts(cfg: PPOConfig, tokenizer: Any, trainer: Trainer) -> list[dict]:
     out = []
     for rec in records:
         try:
-            out.append({"prompt": rec.prompt,
-                        "prompt_input_ids": encode_prompt(rec, tokenizer, cfg.data)["prompt_input_ids"]})
+            # columns: the row's other fields (e.g. a ground-truth answer) for reward functions
+            out.append({"prompt": rec.prompt, "columns": rec.columns,
+                        "prompt_input_ids": encode_prompt(rec, tokenizer, cfg.data, report)["prompt_input_ids"]})
         except DataError as e:  # counted like every other bad row (or fatal with data.strict)
             if cfg.data.strict:
                 raise
             report.skip(e.reason or ENCODING, e.file, e.row, str(e))
-    if report.skipped_rows:
+    if report.skipped_rows or report.truncated:
         trainer.print(f"[ppo] {report.summary()}")
     if not out:
         raise ConfigError("data.train", f"no usable prompts in {cfg.data.train}")
@@ -440,16 +443,18 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
                         [e["prompt_input_ids"] for e in examples], cfg.sampling, with_logps=sampler_logps)
         t_gen = time.perf_counter()
 
-        # 5.2 scores (the environment's reward at the end of the episode) and the EOS trick.
+        # 5.2 scores (the environment's reward at the end of the episode) and the EOS trick. The
+        # prompts' other row columns go along, K times each like the prompts (rlhf.rewards).
+        columns = row_columns([e["columns"] for e in examples], repeat=K)
         with visiting(reward.modules(), device, home):
-            raw_scores = reward(ro.prompts, ro.completions).to(device).float()  # (B,)
+            raw_scores = call_reward(reward, ro.prompts, ro.completions, **columns).to(device).float()  # (B,)
         scores = raw_scores.clone()
         if cfg.ppo.missing_eos_penalty is not None:
             scores = torch.where(ro.ended, scores, scores - cfg.ppo.missing_eos_penalty)
         track_scores = {}
         for k, src in tracked.items():
             with visiting(src.modules(), device, home):
-                track_scores[f"track/{k}"] = src(ro.prompts, ro.completions).float()
+                track_scores[f"track/{k}"] = call_reward(src, ro.prompts, ro.completions, **columns).float()
         greedy_scores = None
         if cfg.advantage == "remax":  # the baseline: the score of the greedy completion
             with trainer.accelerator.autocast():
@@ -457,7 +462,8 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
                                 [e["prompt_input_ids"] for e in examples], cfg.sampling, greedy=True,
                                 num_samples=1)
             with visiting(reward.modules(), device, home):
-                greedy_scores = reward(greedy.prompts, greedy.completions).to(device).float()
+                greedy_scores = call_reward(reward, greedy.prompts, greedy.completions,
+                                            **row_columns([e["columns"] for e in examples])).to(device).float()
             if cfg.ppo.missing_eos_penalty is not None:
                 greedy_scores = torch.where(greedy.ended, greedy_scores, greedy_scores - cfg.ppo.missing_eos_penalty)
         t_score = time.perf_counter()

@@ -331,6 +331,8 @@ class RoundRun:
         # Step A. Prompts and reward sources first: bad input fails before anything is written.
         records, report = load_records(cfg.data, "prompt")
         self.prompts = [r.prompt for r in records]
+        # The rows' other columns, looked up by prompt text when scoring (rlhf.rewards.row_columns).
+        self.columns = _columns_by_prompt(records)
         self.skipped = dict(report.counts)
         if not self.prompts:
             raise ConfigError("data.train", f"{cfg.data.train}: no usable prompts (read 0 rows"
@@ -419,13 +421,19 @@ class RoundRun:
         return [self.prompts[i] for i in sorted(rng.sample(range(len(self.prompts)), n))]
 
     def score(self, prompts: list[Any], completions: list[str], where: str) -> tuple[list[float], dict[str, list[float]]]:
-        """Rewards of every completion by the selecting source and every tracked one."""
+        """Rewards of every completion by the selecting source and every tracked one; the
+        prompts' row columns go to the sources as keyword arguments."""
+        from rlhf.rewards import call_reward, row_columns
+
+        rows = [self.columns.get(_prompt_key(p), {}) for p in prompts]
+
         def run(name: str, source: Callable) -> list[float]:
             out: list[float] = []
             bs = self.cfg.reward_batch_size
             for s in range(0, len(completions), bs):
                 try:
-                    vals = source(prompts[s:s + bs], completions[s:s + bs])
+                    vals = call_reward(source, prompts[s:s + bs], completions[s:s + bs],
+                                       **row_columns(rows[s:s + bs]))
                 except Exception as e:  # noqa: BLE001 - re-raised with the source and step named
                     raise RuntimeError(f"[{self.stage}] {where}: reward source {name} ({getattr(source, 'name', '?')}) "
                                        f"failed on completions {s}..{min(s + bs, len(completions)) - 1}: "
@@ -633,3 +641,21 @@ def train(cfg: RAFTConfig) -> dict[str, Any]:
 def train_rest(cfg: ReSTConfig) -> dict[str, Any]:
     """ReST: Grow, then Improve with rising thresholds (stage ``rest``)."""
     return _run_filtered_sft(cfg, "rest", rest_schedule(cfg))
+
+
+def _prompt_key(prompt: Any) -> str:
+    return json.dumps(prompt, sort_keys=True, default=str)
+
+
+def _columns_by_prompt(records: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """prompt -> its row's other columns. Two rows with the same prompt but different columns
+    cannot both be served by a prompt lookup: that stops the run rather than mixing answers."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        key = _prompt_key(r.prompt)
+        if key in out and out[key] != r.columns:
+            raise ConfigError("data.train", f"{r.where}: the prompt {str(r.prompt)[:60]!r} appears twice "
+                                            "with different other columns; reward functions could not "
+                                            "tell which row's columns belong to a sample (deduplicate the prompts)")
+        out[key] = r.columns
+    return out

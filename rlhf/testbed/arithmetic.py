@@ -11,6 +11,13 @@ a checker instead.
 
     python -m rlhf.testbed.arithmetic --out runs/arithmetic     # writes sft.jsonl, prompts.jsonl
     rlhf pipeline --recipe arithmetic              # tiny model -> SFT -> GRPO -> eval
+
+The prompt files also hold each question's ground-truth ``answer`` column, so the checker can
+be written the way most verifiable-reward data is laid out (a question and its answer per row):
+:func:`matches_answer` receives that column as a keyword argument (rlhf.rewards, "row
+columns") instead of re-deriving the sum from the prompt::
+
+    rlhf ppo ... advantage=grpo reward=rlhf.testbed.arithmetic:matches_answer
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["make_prompts", "make_sft_records", "exact_answer", "write_task", "write_task_stage"]
+__all__ = ["make_prompts", "make_sft_records", "exact_answer", "matches_answer", "write_task", "write_task_stage"]
 
 _PROMPT = re.compile(r"^\s*(\d+)\s*\+\s*(\d+)\s*=\s*$")
 
@@ -63,15 +70,29 @@ def exact_answer(prompts: Sequence[str], completions: Sequence[str]) -> list[flo
     return scores
 
 
+def matches_answer(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[str]) -> list[float]:
+    """1.0 when the completion (surrounding spaces ignored) equals the row's ``answer`` column,
+    else 0.0. ``answer`` comes batched, one entry per completion (GRPO's K samples of a prompt
+    each get that prompt's answer)."""
+    return [1.0 if str(c).strip() == str(a).strip() else 0.0 for c, a in zip(completions, answer)]
+
+
+def _answer(prompt: str) -> str:
+    m = _PROMPT.match(prompt)
+    assert m is not None, prompt
+    return str(int(m.group(1)) + int(m.group(2)))
+
+
 def write_task(out: str | Path, n_sft: int = 3000, n_prompts: int = 256, seed: int = 0,
                accuracy: float = 0.5) -> dict[str, Path]:
-    """Write ``sft.jsonl`` and ``prompts.jsonl`` (+ ``eval_prompts.jsonl``) into ``out``."""
+    """Write ``sft.jsonl`` and ``prompts.jsonl`` (+ ``eval_prompts.jsonl``; prompt and answer
+    columns) into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"sft": out / "sft.jsonl", "prompts": out / "prompts.jsonl", "eval_prompts": out / "eval_prompts.jsonl"}
     rows = {"sft": make_sft_records(n_sft, seed, accuracy),
-            "prompts": [{"prompt": p} for p in make_prompts(n_prompts, seed + 1)],
-            "eval_prompts": [{"prompt": p} for p in make_prompts(100, seed + 2)]}
+            "prompts": [{"prompt": p, "answer": _answer(p)} for p in make_prompts(n_prompts, seed + 1)],
+            "eval_prompts": [{"prompt": p, "answer": _answer(p)} for p in make_prompts(100, seed + 2)]}
     from rlhf.train.run import write_jsonl_atomic
     for k, path in files.items():
         write_jsonl_atomic(path, rows[k])

@@ -33,7 +33,7 @@ def test_overrides_reach_nested_types():
     (["eval_fraction=0.1", "eval_split=test"], "eval_fraction", "not both"),
     (["columns.question=prompt"], "columns.question", "allowed keys"),
     (["columns.prompt=q", "columns.completion=q"], "columns", "one source column"),
-    (["format=alpaca"], "format", "must be one of"),
+    (["format=tsv"], "format", "must be one of"),
     (["max_length=1"], "max_length", "must be >= 2"),
     (["prompt_truncation=middle"], "prompt_truncation", "must be one of"),
 ])

@@ -34,8 +34,10 @@ def write(tmp_path, rows, name="d.jsonl"):
 
 
 def load(tmp_path, rows, kind, **kw):
+    """Load ``rows``; these tests skip 1 row in 3 on purpose, so data.max_skip_fraction is off
+    unless ``kw`` sets it (its own tests are in test_data_formats.py)."""
     p = write(tmp_path, rows)
-    recs, report = load_records(DataConfig(train=str(p), **kw), kind)
+    recs, report = load_records(DataConfig(train=str(p), **{"max_skip_fraction": 1.0, **kw}), kind)
     return recs, report, p
 
 
@@ -303,7 +305,8 @@ def test_eval_from_a_file_and_from_a_split(tmp_path):
     import datasets
     tr = write(tmp_path, [{"prompt": "a", "completion": "b"}], "train.jsonl")
     ev = write(tmp_path, [{"prompt": "c", "completion": "d"}, {"prompt": "x", "completion": ""}], "eval.jsonl")
-    train, evs, report = load_train_eval(DataConfig(train=str(tr), eval=str(ev)), "sft")
+    # 1 bad row in 2 on purpose: the skip limit is off here
+    train, evs, report = load_train_eval(DataConfig(train=str(tr), eval=str(ev), max_skip_fraction=1.0), "sft")
     assert train == [SFTRecord("a", "b")] and evs == [SFTRecord("c", "d")]
     assert report.counts == {"empty field": 1} and report.rows_read == 3  # one report for both
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_list([{"prompt": "a", "completion": "b"}]),

@@ -187,7 +187,7 @@ def test_a_template_that_does_not_prefix_the_conversation_is_reported(tok):
     tok.chat_template = OWN.replace("'### assistant\\n'", "'### assistant:\\n'")
     recs = [SFTRecord([U("hello")], [A("hi")], ("f.jsonl", 4)), SFTRecord("hello", "hi", ("f.jsonl", 5))]
     report = SkipReport()
-    out = encode_records(recs, tok, DataConfig(), report)
+    out = encode_records(recs, tok, DataConfig(max_skip_fraction=1.0), report)  # 1 bad in 2 on purpose
     assert out == [{"input_ids": [10, 12, 1], "completion_mask": [0, 1, 1]}]
     assert report.counts == {"cannot be tokenized": 1} and report.examples["cannot be tokenized"] == [("f.jsonl", 4)]
     with pytest.raises(DataError, match=r"^f\.jsonl:4: completion: a chat template that renders the prompt"):

@@ -368,7 +368,9 @@ def test_bad_ranked_rows_are_counted_skips_or_strict_errors(tiny_llama, tmp_path
     rows[5] = {"prompt": "pick: y", "responses": [" a", " b"], "scores": [1, float("nan")]}
     rows[6] = {"prompt": "pick: z", "responses": [" a", " b", " c"], "scores": [2, 2, 1]}  # one tie
     path = _write(rows, tmp_path / "bad.jsonl")
-    s = _tiny_rm_run(tiny_llama, path, tmp_path / "ok", "train.batch_size=4", "train.max_steps=1")
+    # 2 bad rows in 8 on purpose: past the default data.max_skip_fraction (1%), so raised here
+    s = _tiny_rm_run(tiny_llama, path, tmp_path / "ok", "train.batch_size=4", "train.max_steps=1",
+                     "data.max_skip_fraction=0.25")
     assert s["skipped"] == {"fewer than 2 responses": 1, "NaN score": 1, "tie (pair skipped)": 1}
     assert s["train_prompts"] == 6 and s["train_pairs"] == 5 * 3 + 2
     with pytest.raises(DataError, match=rf"{path.name}:3: responses: a list of at least 2 responses"):
