@@ -52,6 +52,11 @@ def test_sharegpt_conversations_are_chat_messages_with_system_and_multi_turn_pro
     assert report.unused == {}  # an id column is not reported
 
 
+def test_a_conversation_column_that_is_no_chat_list_is_not_read_as_messages(tmp_path):
+    (rec,), report, _ = load(tmp_path, [{"prompt": "Hi", "completion": "Hello.", "conversation": "c-17"}], "sft")
+    assert rec == SFTRecord("Hi", "Hello.") and report.unused == {}
+
+
 def test_sharegpt_custom_keys_and_role_names(tmp_path):
     row = {"dialog": [{"speaker": "person", "text": "Hi"}, {"speaker": "bot", "text": "Hello."}]}
     (rec,), _, _ = load(tmp_path, [row], "sft", columns={"messages": "dialog"},
