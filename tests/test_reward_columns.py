@@ -183,3 +183,20 @@ def test_rounds_recipes_score_with_each_samples_row_columns():
     assert rewards == [1.0, 0.0, 1.0, 0.0] and tracked == {"also": [1.0, 0.0, 1.0, 0.0]}
     with pytest.raises(ConfigError, match="q.jsonl:2: the prompt '2\\+2=' appears twice with different"):
         _columns_by_prompt([records[0], PromptRecord("2+2=", ("q.jsonl", 2), {"answer": "5"})])
+
+
+def test_score_tool_passes_row_columns_and_reads_sharegpt(tmp_path, monkeypatch):
+    """`rlhf score --reward file.py:fn` prepares rows as training does and gives the function the
+    row's columns."""
+    from rlhf.cli import main
+
+    (tmp_path / "chk.py").write_text("def check(prompts, completions, answer):\n"
+                                     "    return [float(c[-1]['content'] == a) for c, a in zip(completions, answer)]\n")
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"conversations": [{"from": "human", "value": "2+2="}, {"from": "gpt", "value": "4"}], "answer": "4"},
+        {"conversations": [{"from": "human", "value": "3+4="}, {"from": "gpt", "value": "8"}], "answer": "7"}]))
+    monkeypatch.chdir(tmp_path)
+    assert main(["score", "--reward", "chk.py:check", "--data", str(data), "--output", "out.jsonl"]) == 0
+    out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["reward"] for r in out] == [1.0, 0.0] and out[0]["answer"] == "4"

@@ -332,6 +332,10 @@ def rename_columns(rows: list[Row], columns: dict[str, str], source: str) -> dic
         if canon in present or canon in columns:
             continue
         alias = next((a for a in names if a in present and a not in columns.values()), None)
+        if alias is not None and canon == "messages":
+            # only a column of chat lists is a conversation (not, say, a conversation id)
+            first = next((r.data[alias] for r in rows if r.data.get(alias) is not None), None)
+            alias = alias if isinstance(first, list) else None
         if alias is not None:
             columns[canon] = alias
     if not columns:

@@ -74,7 +74,7 @@ def _to_kind(rec: Record, kind: str, report: SkipReport, keep: str) -> list[Reco
     if kind == "prompt":
         return [PromptRecord(rec.prompt, o)]
     if kind == "sft" and isinstance(rec, PreferenceRecord):
-        out = [SFTRecord(rec.prompt, rec.chosen, o)]
+        out: list[Record] = [SFTRecord(rec.prompt, rec.chosen, o)]
         return out + [SFTRecord(rec.prompt, rec.rejected, o)] if keep == "all" else out
     if kind == "sft" and isinstance(rec, UnpairedRecord):
         if keep == "preferred" and not rec.label:
@@ -82,7 +82,7 @@ def _to_kind(rec: Record, kind: str, report: SkipReport, keep: str) -> list[Reco
             return []
         return [SFTRecord(rec.prompt, rec.completion, o)]
     if kind == "preference" and isinstance(rec, RankedRecord):
-        return rec.to_pairs(report)
+        return list(rec.to_pairs(report))
     if kind == "unpaired" and isinstance(rec, PreferenceRecord):
         return [UnpairedRecord(rec.prompt, rec.chosen, True, o), UnpairedRecord(rec.prompt, rec.rejected, False, o)]
     return [rec]
@@ -161,7 +161,8 @@ def _check_source(rows: list, fmt: str, cfg: DataConfig, spec: RowSpec, name: st
                             f"{missing} not found (the source has columns {sorted(present)}); set "
                             "data.winner_columns, e.g. [label] or [vote1, vote2, vote3]")
         if not cfg.winner_values:
-            seen = {winner_key(spec.lookup(r.data, c)) for r in rows for c in spec.winner_columns} - {None}
+            seen = {k for r in rows for c in spec.winner_columns
+                    if (k := winner_key(spec.lookup(r.data, c))) is not None}
             if seen and seen <= {"0", "1", "true", "false"}:
                 raise DataError(name, None, "winner_values", f"to be told what the winner values "
                                 f"{sorted(seen)} mean: whether 1/true means response_a or response_b "
@@ -235,11 +236,11 @@ def load_records(cfg: DataConfig, kind: Kind, source: str | None = None,
             del out[cfg.max_samples:]
             break
     report.records = len(out)
-    bad, considered = report.bad_rows, bad_before + seen
-    if considered and bad / considered > cfg.max_skip_fraction:
+    n_bad, considered = report.bad_rows, bad_before + seen
+    if considered and n_bad / considered > cfg.max_skip_fraction:
         raise DataError(name, None, "rows", f"at most {cfg.max_skip_fraction:.1%} of the rows to be "
-                        f"skipped as bad (data.max_skip_fraction), but {bad} of {considered} "
-                        f"({bad / considered:.1%}) were: fix the data or its mapping (data.columns, "
+                        f"skipped as bad (data.max_skip_fraction), but {n_bad} of {considered} "
+                        f"({n_bad / considered:.1%}) were: fix the data or its mapping (data.columns, "
                         f"data.format), or raise data.max_skip_fraction\n{report.summary()}")
     if not out:
         # An empty dataset would only fail later, obscurely (an empty data loader).

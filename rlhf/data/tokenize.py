@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 from rlhf.data.config import DataConfig
 from rlhf.data.errors import ENCODING, DataError, SkipReport
@@ -320,7 +320,7 @@ def encode_prompt(record: PromptRecord, tokenizer: Any, cfg: DataConfig,
     return {"prompt_input_ids": truncate(ids, limit, cfg.prompt_truncation)}
 
 
-_ENCODERS = {
+_ENCODERS: dict[type, Callable[..., dict[str, Any]]] = {
     SFTRecord: encode_sft,
     PreferenceRecord: encode_preference,
     UnpairedRecord: encode_unpaired,
@@ -355,10 +355,10 @@ def encode_records(records: list[Record], tokenizer: Any, cfg: DataConfig,
             if report is not None:
                 report.skip(e.reason or ENCODING, e.file, e.row, str(e))
     if records and len(skipped) / len(records) > cfg.max_skip_fraction:
-        e = skipped[0]
-        raise DataError(e.file, None, "records", f"at most {cfg.max_skip_fraction:.1%} of the records "
+        first = skipped[0]
+        raise DataError(first.file, None, "records", f"at most {cfg.max_skip_fraction:.1%} of the records "
                         f"to be skipped at tokenization (data.max_skip_fraction), but {len(skipped)} "
-                        f"of {len(records)} ({len(skipped) / len(records):.1%}) were; the first: {e}")
+                        f"of {len(records)} ({len(skipped) / len(records):.1%}) were; the first: {first}")
     if report is not None and report.truncated != trunc_before:
         new = SkipReport(encoded=len(out), truncated_examples=report.truncated_examples - n_trunc_before)
         for part, (n, tok, mx) in report.truncated.items():

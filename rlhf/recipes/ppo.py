@@ -323,6 +323,11 @@ def _prompts(cfg: PPOConfig, tokenizer: Any, trainer: Trainer) -> list[dict]:
             if cfg.data.strict:
                 raise
             report.skip(e.reason or ENCODING, e.file, e.row, str(e))
+    n_failed = len(records) - len(out)
+    if records and n_failed / len(records) > cfg.data.max_skip_fraction:
+        raise DataError(cfg.data.train, None, "prompts", f"at most {cfg.data.max_skip_fraction:.1%} of the "
+                        f"prompts to be skipped at tokenization (data.max_skip_fraction), but {n_failed} of "
+                        f"{len(records)} were\n{report.summary()}")
     if report.skipped_rows or report.truncated:
         trainer.print(f"[ppo] {report.summary()}")
     if not out:

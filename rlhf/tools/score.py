@@ -19,6 +19,7 @@ An existing output file is never overwritten. The output format follows its exte
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -54,10 +55,11 @@ def score_file(source: Any, data: str, output: str | Path, *, data_cfg: Any = No
                batch_size: int = 64) -> dict[str, Any]:
     """Score ``data`` with reward source ``source`` and write ``output``; returns a summary."""
     from rlhf.data.config import DataConfig
-    from rlhf.data.formats import CONVERTERS, detect_format
-    from rlhf.data.errors import BadRow, SkipReport
+    from rlhf.data.errors import BadRow, DropRow, SkipReport
+    from rlhf.data.formats import CONVERTERS, RowSpec, detect_format, prepare_row
     from rlhf.data.io import read_rows, rename_columns
-    from rlhf.data.records import PreferenceRecord, RankedRecord, SFTRecord
+    from rlhf.data.records import PreferenceRecord, RankedRecord, SFTRecord, UnpairedRecord
+    from rlhf.rewards import call_reward, row_columns
 
     output = Path(output)
     if output.exists():
@@ -65,24 +67,32 @@ def score_file(source: Any, data: str, output: str | Path, *, data_cfg: Any = No
                               "(choose another name or delete it yourself)")
     cfg = data_cfg or DataConfig()
     report = SkipReport()
-    rows = read_rows(data, cfg.train_split, strict=cfg.strict, report=report)
+    rows = read_rows(data, cfg.train_split, strict=cfg.strict, report=report, encoding=cfg.encoding)
     originals = [dict(r.data) for r in rows]  # before renaming: the copy keeps the user's columns
-    rename_columns(rows, cfg.columns, data)
-    fmt = cfg.format if cfg.format != "auto" else detect_format(rows, data)
-    if fmt not in ("sft", "messages", "preference", "hh", "conversational_preference", "ranked"):
+    renames = rename_columns(rows, cfg.columns, data)
+    fmt = cfg.format if cfg.format != "auto" else detect_format(
+        rows, data, ("prompt",) if cfg.prompt_template is not None else ())
+    if fmt not in ("sft", "messages", "alpaca", "preference", "hh", "conversational_preference", "pairwise",
+                   "ranked", "unpaired"):
         raise ValueError(f"{data}: rlhf score needs completions to score; a {fmt!r} source has none")
-    convert = CONVERTERS[fmt]
+    # The same row preparation as training (ShareGPT keys, templates, system column).
+    spec = RowSpec.from_config(cfg, fmt, {src: canon for canon, src in renames.items()})
+    convert = CONVERTERS[fmt] if fmt != "pairwise" else functools.partial(CONVERTERS[fmt], spec=spec)
     # Flatten every (prompt, completion) to score into one list, remembering where it goes.
     prompts, completions, slots = [], [], []  # slots: (row index, key, position or None)
+    columns: list[dict[str, Any]] = []  # each completion's row, for reward functions
     kept = []
     for i, row in enumerate(rows):
         try:
-            rec = convert(row.data, [])
+            rec = convert(prepare_row(row.data, spec, fmt), [])
         except BadRow as bad:
             report.reject(bad, row.source, row.number, cfg.strict)
             continue
+        except DropRow as drop:  # a pairwise tie: nothing to say which is chosen
+            report.skip(drop.reason, row.source, row.number)
+            continue
         kept.append(i)
-        if isinstance(rec, SFTRecord):
+        if isinstance(rec, (SFTRecord, UnpairedRecord)):
             items = [("reward", None, rec.completion)]
         elif isinstance(rec, PreferenceRecord):
             items = [("reward_chosen", None, rec.chosen), ("reward_rejected", None, rec.rejected)]
@@ -92,9 +102,11 @@ def score_file(source: Any, data: str, output: str | Path, *, data_cfg: Any = No
             prompts.append(rec.prompt)
             completions.append(completion)
             slots.append((i, key, pos))
+            columns.append({k: v for k, v in originals[i].items() if k != renames.get("prompt", "prompt")})
     values: list[float] = []
     for k in range(0, len(prompts), batch_size):
-        values += source(prompts[k:k + batch_size], completions[k:k + batch_size]).tolist()
+        values += call_reward(source, prompts[k:k + batch_size], completions[k:k + batch_size],
+                              **row_columns(columns[k:k + batch_size])).tolist()
     out_rows = {i: originals[i] for i in kept}
     for (i, key, pos), v in zip(slots, values):
         if pos is None:

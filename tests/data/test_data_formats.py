@@ -52,6 +52,11 @@ def test_sharegpt_conversations_are_chat_messages_with_system_and_multi_turn_pro
     assert report.unused == {}  # an id column is not reported
 
 
+def test_a_conversation_column_that_is_no_chat_list_is_not_read_as_messages(tmp_path):
+    (rec,), report, _ = load(tmp_path, [{"prompt": "Hi", "completion": "Hello.", "conversation": "c-17"}], "sft")
+    assert rec == SFTRecord("Hi", "Hello.") and report.unused == {}
+
+
 def test_sharegpt_custom_keys_and_role_names(tmp_path):
     row = {"dialog": [{"speaker": "person", "text": "Hi"}, {"speaker": "bot", "text": "Hello."}]}
     (rec,), _, _ = load(tmp_path, [row], "sft", columns={"messages": "dialog"},
@@ -312,3 +317,22 @@ def test_truncated_rows_are_counted_with_tokens_cut(tmp_path, tok, caplog):
         "truncated to data.max_length: 2 of 3 examples; "
         "prompt: 1 (3 tokens cut, at most 3); completion: 1 (3 tokens cut, at most 3)")
     assert "truncated to data.max_length: 2 of 3 examples" in caplog.text
+
+
+def test_ppo_prompts_that_cannot_be_tokenized_count_towards_max_skip_fraction(tmp_path, tok):
+    """Chat prompts with data.chat_template none cannot be encoded; half of the prompts failing
+    stops PPO before any sampling (the same limit as for rows)."""
+    from types import SimpleNamespace
+
+    from rlhf.recipes.ppo import PPOConfig, _prompts
+
+    p = write(tmp_path, [{"prompt": "hello world"}, {"prompt": [{"role": "user", "content": "hi"}]}])
+    cfg = PPOConfig(data=DataConfig(train=str(p), chat_template="none"), reward="x:y")
+    printed: list[str] = []
+    trainer = SimpleNamespace(print=printed.append)
+    with pytest.raises(DataError, match=r"prompts: at most 1.0% of the prompts to be skipped at tokenization "
+                                        r"\(data.max_skip_fraction\), but 1 of 2 were"):
+        _prompts(cfg, tok, trainer)
+    cfg = PPOConfig(data=DataConfig(train=str(p), chat_template="none", max_skip_fraction=0.5), reward="x:y")
+    out = _prompts(cfg, tok, trainer)
+    assert [e["prompt"] for e in out] == ["hello world"] and "cannot be tokenized: 1" in printed[0]
