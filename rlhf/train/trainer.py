@@ -448,8 +448,10 @@ class Trainer:
                 if n not in params:
                     raise RunDirError(f"{path}/trainable.safetensors has parameter {n!r} that this model lacks")
                 params[n].copy_(t.to(params[n].dtype))
+        # Read onto the CPU: load_state_dict moves the state to each parameter's device. (Mapping
+        # to self.device failed for process 1 of a CPU run: torch cannot restore to "cpu:1".)
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True,
-                                                  map_location=self.device))
+                                                  map_location="cpu"))
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         rng_file = path / f"rng_{self.accelerator.process_index}.safetensors"
         if rng_file.exists():
