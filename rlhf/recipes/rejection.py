@@ -56,7 +56,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-
 from rlhf.config import ConfigError, opt, save_config
 from rlhf.data.config import DataConfig
 from rlhf.eval.evaluate import SamplingConfig
@@ -64,8 +63,8 @@ from rlhf.models.config import ModelConfig
 from rlhf.recipes.best_of_n import select_best
 from rlhf.recipes.sft import SFTSection, inner_sft_config, run_inner_sft
 from rlhf.train.guards import NonFiniteError, check_resume_config
-from rlhf.train.run import (is_finished, prepare_output_dir, publish_model, remove_debris,
-                            write_json_atomic, write_jsonl_atomic)
+from rlhf.train.run import (is_finished, prepare_output_dir, publish_model, remove_debris, write_json_atomic,
+                            write_jsonl_atomic)
 
 __all__ = ["SampledRoundsConfig", "RAFTConfig", "ReSTConfig", "Step", "train", "train_rest", "raft_schedule", "rest_schedule",
            "select_best_per_prompt", "select_threshold", "select_top_fraction",
@@ -405,7 +404,8 @@ class RoundRun:
                 try:
                     vals = source(prompts[s:s + bs], completions[s:s + bs])
                 except Exception as e:  # noqa: BLE001 - re-raised with the source and step named
-                    raise (NonFiniteError if isinstance(e, NonFiniteError) else RuntimeError)(f"[{self.stage}] {where}: reward source {name} ({getattr(source, 'name', '?')}) "
+                    kind = NonFiniteError if isinstance(e, NonFiniteError) else RuntimeError
+                    raise kind(f"[{self.stage}] {where}: reward source {name} ({getattr(source, 'name', '?')}) "
                                        f"failed on completions {s}..{min(s + bs, len(completions)) - 1}: "
                                        f"{type(e).__name__}: {e}") from e
                 vals = [float(v) for v in (vals.tolist() if hasattr(vals, "tolist") else vals)]

@@ -43,8 +43,8 @@ from safetensors.torch import load_file, save_file
 from rlhf.config import save_config, to_dict
 from rlhf.train.config import TrainConfig
 from rlhf.train.guards import NonFiniteError, check_finite_tensors, check_resume_config
-from rlhf.train.run import (MetricsWriter, RunDirError, _fsync_parent, atomic_dir, fsync_tree,
-                            list_checkpoints, prepare_output_dir, write_json_atomic)
+from rlhf.train.run import (MetricsWriter, RunDirError, _fsync_parent, atomic_dir, fsync_tree, list_checkpoints,
+                            prepare_output_dir, write_json_atomic)
 
 __all__ = ["Trainer", "StepPlan", "RunDirError"]
 

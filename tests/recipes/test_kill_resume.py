@@ -98,7 +98,8 @@ def test_iterative_dpo_killed_while_publishing_round_2(rounds_setup):
     assert _debris(out) == []
     assert _drop(got) == _drop(ref)
     _same_files(out, s["tmp"] / "ref", ["round-1/samples.jsonl", "round-2/pairs.jsonl", "final/model.safetensors"])
-    assert [_drop(r) for r in _jsonl(out / "metrics.jsonl")] == [_drop(r) for r in _jsonl(s["tmp"] / "ref" / "metrics.jsonl")]
+    assert [_drop(r) for r in _jsonl(out / "metrics.jsonl")] == \
+        [_drop(r) for r in _jsonl(s["tmp"] / "ref" / "metrics.jsonl")]
 
 
 def test_rest_killed_inside_a_checkpoint_write(rounds_setup):
@@ -126,7 +127,8 @@ def test_rest_killed_inside_a_checkpoint_write(rounds_setup):
     got = train_rest(cfg(out))
     assert _debris(out) == []
     assert _drop(got) == _drop(ref)
-    _same_files(out, s["tmp"] / "ref", ["grow-1/samples.jsonl", "grow-1/improve-2/kept.jsonl", "final/model.safetensors"])
+    _same_files(out, s["tmp"] / "ref", ["grow-1/samples.jsonl", "grow-1/improve-2/kept.jsonl",
+                                        "final/model.safetensors"])
     inner = "grow-1/improve-2/sft/metrics.jsonl"
     assert [_drop(r) for r in _jsonl(out / inner)] == [_drop(r) for r in _jsonl(s["tmp"] / "ref" / inner)]
 
@@ -155,7 +157,8 @@ def test_hindsight_killed_while_publishing_final(tmp_path, tiny_llama):
     assert _drop(got) == _drop(ref, ("seconds", "policy")) | {"rounds": got["rounds"]}
     assert [_drop(r, ("seconds", "policy", "sft")) for r in got["rounds"]] == \
         [_drop(r, ("seconds", "policy", "sft")) for r in ref["rounds"]]
-    _same_files(out, tmp_path / "ref", ["round-1/relabeled.jsonl", "round-2/relabeled.jsonl", "final/model.safetensors"])
+    _same_files(out, tmp_path / "ref", ["round-1/relabeled.jsonl", "round-2/relabeled.jsonl",
+                                        "final/model.safetensors"])
 
 
 def test_constitutional_killed_in_its_sft(tmp_path, tiny_llama):
@@ -233,7 +236,8 @@ def test_two_processes_killed_inside_a_checkpoint_write(tiny_llama, instruction_
     cfg = load_config(SFTConfig, None, [f"output_dir={two}", *common])
     _kill(cfg, "sft", "safetensors.torch:save_file", "checkpoint-4.tmp/rng_", nproc=2)
     assert [p.name for p in sorted(two.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-4.tmp"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     p = subprocess.run([str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2",
                         "-m", "rlhf.cli", "sft", str(two.with_name("two.yaml"))],
                        env=env, capture_output=True, text=True, timeout=600, cwd=REPO)

@@ -21,7 +21,7 @@ from rlhf.config import load_config
 from rlhf.pipeline import PipelineError, load_pipeline
 from rlhf.train import run as run_mod
 from rlhf.train.config import TrainConfig
-from rlhf.train.guards import (NonFiniteError, check_path_component, config_changes, is_safe_key)
+from rlhf.train.guards import NonFiniteError, check_path_component, config_changes, is_safe_key
 from rlhf.train.run import RunDirError, atomic_dir, list_checkpoints, remove_debris, write_json_atomic
 from rlhf.train.trainer import Trainer
 
