@@ -350,3 +350,31 @@ def test_published_folders_and_checkpoints_are_flushed_before_the_rename(tmp_pat
     assert {f"{ck}.tmp/{n}" for n in ("trainable.safetensors", "optimizer.pt", "scheduler.pt",
                                       "rng_0.safetensors", "trainer_state.json")} <= synced
     assert ("fsync", str(root / "toy")) in events[i:]
+
+
+def test_check_finite_is_exact_where_its_fast_sum_overflows():
+    """The fast path sums the tensor; finite values whose sum overflows (3e38 x 10 in float32)
+    must still pass, and one inf among them must still be found at its index."""
+    from rlhf.train.guards import check_finite
+    big = torch.full((10,), 3e38)
+    check_finite(big, "big")
+    big[7] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"big: 1 of 10 values are not finite \(first at index 7: inf\)"):
+        check_finite(big, "big")
+
+
+def test_publish_model_refuses_a_folder_with_nan_weights(tmp_path):
+    """The rounds recipes copy an inner run's final/ to their own: a NaN there is not published
+    and the existing final/ stays. Before: copied as is."""
+    from safetensors.torch import save_file
+
+    from rlhf.train.run import publish_model
+    src, dst = tmp_path / "round-2" / "final", tmp_path / "final"
+    src.mkdir(parents=True)
+    dst.mkdir()
+    save_file({"a": torch.zeros(3), "b": torch.tensor([0.0, float("nan")])}, str(src / "model.safetensors"))
+    (dst / "model.safetensors").write_bytes(b"old")
+    with pytest.raises(NonFiniteError, match=r"model.safetensors: tensor b: 1 of 2 values are not finite"):
+        publish_model(src, dst)
+    assert (dst / "model.safetensors").read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == \
+        ["final", "round-2"]
