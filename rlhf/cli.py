@@ -147,11 +147,22 @@ def _config_source(stage: str, argv: list[str]) -> tuple[str | None, list[str]]:
     return path, rest
 
 
+def os_error_line(e: OSError) -> str:
+    """An OSError as one line: the path(s), the cause (strerror) and the errno's name."""
+    import errno as errno_mod
+
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None) or "(path not known)"
+    code = f" [{errno_mod.errorcode.get(e.errno, e.errno)}]" if e.errno is not None else ""
+    return f"{paths}: {e.strerror or e}{code}"
+
+
 def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
-    """Turn the errors a user can fix (bad data, unusable output folder) into one clear line."""
+    """Turn the errors a user can fix (bad data, unusable output folder, a full or read-only
+    disk, a diverged run) into one clear line."""
     from rlhf.config import ConfigError
     from rlhf.data.errors import DataError
     from rlhf.models.load import HubError
+    from rlhf.train.guards import NonFiniteError
     from rlhf.train.run import RunDirError
 
     try:
@@ -159,8 +170,12 @@ def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
     except ConfigError as e:  # a value only checkable at run time (a reward spec, a folder)
         print(f"rlhf {name}: config error: {e}", file=sys.stderr)
         return 2
-    except (DataError, RunDirError, HubError) as e:
+    except (DataError, RunDirError, HubError, NonFiniteError) as e:
         print(f"rlhf {name}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # read-only, full, permission: every publish is atomic, so nothing is half-written
+        print(f"rlhf {name}: error: {os_error_line(e)}; nothing half-written was left (rerun to resume "
+              f"from the last checkpoint once this is fixed)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"\nrlhf {name}: interrupted; rerun the same command to resume from the last checkpoint",
@@ -182,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_stage(name, rest)
     if name in TOOLS:
         mod, fn = TOOLS[name][0].split(":")
-        return int(getattr(importlib.import_module(mod), fn)(rest) or 0)
+        codes: list[int] = []
+        rc = _run_guarded(name, lambda: codes.append(int(getattr(importlib.import_module(mod), fn)(rest) or 0)))
+        return codes[0] if codes else rc
     import difflib
     close = difflib.get_close_matches(name, list(STAGES) + list(TOOLS), n=1)
     print(f"rlhf: unknown stage or tool {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")

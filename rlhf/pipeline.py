@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rlhf.config import ConfigError
-from rlhf.train.run import atomic_dir, is_finished, write_json_atomic
+from rlhf.train.guards import check_path_component
+from rlhf.train.run import atomic_dir, is_finished, remove_debris, write_json_atomic
 
 __all__ = ["PipelineError", "load_pipeline", "run_pipeline", "main", "STAGE_TYPES"]
 
@@ -107,6 +108,10 @@ def load_pipeline(spec: dict[str, Any] | str | Path, output_dir: str | Path | No
             raise PipelineError(f"{where}: expected a mapping with 'name' and 'type'")
         name, kind = str(raw["name"]), str(raw["type"])
         where = f"{source}: stage {name!r}"
+        try:  # the name becomes output_dir/<name>: it must stay inside output_dir
+            check_path_component(name, "the stage name")
+        except ValueError as e:
+            raise PipelineError(f"{source}: stages[{i}]: name: {e}") from None
         if name in dirs:
             raise PipelineError(f"{where}: the name is used twice (or is reserved)")
         extra = set(raw) - {"name", "type", "config", "args"}
@@ -196,6 +201,7 @@ def run_pipeline(spec: dict[str, Any] | str | Path, output_dir: str | Path | Non
     """Run every stage not yet finished, in order. Returns the pipeline status dict."""
     out, stages = load_pipeline(spec, output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_debris(out)  # a killed non-training stage's <name>.tmp-<pid>/, a torn pipeline.json write
     status_file = out / "pipeline.json"
     status = {"stages": [{"name": s.name, "type": s.type, "output_dir": str(s.output_dir), "status": "pending"}
                          for s in stages]}
@@ -240,6 +246,7 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if (a.file is None) == (a.recipe is None):
         p.error("give a pipeline file or --recipe NAME (one of the two)")
+    from rlhf.cli import _run_guarded
     try:
         if a.recipe is not None:
             from rlhf.configs import RecipeNotFound, recipe_path
@@ -247,8 +254,9 @@ def main(argv: list[str]) -> int:
                 a.file = str(recipe_path("pipeline", a.recipe))
             except RecipeNotFound as e:
                 raise PipelineError(str(e)) from None
-        run_pipeline(a.file, a.output_dir, a.only.split(",") if a.only else None)
+        # a stage's own errors (full disk, diverged run, bad data) as one line, like `rlhf <stage>`
+        return _run_guarded("pipeline", lambda: run_pipeline(a.file, a.output_dir,
+                                                              a.only.split(",") if a.only else None))
     except PipelineError as e:
         print(f"rlhf pipeline: {e}", file=sys.stderr)
         return 2
-    return 0

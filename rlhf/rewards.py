@@ -163,6 +163,21 @@ def call_reward(source: Callable, prompts: Sequence[Any], completions: Sequence[
     return source(prompts, completions, **columns)
 
 
+def _check_finite_rewards(name: str, scores: torch.Tensor, prompts: Sequence[Any],
+                          completions: Sequence[Any]) -> None:
+    """A NaN/inf reward would reach the policy update (or a selection) unnoticed: stop, naming
+    the source and the row (its index in this call's prompts/completions)."""
+    bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+    if bad:
+        from rlhf.train.guards import NonFiniteError
+        i = bad[0]
+        raise NonFiniteError(f"reward source {name}: reward of row {i} (of {len(scores)}) is {float(scores[i])}"
+                             f"{f' ({len(bad)} non-finite in all)' if len(bad) > 1 else ''}; prompt "
+                             f"{str(prompts[i])[:80]!r}, completion {str(completions[i])[:80]!r}. A reward "
+                             f"model that outputs NaN/inf is broken (diverged training, bf16 overflow); "
+                             f"nothing was trained on it")
+
+
 # --------------------------------------------------------------------------- sources
 
 
@@ -236,6 +251,7 @@ class ModelReward(RewardSource):
             out.append(score_last_token(self.model, b["input_ids"], b["attention_mask"],
                                         b["position_ids"]).float().cpu())
         scores = torch.cat(out) if out else torch.zeros(0)  # (N,)
+        _check_finite_rewards(self.name, scores, prompts, completions)
         if self.normalize:
             scores = (scores - self.mean) / self.std
         return scores
@@ -280,6 +296,8 @@ class WeightedSum(RewardSource):
         if not sources:
             raise ValueError("a sum of reward sources needs at least one source")
         weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
+        if not all(math.isfinite(w) for w in weights):
+            raise ValueError(f"a sum of reward sources: weights must be finite numbers (got {weights})")
         if len(weights) != len(sources):
             raise ValueError(f"a sum of reward sources: {len(sources)} sources but {len(weights)} weights")
         self.sources, self.weights = list(sources), weights

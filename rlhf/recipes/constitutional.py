@@ -45,6 +45,7 @@ from rlhf.data.config import DataConfig
 from rlhf.eval.evaluate import SamplingConfig
 from rlhf.models.config import ModelConfig
 from rlhf.recipes.sft import SFTSection, inner_sft_config, run_inner_sft
+from rlhf.train.guards import check_resume_config
 from rlhf.train.run import prepare_output_dir, publish_model, write_json_atomic, write_jsonl_atomic
 
 __all__ = ["ConstitutionalConfig", "train", "generate_texts", "fill",
@@ -181,6 +182,8 @@ def train(cfg: ConstitutionalConfig) -> dict[str, Any]:
     # Step 1. The output folder (a finished run is never overwritten) and the step functions,
     # so that a typo in a function name fails before any model is loaded.
     prepare_output_dir(out, "auto")
+    if (out / "chains.jsonl").exists() or (out / "sft").exists():  # resuming: same settings, or safe ones
+        check_resume_config(out, out / "config.yaml", cfg, "constitutional")
     save_config(cfg, out / "config.yaml")
     critic_fn = load_step_function(cfg.critic, "critic") if cfg.critic and _is_callable_ref(cfg.critic) else None
     reviser_fn = load_step_function(cfg.reviser, "reviser") if cfg.reviser and _is_callable_ref(cfg.reviser) else None

@@ -41,6 +41,7 @@ from rlhf.eval.evaluate import SamplingConfig
 from rlhf.models.config import ModelConfig
 from rlhf.recipes.constitutional import generate_texts, load_step_function
 from rlhf.recipes.sft import SFTSection, inner_sft_config, run_inner_sft
+from rlhf.train.guards import check_resume_config
 from rlhf.train.run import is_finished, prepare_output_dir, publish_model, write_json_atomic, write_jsonl_atomic
 
 __all__ = ["HindsightConfig", "RelabelError", "relabel_samples", "train"]
@@ -129,6 +130,8 @@ def train(cfg: HindsightConfig) -> dict[str, Any]:
     records, report = load_records(cfg.data, "prompt")
     prompts = [r.prompt for r in records]
     prepare_output_dir(out, "auto")
+    if any(out.glob("round-*")):  # resuming: same settings or safe changes
+        check_resume_config(out, out / "config.yaml", cfg, "hindsight")
     save_config(cfg, out / "config.yaml")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -39,8 +39,9 @@ Outputs, in ``output_dir``::
 Resuming: a killed run is started again with the same command. Finished steps (their
 summary.json) are skipped, a step's samples are read back rather than drawn again, and an
 unfinished inner SFT run resumes from its newest checkpoint (``sft.save_every``). A run whose
-saved config differs from the new one (other than ``output_dir`` and progress bars) is refused
-once any step folder exists, so changed settings never silently continue a different run.
+saved config differs from the new one in a key that changes results is refused once any step
+folder exists (the shared resume fingerprint, :func:`rlhf.train.guards.check_resume_config`),
+so changed settings never silently continue a different run.
 
 Run them with ``rlhf raft --recipe tiny`` and ``rlhf rest --recipe tiny``.
 """
@@ -55,16 +56,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-import yaml
-
-from rlhf.config import ConfigError, opt, save_config, to_yaml
+from rlhf.config import ConfigError, opt, save_config
 from rlhf.data.config import DataConfig
 from rlhf.eval.evaluate import SamplingConfig
 from rlhf.models.config import ModelConfig
 from rlhf.recipes.best_of_n import select_best
 from rlhf.recipes.sft import SFTSection, inner_sft_config, run_inner_sft
-from rlhf.train.run import (RunDirError, is_finished, prepare_output_dir, publish_model,
-                            write_json_atomic, write_jsonl_atomic)
+from rlhf.train.guards import NonFiniteError, check_resume_config
+from rlhf.train.run import (is_finished, prepare_output_dir, publish_model, remove_debris, write_json_atomic,
+                            write_jsonl_atomic)
 
 __all__ = ["SampledRoundsConfig", "RAFTConfig", "ReSTConfig", "Step", "train", "train_rest", "raft_schedule", "rest_schedule",
            "select_best_per_prompt", "select_threshold", "select_top_fraction",
@@ -295,24 +295,6 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
-def _plain(d: Any) -> Any:
-    """The config as YAML would read it back, without settings that do not change results."""
-    if isinstance(d, dict):
-        return {k: _plain(v) for k, v in d.items() if k not in ("progress", "output_dir")}
-    if isinstance(d, list):
-        return [_plain(v) for v in d]
-    return d
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b), key=str):
-            out += _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
-        return out
-    return [] if a == b else [prefix or "<config>"]
-
-
 class RoundRun:
     """What RAFT, ReST and iterative DPO share: the output folder and its fingerprint, prompts,
     reward sources, sampling + scoring from a policy folder, the per-step metrics file, and the
@@ -354,18 +336,13 @@ class RoundRun:
         save_config(cfg, self.out / "config.yaml")
 
     def _check_fingerprint(self, step_folders: Sequence[str]) -> None:
-        old_file = self.out / "config.yaml"
+        """The shared resume fingerprint (rlhf.train.guards), once any step has started; what a
+        killed process left half-written in the step folders is removed first."""
         started = [f for f in dict.fromkeys(step_folders) if (self.out / f).exists()]
-        if not old_file.is_file() or not started:
-            return
-        old = _plain(yaml.safe_load(old_file.read_text()) or {})
-        new = _plain(yaml.safe_load(to_yaml(self.cfg)))
-        changed = _diff(old, new)
-        if changed:
-            raise RunDirError(
-                f"{self.out} holds an unfinished {self.stage} run with other settings ({', '.join(changed[:6])} "
-                f"differ from {old_file}); resuming it would mix two runs. Use another output_dir, restore "
-                f"those settings, or delete the folder.")
+        for f in started:
+            remove_debris(self.out / f)
+        if started:
+            check_resume_config(self.out, self.out / "config.yaml", self.cfg, self.stage)
 
     # -- policies ------------------------------------------------------------------------
 
@@ -435,7 +412,8 @@ class RoundRun:
                     vals = call_reward(source, prompts[s:s + bs], completions[s:s + bs],
                                        **row_columns(rows[s:s + bs]))
                 except Exception as e:  # noqa: BLE001 - re-raised with the source and step named
-                    raise RuntimeError(f"[{self.stage}] {where}: reward source {name} ({getattr(source, 'name', '?')}) "
+                    kind = NonFiniteError if isinstance(e, NonFiniteError) else RuntimeError
+                    raise kind(f"[{self.stage}] {where}: reward source {name} ({getattr(source, 'name', '?')}) "
                                        f"failed on completions {s}..{min(s + bs, len(completions)) - 1}: "
                                        f"{type(e).__name__}: {e}") from e
                 vals = [float(v) for v in (vals.tolist() if hasattr(vals, "tolist") else vals)]

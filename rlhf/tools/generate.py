@@ -100,6 +100,14 @@ def main(argv: list[str]) -> int:
         p.error("give at least one --prompt or a --prompts file")
     if a.temperature < 0 or not 0 < a.top_p <= 1 or a.num_samples < 1 or a.max_new_tokens < 1:
         p.error("need temperature >= 0, 0 < top-p <= 1, num-samples >= 1, max-new-tokens >= 1")
+    if a.output:  # before the model is loaded and anything sampled
+        out = Path(a.output)
+        if out.exists():
+            print(f"rlhf generate: --output {out} exists; not overwriting it", file=sys.stderr)
+            return 1
+        if not out.parent.is_dir():
+            print(f"rlhf generate: --output {out}: folder {out.parent} does not exist", file=sys.stderr)
+            return 1
 
     from rlhf.data.config import DataConfig
     from rlhf.models.config import ModelConfig
@@ -115,10 +123,7 @@ def main(argv: list[str]) -> int:
         r.pop("prompt_ids"), r.pop("completion_ids")
         print(f"### prompt: {r['prompt']!r}\n{r['completion']}\n")
     if a.output:
-        out = Path(a.output)
-        if out.exists():
-            print(f"rlhf generate: --output {out} exists; not overwriting it", file=sys.stderr)
-            return 1
-        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        print(f"wrote {len(rows)} samples to {out}")
+        from rlhf.train.run import write_jsonl_atomic
+        write_jsonl_atomic(Path(a.output), rows)
+        print(f"wrote {len(rows)} samples to {a.output}")
     return 0

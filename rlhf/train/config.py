@@ -32,6 +32,8 @@ class TrainConfig:
     save_total_limit: int | None = opt(2, "keep at most this many checkpoints (oldest removed first); null = keep all", gt=0)
     save_model_in_checkpoints: bool = opt(True, "also write a from_pretrained-loadable model in every checkpoint")
     resume_from: str = opt("auto", "'auto' = newest complete checkpoint in output_dir if any; 'none' = refuse an unfinished output_dir; or a checkpoint folder")
+    resume_changed_config: bool = opt(False, "resume even though settings outside rlhf.train.guards.SAFE_TO_CHANGE differ from the run's config.yaml (experts; recorded in resume_overrides.jsonl)")
+    max_skipped_steps: int = opt(3, "optimizer updates in a row that may be skipped for a non-finite loss or gradient norm; one more stops the run (0 = stop at the first)", ge=0)
     report_to: list[str] = opt(factory=list, help="extra trackers through accelerate: tensorboard, wandb")
     progress: bool = opt(True, "show a progress bar with the live loss")
 

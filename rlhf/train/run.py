@@ -25,9 +25,15 @@ from typing import Any
 
 __all__ = ["RunDirError", "prepare_output_dir", "list_checkpoints", "latest_checkpoint",
            "MetricsWriter", "write_json_atomic", "write_jsonl_atomic", "atomic_dir", "is_finished",
-           "publish_model"]
+           "publish_model", "remove_debris", "fsync_tree", "append_jsonl_durable"]
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
+# Temporary names this module, rlhf.models.load.save_model and the trainer write, and leave
+# behind when the process is killed mid-write: ``final.tmp-<pid>``, ``.final.tmp-<pid>[.tmp-<pid>]``,
+# ``.metrics.jsonl.tmp-<pid>``, ``final.old-<pid>``, ``checkpoint-<step>.tmp``, ``config.yaml.tmp``
+# and DPO's ``reference_logps.safetensors.tmp``.
+_DEBRIS = re.compile(r"^(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)$"
+                     r"|^(?:checkpoint-\d+|config\.yaml|reference_logps\.safetensors)\.tmp$")
 
 
 class RunDirError(RuntimeError):
@@ -77,11 +83,97 @@ def prepare_output_dir(output_dir: str | Path, resume_from: str) -> Path | None:
         raise RunDirError(
             f"{d} holds an unfinished run ({latest.name}). Pass train.resume_from=auto to continue "
             f"it, or choose another output_dir.")
+    remove_debris(d)
     if latest is None and d.is_dir() and (d / "metrics.jsonl").exists():
         # A run that died before its first checkpoint: nothing to resume, restart cleanly.
         (d / "metrics.jsonl").unlink()
     d.mkdir(parents=True, exist_ok=True)
     return latest if resume_from == "auto" else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process writes nothing in the folder yet: its own names are stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but not ours to signal
+        return True
+    return True
+
+
+def remove_debris(folder: str | Path) -> list[str]:
+    """Remove what a killed run of this folder left behind (the temporary names above), unless
+    the process that named it is still alive. Called when a run starts or resumes. Returns the
+    removed names."""
+    d = Path(folder)
+    if not d.is_dir():
+        return []
+    removed = []
+    for p in d.iterdir():
+        m = _DEBRIS.match(p.name)
+        if not m or (m.group("pid") and _pid_alive(int(m.group("pid")))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p.name)
+    return sorted(removed)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str | Path) -> None:
+    """Flush every file under ``path`` and every folder (``path`` included) to disk, so that a
+    rename that publishes it cannot survive a power loss while the contents do not."""
+    root = Path(path)
+    if root.is_dir():
+        for dirpath, _dirs, files in os.walk(root):
+            for f in files:
+                _fsync_path(Path(dirpath) / f)
+            _fsync_path(Path(dirpath))
+    elif root.exists():
+        _fsync_path(root)
+
+
+def _fsync_parent(path: Path) -> None:
+    """Persist a rename: the parent folder's entry must reach the disk too."""
+    try:
+        _fsync_path(path.parent if str(path.parent) else Path("."))
+    except OSError as e:
+        if e.errno not in (22, 95):  # EINVAL / EOPNOTSUPP: a file system without directory fsync
+            raise
+
+
+def _name_path(e: OSError, path: Path) -> OSError:
+    """OSErrors from write()/fsync() carry no file name: attach the one being written."""
+    if e.filename is None:
+        e.filename = str(path)
+    return e
+
+
+def append_jsonl_durable(path: str | Path, obj: Any) -> None:
+    """Append one JSON line and flush it to disk (a small record that must not be lost)."""
+    path = Path(path)
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(obj, default=_clean) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise _name_path(e, path) from None
 
 
 def _clean(v: Any) -> Any:
@@ -92,15 +184,30 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    path = Path(path)
+def _write_atomic(path: Path, write: Any, encoding: str | None = None) -> None:
+    """``write(f)`` into ``.<name>.tmp-<pid>``, fsync it, rename it over ``path``, fsync the
+    folder. On failure the temporary file is removed and the OSError names ``path``."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
+    try:
+        with open(tmp, "w", encoding=encoding) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        _fsync_parent(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _name_path(e, path) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    def write(f: Any) -> None:
         json.dump(obj, f, indent=2, default=_clean)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    _write_atomic(Path(path), write)
 
 
 def write_jsonl_atomic(path: str | Path, rows: Any) -> Path:
@@ -108,13 +215,11 @@ def write_jsonl_atomic(path: str | Path, rows: Any) -> Path:
     so a reader never sees half a file. Creates the parent folder. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
+
+    def write(f: Any) -> None:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    _write_atomic(path, write, encoding="utf-8")
     return path
 
 
@@ -123,7 +228,8 @@ class atomic_dir:
 
     ``with atomic_dir(final_path) as tmp: ...write into tmp...``. If the block raises (or the
     process dies), ``final_path`` is untouched and the temporary folder is removed (or ignored
-    by :func:`list_checkpoints` after a crash).
+    by :func:`list_checkpoints` and removed by :func:`remove_debris` after a crash). Every file
+    and folder is flushed to disk before the rename, and the parent folder after it.
     """
 
     def __init__(self, path: str | Path):
@@ -139,15 +245,23 @@ class atomic_dir:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                _name_path(exc, self.path)
             return
-        if self.path.exists():
-            # Same step written again (e.g. a resumed run re-saving): replace the old copy.
-            old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")
-            self.path.rename(old)
-            self.tmp.rename(self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            self.tmp.rename(self.path)
+        try:
+            fsync_tree(self.tmp)
+            if self.path.exists():
+                # Same step written again (e.g. a resumed run re-saving): replace the old copy.
+                old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")
+                self.path.rename(old)
+                self.tmp.rename(self.path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                self.tmp.rename(self.path)
+            _fsync_parent(self.path)
+        except OSError as e:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise _name_path(e, self.path) from None
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -157,11 +271,27 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def check_folder_weights(folder: str | Path) -> None:
+    """Every tensor of every ``*.safetensors`` file in a model folder (and its ``adapter/``)
+    finite, read one tensor at a time; else NonFiniteError naming the file and tensor."""
+    from safetensors import safe_open
+
+    from rlhf.train.guards import check_finite
+
+    d = Path(folder)
+    for f in sorted(d.glob("*.safetensors")) + sorted(d.glob("adapter/*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            for name in st.keys():
+                check_finite(st.get_tensor(name), f"{f}: tensor {name}")
+
+
 def publish_model(src: str | Path, dst: str | Path) -> Path:
     """Make ``dst`` (e.g. a multi-round run's ``final/``) a loadable copy of the model folder
     ``src`` (an inner run's ``final/``), atomically. Files are hard-linked where the file system
     allows (no extra disk; deleting ``src`` later leaves ``dst`` whole), copied otherwise;
-    checkpoints and temporary files are left out."""
+    checkpoints and temporary files are left out. A folder whose weights hold a NaN or inf is
+    refused (:class:`~rlhf.train.guards.NonFiniteError`) before anything is written."""
+    check_folder_weights(src)
     with atomic_dir(dst) as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=_link_or_copy,
                         ignore=shutil.ignore_patterns("checkpoint-*", "*.tmp-*"))
@@ -186,7 +316,8 @@ class MetricsWriter:
                     continue  # a torn last line from a killed process
                 if rec.get("step", 0) <= resume_step:
                     keep.append(line)
-            self.path.write_text("".join(k + "\n" for k in keep))
+            # Rewritten atomically: a kill here must not lose the steps before the checkpoint.
+            _write_atomic(self.path, lambda f: f.write("".join(k + "\n" for k in keep)))
         self._f = open(self.path, "a")
 
     def write(self, record: dict[str, Any]) -> None:

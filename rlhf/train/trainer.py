@@ -11,9 +11,17 @@ that must be right once and identical everywhere:
   accumulation window and all processes. Each micro-batch loss is divided by that global count,
   so the accumulated gradient equals the full-batch gradient, whatever the split (house rule 2).
   DDP averages gradients over processes, so each process scales its loss by the world size.
-* **Checkpoints.** Written to a temporary folder, then renamed: ``checkpoint-<step>/`` either
-  holds a complete, resumable state or does not exist. No pickles: weights in safetensors,
-  optimizer and scheduler state through ``torch.save``/``torch.load(weights_only=True)``.
+* **Checkpoints.** Written to a temporary folder, flushed to disk, then renamed:
+  ``checkpoint-<step>/`` either holds a complete, resumable state or does not exist. No
+  pickles: weights in safetensors, optimizer and scheduler state through
+  ``torch.save``/``torch.load(weights_only=True)``.
+* **Nothing non-finite is kept.** A step whose loss or gradient norm is NaN/inf is skipped (no
+  optimizer update; the schedule still advances); ``train.max_skipped_steps`` consecutive skips
+  are tolerated, one more stops the run naming the step and the quantity. Weights are checked
+  before every checkpoint and before final/, so the last checkpoint written is a good resume
+  point and final/ never holds NaN or inf.
+* **Resume fingerprint.** Resuming compares the resolved config with the folder's config.yaml
+  (:func:`rlhf.train.guards.check_resume_config`).
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ from safetensors.torch import load_file, save_file
 
 from rlhf.config import save_config, to_dict
 from rlhf.train.config import TrainConfig
-from rlhf.train.run import (MetricsWriter, RunDirError, atomic_dir, list_checkpoints,
+from rlhf.train.guards import NonFiniteError, check_finite_tensors, check_resume_config
+from rlhf.train.run import (MetricsWriter, RunDirError, _fsync_parent, atomic_dir, fsync_tree, list_checkpoints,
                             prepare_output_dir, write_json_atomic)
 
 __all__ = ["Trainer", "StepPlan", "RunDirError"]
@@ -115,6 +124,9 @@ class Trainer:
             resume = prepare_output_dir(self.output_dir, cfg.resume_from)
         self.resume_path: Path | None = resume
         if acc.is_main_process:
+            if resume is not None:  # refuse a changed config before config.yaml is rewritten
+                check_resume_config(self.output_dir, Path(resume).parent / "config.yaml", run_config, stage,
+                                    resumed_from=resume)
             save_config(run_config, self.output_dir / "config.yaml")
             if cfg.report_to:
                 acc.init_trackers(stage, config=_flat(to_dict(run_config)))
@@ -128,6 +140,9 @@ class Trainer:
         self._bar = None
         self._t0 = time.time()
         self._last_saved = -1
+        self._step = 0  # the training step being run (for messages)
+        self._step_loss: float | None = None  # the loss accumulate() summed, for optimizer_step()
+        self._skipped_in_a_row = 0
         # What the run's model files hold: the trained module itself by default; a recipe that
         # trains a container (PPO's policy + critic) exports only the policy.
         self.export: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
@@ -211,6 +226,7 @@ class Trainer:
             mbs = p.micro_batch_size
             micro = [self.to_device(collate([examples[i] for i in shard[k:k + mbs]]))
                      for k in range(0, len(shard), mbs)]
+            self._step = step
             yield step, micro
         if self._bar is not None:
             self._bar.close()
@@ -274,23 +290,58 @@ class Trainer:
             for k, v in extra.items():
                 sums[k] = sums.get(k, 0) + torch.as_tensor(v, device=self.device).detach().double()
         out: dict[str, float] = {"loss": float(self.reduce_sum(loss_total)), "units": float(denom)}
+        self._step_loss = out["loss"]
         for k, v in sums.items():
             tot = float(self.reduce_sum(v))
             out[k] = tot / float(denom) if k.endswith("_mean") else tot
         return out
 
     def optimizer_step(self) -> dict[str, float]:
-        """Clip the gradient norm, step AdamW and the schedule, clear the gradients."""
+        """Clip the gradient norm, step AdamW and the schedule, clear the gradients.
+
+        The non-finite guard: when the loss of the last :meth:`accumulate` or the gradient norm
+        is NaN/inf, AdamW is not stepped (its moments would be poisoned for good) and the
+        metrics say ``skipped: 1``; the schedule still advances so that the step count and the
+        learning rate stay aligned. More than ``train.max_skipped_steps`` such updates in a row
+        raise :class:`NonFiniteError`. Loss and norm are the same on every process (both are
+        reduced), so every process takes the same decision.
+        """
         model = self.model
         if self.cfg.max_grad_norm is not None:
             grad_norm = self.accelerator.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
         else:
             grad_norm = _grad_norm(model)
+        grad_norm = float(grad_norm)
         lr = float(self.scheduler.get_last_lr()[0])  # the rate this step used
+        loss, self._step_loss = self._step_loss, None
+        bad = [(name, v) for name, v in (("loss", loss), ("gradient norm", grad_norm))
+               if v is not None and not math.isfinite(v)]
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self._skipped_in_a_row += 1
+            what = " and ".join(f"{name} {v}" for name, v in bad)
+            limit = self.cfg.max_skipped_steps
+            if self._skipped_in_a_row > limit:
+                last = self._last_good_checkpoint()
+                raise NonFiniteError(
+                    f"[{self.stage}] step {self._step}: non-finite {what}; {self._skipped_in_a_row} optimizer "
+                    f"updates in a row were skipped (train.max_skipped_steps={limit}), so the run stops. "
+                    f"Nothing non-finite was saved; "
+                    + (f"the last good checkpoint is {last}" if last else "no checkpoint was written yet")
+                    + ". Lower train.lr, set train.max_grad_norm, or check the data and the reward.")
+            self.print(f"[{self.stage}] step {self._step}: non-finite {what}: update skipped "
+                       f"({self._skipped_in_a_row}/{limit} in a row allowed)")
+            return {"lr": lr, "grad_norm": grad_norm, "skipped": 1}
+        self._skipped_in_a_row = 0
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"lr": lr, "grad_norm": float(grad_norm)}
+        return {"lr": lr, "grad_norm": grad_norm}
+
+    def _last_good_checkpoint(self) -> Path | None:
+        ckpts = list_checkpoints(self.output_dir)
+        return ckpts[-1][1] if ckpts else None
 
     def optimize(self, micro_batches, units_fn, loss_fn) -> dict[str, float]:
         """One optimizer step: :meth:`accumulate` then :meth:`optimizer_step`."""
@@ -346,6 +397,11 @@ class Trainer:
             # Trainable parameters only: frozen weights come back from the model's source.
             trainable = {n: p.detach().contiguous().cpu() for n, p in unwrapped.named_parameters()
                          if p.requires_grad}
+            try:  # a NaN checkpoint would become the resume point: keep the last good one instead
+                check_finite_tensors(trainable.items(), f"[{self.stage}] checkpoint-{step} not written")
+            except NonFiniteError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             save_file(_untie(trainable), str(tmp / "trainable.safetensors"))
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
@@ -356,9 +412,13 @@ class Trainer:
             write_json_atomic(tmp / "trainer_state.json", {
                 "step": step, "stage": self.stage, "total_steps": self.plan.total_steps,
                 "num_processes": acc.num_processes, "extra": extra_state or {}})
+        acc.wait_for_everyone()  # every process's RNG file is in the folder before it is renamed
+        if self.is_main:
+            fsync_tree(tmp)  # contents on disk before the rename that publishes them
             if path.exists():
                 shutil.rmtree(path)
             tmp.rename(path)
+            _fsync_parent(path)
             self._prune_checkpoints()
         acc.wait_for_everyone()
         self._last_saved = step
@@ -388,8 +448,10 @@ class Trainer:
                 if n not in params:
                     raise RunDirError(f"{path}/trainable.safetensors has parameter {n!r} that this model lacks")
                 params[n].copy_(t.to(params[n].dtype))
+        # Read onto the CPU: load_state_dict moves the state to each parameter's device. (Mapping
+        # to self.device failed for process 1 of a CPU run: torch cannot restore to "cpu:1".)
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True,
-                                                  map_location=self.device))
+                                                  map_location="cpu"))
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         rng_file = path / f"rng_{self.accelerator.process_index}.safetensors"
         if rng_file.exists():
@@ -416,8 +478,10 @@ class Trainer:
                    "wall_time_s": round(time.time() - self._t0, 2), **summary}
         if self.is_main:
             from rlhf.models.load import save_model
+            export = self.export(acc.unwrap_model(self.model))
+            check_finite_tensors(export.state_dict().items(), f"[{self.stage}] final/ not written")
             with atomic_dir(self.output_dir / "final") as tmp:
-                save_model(self.export(acc.unwrap_model(self.model)), tokenizer, tmp)
+                save_model(export, tokenizer, tmp)
                 for name, obj in (extra_files or {}).items():
                     write_json_atomic(tmp / name, obj)
             write_json_atomic(self.output_dir / "summary.json", summary)

@@ -299,8 +299,11 @@ def test_cache_of_other_data_is_refused(tiny_llama, pref_data, tmp_path):
     train(_cfg(tiny_llama, pref_data, out, *extra, "data.max_samples=16"))
     (out / "summary.json").unlink()  # pretend it is unfinished, then change the data
     from rlhf.train.run import RunDirError
-    with pytest.raises(RunDirError, match="fingerprint mismatch"):
+    with pytest.raises(RunDirError, match="data.max_samples: 16 -> 24"):  # the run's config fingerprint
         train(_cfg(tiny_llama, pref_data, out, *extra, "data.max_samples=24"))
+    # Even past it (the expert override), the cache of other data is refused.
+    with pytest.raises(RunDirError, match="fingerprint mismatch"):
+        train(_cfg(tiny_llama, pref_data, out, *extra, "data.max_samples=24", "train.resume_changed_config=true"))
 
 
 @pytest.mark.parametrize("override, key", [

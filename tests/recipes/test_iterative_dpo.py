@@ -128,7 +128,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(setup, monkeypatch):
     monkeypatch.setattr(dpo_recipe, "train", real)
     out = setup["out"]
     assert (out / "round-1" / "summary.json").is_file() and not (out / "summary.json").exists()
-    with pytest.raises(RunDirError, match="other settings.*label_temperature"):
+    with pytest.raises(RunDirError, match="settings differ.*label_temperature: "):
         train(_cfg(setup, "label_temperature=0.5"))
     got = train(_cfg(setup))
     drop = ("wall_time_s", "policy_source")

@@ -203,7 +203,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(setup, monkeypatch):
     assert (out / "round-1" / "summary.json").is_file() and (out / "round-2" / "samples.jsonl").is_file()
     assert not (out / "round-2" / "summary.json").exists() and not (out / "summary.json").exists()
     # A changed setting is refused, not silently resumed.
-    with pytest.raises(RunDirError, match="other settings.*top_fraction"):
+    with pytest.raises(RunDirError, match="settings differ.*top_fraction: "):
         train(_cfg(RAFTConfig, setup, *extra[:2], "top_fraction=0.5", "sft.train.epochs=1"))
     monkeypatch.setattr(sft_recipe, "train", real)
     got = train(_cfg(RAFTConfig, setup, *extra))

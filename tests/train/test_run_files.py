@@ -5,8 +5,15 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from rlhf.train.run import publish_model
+
+
+def _weights(path, value: float) -> bytes:
+    save_file({"w": torch.full((2,), value)}, str(path))
+    return path.read_bytes()
 
 
 def test_publish_model_links_the_files_and_survives_the_source(tmp_path):
@@ -15,7 +22,7 @@ def test_publish_model_links_the_files_and_survives_the_source(tmp_path):
     leaves final/ loadable."""
     src = tmp_path / "round-2" / "sft" / "final"
     src.mkdir(parents=True)
-    (src / "model.safetensors").write_bytes(b"weights-2")
+    _weights(src / "model.safetensors", 2.0)
     (src / "config.json").write_text("{}")
     (src / "checkpoint-10").mkdir()
     (src / "x.tmp-123").write_text("partial")
@@ -25,12 +32,12 @@ def test_publish_model_links_the_files_and_survives_the_source(tmp_path):
 
     other = tmp_path / "round-3" / "final"
     other.mkdir(parents=True)
-    (other / "model.safetensors").write_bytes(b"weights-3")
+    w3 = _weights(other / "model.safetensors", 3.0)
     publish_model(other, dst)
     assert sorted(p.name for p in dst.iterdir()) == ["model.safetensors"]
     for p in (other / "model.safetensors", src / "model.safetensors", src / "config.json"):
         p.unlink()
-    assert (dst / "model.safetensors").read_bytes() == b"weights-3"
+    assert (dst / "model.safetensors").read_bytes() == w3
 
 
 def test_publish_model_leaves_the_old_folder_when_copying_fails(tmp_path):
