@@ -109,7 +109,7 @@ def _pretrained_kwargs(cfg: ModelConfig) -> dict[str, Any]:
         "dtype": _DTYPES[cfg.dtype],
         "trust_remote_code": cfg.trust_remote_code,
     }
-    if cfg.attn_implementation is not None:
+    if cfg.attn_implementation not in (None, "auto"):  # auto: transformers picks sdpa, else eager
         kwargs["attn_implementation"] = cfg.attn_implementation
     # Prefer safetensors (no pickle, memory-mapped); a local folder holding only pickled
     # weights still loads, with a warning.
@@ -120,6 +120,22 @@ def _pretrained_kwargs(cfg: ModelConfig) -> dict[str, Any]:
         else:
             logger.warning("%s has no .safetensors weights; loading pickled weights", path)
     return kwargs
+
+
+@contextlib.contextmanager
+def _attn_errors(cfg: ModelConfig) -> Iterator[None]:
+    """transformers' refusal of an attention kernel the architecture lacks, as one clear line."""
+    try:
+        yield
+    except ValueError as e:
+        if cfg.attn_implementation in (None, "auto") or "attention implementation" not in str(e):
+            raise
+        from rlhf.config import ConfigError
+
+        raise ConfigError("model.attn_implementation",
+                          f"{cfg.attn_implementation!r} is not supported by the architecture of "
+                          f"{cfg.name_or_path} ({str(e).split('.')[0]}); use auto (sdpa where "
+                          f"supported, else eager) or eager") from None
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -285,7 +301,8 @@ def load_causal_lm(cfg: ModelConfig, *, for_training: bool = True) -> nn.Module:
     merged weights, see :func:`save_model`). Dropout is off in both when ``disable_dropout``.
     """
     _check_source(cfg.name_or_path, "model.name_or_path")
-    model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **_pretrained_kwargs(cfg))
+    with _attn_errors(cfg):
+        model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **_pretrained_kwargs(cfg))
     return _prepare(model, cfg, for_training, task_type="CAUSAL_LM")
 
 
@@ -416,8 +433,9 @@ def load_scalar_model(
     _check_source(cfg.name_or_path, "model.name_or_path")
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg)
-    model, info = AutoModelForSequenceClassification.from_pretrained(
-        cfg.name_or_path, num_labels=1, output_loading_info=True, **_pretrained_kwargs(cfg))
+    with _attn_errors(cfg):
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            cfg.name_or_path, num_labels=1, output_loading_info=True, **_pretrained_kwargs(cfg))
     head = scalar_head(model)
     head_names = {n for n, m in model.named_modules() if m is head}
     head_missing = any(k.rsplit(".", 1)[0] in head_names for k in info.get("missing_keys", ()))

@@ -55,6 +55,7 @@ from rlhf.masking import count_units, masked_mean, masked_sum, masked_var, maske
 from rlhf.models.config import ModelConfig
 from rlhf.models.load import (count_parameters, load_causal_lm, load_reference, load_scalar_model,
                               load_tokenizer, score_tokens)
+from rlhf.models.packing import use_packed
 from rlhf.rewards import load_reward_source
 from rlhf.rollout import Rollout, SamplingConfig, rollout_logps, rollout_values, sample, shift_values
 from rlhf.train.config import TrainConfig
@@ -212,7 +213,7 @@ class PolicyAndValue(nn.Module):
         the same numbers up to float rounding."""
         layout = None
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-        if self.packed:
+        if use_packed(self.packed, self.policy, self.value):
             layout = PackedLayout(attention_mask)
             inputs = {"input_ids": layout.pack_ids(input_ids), "attention_mask": None,
                       "position_ids": layout.position_ids}

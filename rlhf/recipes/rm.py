@@ -49,6 +49,7 @@ from rlhf.losses.reward import (bradley_terry_loss, expected_calibration_error, 
 from rlhf.models.config import ModelConfig
 from rlhf.models.load import (count_parameters, load_scalar_model, load_tokenizer, packed_last_token_scores,
                               score_last_token)
+from rlhf.models.packing import use_packed
 from rlhf.train.config import TrainConfig
 from rlhf.train.trainer import Trainer
 
@@ -232,7 +233,7 @@ def _units(mb: dict[str, torch.Tensor]) -> torch.Tensor:
 def _scores(model: torch.nn.Module, batch: dict[str, torch.Tensor], packed: bool) -> torch.Tensor:
     """Scores (N,) at each row's last real token; on the packed layout (no compute on padding:
     chosen and rejected often differ much in length) unless ``packed`` is off."""
-    if packed:
+    if use_packed(packed, model):
         return packed_last_token_scores(model, batch["input_ids"], batch["attention_mask"])
     return score_last_token(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"])
 
