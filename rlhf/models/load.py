@@ -63,6 +63,8 @@ __all__ = [
     "packed_last_token_scores",
     "last_token_index",
     "unwrap_model",
+    "position_limit",
+    "check_sequence_limit",
 ]
 
 logger = logging.getLogger(__name__)
@@ -448,6 +450,36 @@ def load_scalar_model(
         raise ValueError(f"tokenizer for {cfg.name_or_path!r} has no pad token id")
     model.config.pad_token_id = tokenizer.pad_token_id
     return _prepare(model, cfg, for_training, task_type="SEQ_CLS")
+
+
+# --------------------------------------------------------------------------- sequence limits
+
+
+def position_limit(cfg: ModelConfig) -> int | None:
+    """The most positions the checkpoint's model has (``max_position_embeddings``, GPT-2's
+    ``n_positions``), read from its config.json only; None for models without a table or rotary
+    range (ALiBi: BLOOM, MPT)."""
+    from transformers import AutoConfig
+
+    _check_source(cfg.name_or_path, "model.name_or_path")
+    config = AutoConfig.from_pretrained(cfg.name_or_path, revision=cfg.revision,
+                                        trust_remote_code=cfg.trust_remote_code)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limit = getattr(text, "max_position_embeddings", None)
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+
+def check_sequence_limit(cfg: ModelConfig, length: int, key: str) -> None:
+    """Stop before any work when sequences of ``length`` tokens would pass the model's position
+    limit: a learned position table (GPT-2, OPT) fails with an IndexError deep inside, a rotary
+    model (Llama...) runs on silently outside the positions it was trained for. ``key`` names the
+    config field to lower."""
+    limit = position_limit(cfg)
+    if limit is not None and length > limit:
+        from rlhf.config import ConfigError
+
+        raise ConfigError(key, f"{length} tokens is above the position limit of {cfg.name_or_path}: "
+                               f"{limit} (max_position_embeddings); lower it to at most {limit}")
 
 
 # --------------------------------------------------------------------------- scoring

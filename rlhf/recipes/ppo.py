@@ -54,7 +54,7 @@ from rlhf.losses.policy import entropy_bonus, kl_loss, ppo_clip_loss, value_loss
 from rlhf.masking import count_units, masked_mean, masked_sum, masked_var, masked_whiten
 from rlhf.models.config import ModelConfig
 from rlhf.models.load import (count_parameters, load_causal_lm, load_reference, load_scalar_model,
-                              load_tokenizer, score_tokens)
+                              load_tokenizer, position_limit, score_tokens)
 from rlhf.models.packing import use_packed
 from rlhf.rewards import load_reward_source
 from rlhf.rollout import Rollout, SamplingConfig, rollout_logps, rollout_values, sample, shift_values
@@ -328,6 +328,16 @@ def _prompts(cfg: PPOConfig, tokenizer: Any, trainer: Trainer) -> list[dict]:
     return out
 
 
+def _check_episode_length(cfg: PPOConfig, longest_prompt: int) -> None:
+    """Stop before sampling when prompt + completion can pass the policy's position limit."""
+    limit, n = position_limit(cfg.model), cfg.sampling.max_new_tokens
+    if limit is not None and longest_prompt + n > limit:
+        raise ConfigError("sampling.max_new_tokens", f"the longest prompt ({longest_prompt} tokens) + max_new_tokens "
+                          f"({n}) = {longest_prompt + n} is above the position limit of {cfg.model.name_or_path}: "
+                          f"{limit} (max_position_embeddings); lower max_new_tokens to at most "
+                          f"{max(limit - longest_prompt, 0)} or shorten prompts with data.max_prompt_length")
+
+
 def train(cfg: PPOConfig) -> dict[str, Any]:
     # Step 1. Open the run: output folder checks, resolved config.yaml, accelerator, seed.
     trainer = Trainer(cfg.train, cfg.output_dir, cfg, stage="ppo")
@@ -342,6 +352,7 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     # Step 2. Prompts (the states), and the reward source.
     tokenizer = load_tokenizer(cfg.model)
     prompts = _prompts(cfg, tokenizer, trainer)
+    _check_episode_length(cfg, max(len(p["prompt_input_ids"]) for p in prompts))
     reward = load_reward_source(cfg.reward, device=str(device))
     tracked = {name: load_reward_source(spec, device=str(device)) for name, spec in cfg.track.items()}
 

@@ -47,8 +47,8 @@ from rlhf.data.tokenize import encode_records
 from rlhf.losses.reward import (bradley_terry_loss, expected_calibration_error, ranked_pair_weights,
                                 reward_centering_loss)
 from rlhf.models.config import ModelConfig
-from rlhf.models.load import (count_parameters, load_scalar_model, load_tokenizer, packed_last_token_scores,
-                              score_last_token)
+from rlhf.models.load import (check_sequence_limit, count_parameters, load_scalar_model, load_tokenizer,
+                              packed_last_token_scores, score_last_token)
 from rlhf.models.packing import use_packed
 from rlhf.train.config import TrainConfig
 from rlhf.train.trainer import Trainer
@@ -350,6 +350,7 @@ def reward_statistics(scores: list[float]) -> dict[str, float]:
 
 def train(cfg: RMConfig) -> dict[str, Any]:
     # Step 1. Open the run: output folder checks, resolved config.yaml, accelerator, seed.
+    check_sequence_limit(cfg.model, cfg.data.max_length, "data.max_length")  # before any work
     trainer = Trainer(cfg.train, cfg.output_dir, cfg, stage="rm")
 
     # Step 2. Data: pairwise rows, or ranked rows expanded to their pairs (ties skipped and

@@ -27,7 +27,7 @@ from rlhf.logprobs import forward_logps
 from rlhf.losses.sft import nll_loss
 from rlhf.masking import count_units
 from rlhf.models.config import ModelConfig
-from rlhf.models.load import count_parameters, load_causal_lm, load_tokenizer
+from rlhf.models.load import check_sequence_limit, count_parameters, load_causal_lm, load_tokenizer
 from rlhf.models.packing import use_packed
 from rlhf.train.config import TrainConfig
 from rlhf.train.trainer import Trainer
@@ -76,6 +76,7 @@ def evaluate_nll(trainer: Trainer, model: torch.nn.Module, examples: list[dict],
 
 def train(cfg: SFTConfig) -> dict[str, Any]:
     # Step 1. Open the run: output folder checks, resolved config.yaml, accelerator, seed.
+    check_sequence_limit(cfg.model, cfg.data.max_length, "data.max_length")  # before any work
     trainer = Trainer(cfg.train, cfg.output_dir, cfg, stage="sft")
 
     # Step 2. Tokenizer and data: load, convert to canonical records, tokenise with the
