@@ -64,9 +64,11 @@ def _inner(model: Any) -> nn.Module:
 
 def trunk_of(model: Any) -> nn.Module:
     """The base transformer (``model.model``, ``model.transformer``...) of a causal LM or a
-    scalar model: what computes positions and the attention mask."""
+    scalar model: what computes positions and the attention mask. A module that is not a
+    transformers model (a custom wrapper) is its own trunk."""
     base = _inner(model)
-    return getattr(base, getattr(base, "base_model_prefix", ""), base)
+    prefix = getattr(base, "base_model_prefix", None)
+    return getattr(base, prefix) if prefix and isinstance(getattr(base, prefix, None), nn.Module) else base
 
 
 def tolerance(dtype: torch.dtype) -> float:
@@ -103,10 +105,8 @@ def probe_difference(model: Any) -> float:
     trunk's final hidden states). Runs in eval mode without gradient; restores the modules'
     train/eval flags. Raises what the model raises when it cannot take the packed inputs."""
     trunk = trunk_of(model)
-    config = trunk.config
-    vocab = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config, "vocab_size", 0)
     param = next(trunk.parameters())
-    seqs = _probe_ids(int(vocab), param.device)
+    seqs = _probe_ids(_vocab_size(trunk), param.device)
     with_pos = _accepts(type(trunk), "position_ids")
     modes = [(m, m.training) for m in trunk.modules()]
     trunk.eval()
@@ -115,7 +115,9 @@ def probe_difference(model: Any) -> float:
             kwargs: dict[str, Any] = {"input_ids": ids[None], "use_cache": False}
             if with_pos:
                 kwargs["position_ids"] = pos[None]
-            return trunk(**kwargs).last_hidden_state[0].float()  # (n, H)
+            out = trunk(**kwargs)
+            hidden = getattr(out, "last_hidden_state", None)
+            return (out.logits if hidden is None else hidden)[0].float()  # (n, H), or (n, V) for a wrapper
 
         alone = [run(s, torch.arange(len(s), device=s.device)) for s in seqs]
         packed = run(torch.cat(seqs), torch.cat([torch.arange(len(s), device=s.device) for s in seqs]))
@@ -127,9 +129,19 @@ def probe_difference(model: Any) -> float:
     return float(rel.max())
 
 
+def _vocab_size(trunk: nn.Module) -> int:
+    config = getattr(trunk, "config", None)
+    if config is not None:
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        if getattr(text, "vocab_size", None):
+            return int(text.vocab_size)
+    emb = next((m for m in trunk.modules() if isinstance(m, nn.Embedding)), None)
+    return emb.num_embeddings if emb is not None else 1
+
+
 def _key(model: Any) -> tuple[type, str]:
     trunk = trunk_of(model)
-    return type(trunk), str(getattr(trunk.config, "_attn_implementation", None))
+    return type(trunk), str(getattr(getattr(trunk, "config", None), "_attn_implementation", None))
 
 
 def packing_unsupported(model: Any) -> str | None:
@@ -141,7 +153,7 @@ def packing_unsupported(model: Any) -> str | None:
         return _VERDICTS[key]
     trunk = trunk_of(model)
     dtype = next(trunk.parameters()).dtype
-    model_type = getattr(trunk.config, "model_type", "?")
+    model_type = getattr(getattr(trunk, "config", None), "model_type", type(trunk).__name__)
     try:
         diff = probe_difference(model)
     except Exception as e:  # a model that cannot take the packed inputs at all

@@ -106,8 +106,8 @@ class DPOConfig:
                                             "initial weights (e.g. the first policy of iterative DPO); "
                                             "null = the initial policy")
     packed: bool = opt(True, "run the policy on packed rows (sequences back to back, no padding) with "
-                             "logits only at completion positions; false for architectures that do not "
-                             "derive the attention mask from restarting position ids")
+                             "logits only at completion positions, where a probe of the model class shows "
+                             "packing is exact (else padded rows, said once: rlhf/models/packing.py)")
 
     def validate(self) -> None:
         if not self.data.train:

@@ -56,6 +56,7 @@ from rlhf.models.config import ModelConfig
 from rlhf.models.load import (count_parameters, load_causal_lm, load_reference, load_scalar_model,
                               load_tokenizer, position_limit, score_tokens)
 from rlhf.models.packing import use_packed
+from rlhf.models.vocab import reward_model_tokenizers, vocabulary_difference
 from rlhf.rewards import load_reward_source
 from rlhf.rollout import Rollout, SamplingConfig, rollout_logps, rollout_values, sample, shift_values
 from rlhf.train.config import TrainConfig
@@ -126,9 +127,9 @@ class PolicyLossConfig:
                 "forward round differently)")
     packed: bool = opt(True, "run the update's forward and the no-grad passes over the rollout on packed "
                              "rows (sequences back to back, no padding after EOS): the same numbers up to "
-                             "float rounding, less work when completion lengths differ; false for "
-                             "architectures that do not derive the attention mask from restarting "
-                             "position ids")
+                             "float rounding, less work when completion lengths differ; only where a "
+                             "probe of the model class shows packing is exact (else padded rows, said "
+                             "once: rlhf/models/packing.py)")
 
 
 @dataclass(frozen=True)
@@ -287,6 +288,26 @@ def _value_source(cfg: PPOConfig) -> str:
     return cfg.reward if reward_is_model else "policy"
 
 
+def _check_tokenizers(cfg: PPOConfig, tokenizer: Any, sources: list[Any], trainer: Trainer) -> None:
+    """Reward models with another vocabulary than the policy score text (rlhf/models/vocab.py):
+    say so once each. A critic that would start from one is refused: it would read the policy's
+    token ids as other tokens (an IndexError, or silently wrong values)."""
+    for name, rm_tok in {n: t for src in sources for n, t in reward_model_tokenizers(src)}.items():
+        diff = vocabulary_difference(tokenizer, rm_tok)
+        if diff is not None:
+            trainer.print(f"[ppo] reward model {name} has another vocabulary than the policy ({diff}): it scores "
+                          f"the decoded completion, re-encoded with its own tokenizer and chat template")
+    if cfg.advantage not in CRITIC_ESTIMATORS or _value_source(cfg) in ("shared", "policy"):
+        return
+    src = _value_source(cfg)
+    diff = vocabulary_difference(tokenizer, load_tokenizer(replace(cfg.model, name_or_path=src, tokenizer=None)))
+    if diff is not None:
+        raise ConfigError("value_model", f"the critic would start from {src}, whose vocabulary differs from the "
+                                         f"policy's ({diff}), so it would read the policy's token ids as other "
+                                         f"tokens; set value_model=shared (a value head on the policy's trunk) or "
+                                         f"value_model=policy (a copy of the policy's trunk)")
+
+
 def _load_value_model(cfg: PPOConfig, tokenizer: Any) -> tuple[nn.Module, str]:
     """The critic: same dtype / LoRA / checkpointing settings as the policy."""
     src = _value_source(cfg)
@@ -355,6 +376,7 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     _check_episode_length(cfg, max(len(p["prompt_input_ids"]) for p in prompts))
     reward = load_reward_source(cfg.reward, device=str(device))
     tracked = {name: load_reward_source(spec, device=str(device)) for name, spec in cfg.track.items()}
+    _check_tokenizers(cfg, tokenizer, [reward, *tracked.values()], trainer)
 
     # Step 3. Policy, frozen reference (a copy of the starting policy, or the LoRA policy with
     # adapters off), and the critic for GAE.

@@ -118,9 +118,9 @@ class RMConfig:
     loss: RewardLossConfig = opt(factory=RewardLossConfig, help="the pairwise loss")
     stats: RewardStatsConfig = opt(factory=RewardStatsConfig, help="reward normalisation statistics")
     ece_bins: int = opt(10, "equal-width bins of the held-out expected calibration error", gt=0)
-    packed: bool = opt(True, "score training pairs on packed rows (sequences back to back, no padding); "
-                             "false for architectures that do not derive the attention mask from "
-                             "restarting position ids")
+    packed: bool = opt(True, "score training pairs on packed rows (sequences back to back, no padding) "
+                             "where a probe of the model class shows packing is exact (else padded rows, "
+                             "said once: rlhf/models/packing.py)")
 
     def validate(self) -> None:
         if not self.data.train:

@@ -26,7 +26,7 @@ def gpt2_64(tiny_checkpoint):
 
 def test_position_limit_is_read_from_the_config(gpt2_64, tiny_llama):
     assert position_limit(ModelConfig(name_or_path=str(gpt2_64))) == 64
-    assert position_limit(ModelConfig(name_or_path=str(tiny_llama))) == 128
+    assert position_limit(ModelConfig(name_or_path=str(tiny_llama))) == 512
 
 
 @pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
