@@ -195,8 +195,13 @@ def bucketed_sequence_logps(model, batch: dict[str, torch.Tensor], temperature: 
 def sequence_logps(model, batch: dict[str, torch.Tensor], layout: str = "packed",
                    temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs (N,) float32 and completion lengths (N,) of a padded batch,
-    with ``layout`` = ``packed`` | ``bucketed`` | ``padded`` (see the comment above)."""
+    with ``layout`` = ``packed`` | ``bucketed`` | ``padded`` (see the comment above). ``packed``
+    runs ``padded`` instead for a model that packing would give wrong numbers
+    (:func:`rlhf.models.packing.use_packed`: probed once per model class, one warning line)."""
     if layout == "packed":
+        from rlhf.models.packing import use_packed
+        if not use_packed(True, model):
+            return sequence_logps(model, batch, "padded", temperature)
         return packed_sequence_logps(model, batch, temperature)
     if layout == "bucketed":
         return bucketed_sequence_logps(model, batch, temperature)

@@ -393,9 +393,11 @@ def rollout_logps(model: Any, rollout: Rollout, temperature: float = 1.0, batch_
     """
     from rlhf.logprobs import entropy_from_logits, token_logps
     from rlhf.models.lean import lean_for
+    from rlhf.models.packing import use_packed
 
     P = rollout.prompt_width
     lean = lean_for(model, rollout.input_ids.shape[1], engine)
+    packed = packed and (lean is not None or use_packed(True, model))  # the lean forward masks by sequence ids
     out = torch.zeros(rollout.input_ids.shape, dtype=torch.float32, device=rollout.input_ids.device)
     ent = torch.zeros_like(out) if with_entropy else None
     for s in range(0, len(rollout), batch_size):
@@ -453,7 +455,9 @@ def rollout_values(value_model: nn.Module, rollout: Rollout, batch_size: int = 6
     padding before the shift; action positions read real tokens either way)."""
     from rlhf.data.collate import PackedLayout
     from rlhf.models.load import score_tokens
+    from rlhf.models.packing import use_packed
 
+    packed = use_packed(packed, value_model)
     outs = []
     for s in range(0, len(rollout), batch_size):
         inputs = rollout.model_inputs(slice(s, s + batch_size))

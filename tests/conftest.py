@@ -43,13 +43,15 @@ def instruction_data(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, instruction_data) -> Path:
-    """A tiny random-weight Llama whose tokenizer was trained on the instruction data."""
+    """A tiny random-weight Llama whose tokenizer was trained on the instruction data. 512
+    positions, the stages' default data.max_length (a longer max_length is refused); rotary
+    positions have no weights, so the model is the same as with fewer."""
     from rlhf.models.tiny import make_tiny_checkpoint
     rows = [json.loads(x) for x in instruction_data["train"].read_text().splitlines()]
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "llama", "llama",
                                 [r["prompt"] + r["completion"] for r in rows], vocab_size=300,
                                 hidden_size=64, num_layers=2, num_heads=4,
-                                max_position_embeddings=128, seed=0)
+                                max_position_embeddings=512, seed=0)
 
 
 @pytest.fixture

@@ -48,8 +48,9 @@ class ModelConfig:
     dtype: Literal["fp32", "bf16"] = opt("fp32", "parameter dtype: fp32 or bf16")
     trust_remote_code: bool = opt(False, "run Python code shipped with the checkpoint (a security "
                                          "risk: only for checkpoints you trust)")
-    attn_implementation: Literal["sdpa", "eager"] | None = opt(
-        "sdpa", "attention kernel: sdpa (fused) or eager (reference); null = transformers' default")
+    attn_implementation: Literal["auto", "sdpa", "eager"] | None = opt(
+        "auto", "attention kernel: auto = sdpa (fused) where the architecture supports it, else eager "
+                "(transformers' choice; e.g. gemma2, bloom); sdpa; eager (reference); null = auto")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save "
                                               "memory (non-reentrant torch.utils.checkpoint)")
     disable_dropout: bool = opt(True, "set every dropout probability in the model to 0, so that "

@@ -64,6 +64,8 @@ __all__ = [
     "packed_last_token_scores",
     "last_token_index",
     "unwrap_model",
+    "position_limit",
+    "check_sequence_limit",
 ]
 
 logger = logging.getLogger(__name__)
@@ -160,7 +162,7 @@ def _pretrained_kwargs(cfg: ModelConfig) -> dict[str, Any]:
         "dtype": _DTYPES[cfg.dtype],
         "trust_remote_code": cfg.trust_remote_code,
     }
-    if cfg.attn_implementation is not None:
+    if cfg.attn_implementation not in (None, "auto"):  # auto: transformers picks sdpa, else eager
         kwargs["attn_implementation"] = cfg.attn_implementation
     # Prefer safetensors (no pickle, memory-mapped); a local folder holding only pickled
     # weights still loads, with a warning.
@@ -171,6 +173,22 @@ def _pretrained_kwargs(cfg: ModelConfig) -> dict[str, Any]:
         else:
             logger.warning("%s has no .safetensors weights; loading pickled weights", path)
     return kwargs
+
+
+@contextlib.contextmanager
+def _attn_errors(cfg: ModelConfig) -> Iterator[None]:
+    """transformers' refusal of an attention kernel the architecture lacks, as one clear line."""
+    try:
+        yield
+    except ValueError as e:
+        if cfg.attn_implementation in (None, "auto") or "attention implementation" not in str(e):
+            raise
+        from rlhf.config import ConfigError
+
+        raise ConfigError("model.attn_implementation",
+                          f"{cfg.attn_implementation!r} is not supported by the architecture of "
+                          f"{cfg.name_or_path} ({str(e).split('.')[0]}); use auto (sdpa where "
+                          f"supported, else eager) or eager") from None
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -336,7 +354,8 @@ def load_causal_lm(cfg: ModelConfig, *, for_training: bool = True) -> nn.Module:
     merged weights, see :func:`save_model`). Dropout is off in both when ``disable_dropout``.
     """
     _check_source(cfg.name_or_path, "model.name_or_path")
-    model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **_pretrained_kwargs(cfg))
+    with _attn_errors(cfg):
+        model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **_pretrained_kwargs(cfg))
     return _prepare(model, cfg, for_training, task_type="CAUSAL_LM")
 
 
@@ -467,8 +486,9 @@ def load_scalar_model(
     _check_source(cfg.name_or_path, "model.name_or_path")
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg)
-    model, info = AutoModelForSequenceClassification.from_pretrained(
-        cfg.name_or_path, num_labels=1, output_loading_info=True, **_pretrained_kwargs(cfg))
+    with _attn_errors(cfg):
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            cfg.name_or_path, num_labels=1, output_loading_info=True, **_pretrained_kwargs(cfg))
     head = scalar_head(model)
     head_names = {n for n, m in model.named_modules() if m is head}
     head_missing = any(k.rsplit(".", 1)[0] in head_names for k in info.get("missing_keys", ()))
@@ -481,6 +501,36 @@ def load_scalar_model(
         raise ValueError(f"tokenizer for {cfg.name_or_path!r} has no pad token id")
     model.config.pad_token_id = tokenizer.pad_token_id
     return _prepare(model, cfg, for_training, task_type="SEQ_CLS")
+
+
+# --------------------------------------------------------------------------- sequence limits
+
+
+def position_limit(cfg: ModelConfig) -> int | None:
+    """The most positions the checkpoint's model has (``max_position_embeddings``, GPT-2's
+    ``n_positions``), read from its config.json only; None for models without a table or rotary
+    range (ALiBi: BLOOM, MPT)."""
+    from transformers import AutoConfig
+
+    _check_source(cfg.name_or_path, "model.name_or_path")
+    config = AutoConfig.from_pretrained(cfg.name_or_path, revision=cfg.revision,
+                                        trust_remote_code=cfg.trust_remote_code)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limit = getattr(text, "max_position_embeddings", None)
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+
+def check_sequence_limit(cfg: ModelConfig, length: int, key: str) -> None:
+    """Stop before any work when sequences of ``length`` tokens would pass the model's position
+    limit: a learned position table (GPT-2, OPT) fails with an IndexError deep inside, a rotary
+    model (Llama...) runs on silently outside the positions it was trained for. ``key`` names the
+    config field to lower."""
+    limit = position_limit(cfg)
+    if limit is not None and length > limit:
+        from rlhf.config import ConfigError
+
+        raise ConfigError(key, f"{length} tokens is above the position limit of {cfg.name_or_path}: "
+                               f"{limit} (max_position_embeddings); lower it to at most {limit}")
 
 
 # --------------------------------------------------------------------------- scoring

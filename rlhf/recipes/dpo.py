@@ -66,7 +66,8 @@ from rlhf.data.tokenize import encode_records
 from rlhf.logprobs import BUCKET, sequence_logps as _sequence_logps
 from rlhf.losses.preference import PREFERENCE_LOSSES, add_nll_term, is_paired, kto_reference_point, needs_reference
 from rlhf.models.config import ModelConfig
-from rlhf.models.load import ReferenceModel, count_parameters, load_causal_lm, load_reference, load_tokenizer
+from rlhf.models.load import (ReferenceModel, check_sequence_limit, count_parameters, load_causal_lm, load_reference,
+                              load_tokenizer)
 from rlhf.train.config import TrainConfig
 from rlhf.train.run import RunDirError
 from rlhf.train.trainer import Trainer
@@ -105,8 +106,8 @@ class DPOConfig:
                                             "initial weights (e.g. the first policy of iterative DPO); "
                                             "null = the initial policy")
     packed: bool = opt(True, "run the policy on packed rows (sequences back to back, no padding) with "
-                             "logits only at completion positions; false for architectures that do not "
-                             "derive the attention mask from restarting position ids")
+                             "logits only at completion positions, where a probe of the model class shows "
+                             "packing is exact (else padded rows, said once: rlhf/models/packing.py)")
 
     def validate(self) -> None:
         if not self.data.train:
@@ -505,6 +506,7 @@ def train(cfg: DPOConfig) -> dict[str, Any]:
     paired, use_ref = is_paired(cfg.loss), needs_reference(cfg.loss)
 
     # Step 1. Open the run: output folder checks, resolved config.yaml, accelerator, seed.
+    check_sequence_limit(cfg.model, cfg.data.max_length, "data.max_length")  # before any work
     trainer = Trainer(cfg.train, cfg.output_dir, cfg, stage="dpo")
 
     # Step 2. Data: pairs (one batch of 2B rows, chosen then rejected) or, for KTO, unpaired

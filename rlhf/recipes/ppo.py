@@ -54,7 +54,9 @@ from rlhf.losses.policy import entropy_bonus, kl_loss, ppo_clip_loss, value_loss
 from rlhf.masking import count_units, masked_mean, masked_sum, masked_var, masked_whiten
 from rlhf.models.config import ModelConfig
 from rlhf.models.load import (count_parameters, load_causal_lm, load_reference, load_scalar_model,
-                              load_tokenizer, score_tokens)
+                              load_tokenizer, position_limit, score_tokens)
+from rlhf.models.packing import use_packed
+from rlhf.models.vocab import reward_model_tokenizers, vocabulary_difference
 from rlhf.rewards import call_reward, load_reward_source, row_columns
 from rlhf.rollout import Rollout, SamplingConfig, rollout_logps, rollout_values, sample, shift_values
 from rlhf.train.config import TrainConfig
@@ -125,9 +127,9 @@ class PolicyLossConfig:
                 "forward round differently)")
     packed: bool = opt(True, "run the update's forward and the no-grad passes over the rollout on packed "
                              "rows (sequences back to back, no padding after EOS): the same numbers up to "
-                             "float rounding, less work when completion lengths differ; false for "
-                             "architectures that do not derive the attention mask from restarting "
-                             "position ids")
+                             "float rounding, less work when completion lengths differ; only where a "
+                             "probe of the model class shows packing is exact (else padded rows, said "
+                             "once: rlhf/models/packing.py)")
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ class PolicyAndValue(nn.Module):
         the same numbers up to float rounding."""
         layout = None
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-        if self.packed:
+        if use_packed(self.packed, self.policy, self.value):
             layout = PackedLayout(attention_mask)
             inputs = {"input_ids": layout.pack_ids(input_ids), "attention_mask": None,
                       "position_ids": layout.position_ids}
@@ -288,6 +290,26 @@ def _value_source(cfg: PPOConfig) -> str:
     return cfg.reward if reward_is_model else "policy"
 
 
+def _check_tokenizers(cfg: PPOConfig, tokenizer: Any, sources: list[Any], trainer: Trainer) -> None:
+    """Reward models with another vocabulary than the policy score text (rlhf/models/vocab.py):
+    say so once each. A critic that would start from one is refused: it would read the policy's
+    token ids as other tokens (an IndexError, or silently wrong values)."""
+    for name, rm_tok in {n: t for src in sources for n, t in reward_model_tokenizers(src)}.items():
+        diff = vocabulary_difference(tokenizer, rm_tok)
+        if diff is not None:
+            trainer.print(f"[ppo] reward model {name} has another vocabulary than the policy ({diff}): it scores "
+                          f"the decoded completion, re-encoded with its own tokenizer and chat template")
+    if cfg.advantage not in CRITIC_ESTIMATORS or _value_source(cfg) in ("shared", "policy"):
+        return
+    src = _value_source(cfg)
+    diff = vocabulary_difference(tokenizer, load_tokenizer(replace(cfg.model, name_or_path=src, tokenizer=None)))
+    if diff is not None:
+        raise ConfigError("value_model", f"the critic would start from {src}, whose vocabulary differs from the "
+                                         f"policy's ({diff}), so it would read the policy's token ids as other "
+                                         f"tokens; set value_model=shared (a value head on the policy's trunk) or "
+                                         f"value_model=policy (a copy of the policy's trunk)")
+
+
 def _load_value_model(cfg: PPOConfig, tokenizer: Any) -> tuple[nn.Module, str]:
     """The critic: same dtype / LoRA / checkpointing settings as the policy."""
     src = _value_source(cfg)
@@ -335,6 +357,16 @@ def _prompts(cfg: PPOConfig, tokenizer: Any, trainer: Trainer) -> list[dict]:
     return out
 
 
+def _check_episode_length(cfg: PPOConfig, longest_prompt: int) -> None:
+    """Stop before sampling when prompt + completion can pass the policy's position limit."""
+    limit, n = position_limit(cfg.model), cfg.sampling.max_new_tokens
+    if limit is not None and longest_prompt + n > limit:
+        raise ConfigError("sampling.max_new_tokens", f"the longest prompt ({longest_prompt} tokens) + max_new_tokens "
+                          f"({n}) = {longest_prompt + n} is above the position limit of {cfg.model.name_or_path}: "
+                          f"{limit} (max_position_embeddings); lower max_new_tokens to at most "
+                          f"{max(limit - longest_prompt, 0)} or shorten prompts with data.max_prompt_length")
+
+
 def train(cfg: PPOConfig) -> dict[str, Any]:
     # Step 1. Open the run: output folder checks, resolved config.yaml, accelerator, seed.
     trainer = Trainer(cfg.train, cfg.output_dir, cfg, stage="ppo")
@@ -349,8 +381,10 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     # Step 2. Prompts (the states), and the reward source.
     tokenizer = load_tokenizer(cfg.model)
     prompts = _prompts(cfg, tokenizer, trainer)
+    _check_episode_length(cfg, max(len(p["prompt_input_ids"]) for p in prompts))
     reward = load_reward_source(cfg.reward, device=str(device))
     tracked = {name: load_reward_source(spec, device=str(device)) for name, spec in cfg.track.items()}
+    _check_tokenizers(cfg, tokenizer, [reward, *tracked.values()], trainer)
 
     # Step 3. Policy, frozen reference (a copy of the starting policy, or the LoRA policy with
     # adapters off), and the critic for GAE.

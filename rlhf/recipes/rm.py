@@ -47,8 +47,9 @@ from rlhf.data.tokenize import encode_records
 from rlhf.losses.reward import (bradley_terry_loss, expected_calibration_error, ranked_pair_weights,
                                 reward_centering_loss)
 from rlhf.models.config import ModelConfig
-from rlhf.models.load import (count_parameters, load_scalar_model, load_tokenizer, packed_last_token_scores,
-                              score_last_token)
+from rlhf.models.load import (check_sequence_limit, count_parameters, load_scalar_model, load_tokenizer,
+                              packed_last_token_scores, score_last_token)
+from rlhf.models.packing import use_packed
 from rlhf.train.config import TrainConfig
 from rlhf.train.trainer import Trainer
 
@@ -117,9 +118,9 @@ class RMConfig:
     loss: RewardLossConfig = opt(factory=RewardLossConfig, help="the pairwise loss")
     stats: RewardStatsConfig = opt(factory=RewardStatsConfig, help="reward normalisation statistics")
     ece_bins: int = opt(10, "equal-width bins of the held-out expected calibration error", gt=0)
-    packed: bool = opt(True, "score training pairs on packed rows (sequences back to back, no padding); "
-                             "false for architectures that do not derive the attention mask from "
-                             "restarting position ids")
+    packed: bool = opt(True, "score training pairs on packed rows (sequences back to back, no padding) "
+                             "where a probe of the model class shows packing is exact (else padded rows, "
+                             "said once: rlhf/models/packing.py)")
 
     def validate(self) -> None:
         if not self.data.train:
@@ -232,7 +233,7 @@ def _units(mb: dict[str, torch.Tensor]) -> torch.Tensor:
 def _scores(model: torch.nn.Module, batch: dict[str, torch.Tensor], packed: bool) -> torch.Tensor:
     """Scores (N,) at each row's last real token; on the packed layout (no compute on padding:
     chosen and rejected often differ much in length) unless ``packed`` is off."""
-    if packed:
+    if use_packed(packed, model):
         return packed_last_token_scores(model, batch["input_ids"], batch["attention_mask"])
     return score_last_token(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"])
 
@@ -349,6 +350,7 @@ def reward_statistics(scores: list[float]) -> dict[str, float]:
 
 def train(cfg: RMConfig) -> dict[str, Any]:
     # Step 1. Open the run: output folder checks, resolved config.yaml, accelerator, seed.
+    check_sequence_limit(cfg.model, cfg.data.max_length, "data.max_length")  # before any work
     trainer = Trainer(cfg.train, cfg.output_dir, cfg, stage="rm")
 
     # Step 2. Data: pairwise rows, or ranked rows expanded to their pairs (ties skipped and

@@ -27,7 +27,8 @@ from rlhf.logprobs import forward_logps
 from rlhf.losses.sft import nll_loss
 from rlhf.masking import count_units
 from rlhf.models.config import ModelConfig
-from rlhf.models.load import count_parameters, load_causal_lm, load_tokenizer
+from rlhf.models.load import check_sequence_limit, count_parameters, load_causal_lm, load_tokenizer
+from rlhf.models.packing import use_packed
 from rlhf.train.config import TrainConfig
 from rlhf.train.trainer import Trainer
 
@@ -75,6 +76,7 @@ def evaluate_nll(trainer: Trainer, model: torch.nn.Module, examples: list[dict],
 
 def train(cfg: SFTConfig) -> dict[str, Any]:
     # Step 1. Open the run: output folder checks, resolved config.yaml, accelerator, seed.
+    check_sequence_limit(cfg.model, cfg.data.max_length, "data.max_length")  # before any work
     trainer = Trainer(cfg.train, cfg.output_dir, cfg, stage="sft")
 
     # Step 2. Tokenizer and data: load, convert to canonical records, tokenise with the
@@ -89,19 +91,20 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         trainer.print(f"[sft] {report.summary()}")
     pad_id = tokenizer.pad_token_id
     n_sequences = len(train_ex)
-    if cfg.data.packing:
-        # Several sequences per row; position ids restart per sequence so that no sequence
-        # attends to or is positioned after another (rlhf/data/collate.py).
-        train_ex = pack_examples(train_ex, cfg.data.max_length)
-        collate = PackingCollator(pad_id)
-    else:
-        collate = PadCollator(pad_id, padding_side=cfg.data.padding_side)
     eval_collate = PadCollator(pad_id, padding_side=cfg.data.padding_side)
 
     # Step 3. The model (optionally with LoRA adapters, bf16, gradient checkpointing).
     model = load_causal_lm(cfg.model)
     n = count_parameters(model)
     trainer.print(f"[sft] model {cfg.model.name_or_path}: {n['total']:,} parameters, {n['trainable']:,} trainable")
+    if use_packed(cfg.data.packing, model):
+        # Several sequences per row; position ids restart per sequence so that no sequence
+        # attends to or is positioned after another (rlhf/data/collate.py). Only for a model
+        # class the packing probe accepted (else one warning line, and padded rows).
+        train_ex = pack_examples(train_ex, cfg.data.max_length)
+        collate = PackingCollator(pad_id)
+    else:
+        collate = PadCollator(pad_id, padding_side=cfg.data.padding_side)
 
     # Step 4. Optimizer, schedule, distribution wrapper; restore the newest checkpoint if any.
     model = trainer.setup(model, num_examples=len(train_ex))

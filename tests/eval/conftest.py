@@ -25,7 +25,7 @@ def tiny_reference(tmp_path_factory, tiny_llama) -> Path:
 
     tok = load_tokenizer(ModelConfig(name_or_path=str(tiny_llama)))
     model = build_tiny_model("llama", len(tok), hidden_size=64, num_layers=2, num_heads=4,
-                             max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+                             max_position_embeddings=512, pad_token_id=tok.pad_token_id,
                              eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, seed=1)
     return save_model(model, tok, tmp_path_factory.mktemp("tiny-ref") / "llama")
 

@@ -11,7 +11,7 @@ from rlhf.models.config import LoraConfig, ModelConfig
 def test_defaults_are_the_safe_ones():
     cfg = load_config(ModelConfig, overrides=["name_or_path=some/model"])
     assert cfg.trust_remote_code is False
-    assert cfg.dtype == "fp32" and cfg.attn_implementation == "sdpa"
+    assert cfg.dtype == "fp32" and cfg.attn_implementation == "auto"
     assert cfg.disable_dropout is True and cfg.gradient_checkpointing is False
     assert cfg.lora == LoraConfig() and cfg.lora.enabled is False and cfg.lora.target_modules is None
     assert cfg.tokenizer_path == "some/model"
