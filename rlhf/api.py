@@ -186,6 +186,8 @@ def run(stage: str, model: Any = None, data: Any = None, *, tokenizer: Any = Non
             body["reward"] = _save_model(reward, None, inputs / "reward") if not isinstance(reward, str) else reward
     body["output_dir"] = str(out)
     cfg = load_config(cls, None, [], base=body)
+    from rlhf.console import quiet_third_party
+    quiet_third_party()
     summary = st.load(st.run)(cfg)
     return _load_result(stage, out, dict(summary or {}))
 

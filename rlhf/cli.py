@@ -88,6 +88,8 @@ def run_stage(name: str, argv: list[str]) -> int:
               f"Options (set them in the YAML file or as dotted key=value overrides):\n")
         print(_stage_help(name))
         return 0
+    from rlhf.console import quiet_third_party
+    quiet_third_party()
     cls = stage.load(stage.config)
     try:
         path, argv = _config_source(name, argv)
@@ -181,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_stage(name, rest)
     if name in TOOLS:
         mod, fn = TOOLS[name][0].split(":")
+        if name != "recipes" and not any(a in ("-h", "--help") for a in rest):
+            from rlhf.console import quiet_third_party
+            quiet_third_party()
         return int(getattr(importlib.import_module(mod), fn)(rest) or 0)
     import difflib
     close = difflib.get_close_matches(name, list(STAGES) + list(TOOLS), n=1)
