@@ -14,6 +14,7 @@ Peak memory is the process's peak RSS (CPU) or torch's peak allocation (GPU).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -70,7 +71,8 @@ def main() -> None:
         body["output_dir"] = str(Path(tmp) / "run")
         cfg = load_config(stage.load(stage.config), None, [], base=body)
         t0 = time.perf_counter()
-        stage.load(stage.run)(cfg)
+        with contextlib.redirect_stdout(sys.stderr):  # the run's own lines; stdout is the JSON
+            stage.load(stage.run)(cfg)
         run_s = time.perf_counter() - t0
         metrics = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     logged = [m for m in metrics if "loss" in m]
