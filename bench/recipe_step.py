@@ -55,11 +55,10 @@ def main() -> None:
         micro = spec["train"]["batch_size"] // spec["train"].get("grad_accum", 1)
         n = micro * a.micro_batches
         # Two optimizer steps: the time of the second (elapsed_s difference) excludes loading.
-        rows = 2 * ([{"messages": [{"role": "user", "content": long(100)}, {"role": "assistant", "content": long(2000)}]}
-                 for _ in range(n)] if spec["data"].get("format") == "messages" else
-                [{"chosen": [{"role": "user", "content": long(100)}, {"role": "assistant", "content": long(2000)}],
-                  "rejected": [{"role": "user", "content": long(100)}, {"role": "assistant", "content": long(2000)}]}
-                 for _ in range(n)])
+        def chat() -> list[dict[str, str]]:
+            return [{"role": "user", "content": long(100)}, {"role": "assistant", "content": long(2000)}]
+        rows = 2 * ([{"messages": chat()} for _ in range(n)] if spec["data"].get("format") == "messages"
+                    else [{"chosen": chat(), "rejected": chat()} for _ in range(n)])
         data = Path(tmp) / "data.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
         body = json.loads(json.dumps(spec))

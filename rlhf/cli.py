@@ -61,7 +61,8 @@ TOOLS: dict[str, tuple[str, str]] = {
     "score": ("rlhf.tools.score:main", "add a reward column to a file with any reward source"),
     "label": ("rlhf.tools.label:main", "turn prompts + two responses into a preference file with a judge "
                                        "(an LM asked A or B, both orders, or any reward source)"),
-    "recipes": ("rlhf.configs:main", "list the configs shipped with rlhf (rlhf <stage> --recipe NAME starts from one)"),
+    "recipes": ("rlhf.configs:main", "list the configs shipped with rlhf (rlhf <stage> --recipe NAME "
+                                     "starts from one)"),
     "tiny-model": ("rlhf.tools.tiny:main", "build a tiny random-weight model + tokenizer for tests and demos"),
     "quickstart": ("rlhf.tools.quickstart:main", "the built-in demo, end to end on a laptop CPU (what `make demo` runs)"),
 }

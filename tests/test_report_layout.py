@@ -14,7 +14,8 @@ from .test_report import _cells, _jsonl, _section, make_run  # noqa: TID252
 
 
 def _with_report_stage(run: Path, order: list[tuple[str, str]]) -> None:
-    stages = [{"name": n, "type": t, "output_dir": str(Path("runs") / run.name / n), "status": "done"} for n, t in order]
+    stages = [{"name": n, "type": t, "output_dir": str(Path("runs") / run.name / n), "status": "done"}
+              for n, t in order]
     stages.append({"name": "report", "type": "report", "output_dir": str(Path("runs") / run.name / "report"),
                    "status": "running"})
     (run / "pipeline.json").write_text(json.dumps({"stages": stages}))

@@ -7,9 +7,9 @@ from typing import Literal
 
 from rlhf.config import ConfigError, opt
 
-
 # The packages a tracker can run on (the first is the one to install), as accelerate imports them.
-_TRACKER_PACKAGES: dict[str, tuple[str, ...]] = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+_TRACKER_PACKAGES: dict[str, tuple[str, ...]] = {"tensorboard": ("tensorboard", "tensorboardX"),
+                                                  "wandb": ("wandb",)}
 
 
 @dataclass(frozen=True)
