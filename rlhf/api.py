@@ -32,9 +32,10 @@ any work, ``DataError`` naming the file, row and field.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, is_dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["Result", "run", "STAGE_FUNCTIONS"]
 
@@ -170,7 +171,9 @@ def run(stage: str, model: Any = None, data: Any = None, *, tokenizer: Any = Non
     inputs = out / "inputs"
     if model is not None:
         _set(body, "model.name_or_path", _save_model(model, tokenizer, inputs / "model"))
-    if tokenizer is not None and (isinstance(tokenizer, (str, Path)) or model is None or isinstance(model, (str, Path))):
+    # A tokenizer object given with a model object was saved beside the model above.
+    tok_separate = isinstance(tokenizer, (str, Path)) or model is None or isinstance(model, (str, Path))
+    if tokenizer is not None and tok_separate:
         tok_path = str(tokenizer) if isinstance(tokenizer, (str, Path)) else _save_model_tokenizer(tokenizer, inputs)
         _set(body, "model.tokenizer", tok_path)
     if data is not None:
@@ -186,6 +189,8 @@ def run(stage: str, model: Any = None, data: Any = None, *, tokenizer: Any = Non
             body["reward"] = _save_model(reward, None, inputs / "reward") if not isinstance(reward, str) else reward
     body["output_dir"] = str(out)
     cfg = load_config(cls, None, [], base=body)
+    from rlhf.console import quiet_third_party
+    quiet_third_party()
     summary = st.load(st.run)(cfg)
     return _load_result(stage, out, dict(summary or {}))
 

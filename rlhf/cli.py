@@ -61,7 +61,8 @@ TOOLS: dict[str, tuple[str, str]] = {
     "score": ("rlhf.tools.score:main", "add a reward column to a file with any reward source"),
     "label": ("rlhf.tools.label:main", "turn prompts + two responses into a preference file with a judge "
                                        "(an LM asked A or B, both orders, or any reward source)"),
-    "recipes": ("rlhf.configs:main", "list the configs shipped with rlhf (rlhf <stage> --recipe NAME starts from one)"),
+    "recipes": ("rlhf.configs:main", "list the configs shipped with rlhf (rlhf <stage> --recipe NAME "
+                                     "starts from one)"),
     "tiny-model": ("rlhf.tools.tiny:main", "build a tiny random-weight model + tokenizer for tests and demos"),
     "quickstart": ("rlhf.tools.quickstart:main", "the built-in demo, end to end on a laptop CPU (what `make demo` runs)"),
 }
@@ -88,6 +89,8 @@ def run_stage(name: str, argv: list[str]) -> int:
               f"Options (set them in the YAML file or as dotted key=value overrides):\n")
         print(_stage_help(name))
         return 0
+    from rlhf.console import quiet_third_party
+    quiet_third_party()
     cls = stage.load(stage.config)
     try:
         path, argv = _config_source(name, argv)
@@ -197,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_stage(name, rest)
     if name in TOOLS:
         mod, fn = TOOLS[name][0].split(":")
+        if name != "recipes" and not any(a in ("-h", "--help") for a in rest):
+            from rlhf.console import quiet_third_party
+            quiet_third_party()
         codes: list[int] = []
         rc = _run_guarded(name, lambda: codes.append(int(getattr(importlib.import_module(mod), fn)(rest) or 0)))
         return codes[0] if codes else rc

@@ -1,6 +1,6 @@
 """The run report: one self-contained ``report.html`` (plus its PNGs) from a pipeline run folder.
 
-    rlhf report runs/quickstart            # -> runs/quickstart/report.html
+    rlhf report runs/quickstart            # -> runs/quickstart/report/report.html (where the pipeline writes it)
     write_report("runs/quickstart")         # the same from Python; returns the HTML's path
 
 What it reads (every input optional; a plot whose inputs are missing is replaced by a note):
@@ -39,6 +39,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = ["write_report", "main", "load_run", "read_metrics", "smooth", "gold_peak",
            "plot_training_curves", "plot_overoptimization", "plot_frontier", "Skipped", "Run", "StageRun"]
@@ -47,12 +48,18 @@ GOLD, PROXY = "gold", "proxy"
 _ORDER = {"sft": 0, "rm": 1, "ppo": 2, "dpo": 3, "best_of_n": 4, "raft": 5, "rest": 6, "iterative_dpo": 7,
           "constitutional": 8, "hindsight": 9, "eval": 10}
 # Training-curve panels: (title, metric names; "track/*" = every tracked reward).
+# Proxy and gold rewards get panels (and y axes) of their own: on one axis the one with the
+# larger range flattens the other.
 _PANELS = (("loss", ("loss", "eval_loss")),
-           ("reward", ("score", "track/*", "reward_margin", "eval_reward_margin")),
+           ("proxy reward", ("score", "kept_score")),
+           ("gold reward", ("track/*", "kept_track/*")),
+           ("DPO reward margin", ("reward_margin", "eval_reward_margin")),
            ("accuracy", ("accuracy_mean", "accuracy", "eval_accuracy", "reward_accuracy",
                          "eval_reward_accuracy")),
            ("KL to reference (nats)", ("kl",)),
            ("entropy (nats/token)", ("entropy",)))
+# Stage types whose logged "step" is a round (RAFT, ReST, iterative DPO, hindsight).
+_ROUND_KEYS = ("round", "grow")
 
 
 class Skipped(Exception):
@@ -148,8 +155,12 @@ def load_run(run_dir: str | Path) -> Run:
     notes: list[str] = []
     declared: list[tuple[str, str | None, Path, str | None]] = []
     pipeline = _read_json(root / "pipeline.json", notes) if (root / "pipeline.json").is_file() else None
-    if isinstance(pipeline, dict) and isinstance(pipeline.get("stages"), list):
+    if not (isinstance(pipeline, dict) and isinstance(pipeline.get("stages"), list)):
+        pipeline = None
+    if pipeline is not None:
         for i, s in enumerate(x for x in pipeline["stages"] if isinstance(x, dict)):
+            if s.get("type") == "report":
+                continue
             name = str(s.get("name") or f"stage{i + 1}")
             declared.append((name, s.get("type"), _resolve(root, s.get("output_dir"), name), s.get("status")))
     else:
@@ -168,8 +179,12 @@ def load_run(run_dir: str | Path) -> Run:
         summary = st.summary or {}
         guess = typ or summary.get("stage") or ("best_of_n" if "curve" in summary else name)
         st.type = str(guess).replace("-", "_")
+        if st.type == "report":
+            continue  # the report itself: written by this call, not a stage to report on
         stages.append(st)
-    stages.sort(key=lambda s: _ORDER.get(s.type, 11))  # stable: ties keep the declared order
+    if pipeline is None:
+        # No record of the run order: the usual RLHF order (stable: ties keep the folder order).
+        stages.sort(key=lambda s: _ORDER.get(s.type, 11))
     run = Run(root, stages, notes=notes)
     ev = next((s.path for s in stages if s.type == "eval"), root / "eval") / "results.json"
     if ev.is_file():
@@ -263,27 +278,73 @@ def _new_figure(w: float, h: float) -> Figure:
     return fig
 
 
-def plot_training_curves(stages: list[StageRun]) -> Figure:
-    """Small multiples: one row per stage with logged metrics, one column per panel of _PANELS."""
-    stages = [s for s in stages if s.metrics]
-    if not stages:
+def _legend(ax: Any) -> None:
+    """A legend of the axis's labelled lines only: no entry for a faint raw series, an error bar's
+    parts or anything else without a name of its own (a frontier's points are named beside them)."""
+    handles = [ln for ln in ax.get_lines() if ln.get_label() and not ln.get_label().startswith("_")]
+    if handles:
+        ax.legend(handles=handles, labels=[h.get_label() for h in handles], fontsize=8, frameon=False)
+
+
+def _x_axis(rows: list[dict[str, float]]) -> tuple[str, bool]:
+    """(x label, integer ticks): stages that log rounds count rounds, not fractional steps."""
+    if any(k in r for r in rows for k in _ROUND_KEYS):
+        return "round", True
+    steps = {r["step"] for r in rows}
+    return "step", len(steps) <= 12
+
+
+def _label(key: str) -> str:
+    """A metric key as a legend label."""
+    names = {"score": "proxy (reward model)", "kept_score": "proxy, kept samples", "loss": "train loss",
+             "eval_loss": "eval loss", "kl": "KL", "entropy": "entropy"}
+    if key.startswith("kept_track/"):
+        return f"{key.split('/', 1)[1]}, kept samples"
+    if key.startswith("track/"):
+        return key.split("/", 1)[1]
+    return names.get(key, key.replace("_", " "))
+
+
+def plot_training_curves(stages: list[StageRun], window: int = 5) -> Figure:
+    """Small multiples: for each stage, in run order, one panel per quantity it logged (loss,
+    proxy reward, gold reward, margin, accuracy, KL, entropy), wrapped three to a row with no
+    empty cells. Raw values faint, their centred moving average (``window`` points) solid when
+    a series has more than ``2 * window`` points; eval points as markers; rounds as integers."""
+    cells = []
+    for st in (s for s in stages if s.metrics):
+        for title, pats in _PANELS:
+            keys = [k for k in _keys(st.metrics, pats) if _series(st.metrics, k)[0]]
+            if keys:
+                cells.append((st, title, keys))
+    if not cells:
         raise Skipped("no stage has a metrics.jsonl with numeric rows")
-    cols = [(t, pats) for t, pats in _PANELS if any(_keys(s.metrics, pats) for s in stages)]
-    fig = _new_figure(3.0 * len(cols), 2.3 * len(stages))
-    axes = fig.subplots(len(stages), len(cols), squeeze=False)
-    for r, st in enumerate(stages):
-        for c, (title, pats) in enumerate(cols):
-            ax, keys = axes[r][c], _keys(st.metrics, pats)
-            if not keys:  # not logged by this stage: leave the cell blank, columns stay aligned
-                ax.axis("off")
-                continue
-            ax.set_title(f"{st.name}: {title}", fontsize=9)
-            for k in keys:
-                x, y = _series(st.metrics, k)
-                ax.plot(x, y, "o-" if k.startswith("eval_") else "-", ms=3, lw=1.2, label=k)
-            ax.tick_params(labelsize=7)
-            ax.set_xlabel("step", fontsize=8)
-            ax.legend(fontsize=6, frameon=False)
+    ncols = min(3, len(cells))
+    nrows = math.ceil(len(cells) / ncols)
+    fig = _new_figure(4.2 * ncols, 3.0 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ax in enumerate(a for row in axes for a in row):
+        if i >= len(cells):
+            ax.remove()  # fewer cells than the grid holds: no blank frame
+            continue
+        st, title, keys = cells[i]
+        xlabel, integer = _x_axis(st.metrics)
+        for j, k in enumerate(keys):
+            x, y = _series(st.metrics, k)
+            color = f"C{j}"
+            if k.startswith("eval_") or len(x) <= 2 * window:
+                ax.plot(x, y, "o-" if k.startswith("eval_") or len(x) <= 12 else "-", ms=4, lw=1.5,
+                        color=color, label=_label(k))
+            else:
+                ax.plot(x, y, "-", lw=0.8, color=color, alpha=0.3)
+                ax.plot(x, smooth(y, window), "-", lw=1.8, color=color, label=f"{_label(k)} (smoothed)")
+        ax.set_title(f"{st.name}: {title}", fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.set_ylabel(title, fontsize=9)
+        ax.tick_params(labelsize=8)
+        if integer:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.25)
+        _legend(ax)
     return fig
 
 
@@ -328,7 +389,7 @@ def plot_overoptimization(stages: list[StageRun], sqrt_kl: bool = True, window: 
         ax2.set_ylabel(f"{gold_key.removeprefix('track/')} reward", color="C3")
         ax.set_title(f"{st.name}: over-optimisation", fontsize=10)
         handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-        ax.legend(handles, [h.get_label() for h in handles], fontsize=7, ncol=3, frameon=False,
+        ax.legend(handles, [h.get_label() for h in handles], fontsize=8, ncol=3, frameon=False,
                   loc="upper center", bbox_to_anchor=(0.5, -0.15))
     return fig
 
@@ -391,13 +452,15 @@ def plot_frontier(policies: dict[str, dict], stages: list[StageRun] = ()) -> Fig
                 ax.plot([p["estimate"] for p in pts_bon], [p["y"] for p in pts_bon], "--", color="C7",
                         lw=1, label=f"{name}, measured KL")
         for k, (name, x, xe, y, ye) in enumerate(pts):
+            # Named beside the point, so not in the legend (which keeps the curves only).
             ax.errorbar([x], [y], xerr=None if xe is None else [xe], yerr=None if ye is None else [ye],
                         fmt="o", ms=7, capsize=3, color=f"C{k % 7}", label=name)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
         ax.set_xlabel("KL(π ‖ π_ref)  (nats)")
         ax.set_ylabel(f"{src} reward")
         ax.set_title(f"{src} reward vs KL", fontsize=10)
-        ax.legend(fontsize=7, frameon=False)
+        ax.grid(alpha=0.25)
+        _legend(ax)
     return fig
 
 
@@ -412,6 +475,8 @@ th{background:#f4f4f4}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}tr.prompt td{background:#fafafa;
 font-style:italic}img{max-width:100%;height:auto}
 pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.85em}
+.caption{color:#444;font-size:.92em;max-width:60em}dl.gloss{display:grid;grid-template-columns:max-content 1fr;
+gap:.2em 1em;font-size:.9em}dl.gloss dt{font-weight:600}dl.gloss dd{margin:0}
 .note{color:#8a5a00;background:#fff8e6;border-left:3px solid #e0b040;padding:.4em .8em}.muted{color:#777}
 """
 
@@ -443,9 +508,26 @@ def _note(text: str) -> str:
     return f'<p class="note">{_e(text)}</p>'
 
 
-def headline_table(policies: dict[str, dict]) -> str:
+def _bon_rows(stages: list[StageRun], policies: dict[str, dict], sources: list[str]) -> list[list[str]]:
+    """One headline row per best-of-n stage: the reward at its largest n under each source it was
+    scored with, and the KL bound log n - (n-1)/n (no win rate, length or diversity: only scores
+    are kept)."""
+    found: dict[str, dict[str, dict]] = {}  # stage -> source -> the point at the largest n
+    for src in sources:
+        for name, pts in _bon_curves(stages, policies, src):
+            found.setdefault(name, {})[src] = max(pts, key=lambda p: _num(p["n"]) or 0)
+    rows = []
+    for name, by_src in found.items():
+        top = max(by_src.values(), key=lambda p: _num(p["n"]) or 0)
+        rows.append([f"{name} (n = {int(_num(top['n']) or 0)})",
+                     *[_fmt(by_src[s]["y"]) if s in by_src else "-" for s in sources],
+                     "-", _fmt(top["bound"]) + " (bound)" if top["bound"] is not None else "-", "-", "-"])
+    return rows
+
+
+def headline_table(policies: dict[str, dict], stages: list[StageRun] = ()) -> str:
     """Per policy: reward ± standard error per source, win rate against the reference under the
-    first source (gold when present), KL, length, distinct-2."""
+    first source (gold when present), KL, length, distinct-2; then the best-of-n stages."""
     if not policies:
         return _note("Skipped: no eval/results.json with evaluated policies.")
     sources = _sources(policies)
@@ -463,6 +545,7 @@ def headline_table(policies: dict[str, dict]) -> str:
                     [_fmt(_get(res, "win_rate", first, "win_rate")) if first else "-",
                      _pm(kl) if _mean(kl) is not None else _fmt(_policy_kl(name, res)),
                      _pm(_get(res, "policy", "length"), 1), _fmt(_get(res, "policy", "distinct_2"))])
+    rows += _bon_rows(list(stages), policies, sources)
     return _table(header, rows)
 
 
@@ -503,17 +586,55 @@ def _training_samples(stages: list[StageRun]) -> str:
 
 def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=110)
     return buf.getvalue()
+
+
+_GLOSSARY = (
+    ("gold reward", "the true reward: on the built-in task a hidden function that plays the human "
+                    "(rlhf/testbed); no training stage ever sees it, it is only measured."),
+    ("proxy reward", "the reward model's score: what PPO, best-of-n and the rejection-sampling "
+                     "methods optimise. Over-optimisation is the proxy rising while gold falls."),
+    ("± (after a number)", "one standard error of the mean over the evaluated prompts (the samples of "
+                           "one prompt are averaged first, so it is not overstated by repeated samples)."),
+    ("KL (nats)", "KL(π ‖ π_ref) of the policy from the reference (the SFT model), estimated on the "
+                  "policy's own samples as the mean of log π(y) − log π_ref(y) per completion (the k1 "
+                  "estimator, unbiased); larger means the policy moved further from where it started."),
+    ("KL (bound) for best-of-n", "log n − (n−1)/n, the KL of the best-of-n distribution when no two "
+                                 "samples tie (Stiennon et al. 2020); the measured value is usually lower."),
+    ("win rate vs ref", "how often the policy's sample beats the reference's sample for the same "
+                        "prompt under that reward (ties count half)."),
+    ("length (tokens)", "completion length, generated tokens."),
+    ("distinct-2", "distinct bigrams / all bigrams over the policy's completions: low values mean "
+                   "repetitive, collapsed outputs."),
+)
+
+
+def _glossary() -> str:
+    items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in _GLOSSARY)
+    return f'<details open><summary>How to read this report</summary><dl class="gloss">{items}</dl></details>'
+
+
+def _caption(text: str) -> str:
+    return f'<p class="caption">{_e(text)}</p>'
+
+
+def _rel(path: Path, root: Path) -> str:
+    """A stage folder as the reader needs it: relative to the run folder when inside it."""
+    try:
+        return str(path.resolve().relative_to(root.resolve())) or "."
+    except ValueError:
+        return str(path)
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, title: str | None = None, *,
                  sqrt_kl: bool = True, window: int = 5) -> Path:
     """Write ``report.html`` (images embedded as base64 PNG) and the PNGs into ``out_dir``
-    (default: the run folder). Returns the HTML's path. ``sqrt_kl``: the over-optimisation x axis
-    is √KL as in Gao et al.; ``window``: points in its moving average."""
+    (default: ``<run folder>/report``, where ``rlhf pipeline`` writes it too). Returns the HTML's
+    path. ``sqrt_kl``: the over-optimisation x axis is √KL as in Gao et al.; ``window``: points
+    in the moving averages."""
     run = load_run(run_dir)
-    out = Path(out_dir) if out_dir is not None else run.path
+    out = Path(out_dir) if out_dir is not None else run.path / "report"
     out.mkdir(parents=True, exist_ok=True)
     title = title or f"RLHF run report: {run.path.resolve().name}"
 
@@ -531,27 +652,43 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, title: 
         png.write_bytes(data)
         return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
 
-    stage_rows = [[s.name, s.type, s.status or "-", str(s.path),
-                   _fmt(s.metrics[-1]["step"], 0) if s.metrics else "-"] for s in run.stages]
+    stage_rows = [[str(i), s.name, s.type, s.status or "-", _rel(s.path, run.path),
+                   _fmt(s.metrics[-1]["step"], 0) if s.metrics else "-"] for i, s in enumerate(run.stages, 1)]
     configs = "".join(f"<details><summary>{_e(s.name)} ({_e(s.type)}): config.yaml</summary>"
                       f"<pre>{_e(s.config)}</pre></details>" for s in run.stages if s.config)
     now = datetime.datetime.now().isoformat(timespec="seconds")
     notes = run.notes + [n for s in run.stages for n in s.notes]
     parts = [
         f"<h1>{_e(title)}</h1>",
-        f'<p class="muted">run folder {_e(str(run.path))} · written {_e(now)}</p>',
-        _table(["stage", "type", "status", "folder", "last step"], stage_rows, num_from=4) if stage_rows
+        f'<p class="muted">run folder {_e(run.path.resolve().name)} · written {_e(now)} · folders below '
+        f'are relative to the run folder</p>',
+        _glossary(),
+        "<h2>Stages, in run order</h2>",
+        _table(["#", "stage", "type", "status", "folder", "last step"], stage_rows, num_from=5) if stage_rows
         else _note("No stages found in this folder."),
         "".join(_note(n) for n in notes),
-        "<h2>Headline</h2>", headline_table(run.policies),
+        "<h2>Headline</h2>",
+        _caption("Every method on the same held-out prompts, against the reference (the SFT policy). "
+                 "Higher gold reward at lower KL is better; best-of-n rows keep the highest-proxy of n samples."),
+        headline_table(run.policies, run.stages),
         "<h2>Reward vs KL frontier</h2>",
+        _caption("Each point is one method: its reward (± standard error) against how far it moved from the "
+                 "reference. The grey curve is best-of-n at n = 1, 2, 4, ... (solid: the KL bound; dashed: "
+                 "the KL measured on the sample pool). Up and to the left is better."),
         figure("frontier.png", "reward against KL to the reference per policy",
                lambda: plot_frontier(run.policies, run.stages)),
         "<h2>Over-optimisation</h2>",
+        _caption("Over PPO training: proxy reward (left axis) and gold reward (right axis, its own scale) "
+                 "against √KL; faint dots are logged steps, lines their moving average, the star the gold "
+                 "peak. Past the peak the policy exploits the reward model."),
         figure("overoptimization.png", "proxy and gold reward against KL over PPO training",
                lambda: plot_overoptimization(run.stages, sqrt_kl, window)),
         "<h2>Training curves</h2>",
-        figure("training_curves.png", "training curves per stage", lambda: plot_training_curves(run.stages)),
+        _caption(f"Per stage, in run order, one panel per quantity it logged. Faint: raw values; solid: "
+                 f"their {window}-point moving average; markers: evaluation points or short series. "
+                 f"Rejection-sampling and iterative methods count rounds."),
+        figure("training_curves.png", "training curves per stage",
+               lambda: plot_training_curves(run.stages, window)),
         "<h2>Sample responses</h2>", samples_table(run.policies), _training_samples(run.stages),
         "<h2>Configs</h2>", configs or _note("Skipped: no stage folder holds a config.yaml."),
     ]
@@ -568,7 +705,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rlhf report", description="Turn a pipeline run folder into a "
                                 "self-contained report.html (plots embedded) plus the PNGs.")
     p.add_argument("run_dir", help="the run folder (pipeline.json, stage folders, eval/results.json)")
-    p.add_argument("--out", default=None, help="folder for report.html and the PNGs (default: RUN_DIR)")
+    p.add_argument("--out", default=None, help="folder for report.html and the PNGs (default: RUN_DIR/report, "
+                                               "where rlhf pipeline writes it)")
     p.add_argument("--title", default=None, help="the report's title")
     p.add_argument("--linear-kl", action="store_true", help="over-optimisation plot against KL, not √KL")
     p.add_argument("--smooth", type=int, default=5, help="points in the moving average (default 5)")

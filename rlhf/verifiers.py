@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["final_number", "math_answer", "write_math_task", "PROMPT_TEMPLATE"]
 
@@ -64,7 +65,9 @@ def math_answer(prompts: Sequence[str], completions: Sequence[str], answers: dic
     """
     table = answers if isinstance(answers, dict) else _answers_file(str(answers))
     out = []
-    for i, (p, c) in enumerate(zip(prompts, completions)):
+    if len(prompts) != len(completions):
+        raise ValueError(f"math_answer: {len(prompts)} prompts but {len(completions)} completions")
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
         ref = table.get(p)
         if ref is None:
             ref = next((a for q, a in table.items() if q in str(p)), None)

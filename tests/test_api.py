@@ -69,7 +69,8 @@ def test_dataset_and_list_inputs_give_the_same_file(tmp_path, tiny_llama, instru
     short = {**_SETTINGS, "train.max_steps": 1}
     rlhf.sft(model=str(tiny_llama), data=Dataset.from_list(rows), config=cfg, **short)
     rlhf.sft(model=str(tiny_llama), data=rows, output_dir=str(tmp_path / "b"), **short)
-    assert (tmp_path / "a" / "inputs" / "train.jsonl").read_text() == (tmp_path / "b" / "inputs" / "train.jsonl").read_text()
+    written = [(tmp_path / d / "inputs" / "train.jsonl").read_text() for d in "ab"]
+    assert written[0] == written[1]
 
 
 def test_errors_are_the_clis(tmp_path, tiny_llama):

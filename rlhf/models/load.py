@@ -465,6 +465,10 @@ def scalar_head(model: nn.Module) -> nn.Module:
                          f"{', '.join(_HEAD_NAMES)})")
 
 
+# A causal LM's output layer, which a scalar model built from it does not use.
+_LM_HEADS = {"lm_head", "embed_out"}
+
+
 def load_scalar_model(
     cfg: ModelConfig,
     *,
@@ -486,12 +490,27 @@ def load_scalar_model(
     _check_source(cfg.name_or_path, "model.name_or_path")
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg)
-    with _attn_errors(cfg):
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            cfg.name_or_path, num_labels=1, output_loading_info=True, **_pretrained_kwargs(cfg))
+    # transformers prints a LOAD REPORT table whenever keys differ; building a scalar model from
+    # a causal LM always drops the LM head and adds a new scalar head, which is expected, so the
+    # report is silenced here and only what is *not* expected is reported below.
+    report_log = logging.getLogger("transformers.modeling_utils")  # where from_pretrained logs it
+    level = report_log.level
+    report_log.setLevel(logging.ERROR)
+    try:
+        with _attn_errors(cfg):
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                cfg.name_or_path, num_labels=1, output_loading_info=True, **_pretrained_kwargs(cfg))
+    finally:
+        report_log.setLevel(level)
     head = scalar_head(model)
     head_names = {n for n, m in model.named_modules() if m is head}
     head_missing = any(k.rsplit(".", 1)[0] in head_names for k in info.get("missing_keys", ()))
+    odd_missing = [k for k in info.get("missing_keys", ()) if k.rsplit(".", 1)[0] not in head_names]
+    odd_unexpected = [k for k in info.get("unexpected_keys", ()) if k.split(".", 1)[0] not in _LM_HEADS]
+    if odd_missing or odd_unexpected:
+        logger.warning("%s: weights not in the checkpoint (left at their initialisation): %s; weights in the "
+                       "checkpoint the scalar model does not use: %s", cfg.name_or_path,
+                       ", ".join(odd_missing[:8]) or "none", ", ".join(odd_unexpected[:8]) or "none")
     if init_head or (init_head is None and head_missing):
         init_scalar_head(head)
     elif head_missing:

@@ -10,9 +10,9 @@ then the real one; token ids beyond the tokenizer's are simply never produced as
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 __all__ = ["Shape", "REAL_SHAPES", "stand_in"]
 

@@ -7,6 +7,10 @@ from typing import Literal
 
 from rlhf.config import ConfigError, opt
 
+# The packages a tracker can run on (the first is the one to install), as accelerate imports them.
+_TRACKER_PACKAGES: dict[str, tuple[str, ...]] = {"tensorboard": ("tensorboard", "tensorboardX"),
+                                                  "wandb": ("wandb",)}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -34,13 +38,26 @@ class TrainConfig:
     resume_from: str = opt("auto", "'auto' = newest complete checkpoint in output_dir if any; 'none' = refuse an unfinished output_dir; or a checkpoint folder")
     resume_changed_config: bool = opt(False, "resume even though settings outside rlhf.train.guards.SAFE_TO_CHANGE differ from the run's config.yaml (experts; recorded in resume_overrides.jsonl)")
     max_skipped_steps: int = opt(3, "optimizer updates in a row that may be skipped for a non-finite loss or gradient norm; one more stops the run (0 = stop at the first)", ge=0)
-    report_to: list[str] = opt(factory=list, help="extra trackers through accelerate: tensorboard, wandb")
+    report_to: str | list[str] = opt(factory=list, help="trackers through accelerate: tensorboard, wandb, or a list of "
+                               "both; TensorBoard writes to <output_dir>/<stage>/ (tensorboard --logdir <output_dir>)")
     progress: bool = opt(True, "show a progress bar with the live loss")
+
+    def __post_init__(self) -> None:
+        # One tracker may be named without a list (report_to: tensorboard); stored as a list
+        # either way, at construction, so the config is never changed afterwards.
+        if isinstance(self.report_to, str):
+            object.__setattr__(self, "report_to", [self.report_to])
 
     def validate(self) -> None:
         if self.batch_size % self.grad_accum:
             raise ConfigError("batch_size", f"must be divisible by train.grad_accum={self.grad_accum} "
                                             f"(got {self.batch_size})")
         for t in self.report_to:
-            if t not in ("tensorboard", "wandb"):
+            if t not in _TRACKER_PACKAGES:
                 raise ConfigError("report_to", f"unknown tracker {t!r}; allowed: tensorboard, wandb")
+            # Checked here, before any work: a missing tracker used to surface as one warning at
+            # the top of the log of a run that then trained without it.
+            import importlib.util
+            if not any(importlib.util.find_spec(m) is not None for m in _TRACKER_PACKAGES[t]):
+                raise ConfigError("report_to", f"{t} is not installed: pip install {_TRACKER_PACKAGES[t][0]} "
+                                               f"(or remove it from train.report_to)")

@@ -41,6 +41,7 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
 from rlhf.config import save_config, to_dict
+from rlhf.console import bar_postfix, step_line, warnings_collector
 from rlhf.train.config import TrainConfig
 from rlhf.train.guards import NonFiniteError, check_finite_tensors, check_resume_config
 from rlhf.train.run import (MetricsWriter, RunDirError, _fsync_parent, atomic_dir, fsync_tree, list_checkpoints,
@@ -138,6 +139,9 @@ class Trainer:
         self.start_step = 0
         self.metrics: MetricsWriter | None = None
         self._bar = None
+        # Warnings of this run, repeated once by finish() (rlhf/console.py).
+        self._warnings = warnings_collector()
+        self._warn_start = len(self._warnings.messages)
         self._t0 = time.time()
         self._last_saved = -1
         self._step = 0  # the training step being run (for messages)
@@ -354,14 +358,17 @@ class Trainer:
     def log(self, step: int, metrics: dict[str, float], force: bool = False) -> None:
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
-            if "loss" in metrics:
-                self._bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+            post = bar_postfix(metrics)
+            if post:
+                self._bar.set_postfix(post, refresh=False)
         if not (force or step % self.cfg.log_every == 0 or step == self.plan.total_steps):
             return
         rec = {"step": step, "epoch": round(step / self.plan.steps_per_epoch, 4),
                "elapsed_s": round(time.time() - self._t0, 2), **metrics}
         if self.is_main and self.metrics is not None:
             self.metrics.write(rec)
+        # A plain line per logged step besides the bar: grep-able, and kept in a log file.
+        self.print(step_line(self.stage, step, self.plan.total_steps if self.plan else None, metrics))
         if self.cfg.report_to:
             self.accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
@@ -489,6 +496,8 @@ class Trainer:
                 self.metrics.close()
             self.print(f"[{self.stage}] done: outputs in {self.output_dir} (final model in "
                        f"{self.output_dir / 'final'})")
+            for msg in self._warnings.since(self._warn_start):
+                self.print(f"[{self.stage}] warning (repeated from above): {msg}")
         if self.cfg.report_to:
             acc.end_training()
         acc.wait_for_everyone()

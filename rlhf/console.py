@@ -1,0 +1,111 @@
+"""What a run prints: third-party noise off, one plain line per logged step, warnings repeated at the end.
+
+* :func:`quiet_third_party` turns off transformers' own "Loading weights" / "Writing model
+  shards" bars (a run loads and saves models dozens of times; the bars say nothing the run's
+  own lines do not). Hub download bars (huggingface_hub) stay: a download is slow and worth
+  watching. ``RLHF_HF_PROGRESS=1`` keeps transformers' bars too.
+* :func:`step_line` is the grep-able line a trainer prints per logged step, with the stage's
+  key numbers (``[ppo] step 5/12  loss -0.0015  reward 0.0995  gold -0.1225  kl 2.4e-07  β 0.02``).
+* :func:`warnings_collector` remembers WARNING records of the ``rlhf`` loggers so that a
+  trainer can repeat those of its run once at the end, where they are seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+__all__ = ["quiet_third_party", "step_line", "bar_postfix", "KEY_METRICS", "WarningCollector", "warnings_collector"]
+
+# (metric key, label) in the order shown; a step shows those it has. Chosen so that each stage
+# shows what tells whether it works: the loss; rewards (proxy "reward", hidden "gold") and the KL
+# and its coefficient for the RL stages; accuracy and margin for reward models and DPO.
+KEY_METRICS: tuple[tuple[str, str], ...] = (
+    ("loss", "loss"), ("eval_loss", "eval_loss"), ("score", "reward"), ("track/gold", "gold"),
+    ("kl", "kl"), ("beta", "β"), ("accuracy_mean", "acc"), ("reward_accuracy", "acc"),
+    ("eval_accuracy", "eval_acc"), ("eval_reward_accuracy", "eval_acc"), ("reward_margin", "margin"),
+    ("kept_fraction", "kept"), ("lr", "lr"),
+)
+
+
+def _fmt(v: float) -> str:
+    if not math.isfinite(v):
+        return str(v)
+    a = abs(v)
+    return f"{v:.2e}" if a and (a < 1e-3 or a >= 1e5) else f"{v:.4f}".rstrip("0").rstrip(".") if a else "0"
+
+
+def step_line(stage: str, step: int, total: int | None, metrics: dict[str, Any]) -> str:
+    """One plain line for a logged step: the stage, step/total and the key metrics it has."""
+    parts = [f"[{stage}] step {step}" + (f"/{total}" if total else "")]
+    shown: set[str] = set()
+    for key, label in KEY_METRICS:
+        v = metrics.get(key)
+        if label in shown or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        parts.append(f"{label} {_fmt(float(v))}")
+        shown.add(label)
+    return "  ".join(parts)
+
+
+def bar_postfix(metrics: dict[str, Any]) -> dict[str, str]:
+    """The live bar's short summary: the key metrics but the learning rate (the line has it)."""
+    out: dict[str, str] = {}
+    for key, label in KEY_METRICS:
+        v = metrics.get(key)
+        if label == "lr" or label in out or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        out[label] = _fmt(float(v))
+    return out
+
+
+def quiet_third_party() -> None:
+    """Silence transformers' per-load and per-save progress bars (see the module doc)."""
+    if os.environ.get("RLHF_HF_PROGRESS") == "1":
+        return
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return
+    hf_logging.disable_progress_bar()
+
+
+class WarningCollector(logging.Handler):
+    """Records every WARNING (and worse) message of the ``rlhf`` loggers, in order.
+
+    One per process (:func:`warnings_collector`); a trainer notes ``len(messages)`` when it
+    starts and repeats the distinct messages after that at its end. When nothing else would
+    show the records (no handler configured: Python's last-resort handler would print them),
+    it prints each one to stderr as it comes, as that handler would have.
+    """
+
+    def __init__(self, echo: bool) -> None:
+        super().__init__(level=logging.WARNING)
+        self.echo = echo
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        self.messages.append(msg)
+        if self.echo:
+            import sys
+            print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+    def since(self, start: int) -> list[str]:
+        """The distinct messages recorded after the first ``start``, in order."""
+        return list(dict.fromkeys(self.messages[start:]))
+
+
+_COLLECTOR: WarningCollector | None = None
+
+
+def warnings_collector() -> WarningCollector:
+    """The process's collector, attached to the ``rlhf`` logger on first use."""
+    global _COLLECTOR
+    if _COLLECTOR is None:
+        log = logging.getLogger("rlhf")
+        _COLLECTOR = WarningCollector(echo=not log.hasHandlers())
+        log.addHandler(_COLLECTOR)
+    return _COLLECTOR

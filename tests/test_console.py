@@ -1,0 +1,79 @@
+"""rlhf/console.py and what a run prints: key metrics per logged step, no third-party noise."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from rlhf.console import bar_postfix, step_line, warnings_collector
+
+
+def test_step_line_shows_the_stage_key_metrics_in_order():
+    m = {"score": 0.0995, "kl": 2.384e-07, "beta": 0.02, "loss": -0.0015, "lr": 5e-4, "track/gold": -0.1225,
+         "entropy": 1.05, "updates": 2}
+    assert step_line("ppo", 5, 12, m) == \
+        "[ppo] step 5/12  loss -0.0015  reward 0.0995  gold -0.1225  kl 2.38e-07  β 0.02  lr 5.00e-04"
+    # rm: accuracy under one label, the eval one separately; booleans and non-numbers ignored
+    assert step_line("rm", 3, None, {"loss": 0.6931, "accuracy_mean": 0.5, "eval_accuracy": 0.75, "x": True}) == \
+        "[rm] step 3  loss 0.6931  acc 0.5  eval_acc 0.75"
+    assert bar_postfix({"loss": 1.0, "lr": 1e-3, "kl": 0.5}) == {"loss": "1", "kl": "0.5"}
+
+
+def test_warnings_are_collected_per_run():
+    c = warnings_collector()
+    start = len(c.messages)
+    log = logging.getLogger("rlhf.somewhere")
+    log.warning("data: 3 rows skipped")
+    log.warning("data: 3 rows skipped")
+    log.info("not a warning")
+    log.warning("another")
+    assert c.since(start) == ["data: 3 rows skipped", "another"]
+
+
+@pytest.mark.slow
+def test_a_run_prints_one_line_per_logged_step_no_hf_bars_and_repeats_warnings(tmp_path, tiny_llama, capsys,
+                                                                                 instruction_data):
+    """An SFT run through the CLI: a line per logged step with the loss, no transformers
+    'Loading weights' / 'Writing model shards' bars, and a warning raised during the run printed
+    again after 'done'. Then a reward model from the causal LM: no LOAD REPORT table."""
+    from rlhf.cli import main
+    from rlhf.models import load as load_mod
+
+    original = load_mod.count_parameters
+
+    def noisy_count(model):  # a warning in the middle of the run
+        logging.getLogger("rlhf.test").warning("something worth repeating")
+        return original(model)
+
+    load_mod_count = load_mod.count_parameters
+    import rlhf.recipes.sft as sft_mod
+    sft_mod.count_parameters = noisy_count
+    try:
+        code = main(["sft", f"model.name_or_path={tiny_llama}", f"data.train={instruction_data['train']}",
+                     "data.chat_template=none", "data.max_samples=64", "train.batch_size=16", "train.log_every=2",
+                     "train.progress=false", f"output_dir={tmp_path / 'sft'}"])
+    finally:
+        sft_mod.count_parameters = load_mod_count
+    assert code == 0
+    cap = capsys.readouterr()
+    text = cap.out + cap.err
+    lines = [x for x in cap.out.splitlines() if x.startswith("[sft] step ")]
+    assert [x.split()[2] for x in lines] == ["2/4", "4/4"]
+    assert all("  loss " in x and "  lr " in x for x in lines)
+    assert "Loading weights" not in text and "Writing model shards" not in text
+    after_done = cap.out.split("[sft] done:")[1]
+    assert "warning (repeated from above): something worth repeating" in after_done
+
+    # transformers' own handler holds the stderr of import time (not capsys's): listen on its logger.
+    from rlhf.models.config import ModelConfig
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    report_log = logging.getLogger("transformers.modeling_utils")  # from_pretrained logs the report there
+    report_log.addHandler(handler)
+    try:
+        load_mod.load_scalar_model(ModelConfig(name_or_path=str(tiny_llama)))
+    finally:
+        report_log.removeHandler(handler)
+    assert not [r for r in records if "LOAD REPORT" in r.getMessage()]

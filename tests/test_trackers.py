@@ -1,0 +1,30 @@
+"""train.report_to: a name or a list; a tracker that is not installed stops the run before any work."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from rlhf.cli import main
+from rlhf.config import ConfigError, load_config
+from rlhf.recipes.sft import SFTConfig
+
+_BASE = ["model.name_or_path=m", "data.train=d.jsonl"]
+
+
+def test_a_single_tracker_name_is_a_one_item_list():
+    assert load_config(SFTConfig, None, [*_BASE, "train.report_to=tensorboard"]).train.report_to == ["tensorboard"]
+    assert load_config(SFTConfig, None, [*_BASE, "train.report_to=[tensorboard]"]).train.report_to == ["tensorboard"]
+    assert load_config(SFTConfig, None, _BASE).train.report_to == []
+    with pytest.raises(ConfigError, match="unknown tracker 'mlflow'"):
+        load_config(SFTConfig, None, [*_BASE, "train.report_to=mlflow"])
+
+
+def test_missing_tracker_stops_before_training_with_the_pip_command(monkeypatch, tmp_path, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    code = main(["sft", *_BASE, "train.report_to=[tensorboard, wandb]", f"output_dir={tmp_path / 'x'}"])
+    assert code == 2
+    assert "train.report_to: wandb is not installed: pip install wandb" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
