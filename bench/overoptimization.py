@@ -97,7 +97,8 @@ def running_mean(xs: list[float], w: int) -> list[float]:
 
 
 def analyse_run(ppo_dir: Path, drop: float) -> dict:
-    rows = [json.loads(x) for x in (ppo_dir / "metrics.jsonl").read_text().splitlines() if '"score"' in x]
+    rows = [r for r in map(json.loads, (ppo_dir / "metrics.jsonl").read_text().splitlines())
+            if "score" in r and "kl" in r and "track/gold" in r]  # the per-step rollout rows
     kl = [max(0.0, float(r["kl"])) for r in rows]
     gold = [float(r["track/gold"]) for r in rows]
     proxy = [float(r["score"]) for r in rows]
@@ -114,6 +115,8 @@ def analyse_run(ppo_dir: Path, drop: float) -> dict:
 
 
 def analyse_bon(demo: Path) -> dict | None:
+    if not (demo / "eval" / "results.json").is_file():
+        return None
     res = json.loads((demo / "eval" / "results.json").read_text())
     for entry in (res.get("best_of_n") or {}).values():
         pts = [(c["kl_bound"], c["rewards"]["gold"]) for c in entry["curve"] if "rewards" in c]
