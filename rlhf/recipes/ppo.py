@@ -389,7 +389,7 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     def evaluate_batch(ro: Rollout) -> dict[str, torch.Tensor]:
         """Step 3: old log-probs (+ entropy), reference log-probs and values, no gradient."""
         bs = cfg.train.eval_batch_size
-        with trainer.accelerator.autocast():
+        with trainer.accelerator.autocast(), trainer.gathered():
             if ro.logps is not None:  # kept by the sampler (ppo.old_logps)
                 old_logps, entropy = ro.logps, ro.entropy
             else:
@@ -435,7 +435,9 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         t0 = time.perf_counter()
 
         # 5.1 rollout: K completions per prompt, consecutive (the group layout of rlhf.advantages).
-        with trainer.accelerator.autocast():
+        # (trainer.gathered: under FSDP the policy is gathered once for generation, whose
+        # number of forward passes differs between processes; a no-op otherwise.)
+        with trainer.accelerator.autocast(), trainer.gathered():
             ro = sample(inner.policy, tokenizer, [e["prompt"] for e in examples],
                         [e["prompt_input_ids"] for e in examples], cfg.sampling, with_logps=sampler_logps)
         t_gen = time.perf_counter()
@@ -452,7 +454,7 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
                 track_scores[f"track/{k}"] = src(ro.prompts, ro.completions).float()
         greedy_scores = None
         if cfg.advantage == "remax":  # the baseline: the score of the greedy completion
-            with trainer.accelerator.autocast():
+            with trainer.accelerator.autocast(), trainer.gathered():
                 greedy = sample(inner.policy, tokenizer, [e["prompt"] for e in examples],
                                 [e["prompt_input_ids"] for e in examples], cfg.sampling, greedy=True,
                                 num_samples=1)

@@ -5,9 +5,10 @@ module where the two differ, and recipes only say where a model runs forward pas
 the training step (:meth:`rlhf.train.trainer.Trainer.gathered`).
 
 * **Wrapping** (:func:`shard`). ``fully_shard`` on every decoder layer (the classes a
-  transformers model names in ``_no_split_modules``), then on each whole model inside a
-  container (PPO's policy and value model, so that each can be called by itself), then on the
-  root. Each process keeps 1/W of every parameter (dim-0 shards, DTensors), of its gradient
+  transformers model names in ``_no_split_modules``), then on each other module that holds
+  parameters (embeddings, final norm, heads; tied ones together), so that any part a recipe
+  calls by itself (a trunk without its head, PPO's policy inside its container) gathers its
+  own weights, then on the root. Each process keeps 1/W of every parameter (dim-0 shards, DTensors), of its gradient
   and of the AdamW state built over them; a unit's parameters are all-gathered for its forward
   and again for its backward (unless ``fsdp.reshard_after_forward`` is false), and gradients
   are reduce-scattered, averaged over processes as DDP does, so the trainer's loss scaling
@@ -82,18 +83,28 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in names]
 
 
-def _whole_models(model: nn.Module) -> list[nn.Module]:
-    """The outermost transformers models strictly inside ``model`` when ``model`` itself is a
-    container (PPO's PolicyAndValue, a peft PeftModel); none when it is a transformers model.
-    Each gets a unit of its own, holding its embeddings, final norm and head; tied embedding
-    and head weights are therefore always in the same unit, as FSDP2 requires."""
-    from transformers import PreTrainedModel
+def _outer_units(model: nn.Module, layers: list[nn.Module]) -> list[list[nn.Module]]:
+    """Every module outside the decoder layers that holds parameters of its own (embeddings,
+    final norm, LM or scalar head, a value head), one unit each, except modules sharing a
+    parameter (tied embedding and head), which form one unit together as FSDP2 requires.
 
-    if isinstance(model, PreTrainedModel):
-        return []
-    found = [(n, m) for n, m in model.named_modules() if n and isinstance(m, PreTrainedModel)]
-    names = [n for n, _ in found]
-    return [m for n, m in found if not any(n.startswith(o + ".") for o in names)]
+    Small units because recipes call parts of a model directly: the trunk without its head
+    (reward and value scores), the head on the trunk's output, the policy inside PPO's
+    container. Each called module must gather its own parameters in its own forward hook."""
+    inside = {id(m) for layer in layers for m in layer.modules()}
+    owners = [m for m in model.modules()
+              if m is not model and id(m) not in inside and next(m.parameters(recurse=False), None) is not None]
+    units: list[list[nn.Module]] = []
+    unit_of_param: dict[int, list[nn.Module]] = {}
+    for m in owners:
+        shared = [unit_of_param[id(p)] for p in m.parameters(recurse=False) if id(p) in unit_of_param]
+        unit = shared[0] if shared else []
+        if not shared:
+            units.append(unit)
+        unit.append(m)
+        for p in m.parameters(recurse=False):
+            unit_of_param[id(p)] = unit
+    return units
 
 
 def mixed_precision(cfg: FSDPConfig) -> Any:
@@ -119,9 +130,12 @@ def shard(model: nn.Module, cfg: FSDPConfig, device: torch.device) -> nn.Module:
     kw = {"mesh": mesh, "mp_policy": mixed_precision(cfg), "reshard_after_forward": cfg.reshard_after_forward}
     for layer in layers:
         fully_shard(layer, **kw)
-    for whole in _whole_models(model):
-        fully_shard(whole, **kw)
+    for unit in _outer_units(model, layers):
+        fully_shard(unit if len(unit) > 1 else unit[0], **kw)
     fully_shard(model, **kw)
+    # Make ``model`` the root now. FSDP2 otherwise picks as root the first unit whose forward
+    # runs, and recipes call parts directly (a reward model's trunk, never its own forward).
+    model._get_fsdp_state()._lazy_init()  # type: ignore[operator]
     return model
 
 
@@ -160,7 +174,6 @@ def gathered(model: nn.Module) -> Iterator[None]:
     if not mods:
         yield
         return
-    mods[0]._get_fsdp_state()._lazy_init()  # type: ignore[operator]  # the root; idempotent
     keep = []
     for m in mods:
         group = m._get_fsdp_state()._fsdp_param_group  # type: ignore[operator]
