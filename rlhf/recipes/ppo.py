@@ -349,11 +349,14 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     policy = load_causal_lm(cfg.model)
     reference = load_reference(cfg.model, policy)
     # Offloading: the frozen models live on the CPU and visit the accelerator for their pass.
-    offload = cfg.offload and device.type != "cpu"
+    offload = cfg.offload and device.type != "cpu" and not (trainer.sharded and cfg.train.fsdp.frozen == "shard")
     home = torch.device("cpu") if offload else device
     ref_modules = [] if reference.shares_policy_weights else [reference.module]
     for m in ref_modules + reward.modules() + [m for src in tracked.values() for m in src.modules()]:
-        m.to(home)
+        if offload:
+            m.to(home)
+        else:
+            trainer.place_frozen(m)
     value = value_head = None
     if cfg.advantage in CRITIC_ESTIMATORS and _value_source(cfg) == "shared":
         value_head = shared_value_head(policy)
@@ -395,10 +398,12 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
             else:
                 old_logps, entropy = rollout_logps(inner.policy, ro, temperature, bs, with_entropy=True,
                                                    engine=cfg.sampling.engine, packed=cfg.ppo.packed)
+            values = inner.rollout_values(ro, bs)
+        # (the reference is gathered for its own pass: the policy itself with LoRA, else its copy)
+        with trainer.accelerator.autocast(), trainer.gathered(*ref_modules):
             with visiting(ref_modules, device, home):
                 ref_logps = rollout_logps(reference, ro, temperature, bs, engine=cfg.sampling.engine,
                                           packed=cfg.ppo.packed)
-            values = inner.rollout_values(ro, bs)
         return {"old_logps": old_logps, "entropy": entropy, "ref_logps": ref_logps, "values": values}
 
     def loss_fn(m: nn.Module, mb: dict[str, torch.Tensor], denom: torch.Tensor):

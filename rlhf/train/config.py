@@ -17,6 +17,10 @@ class FSDPConfig:
     reduce_dtype: Literal["model", "bf16", "fp32"] = opt(
         "fp32", "dtype gradients are reduce-scattered in (MixedPrecisionPolicy.reduce_dtype); model = the "
                 "model's own dtype")
+    frozen: Literal["replicate", "shard"] = opt(
+        "replicate", "frozen models (a separate reference, reward models): replicate = a whole copy per process; "
+                     "shard = sharded like the trained model (DPO with reference=online, PPO), gathered for "
+                     "evaluation and for the reference's log-prob pass")
     reshard_after_forward: bool = opt(
         True, "free each layer's gathered parameters after its forward and gather again for the backward "
               "(ZeRO-3); false keeps them until the backward (ZeRO-2-like: more memory, less communication)")

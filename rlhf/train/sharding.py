@@ -169,13 +169,15 @@ def grad_norm_and_clip(params: Iterable[nn.Parameter], max_norm: float | None) -
 def gathered(model: nn.Module) -> Iterator[None]:
     """Every FSDP unit of ``model`` gathered for the block: forward passes inside it (any number,
     different on each process) run without collectives. All processes must enter and leave it
-    together. A no-op for a model that is not sharded."""
-    mods = _fsdp_modules(model)
+    together. A no-op for a model that is not sharded, and for units already gathered by an
+    enclosing block (which releases them)."""
+    mods = [m for m in _fsdp_modules(model) if not getattr(m, "_rlhf_gathered", False)]
     if not mods:
         yield
         return
     keep = []
     for m in mods:
+        m._rlhf_gathered = True
         group = m._get_fsdp_state()._fsdp_param_group  # type: ignore[operator]
         keep.append(group._reshard_after_forward if group is not None else False)
         # Keep the gathered weights through each forward's end instead of freeing them.
@@ -185,6 +187,7 @@ def gathered(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         for m, k in zip(mods, keep):
+            m._rlhf_gathered = False
             m.reshard()  # type: ignore[operator]
             m.set_reshard_after_forward(k, recurse=False)  # type: ignore[operator]
 

@@ -123,6 +123,7 @@ class Trainer:
                 acc.init_trackers(stage, config=_flat(to_dict(run_config)))
         set_seed(cfg.seed)
         self.model: torch.nn.Module | None = None
+        self._frozen: list[torch.nn.Module] = []  # frozen models sharded by place_frozen
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.plan: StepPlan | None = None
@@ -145,6 +146,17 @@ class Trainer:
     def sharded(self) -> bool:
         """True under ``train.distributed: fsdp``."""
         return self.cfg.distributed == "fsdp"
+
+    def place_frozen(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Put a frozen model (a separate reference, a reward model) where its passes run: under
+        FSDP with ``train.fsdp.frozen: shard`` sharded like the trained model (its passes must
+        then run the same number of times on every process, or inside :meth:`gathered`), else
+        whole on this process's device."""
+        if self.sharded and self.cfg.fsdp.frozen == "shard":
+            from rlhf.train import sharding
+            self._frozen.append(sharding.shard(module, self.cfg.fsdp, self.device))
+            return module
+        return module.to(self.device)
 
     def gathered(self, *modules: torch.nn.Module) -> contextlib.AbstractContextManager:
         """Context for forward passes outside the training step (sampling, evaluation, scoring)
@@ -249,7 +261,7 @@ class Trainer:
         W, r = self.accelerator.num_processes, self.accelerator.process_index
         mine = list(range(r, len(examples), W))
         bs = self.cfg.eval_batch_size
-        with self.gathered():  # processes may run different numbers of batches
+        with self.gathered(self.model, *self._frozen):  # processes may run different numbers of batches
             for k in range(0, len(mine), bs):
                 yield self.to_device(collate([examples[i] for i in mine[k:k + bs]]))
 

@@ -64,9 +64,12 @@ def _torchrun(runs: list[dict], tmp: Path, nproc: int = 2) -> None:
     # numbers of collectives) shows up as the timeout.
     p = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", str(nproc), str(WORKER), str(spec)],
                        env=env, capture_output=True, text=True, timeout=600)
-    # A kill_at_save run ends the launch with an error by design; its checkpoint folders are checked.
-    if p.returncode != 0 and not any(r.get("kill_at_save") for r in runs):
-        raise AssertionError(p.stderr[:3000] + "\n...\n" + p.stderr[-3000:])
+    # A kill_at_save run ends the launch with an error by design (its folder is checked by the
+    # test); every other run must have finished.
+    for r in runs:
+        out = next(Path(x.split("=", 1)[1]) for x in r["args"] if x.startswith("output_dir="))
+        if not r.get("kill_at_save") and not (out / "summary.json").is_file():
+            raise AssertionError(f"{out} did not finish:\n" + p.stderr[:3000] + "\n...\n" + p.stderr[-3000:])
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -116,7 +119,15 @@ def sharded_runs(assets, tmp_path_factory) -> Path:
     shutil.copy(assets["dir"] / "fsdp_toy_reward.py", out)
     runs = [{"stage": s, "args": _args(assets, s, out / s, "train.distributed=fsdp")}
             for s in ("sft", "rm", "dpo", "ppo")]
-    runs.append({"stage": "ppo", "args": _args(assets, "ppo", out / "ppo-ddp", "train.distributed=ddp")})
+    # The reward: the model the rm run just trained (a frozen model to replicate or shard).
+    rm = f"reward={out / 'rm' / 'final'}"
+    runs[3]["args"].append(rm)
+    runs.append({"stage": "ppo", "args": _args(assets, "ppo", out / "ppo-ddp", "train.distributed=ddp", rm)})
+    runs.append({"stage": "ppo", "args": _args(assets, "ppo", out / "ppo-frozen", "train.distributed=fsdp",
+                                               "train.fsdp.frozen=shard", rm)})
+    runs.append({"stage": "dpo", "args": _args(assets, "dpo", out / "dpo-frozen", "train.distributed=fsdp",
+                                               "train.fsdp.frozen=shard", "model.lora.enabled=false",
+                                               "data.eval_fraction=0.25")})
     runs.append({"stage": "sft", "args": _args(assets, "sft", out / "crash", "train.distributed=fsdp"),
                  "kill_at_save": 2})
     _torchrun(runs, out)
@@ -239,6 +250,33 @@ def test_sharded_ppo_matches_data_parallel(sharded_runs):
         assert b[s]["loss"] == pytest.approx(a[s]["loss"], abs=1e-6), s
         assert b[s]["value_loss"] == pytest.approx(a[s]["value_loss"], abs=1e-6), s
     assert _max_weight_diff(sharded_runs / "ppo-ddp", sharded_runs / "ppo") <= 1e-4
+
+
+@pytest.mark.slow
+def test_sharded_frozen_models_match_replicated(assets, sharded_runs, tmp_path):
+    """train.fsdp.frozen=shard: PPO's reference copy and reward model, and DPO's online reference,
+    sharded like the policy (their passes in step on both processes, or gathered for
+    evaluation and the reference's log-probs). PPO against the same run with them replicated:
+    measured scores equal, losses 0, weights 0 (same arithmetic); DPO against one process
+    with a whole reference: losses 3e-8, eval 0, weights 8e-7. Tolerances as above."""
+    a, b = _metrics(sharded_runs / "ppo"), _metrics(sharded_runs / "ppo-frozen")
+    assert sorted(a) == sorted(b) == [1, 2]
+    for s in a:
+        assert b[s]["score"] == a[s]["score"], s
+        assert b[s]["kl"] == pytest.approx(a[s]["kl"], abs=1e-6), s
+        assert b[s]["loss"] == pytest.approx(a[s]["loss"], abs=1e-6), s
+    assert _max_weight_diff(sharded_runs / "ppo", sharded_runs / "ppo-frozen") <= 1e-4
+
+    from rlhf.recipes.dpo import DPOConfig, train
+    one = tmp_path / "one"
+    train(load_config(DPOConfig, None, _args(assets, "dpo", one, "model.lora.enabled=false",
+                                             "data.eval_fraction=0.25")))
+    a, b = _metrics(one), _metrics(sharded_runs / "dpo-frozen")
+    assert sorted(a) == sorted(b) == [1, 2]
+    for s in a:
+        assert b[s]["loss"] == pytest.approx(a[s]["loss"], abs=1e-5), s
+    assert b[2]["eval_loss"] == pytest.approx(a[2]["eval_loss"], abs=1e-5)
+    assert _max_weight_diff(one, sharded_runs / "dpo-frozen") <= 2e-5
 
 
 @pytest.mark.slow
