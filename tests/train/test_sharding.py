@@ -238,17 +238,17 @@ def test_two_sharded_processes_match_one_process(stage, assets, sharded_runs, tm
 
 @pytest.mark.slow
 def test_sharded_ppo_matches_data_parallel(sharded_runs):
-    """PPO (GAE, a separate critic from the policy) sharded x 2 against data parallel x 2: the
-    same prompts, sampling streams and hence rollouts (generation runs on the gathered policy),
-    so scores are equal exactly and losses to float rounding. Measured: scores equal, losses
-    1.5e-7, value losses 4e-9, final weights 1.1e-5 after 2 rollouts of updates; tolerances
-    1e-6 and 1e-4."""
+    """PPO (GAE, a separate critic from the policy, the reward model the rm run trained)
+    sharded x 2 against data parallel x 2: the same prompts, sampling streams and hence
+    rollouts (generation runs on the gathered policy), so scores are equal exactly and losses
+    to float rounding. Measured: scores equal, losses 1.1e-7, value losses 8e-7, final weights
+    1.0e-6 (1.1e-5 in a run with another reward); tolerances 1e-6, 1e-5 and 1e-4."""
     a, b = _metrics(sharded_runs / "ppo-ddp"), _metrics(sharded_runs / "ppo")
     assert sorted(a) == sorted(b) == [1, 2]
     for s in a:
         assert b[s]["score"] == a[s]["score"], s
         assert b[s]["loss"] == pytest.approx(a[s]["loss"], abs=1e-6), s
-        assert b[s]["value_loss"] == pytest.approx(a[s]["value_loss"], abs=1e-6), s
+        assert b[s]["value_loss"] == pytest.approx(a[s]["value_loss"], abs=1e-5), s
     assert _max_weight_diff(sharded_runs / "ppo-ddp", sharded_runs / "ppo") <= 1e-4
 
 
@@ -257,8 +257,9 @@ def test_sharded_frozen_models_match_replicated(assets, sharded_runs, tmp_path):
     """train.fsdp.frozen=shard: PPO's reference copy and reward model, and DPO's online reference,
     sharded like the policy (their passes in step on both processes, or gathered for
     evaluation and the reference's log-probs). PPO against the same run with them replicated:
-    measured scores equal, losses 0, weights 0 (same arithmetic); DPO against one process
-    with a whole reference: losses 3e-8, eval 0, weights 8e-7. Tolerances as above."""
+    measured scores, KL, losses and weights equal (same arithmetic; tolerances as for PPO
+    above); DPO against one process with a whole reference: losses 9e-8, eval loss 1e-8,
+    weights 6.8e-6 (tolerances 1e-5, 1e-5, 2e-5)."""
     a, b = _metrics(sharded_runs / "ppo"), _metrics(sharded_runs / "ppo-frozen")
     assert sorted(a) == sorted(b) == [1, 2]
     for s in a:
