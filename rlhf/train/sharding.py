@@ -186,7 +186,7 @@ def gathered(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for m, k in zip(mods, keep):
+        for m, k in zip(mods, keep, strict=True):
             m._rlhf_gathered = False
             m.reshard()  # type: ignore[operator]
             m.set_reshard_after_forward(k, recurse=False)  # type: ignore[operator]
