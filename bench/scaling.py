@@ -1,15 +1,16 @@
 """How cost grows: step time, tokens/s, MFU and peak memory of SFT, DPO and GRPO steps, from a
 1M-parameter model to a 0.5B one of Qwen2-0.5B's shape (random weights, bf16), with and
 without LoRA and gradient checkpointing. Prints JSON; ``--plot`` draws the figure and fits
-time ∝ params^a · tokens^b.
+time per token ∝ params^a.
 
     .venv/bin/python bench/scaling.py --sizes 1m,8m,45m --out bench/results/scaling.json
     .venv/bin/python bench/scaling.py --sizes 0.5b --stages sft --variants base --steps 3 \\
         --append bench/results/scaling.json
     .venv/bin/python bench/scaling.py --plot bench/results/scaling.json   # scaling.png + the fit
 
-Each configuration runs the stage's own recipe through the CLI (``rlhf <stage> ...``) in a
-fresh process, so a step is everything a real step does (collation, forward, backward, AdamW,
+Each configuration runs the stage's own recipe through the CLI entry point (``rlhf <stage>
+...``, in this process, one after the other), so a step is everything a real step does
+(collation, forward, backward, AdamW,
 for GRPO the sampling, scoring and the reference pass). Measured from that run's
 metrics.jsonl and process:
 
@@ -24,7 +25,9 @@ metrics.jsonl and process:
   + 6·N·tokens per update epoch. Gradient checkpointing's recomputation is not counted (it is
   overhead, which MFU exposes); with LoRA the backward still flows through every layer
   (≈ 4·N·tokens), so the same 6·N·tokens is used;
-* ``peak_rss_gb``: the child process's peak resident memory (ru_maxrss).
+* ``peak_rss_gb``: the peak resident memory of the process during the run (sampled every
+  20 ms; ``rss_before_gb`` is what the process held before it: allocator caches of earlier
+  runs stay resident, so differences between sizes are the informative part).
 
 This machine is a shared 2-core CPU: timings are noisy (other jobs run beside this one), and a
 CPU is not a GPU; the point is the shape of the growth, not the absolute numbers.
@@ -35,9 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -94,8 +95,9 @@ def _model(size: str, d: Path, texts: list[str]) -> Path:
     return out
 
 
-def _args(stage: str, model: Path, data: dict, out: Path, steps: int, batch: int) -> list[str]:
-    common = [f"output_dir={out}", f"model.name_or_path={model}", "model.dtype=bf16", "train.progress=false",
+def _args(stage: str, model: Path, data: dict, out: Path, steps: int, batch: int,
+          max_samples: int | None = None) -> list[str]:
+    common = [*([f"data.max_samples={max_samples}"] if max_samples else []), f"output_dir={out}", f"model.name_or_path={model}", "model.dtype=bf16", "train.progress=false",
               f"train.max_steps={steps}", f"train.batch_size={batch}", "train.save_model_in_checkpoints=false",
               "data.chat_template=none", "data.max_length=128", "train.lr=1e-5"]
     if stage == "sft":
@@ -121,28 +123,58 @@ def _mean_tokens(model: Path, data: dict) -> dict[str, float]:
             "prompt": statistics.mean(n(r["prompt"]) for r in sft)}
 
 
-def child(argv: list[str]) -> int:
-    """Run one CLI stage in this process, then record its peak RSS beside its outputs."""
-    from rlhf.cli import main
+class PeakRSS:
+    """The largest resident set size of this process while the block runs, sampled every 20 ms
+    from /proc (ru_maxrss only grows over the whole process, which runs many configurations)."""
 
-    rc = main(argv[1:])
-    out = next(Path(a.split("=", 1)[1]) for a in argv if a.startswith("output_dir="))
-    (out / "peak_rss.json").write_text(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
-    return rc
+    def __enter__(self) -> PeakRSS:
+        import threading
+
+        self.peak = self.before = _rss()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._watch, daemon=True)
+        self._t.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, _rss())
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def run_one(stage: str, variant: str, size: str, model: Path, data: dict, tokens: dict, steps: int,
-            batch: int, peak: float, work: Path) -> dict:
+            batch: int, peak: float, work: Path, max_samples: int | None = None) -> dict:
+    """One configuration, in this process (a fresh process per run costs more than the run on a
+    loaded 2-core machine): the CLI stage, then its numbers; the run folder is deleted."""
+    import gc
+    import shutil
+
+    from accelerate.state import AcceleratorState, PartialState
+
+    from rlhf.cli import main as cli_main
+
     out = work / f"{stage}-{variant}-{size}"
-    argv = _args(stage, model, data, out, steps, batch) + VARIANTS[variant]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), str(work)]),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    shutil.rmtree(out, ignore_errors=True)
+    argv = _args(stage, model, data, out, steps, batch, max_samples) + VARIANTS[variant]
+    rec = {"stage": stage, "variant": variant, "size": size, "steps": steps, "batch": batch}
     t0 = time.time()
-    p = subprocess.run([sys.executable, __file__, "--child", *argv], env=env, capture_output=True, text=True)
-    rec = {"stage": stage, "variant": variant, "size": size, "steps": steps, "batch": batch,
-           "wall_s": round(time.time() - t0, 1)}
-    if p.returncode != 0:
-        return {**rec, "error": p.stderr[-1500:]}
+    with PeakRSS() as mem:
+        rc = cli_main(argv)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._reset_state()
+    gc.collect()
+    rec["wall_s"] = round(time.time() - t0, 1)
+    if rc != 0:
+        return {**rec, "error": f"exit code {rc}"}
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"samples"' not in x]
     el = [r["elapsed_s"] for r in rows]
     step_s = statistics.median(b - a for a, b in zip(el, el[1:], strict=False)) if len(el) > 1 else el[0]
@@ -164,31 +196,34 @@ def run_one(stage: str, variant: str, size: str, model: Path, data: dict, tokens
         gen = statistics.mean(r.get("response_length", 16) for r in rows)
         toks = batch * 4 * (tokens["prompt"] + gen)
         flops = 2 * n_matmul * batch * 4 * gen + 2 * 2 * n_matmul * toks + 6 * n_matmul * toks
-    rss = json.loads((out / "peak_rss.json").read_text())["maxrss_kb"] / 2 ** 20
-    import shutil
     shutil.rmtree(out, ignore_errors=True)
     return {**rec, "params": n_params, "matmul_params": n_matmul, "step_s": round(step_s, 4),
             "tokens_per_step": round(toks, 1), "tokens_per_s": round(toks / step_s, 1),
-            "model_flops_per_step": flops, "mfu": round(flops / step_s / peak, 5), "peak_rss_gb": round(rss, 3)}
+            "model_flops_per_step": flops, "mfu": round(flops / step_s / peak, 5),
+            "peak_rss_gb": round(mem.peak / 2 ** 30, 3),
+            "rss_before_gb": round(mem.before / 2 ** 30, 3)}
 
 
 def fit(records: list[dict]) -> dict:
-    """Least squares on log step_s = c + a·log params + b·log tokens_per_step, per stage, over
-    the base variant: a = b = 1 is "time ∝ params × tokens"."""
+    """Per stage, over the base variant: least squares of log(step_s / tokens_per_step) on
+    log(params). ``exp_params`` = 1 means time per token ∝ params, i.e. time ∝ params x tokens
+    at a fixed token count per step (tokens per step are not varied here, so their own
+    exponent is not measured). ``s_per_token_param`` shows the constant drifting: overhead
+    (Python, small kernels, sampling loop) dominates small models."""
     import numpy as np
 
     out = {}
     for stage in STAGES:
-        rs = [r for r in records if r["stage"] == stage and r["variant"] == "base" and "step_s" in r]
-        if len(rs) < 3:
+        rs = sorted((r for r in records if r["stage"] == stage and r["variant"] == "base" and "step_s" in r),
+                    key=lambda r: r["params"])
+        if len(rs) < 2:
             continue
-        X = np.array([[1.0, np.log(r["params"]), np.log(r["tokens_per_step"])] for r in rs])
-        y = np.log([r["step_s"] for r in rs])
-        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-        # tokens per step hardly vary here, so also fit on params alone at fixed data.
-        a1, c1 = np.polyfit(np.log([r["params"] for r in rs]), y, 1)
-        out[stage] = {"n": len(rs), "exp_params": round(float(coef[1]), 3), "exp_tokens": round(float(coef[2]), 3),
-                      "exp_params_alone": round(float(a1), 3)}
+        x = np.log([r["params"] for r in rs])
+        y = np.log([r["step_s"] / r["tokens_per_step"] for r in rs])
+        a, _ = np.polyfit(x, y, 1)
+        out[stage] = {"n": len(rs), "sizes": [r["size"] for r in rs], "exp_params": round(float(a), 3),
+                      "s_per_token_param": [float(f"{r['step_s'] / r['tokens_per_step'] / r['params']:.3g}")
+                                            for r in rs]}
     return out
 
 
@@ -221,14 +256,14 @@ def plot(path: Path) -> Path:
 
 
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        return child(sys.argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1m,8m,45m")
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--max-samples", type=int, help="data.max_samples (DPO caches reference log-probs "
+                    "of every example before training: keep it small for big models)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--append", type=Path, help="add the records to this JSON file")
     ap.add_argument("--plot", type=Path, help="plot an existing results file and print the fit")
@@ -249,6 +284,8 @@ def main() -> int:
                matmul_flops_per_s("bf16", n=2048, repeats=3)["flops_per_s"])
     work = a.work or Path(tempfile.mkdtemp(prefix="rlhf-scaling-"))
     work.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(work))  # the GRPO reward module
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     data = _data(work)
     records = []
     for size in a.sizes.split(","):
@@ -256,7 +293,8 @@ def main() -> int:
         tokens = _mean_tokens(model, data)
         for stage in a.stages.split(","):
             for variant in a.variants.split(","):
-                rec = run_one(stage, variant, size, model, data, tokens, a.steps, a.batch, peak, work)
+                rec = run_one(stage, variant, size, model, data, tokens, a.steps, a.batch, peak, work,
+                              a.max_samples)
                 print(json.dumps(rec), flush=True)
                 records.append(rec)
     meta = {"machine": "shared 2-core CPU (other jobs running: timings noisy)", "torch": torch.__version__,
