@@ -97,7 +97,8 @@ def _model(size: str, d: Path, texts: list[str]) -> Path:
 
 def _args(stage: str, model: Path, data: dict, out: Path, steps: int, batch: int,
           max_samples: int | None = None) -> list[str]:
-    common = [*([f"data.max_samples={max_samples}"] if max_samples else []), f"output_dir={out}", f"model.name_or_path={model}", "model.dtype=bf16", "train.progress=false",
+    common = [*([f"data.max_samples={max_samples}"] if max_samples else []),
+              f"output_dir={out}", f"model.name_or_path={model}", "model.dtype=bf16", "train.progress=false",
               f"train.max_steps={steps}", f"train.batch_size={batch}", "train.save_model_in_checkpoints=false",
               "data.chat_template=none", "data.max_length=128", "train.lr=1e-5"]
     if stage == "sft":
