@@ -46,6 +46,7 @@ Run it with ``rlhf dpo --recipe tiny [loss=ipo] [key=value ...]``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -357,11 +358,15 @@ def _pair_losses(cfg: DPOConfig, logps: torch.Tensor, lengths: torch.Tensor, bat
 class OnlineReference:
     """The reference run on each batch (``reference=online``), in the cache's layout."""
 
-    def __init__(self, ref: ReferenceModel, loss: str):
-        self.ref, self.loss = ref, loss
+    def __init__(self, ref: ReferenceModel, loss: str,
+                 gathered: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        # gathered(): the context the pass runs in; under FSDP it gathers the (sharded)
+        # reference, whose bucketed pass runs a data-dependent number of forwards per process.
+        self.ref, self.loss, self.gathered = ref, loss, gathered
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return _reference_batch_logps(self.ref, batch, self.loss)
+        with self.gathered():
+            return _reference_batch_logps(self.ref, batch, self.loss)
 
 
 def _with_online_reference(ref: OnlineReference | None, batch: dict[str, torch.Tensor], loss: str):
@@ -537,7 +542,11 @@ def train(cfg: DPOConfig) -> dict[str, Any]:
         ref = (load_reference(replace(cfg.model, name_or_path=cfg.reference_model, revision=None))
                if cfg.reference_model else load_reference(cfg.model, policy=model))
         if not ref.shares_policy_weights:
-            ref.module.to(trainer.device)
+            # (A cached reference runs on the main process alone before training: never sharded.)
+            if cfg.reference == "online":
+                trainer.place_frozen(ref.module)
+            else:
+                ref.module.to(trainer.device)
         else:
             model.to(trainer.device)
 
@@ -552,7 +561,8 @@ def train(cfg: DPOConfig) -> dict[str, Any]:
         if eval_ex:
             _attach(eval_ex, cache["eval"])
         ref = None  # a frozen copy is freed; a LoRA reference was the policy anyway
-    online = OnlineReference(ref, cfg.loss) if ref is not None else None
+    online = (OnlineReference(ref, cfg.loss, partial(trainer.gathered, ref.module))
+              if ref is not None else None)
 
     # Step 5. Optimizer, schedule, distribution wrapper; restore the newest checkpoint if any.
     model = trainer.setup(model, num_examples=len(train_ex))

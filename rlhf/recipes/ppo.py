@@ -391,11 +391,14 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     policy = load_causal_lm(cfg.model)
     reference = load_reference(cfg.model, policy)
     # Offloading: the frozen models live on the CPU and visit the accelerator for their pass.
-    offload = cfg.offload and device.type != "cpu"
+    offload = cfg.offload and device.type != "cpu" and not (trainer.sharded and cfg.train.fsdp.frozen == "shard")
     home = torch.device("cpu") if offload else device
     ref_modules = [] if reference.shares_policy_weights else [reference.module]
     for m in ref_modules + reward.modules() + [m for src in tracked.values() for m in src.modules()]:
-        m.to(home)
+        if offload:
+            m.to(home)
+        else:
+            trainer.place_frozen(m)
     value = value_head = None
     if cfg.advantage in CRITIC_ESTIMATORS and _value_source(cfg) == "shared":
         value_head = shared_value_head(policy)
@@ -431,16 +434,18 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     def evaluate_batch(ro: Rollout) -> dict[str, torch.Tensor]:
         """Step 3: old log-probs (+ entropy), reference log-probs and values, no gradient."""
         bs = cfg.train.eval_batch_size
-        with trainer.accelerator.autocast():
+        with trainer.accelerator.autocast(), trainer.gathered():
             if ro.logps is not None:  # kept by the sampler (ppo.old_logps)
                 old_logps, entropy = ro.logps, ro.entropy
             else:
                 old_logps, entropy = rollout_logps(inner.policy, ro, temperature, bs, with_entropy=True,
                                                    engine=cfg.sampling.engine, packed=cfg.ppo.packed)
+            values = inner.rollout_values(ro, bs)
+        # (the reference is gathered for its own pass: the policy itself with LoRA, else its copy)
+        with trainer.accelerator.autocast(), trainer.gathered(*ref_modules):
             with visiting(ref_modules, device, home):
                 ref_logps = rollout_logps(reference, ro, temperature, bs, engine=cfg.sampling.engine,
                                           packed=cfg.ppo.packed)
-            values = inner.rollout_values(ro, bs)
         return {"old_logps": old_logps, "entropy": entropy, "ref_logps": ref_logps, "values": values}
 
     def loss_fn(m: nn.Module, mb: dict[str, torch.Tensor], denom: torch.Tensor):
@@ -477,7 +482,9 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         t0 = time.perf_counter()
 
         # 5.1 rollout: K completions per prompt, consecutive (the group layout of rlhf.advantages).
-        with trainer.accelerator.autocast():
+        # (trainer.gathered: under FSDP the policy is gathered once for generation, whose
+        # number of forward passes differs between processes; a no-op otherwise.)
+        with trainer.accelerator.autocast(), trainer.gathered():
             ro = sample(inner.policy, tokenizer, [e["prompt"] for e in examples],
                         [e["prompt_input_ids"] for e in examples], cfg.sampling, with_logps=sampler_logps)
         t_gen = time.perf_counter()
@@ -496,7 +503,7 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
                 track_scores[f"track/{k}"] = call_reward(src, ro.prompts, ro.completions, **columns).float()
         greedy_scores = None
         if cfg.advantage == "remax":  # the baseline: the score of the greedy completion
-            with trainer.accelerator.autocast():
+            with trainer.accelerator.autocast(), trainer.gathered():
                 greedy = sample(inner.policy, tokenizer, [e["prompt"] for e in examples],
                                 [e["prompt_input_ids"] for e in examples], cfg.sampling, greedy=True,
                                 num_samples=1)

@@ -13,6 +13,24 @@ _TRACKER_PACKAGES: dict[str, tuple[str, ...]] = {"tensorboard": ("tensorboard", 
 
 
 @dataclass(frozen=True)
+class FSDPConfig:
+    """Options of ``train.distributed: fsdp`` (torch FSDP2, rlhf/train/sharding.py)."""
+    param_dtype: Literal["model", "bf16", "fp32"] = opt(
+        "model", "dtype the gathered parameters are computed in (FSDP2 MixedPrecisionPolicy.param_dtype); "
+                 "model = the model's own dtype, no cast; the sharded copy the optimizer steps stays in the model's dtype")
+    reduce_dtype: Literal["model", "bf16", "fp32"] = opt(
+        "fp32", "dtype gradients are reduce-scattered in (MixedPrecisionPolicy.reduce_dtype); model = the "
+                "model's own dtype")
+    frozen: Literal["replicate", "shard"] = opt(
+        "replicate", "frozen models (a separate reference, reward models): replicate = a whole copy per process; "
+                     "shard = sharded like the trained model (DPO with reference=online, PPO), gathered for "
+                     "evaluation and for the reference's log-prob pass")
+    reshard_after_forward: bool = opt(
+        True, "free each layer's gathered parameters after its forward and gather again for the backward "
+              "(ZeRO-3); false keeps them until the backward (ZeRO-2-like: more memory, less communication)")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     lr: float = opt(2e-5, "peak learning rate of AdamW", gt=0)
     weight_decay: float = opt(0.0, "AdamW decoupled weight decay (not applied to biases and norms)", ge=0)
@@ -30,6 +48,12 @@ class TrainConfig:
     max_grad_norm: float | None = opt(1.0, "clip the global gradient norm to this value; null = no clipping", gt=0)
     seed: int = opt(0, "seed for weights of new heads, data order and sampling")
     mixed_precision: Literal["no", "bf16"] = opt("no", "autocast the forward pass to bf16 (weights stay in model.dtype)")
+    distributed: Literal["ddp", "fsdp"] = opt(
+        "ddp", "how several processes share the model: ddp = a full copy per process, gradients all-reduced "
+               "(accelerate); fsdp = torch FSDP2, parameters, gradients and optimizer state sharded over the "
+               "processes, each decoder layer gathered for its own forward and backward, sharded "
+               "checkpoints (docs/distributed.md)")
+    fsdp: FSDPConfig = opt(factory=FSDPConfig, help="options of distributed: fsdp")
     log_every: int = opt(1, "log metrics every N optimizer steps", gt=0)
     eval_every: int | None = opt(None, "evaluate every N steps (and always at the end); null = only at the end", gt=0)
     save_every: int | None = opt(None, "write checkpoint-<step>/ every N steps (and always at the end); null = only at the end", gt=0)

@@ -22,6 +22,9 @@ that must be right once and identical everywhere:
   point and final/ never holds NaN or inf.
 * **Resume fingerprint.** Resuming compares the resolved config with the folder's config.yaml
   (:func:`rlhf.train.guards.check_resume_config`).
+* **Sharding.** ``train.distributed: fsdp`` shards parameters, gradients and optimizer state with
+  torch FSDP2 instead of accelerate's data parallelism; what differs (wrapping, gradient
+  sync, norm, sharded checkpoints, whole weights for final/) lives in rlhf/train/sharding.py.
 """
 
 from __future__ import annotations
@@ -133,6 +136,7 @@ class Trainer:
                 acc.init_trackers(stage, config=_flat(to_dict(run_config)))
         set_seed(cfg.seed)
         self.model: torch.nn.Module | None = None
+        self._frozen: list[torch.nn.Module] = []  # frozen models sharded by place_frozen
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.plan: StepPlan | None = None
@@ -158,6 +162,35 @@ class Trainer:
         return self.accelerator.is_main_process
 
     @property
+    def sharded(self) -> bool:
+        """True under ``train.distributed: fsdp``."""
+        return self.cfg.distributed == "fsdp"
+
+    def place_frozen(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Put a frozen model (a separate reference, a reward model) where its passes run: under
+        FSDP with ``train.fsdp.frozen: shard`` sharded like the trained model (its passes must
+        then run the same number of times on every process, or inside :meth:`gathered`), else
+        whole on this process's device."""
+        if self.sharded and self.cfg.fsdp.frozen == "shard":
+            from rlhf.train import sharding
+            self._frozen.append(sharding.shard(module, self.cfg.fsdp, self.device))
+            return module
+        return module.to(self.device)
+
+    def gathered(self, *modules: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """Context for forward passes outside the training step (sampling, evaluation, scoring)
+        on the trained model (default) or ``modules``: under FSDP each sharded unit is gathered
+        once for the block, since such passes differ in number between processes; a no-op
+        otherwise. Every process must enter it."""
+        if not self.sharded:
+            return contextlib.nullcontext()
+        from rlhf.train import sharding
+        stack = contextlib.ExitStack()
+        for m in modules or (self.model,):
+            stack.enter_context(sharding.gathered(m))
+        return stack
+
+    @property
     def device(self) -> torch.device:
         return self.accelerator.device
 
@@ -179,6 +212,9 @@ class Trainer:
 
         cfg = self.cfg
         self.plan = plan_steps(cfg, num_examples, self.accelerator.num_processes)
+        if self.sharded:
+            from rlhf.train import sharding
+            model = sharding.shard(model, cfg.fsdp, self.device)  # before the optimizer: it holds the shards
         optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                       betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
         total_updates = self.plan.total_steps * updates_per_step
@@ -188,7 +224,10 @@ class Trainer:
                                   num_training_steps=total_updates)
         # The scheduler is stepped by hand once per optimizer step, so it is not prepared
         # (accelerate would step it once per process).
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if self.sharded:
+            self.model, self.optimizer = model, optimizer
+        else:
+            self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler = scheduler
         if self.resume_path is not None:
             self._load_checkpoint(self.resume_path)
@@ -242,8 +281,9 @@ class Trainer:
         W, r = self.accelerator.num_processes, self.accelerator.process_index
         mine = list(range(r, len(examples), W))
         bs = self.cfg.eval_batch_size
-        for k in range(0, len(mine), bs):
-            yield self.to_device(collate([examples[i] for i in mine[k:k + bs]]))
+        with self.gathered(self.model, *self._frozen):  # processes may run different numbers of batches
+            for k in range(0, len(mine), bs):
+                yield self.to_device(collate([examples[i] for i in mine[k:k + bs]]))
 
     def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -283,7 +323,7 @@ class Trainer:
         for i, mb in enumerate(micro_batches):
             # Skip the gradient all-reduce on all but the last micro-batch (DDP no_sync).
             sync = i == len(micro_batches) - 1
-            ctx = contextlib.nullcontext() if sync or W == 1 else acc.no_sync(model)
+            ctx = contextlib.nullcontext() if sync or W == 1 else self._no_sync(model)
             with ctx:
                 with acc.autocast():
                     loss, extra = loss_fn(model, mb, denom)
@@ -300,6 +340,12 @@ class Trainer:
             out[k] = tot / float(denom) if k.endswith("_mean") else tot
         return out
 
+    def _no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+        if self.sharded:
+            from rlhf.train import sharding
+            return sharding.no_grad_sync(model)
+        return self.accelerator.no_sync(model)
+
     def optimizer_step(self) -> dict[str, float]:
         """Clip the gradient norm, step AdamW and the schedule, clear the gradients.
 
@@ -311,7 +357,10 @@ class Trainer:
         reduced), so every process takes the same decision.
         """
         model = self.model
-        if self.cfg.max_grad_norm is not None:
+        if self.sharded:
+            from rlhf.train import sharding
+            grad_norm = sharding.grad_norm_and_clip(model.parameters(), self.cfg.max_grad_norm)
+        elif self.cfg.max_grad_norm is not None:
             grad_norm = self.accelerator.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
         else:
             grad_norm = _grad_norm(model)
@@ -399,6 +448,8 @@ class Trainer:
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
         save_file(rng, str(tmp / f"rng_{acc.process_index}.safetensors"))
+        if self.sharded:
+            return self._save_sharded_checkpoint(step, path, tmp, tokenizer, extra_state)
         unwrapped = acc.unwrap_model(self.model)
         if self.is_main:
             # Trainable parameters only: frozen weights come back from the model's source.
@@ -431,6 +482,35 @@ class Trainer:
         self._last_saved = step
         return path
 
+    def _save_sharded_checkpoint(self, step: int, path: Path, tmp: Path, tokenizer: Any,
+                                 extra_state: dict | None) -> Path:
+        """FSDP: every process writes its shards (DCP) into ``tmp``; after a barrier the main
+        process adds the schedule and trainer_state.json and renames ``tmp`` into place."""
+        from rlhf.train import sharding
+
+        acc = self.accelerator
+        sharding.save_sharded(self.model, self.optimizer, tmp)
+        if self.cfg.save_model_in_checkpoints:
+            from rlhf.models.load import save_model
+            with sharding.full_weights(self.model):
+                if self.is_main:
+                    save_model(self.export(self.model), tokenizer, tmp / "model")
+        acc.wait_for_everyone()  # every process's shards are on disk
+        if self.is_main:
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            write_json_atomic(tmp / "trainer_state.json", {
+                "step": step, "stage": self.stage, "total_steps": self.plan.total_steps,
+                "num_processes": acc.num_processes, "distributed": "fsdp", "extra": extra_state or {}})
+            sharding.fsync_dir(tmp)
+            if path.exists():
+                shutil.rmtree(path)
+            tmp.rename(path)
+            sharding.fsync_dir(path.parent)
+            self._prune_checkpoints()
+        acc.wait_for_everyone()
+        self._last_saved = step
+        return path
+
     def _prune_checkpoints(self) -> None:
         limit = self.cfg.save_total_limit
         if limit is None:
@@ -443,6 +523,29 @@ class Trainer:
         state = json.loads((path / "trainer_state.json").read_text())
         if state.get("stage") != self.stage:
             raise RunDirError(f"{path} is a checkpoint of stage {state.get('stage')!r}, not {self.stage!r}")
+        written = state.get("distributed", "ddp")
+        if written != self.cfg.distributed:
+            raise RunDirError(f"{path} was written with train.distributed={written}; resume it with the same "
+                              f"setting (got {self.cfg.distributed})")
+        if self.sharded:
+            from rlhf.train import sharding
+            sharding.load_sharded(self.model, self.optimizer, path)
+        else:
+            self._load_trainable(path)
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        # One RNG file per process of the run that wrote it; a process without one (a sharded
+        # run resumed on more processes) keeps its seeded state.
+        rng_file = path / f"rng_{self.accelerator.process_index}.safetensors"
+        if rng_file.exists():
+            rng = load_file(str(rng_file))
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
+        self.start_step = int(state["step"])
+        self.resume_extra = state.get("extra", {})
+
+    def _load_trainable(self, path: Path) -> None:
+        """Data parallel: trainable weights from safetensors, optimizer state from optimizer.pt."""
         unwrapped = self.accelerator.unwrap_model(self.model)
         params = dict(unwrapped.named_parameters())
         saved = load_file(str(path / "trainable.safetensors"))
@@ -459,15 +562,6 @@ class Trainer:
         # to self.device failed for process 1 of a CPU run: torch cannot restore to "cpu:1".)
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True,
                                                   map_location="cpu"))
-        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        rng_file = path / f"rng_{self.accelerator.process_index}.safetensors"
-        if rng_file.exists():
-            rng = load_file(str(rng_file))
-            torch.set_rng_state(rng["torch"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state(rng["cuda"])
-        self.start_step = int(state["step"])
-        self.resume_extra = state.get("extra", {})
 
     # ------------------------------------------------------------------ the end
 
@@ -483,14 +577,20 @@ class Trainer:
         acc.wait_for_everyone()
         summary = {"stage": self.stage, "steps": self.plan.total_steps,
                    "wall_time_s": round(time.time() - self._t0, 2), **summary}
+        whole: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if self.sharded:  # final/ is an ordinary model folder: gather the exact full weights
+            from rlhf.train import sharding
+            whole = sharding.full_weights(self.model)
+        with whole:
+            if self.is_main:
+                from rlhf.models.load import save_model
+                export = self.export(acc.unwrap_model(self.model))
+                check_finite_tensors(export.state_dict().items(), f"[{self.stage}] final/ not written")
+                with atomic_dir(self.output_dir / "final") as tmp:
+                    save_model(export, tokenizer, tmp)
+                    for name, obj in (extra_files or {}).items():
+                        write_json_atomic(tmp / name, obj)
         if self.is_main:
-            from rlhf.models.load import save_model
-            export = self.export(acc.unwrap_model(self.model))
-            check_finite_tensors(export.state_dict().items(), f"[{self.stage}] final/ not written")
-            with atomic_dir(self.output_dir / "final") as tmp:
-                save_model(export, tokenizer, tmp)
-                for name, obj in (extra_files or {}).items():
-                    write_json_atomic(tmp / name, obj)
             write_json_atomic(self.output_dir / "summary.json", summary)
             if self.metrics is not None:
                 self.metrics.close()
