@@ -51,7 +51,8 @@ class RolloutEngine:
     """What every engine offers. ``sample`` returns a :class:`rlhf.rollout.Rollout` laid out as
     the built-in sampler's (left-padded prompts, right-padded completions, EOS kept);
     ``sync(model)`` makes the engine sample from ``model``'s current weights and returns metrics
-    (seconds, probe difference); ``close`` frees what the engine holds."""
+    (seconds, probe difference); ``can_load(model)`` says whether ``sync`` can take another model
+    of the same shapes; ``close`` frees what the engine holds."""
 
     name = "engine"
 
@@ -62,6 +63,10 @@ class RolloutEngine:
 
     def sync(self, model: nn.Module) -> dict[str, float]:
         return {}
+
+    def can_load(self, model: nn.Module) -> bool:
+        """True when ``sync(model)`` can take ``model``'s weights (same architecture and shapes)."""
+        return False
 
     def close(self) -> None:
         pass
@@ -110,7 +115,13 @@ def engine_for(model: nn.Module, tokenizer: Any, sampling: Any) -> RolloutEngine
     key = (sampling.engine, sampling.vllm)
     ref = _cached.get("model")
     engine = _cached.get("engine")
-    if engine is not None and (ref is None or ref() is not model or _cached.get("key") != key):
+    if engine is not None and _cached.get("key") == key and (ref is None or ref() is not model) \
+            and engine.can_load(model):
+        # Another model of the same architecture (eval's reference after its policy, the next
+        # round's policy): load its weights instead of starting a second engine.
+        engine.sync(model)
+        _cached.update(model=weakref.ref(model), version=param_versions(model))
+    elif engine is not None and (ref is None or ref() is not model or _cached.get("key") != key):
         close_cached()
         engine = None
     if engine is None:

@@ -161,6 +161,7 @@ class VLLMEngine(RolloutEngine):
         g = torch.Generator().manual_seed(1234)
         self.probe_ids = torch.randint(0, vocab, (24,), generator=g).tolist()
         self.syncs = 0
+        self.signature = _signature(model)
         self.last_probe_diff = self._probe_diff(model)
         if self.cfg.sync_check == "probe" and self.last_probe_diff > self.tolerance:
             raise EngineSyncError(f"vLLM engine: right after loading, its log-probs differ from the trainer's by "
@@ -261,6 +262,9 @@ class VLLMEngine(RolloutEngine):
                                   f"{self.tolerance:g}): the engine is not sampling from the trained policy")
         return {"sync_s": round(time.perf_counter() - t0, 4), "sync_probe_diff": diff}
 
+    def can_load(self, model: nn.Module) -> bool:
+        return _signature(model) == self.signature
+
     def engine_logps(self, ids: list[int]) -> torch.Tensor:
         """vLLM's log-prob of each token of ``ids`` given the ones before it (T-1,), temperature 1."""
         params = self._vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
@@ -285,9 +289,23 @@ class VLLMEngine(RolloutEngine):
             if core is not None and hasattr(core, "shutdown"):
                 core.shutdown()
             del llm
+            # vLLM's process-wide distributed state and caches, so that a later engine can start.
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+            cleanup_dist_env_and_memory()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
+
+
+def _signature(model: nn.Module) -> tuple:
+    """What must match for one engine to take another model's weights: architecture config,
+    dtype and every tensor's name and shape."""
+    from rlhf.models.load import unwrap_model
+
+    config = unwrap_model(model).config.to_dict()
+    config = {k: v for k, v in config.items() if k not in ("_name_or_path", "transformers_version")}
+    shapes = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in engine_weights(model).items())
+    return repr(sorted(config.items())), shapes
 
 
 @torch.no_grad()
