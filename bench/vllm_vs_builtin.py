@@ -8,7 +8,8 @@ Prints one JSON object:
 
 * ``tokens_per_s`` per engine: generated tokens / seconds of ``sample`` (``--prompts`` x
   ``--num-samples`` rows, ``--max-new-tokens``, log-probs kept as PPO asks), the fastest of
-  ``--repeats`` after a warm-up; vLLM's ``start_s`` (building the engine) separately;
+  ``--repeats`` after a warm-up; ``vllm_import_s`` (``import vllm``) and ``vllm_start_s``
+  (writing the weights, building the engine, the first probe) separately;
 * ``greedy_equal``: the fraction of rows whose greedy tokens are identical in both engines, and
   the first column where they part (rounding differences flip near-ties, more so in bf16);
 * ``logp_abs_diff``: max and mean |vLLM's log-prob - the trainer's forward| over the sampled
@@ -60,7 +61,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
 
-    from rlhf.engines.vllm import VLLMEngine, trainer_logps
+    from rlhf.engines.vllm import VLLMEngine, import_vllm, trainer_logps
     from rlhf.losses.policy import truncated_importance_weights
     from rlhf.models.config import ModelConfig
     from rlhf.models.load import load_causal_lm, load_tokenizer
@@ -86,12 +87,16 @@ def main() -> None:
     builtin_cfg = SamplingConfig(num_samples=a.num_samples, max_new_tokens=a.max_new_tokens,
                                  batch_size=a.prompts * a.num_samples)
     t0 = time.perf_counter()
+    import_vllm()
+    import_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
     engine = VLLMEngine(model, tok, cfg)
     start_s = time.perf_counter() - t0
 
     out: dict = {"device": a.device, "dtype": a.dtype, "policy": a.policy or f"tiny llama h{a.hidden} l{a.layers}",
                  "parameters": n_params, "rows": a.prompts * a.num_samples, "max_new_tokens": a.max_new_tokens,
-                 "threads": a.threads, "vllm_start_s": round(start_s, 2)}
+                 "threads": a.threads, "vllm_import_s": round(import_s, 2),
+                 "vllm_start_s": round(start_s, 2)}
     gen = torch.Generator().manual_seed(0)
     t_b, ro_b = _timed(lambda: sample(model, tok, prompts, ids, builtin_cfg, generator=gen, with_logps=True),
                        a.repeats)
@@ -102,7 +107,7 @@ def main() -> None:
 
     g_b = sample(model, tok, prompts, ids, builtin_cfg, greedy=True, num_samples=1)
     g_v = engine.sample(tok, prompts, ids, cfg, greedy=True, num_samples=1)
-    same = [torch.equal(x, y) for x, y in zip(g_b.input_ids, g_v.input_ids)] \
+    same = [torch.equal(x, y) for x, y in zip(g_b.input_ids, g_v.input_ids, strict=True)] \
         if g_b.input_ids.shape == g_v.input_ids.shape else [g_b.completions[i] == g_v.completions[i]
                                                             for i in range(len(g_b))]
     out["greedy_equal"] = round(sum(same) / len(same), 4)
@@ -112,7 +117,8 @@ def main() -> None:
     diff = (mine - ro_v.logps)[mask].abs()
     _, tm = truncated_importance_weights(mine, ro_v.logps, ro_v.completion_mask, cap=2.0)
     out["logp_abs_diff"] = {"max": float(diff.max()), "mean": float(diff.mean()), "tokens": int(mask.sum()),
-                            "mismatch_kl": float(tm["mismatch_kl"]), "capped_fraction_at_2": float(tm["capped_fraction"])}
+                            "mismatch_kl": float(tm["mismatch_kl"]),
+                            "capped_fraction_at_2": float(tm["capped_fraction"])}
 
     syncs, probes = [], []
     for i in range(5):

@@ -29,7 +29,7 @@ the model's own forward with a DynamicCache.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -325,7 +325,6 @@ def sample(model: nn.Module, tokenizer: Any, prompts: Sequence[Any], prompt_ids:
                                 with_logps) for s in range(0, len(rows_ids), cfg.batch_size)]
     finally:
         model.train(was_training)
-    P = max(c[2] for c in chunks)
     completions_tok: list[list[int]] = []
     ended: list[bool] = []
     for ids, _, p, _, _ in chunks:

