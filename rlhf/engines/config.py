@@ -31,10 +31,10 @@ class VLLMConfig:
     enforce_eager: bool = opt(False, "GPU: no CUDA graphs (faster start, slower decoding)")
     max_model_len: int | None = opt(None, "longest prompt + completion vLLM plans for; null = the model's "
                                           "max_position_embeddings", gt=0)
-    weights_dir: str | None = opt(None, "folder the engine's copy of the policy is written to and reloaded "
-                                        "from at each weight sync; null = a fresh temporary folder (in "
-                                        "/dev/shm where it exists)")
-    sync_timeout_s: float = opt(300.0, "a weight sync (write, reload, probe) that takes longer fails the run "
+    weights_dir: str | None = opt(None, "folder the policy is written to at start for vLLM to load (later "
+                                        "syncs hand the tensors over in memory); null = a fresh temporary "
+                                        "folder (in /dev/shm where it exists), removed at the end")
+    sync_timeout_s: float = opt(300.0, "a weight sync (in-place reload, then the probe) that takes longer fails the run "
                                        "with an error instead of hanging", gt=0)
     sync_check: Literal["probe", "off"] = opt(
         "probe", "after each weight sync, score a probe sequence with vLLM and with the trainer and fail "

@@ -14,7 +14,8 @@ policy's starting point; with LoRA, the policy with adapters disabled), the **re
 
 Each training step is one iteration of:
 
-    1. rollout      sample K completions per prompt with the KV cache (rlhf/rollout.py)
+    1. rollout      sample K completions per prompt with the rollout engine (rlhf/engines:
+                    the built-in sampler of rlhf/rollout.py, or vLLM synced after each update)
     2. score        the reward source scores each completion; the EOS trick penalises
                     completions cut at the length limit
     3. evaluate     log-probs of the sampled tokens under π (the "old" policy) and π_ref, and
