@@ -22,6 +22,8 @@ pytest.importorskip("vllm", reason="vLLM is not installed in this venv: `make te
 from rlhf.engines.vllm import EngineSyncError, VLLMEngine  # noqa: E402
 from rlhf.rollout import SamplingConfig, rollout_logps, sample  # noqa: E402
 
+pytestmark = pytest.mark.vllm
+
 PROMPTS = ["the cat", "a dog sees the", "my friend writes", "our teacher"]
 
 
