@@ -34,8 +34,8 @@ class VLLMConfig:
     weights_dir: str | None = opt(None, "folder the policy is written to at start for vLLM to load (later "
                                         "syncs hand the tensors over in memory); null = a fresh temporary "
                                         "folder (in /dev/shm where it exists), removed at the end")
-    sync_timeout_s: float = opt(300.0, "a weight sync (in-place reload, then the probe) that takes longer fails the run "
-                                       "with an error instead of hanging", gt=0)
+    sync_timeout_s: float = opt(300.0, "a weight sync (in-place reload, then the probe) that takes longer "
+                                       "fails the run with an error instead of hanging", gt=0)
     sync_check: Literal["probe", "off"] = opt(
         "probe", "after each weight sync, score a probe sequence with vLLM and with the trainer and fail "
                  "if their log-probs differ by more than sync_tolerance; off = trust the reload")

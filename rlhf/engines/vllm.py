@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -60,27 +61,49 @@ def import_vllm() -> Any:
     return vllm
 
 
-def with_timeout(fn: Callable[[], Any], seconds: float, what: str) -> Any:
-    """``fn()`` run in a helper thread; EngineSyncError if it has not returned after ``seconds``
-    (the thread is left behind: a hung engine cannot be interrupted, but the run fails loudly
-    instead of waiting forever). Exceptions from ``fn`` propagate."""
-    box: dict[str, Any] = {}
+def with_timeout(fn: Callable[[], Any], seconds: float, what: str, grace_s: float = 30.0) -> Any:
+    """``fn()``, or EngineSyncError if it has not returned after ``seconds``.
 
-    def run() -> None:
+    ``fn`` runs in the calling thread (vLLM's CPU kernels plan their work for the OpenMP threads
+    of the thread that calls them; another thread would see another count). A watchdog thread
+    interrupts it at the deadline (KeyboardInterrupt in the main thread, turned into
+    EngineSyncError here: a Python-level wait or loop stops at once); if the call is stuck in
+    native code and still has not returned ``grace_s`` later, the watchdog prints the error and
+    ends the process with status 70: the run fails loudly, it never hangs."""
+    import signal
+
+    lock = threading.Lock()
+    state = {"done": False, "fired": False}
+    done = threading.Event()
+    in_main = threading.current_thread() is threading.main_thread()
+
+    def watchdog() -> None:
+        if done.wait(seconds):
+            return
+        with lock:
+            if state["done"]:
+                return
+            state["fired"] = True
+        if in_main:  # a real SIGINT: it also wakes a blocking wait (sleep, lock, select)
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        if not done.wait(grace_s):
+            print(f"rlhf: vLLM engine: {what} did not finish within {seconds:g} s (sampling.vllm.sync_timeout_s) "
+                  f"and could not be interrupted; exiting", file=sys.stderr, flush=True)
+            os._exit(70)
+
+    threading.Thread(target=watchdog, name=f"rlhf-watchdog-{what}", daemon=True).start()
+    try:
         try:
-            box["value"] = fn()
-        except BaseException as e:  # handed to the caller's thread
-            box["error"] = e
-
-    t = threading.Thread(target=run, name=f"rlhf-{what}", daemon=True)
-    t.start()
-    t.join(seconds)
-    if t.is_alive():
-        raise EngineSyncError(f"vLLM engine: {what} did not finish within {seconds:g} s "
-                              f"(sampling.vllm.sync_timeout_s); the engine is stuck or far too slow")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+            return fn()
+        finally:
+            with lock:
+                state["done"] = True
+            done.set()
+    except KeyboardInterrupt:
+        if state["fired"]:
+            raise EngineSyncError(f"vLLM engine: {what} did not finish within {seconds:g} s "
+                                  f"(sampling.vllm.sync_timeout_s); the engine is stuck or far too slow") from None
+        raise
 
 
 def engine_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -136,6 +159,11 @@ class VLLMEngine(RolloutEngine):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "1" if self.cfg.multiprocessing else "0")
         if self.device.type == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self.cfg.cpu_kv_cache_gib:g}")
+            if not self.cfg.multiprocessing:
+                # In the trainer's process vLLM must not bind OpenMP threads to cores: its
+                # attention kernels are planned for the bound thread count, while the process
+                # keeps torch's own (tests and benches set 1) and the kernels abort on the mismatch.
+                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         vllm = import_vllm()
         kwargs: dict[str, Any] = dict(
             model=str(self.dir), tokenizer=str(self.dir), dtype=_dtype_name(self.dtype), seed=0,
