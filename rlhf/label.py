@@ -48,7 +48,7 @@ def bradley_terry_labels(scores_a: Sequence[float], scores_b: Sequence[float], t
 
 def sample_pairs(policy: str, prompts: Sequence[Any], *, max_new_tokens: int = 32,
                  sampling_temperature: float = 1.0, batch_size: int = 64, seed: int = 0,
-                 chat_template: str = "auto") -> tuple[list[str], list[str]]:
+                 chat_template: str = "auto", engine: str = "auto") -> tuple[list[str], list[str]]:
     """Two sampled completions per prompt from ``policy`` (rlhf.rollout.sample, seeded):
     (completions_a, completions_b), aligned with ``prompts``."""
     from tqdm.auto import tqdm
@@ -68,7 +68,7 @@ def sample_pairs(policy: str, prompts: Sequence[Any], *, max_new_tokens: int = 3
     ids = [encode_prompt(PromptRecord(prompt=p), tok, dcfg)["prompt_input_ids"] for p in texts]
     gen = torch.Generator().manual_seed(seed)
     scfg = SamplingConfig(num_samples=2, max_new_tokens=max_new_tokens, temperature=sampling_temperature,
-                          batch_size=batch_size)
+                          batch_size=batch_size, engine=engine)
     completions: list[str] = []
     step = max(1, batch_size // 2)
     for s in tqdm(range(0, len(texts), step), desc="label: sampling pairs", unit="batch"):

@@ -29,16 +29,17 @@ the model's own forward with a DynamicCache.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from rlhf.config import ConfigError, opt
+from rlhf.engines.config import EngineName, VLLMConfig
 from rlhf.logprobs import entropy_from_logp
 
-__all__ = ["SamplingConfig", "Rollout", "sample", "filter_logits", "rollout_logps", "rollout_values",
-           "eos_ids", "inverse_cdf"]
+__all__ = ["SamplingConfig", "Rollout", "sample", "assemble_rollout", "filter_logits", "rollout_logps",
+           "rollout_values", "eos_ids", "inverse_cdf"]
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,14 @@ class SamplingConfig:
     stop_strings: list[str] = opt(factory=list, help="also end a completion when its text contains "
                                                      "one of these (kept in the completion, like EOS)")
     batch_size: int = opt(64, "sequences generated together (one KV cache)", gt=0)
-    engine: Literal["auto", "lean", "transformers"] = opt(
-        "auto", "the forward used for sampling and no-grad scoring: 'lean' (rlhf.models.lean: "
-                "Llama-family models, fewer ops per token), 'transformers' (the model's own "
-                "forward), 'auto' (lean where the model is supported, else transformers)")
+    engine: EngineName = opt(
+        "auto", "the rollout engine: the built-in sampler with the forward used for sampling and "
+                "no-grad scoring: 'lean' (rlhf.models.lean: Llama-family models, fewer ops per "
+                "token), 'transformers' (the model's own forward), 'auto' (lean where the model is "
+                "supported, else transformers); or 'vllm' (rlhf.engines.vllm: vLLM samples, its "
+                "weights synced from the trainer after every update; the trainer's own scoring "
+                "forward is then 'auto'; needs the rlhf[vllm] extra)")
+    vllm: VLLMConfig = opt(factory=VLLMConfig, help="the vLLM engine's settings (engine=vllm)")
 
     def validate(self) -> None:
         if any(not s for s in self.stop_strings):
@@ -317,6 +322,11 @@ def sample(model: nn.Module, tokenizer: Any, prompts: Sequence[Any], prompt_ids:
         raise ValueError(f"sample: {len(prompts)} prompts but {len(prompt_ids)} prompt_ids")
     if not prompts:
         raise ValueError("sample: no prompts")
+    if cfg.engine == "vllm":  # another engine behind the same call (rlhf/engines)
+        from rlhf.engines import engine_for
+        return engine_for(model, tokenizer, cfg).sample(tokenizer, prompts, prompt_ids, cfg, greedy=greedy,
+                                                        num_samples=num_samples, generator=generator,
+                                                        with_logps=with_logps)
     K = num_samples or cfg.num_samples
     pad = tokenizer.pad_token_id
     if pad is None:
@@ -331,7 +341,6 @@ def sample(model: nn.Module, tokenizer: Any, prompts: Sequence[Any], prompt_ids:
                                 with_logps) for s in range(0, len(rows_ids), cfg.batch_size)]
     finally:
         model.train(was_training)
-    P = max(c[2] for c in chunks)
     completions_tok: list[list[int]] = []
     ended: list[bool] = []
     for ids, _, p, _, _ in chunks:
@@ -343,8 +352,28 @@ def sample(model: nn.Module, tokenizer: Any, prompts: Sequence[Any], prompt_ids:
                 cut = _stop_string_cut(tokenizer, row, cfg.stop_strings)
             ended.append(cut is not None)
             completions_tok.append(row[:cut] if cut is not None else row)
+    row_logps = row_ents = None
+    if with_logps:
+        row_logps, row_ents = [], []
+        for _, _, _, c_lps, c_ents in chunks:
+            row_logps += list(c_lps.unbind(0))
+            row_ents += list(c_ents.unbind(0))
+    return assemble_rollout(tokenizer, rows_prompt, rows_ids, completions_tok, ended, K,
+                            next(model.parameters()).device, logps=row_logps, entropy=row_ents)
+
+
+def assemble_rollout(tokenizer: Any, rows_prompt: list[Any], rows_ids: list[list[int]],
+                     completions_tok: list[list[int]], ended: list[bool], group_size: int,
+                     device: torch.device, logps: Sequence[torch.Tensor] | None = None,
+                     entropy: Sequence[torch.Tensor] | None = None) -> Rollout:
+    """The :class:`Rollout` of finished episodes, whichever engine drew them: row i is prompt
+    ``rows_ids[i]`` (left-padded to the widest prompt) then ``completions_tok[i]`` (its sampled
+    ids, cut at EOS / a stop string, right-padded). ``logps`` / ``entropy``: per row, a 1-D
+    tensor holding at least that row's completion length of values (the first n are used)."""
     from rlhf.data.collate import _pad
 
+    pad = tokenizer.pad_token_id
+    P = max(len(p) for p in rows_ids)
     L = max(1, max(len(c) for c in completions_tok))
     # Prompt left-padded to width P, completion right-padded to width L after it.
     input_ids = torch.cat([_pad(rows_ids, pad, "left", P), _pad(completions_tok, pad, "right", L)], dim=1)
@@ -352,24 +381,21 @@ def sample(model: nn.Module, tokenizer: Any, prompts: Sequence[Any], prompt_ids:
     comp_real = _pad([[1] * len(c) for c in completions_tok], 0, "right", L)
     attention = torch.cat([prompt_real, comp_real], dim=1)
     comp_mask = torch.cat([torch.zeros_like(prompt_real), comp_real], dim=1)
-    device = next(model.parameters()).device
     texts = tokenizer.batch_decode(completions_tok, skip_special_tokens=True)
-    logps = entropy = None
-    if with_logps:  # completion token k of row i sits at column P + k
-        logps = torch.zeros(input_ids.shape, dtype=torch.float32, device=device)
-        entropy = torch.zeros(input_ids.shape, dtype=torch.float32, device=device)
-        i = 0
-        for _, _, _, c_lps, c_ents in chunks:
-            for r in range(c_lps.shape[0]):
-                n = len(completions_tok[i])
-                logps[i, P:P + n] = c_lps[r, :n]
-                entropy[i, P:P + n] = c_ents[r, :n]
-                i += 1
+
+    def grid(values: Sequence[torch.Tensor]) -> torch.Tensor:
+        out = torch.zeros(input_ids.shape, dtype=torch.float32, device=device)
+        for i, v in enumerate(values):  # completion token k of row i sits at column P + k
+            n = len(completions_tok[i])
+            out[i, P:P + n] = v[:n].to(device=device, dtype=torch.float32)
+        return out
+
     return Rollout(
         input_ids=input_ids.to(device), attention_mask=attention.to(device),
         position_ids=(attention.cumsum(-1) - 1).clamp(min=0).to(device),
         completion_mask=comp_mask.to(device), ended=torch.tensor(ended, device=device),
-        prompt_width=P, prompts=rows_prompt, completions=texts, group_size=K, logps=logps, entropy=entropy)
+        prompt_width=P, prompts=list(rows_prompt), completions=texts, group_size=group_size,
+        logps=grid(logps) if logps is not None else None, entropy=grid(entropy) if entropy is not None else None)
 
 
 # --------------------------------------------------------------------------- scoring the rollout

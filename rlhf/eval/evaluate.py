@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from rlhf.config import from_dict, opt
+from rlhf.engines.config import EngineName, VLLMConfig
 from rlhf.eval.metrics import distinct_n, mean_stderr, sequence_kl, win_rate
 
 __all__ = ["SamplingConfig", "sample_completions", "completion_logps", "evaluate", "format_table",
@@ -46,6 +47,9 @@ class SamplingConfig:
                             "probability; 1 = off", gt=0.0, le=1.0)
     top_k: int = opt(0, "keep only the k most likely tokens; 0 = off", ge=0)
     batch_size: int = opt(8, "prompts per generation batch (rows = batch_size x samples per prompt)", ge=1)
+    engine: EngineName = opt("auto", "the rollout engine: auto / lean / transformers (the built-in sampler "
+                                     "and its forward, see rlhf.rollout.SamplingConfig) or vllm")
+    vllm: VLLMConfig = opt(factory=VLLMConfig, help="the vLLM engine's settings (engine=vllm)")
 
 
 def _chunk_seed(seed: int, chunk: int) -> int:
@@ -73,7 +77,8 @@ def sample_completions(model: Any, tokenizer: Any, prompts: Sequence[Any], sampl
         part = list(prompts[start:start + bs])
         rows += generate(model, tokenizer, part, data_cfg=data_cfg, max_new_tokens=sampling.max_new_tokens,
                          temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                         num_samples=num_samples, batch_size=bs, seed=_chunk_seed(seed, chunk))
+                         num_samples=num_samples, batch_size=bs, seed=_chunk_seed(seed, chunk),
+                         engine=sampling.engine, vllm=sampling.vllm)
         if progress is not None:
             progress(len(part))
     return rows
@@ -168,7 +173,8 @@ def evaluate(policy: Any, reference: Any, prompts: Sequence[Any], rewards: dict[
              top_p: float = 1.0, top_k: int = 0, batch_size: int = 8, seed: int = 0,
              data_cfg: Any = None, dtype: str = "fp32", device: str | None = None,
              num_examples: int = 3, keep_rows: bool = False, progress: bool = False,
-             columns: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+             columns: Sequence[dict[str, Any]] | None = None,
+             engine: str = "auto") -> dict[str, Any]:
     """Evaluate ``policy`` against ``reference`` (checkpoint folders, hub ids or ModelConfigs).
 
     ``rewards`` maps a name to a reward-source spec (see :func:`rlhf.rewards.load_reward_source`).
@@ -189,7 +195,8 @@ def evaluate(policy: Any, reference: Any, prompts: Sequence[Any], rewards: dict[
         raise ValueError(f"evaluate: num_samples must be >= 1 (got {num_samples})")
     # from_dict checks every bound and names the offending field.
     sampling = from_dict(SamplingConfig, {"max_new_tokens": max_new_tokens, "temperature": temperature,
-                                          "top_p": top_p, "top_k": top_k, "batch_size": batch_size})
+                                          "top_p": top_p, "top_k": top_k, "batch_size": batch_size,
+                                          "engine": engine})
     data_cfg = data_cfg or DataConfig()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # Reward sources first: a bad spec fails before any sampling.

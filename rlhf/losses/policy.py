@@ -22,7 +22,8 @@ import torch
 from rlhf.kl import kl_estimate, kl_k3
 from rlhf.masking import Aggregation, aggregate, masked_mean
 
-__all__ = ["ppo_clip_loss", "value_loss", "entropy_bonus", "kl_loss", "POLICY_LOSSES"]
+__all__ = ["ppo_clip_loss", "value_loss", "entropy_bonus", "kl_loss", "truncated_importance_weights",
+           "POLICY_LOSSES"]
 
 Metrics = dict[str, torch.Tensor]
 
@@ -42,6 +43,7 @@ def ppo_clip_loss(
     aggregation: Aggregation = "token_mean",
     denominator: torch.Tensor | float | None = None,
     max_len: int | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), as a loss; SCALAR.
 
@@ -58,6 +60,10 @@ def ppo_clip_loss(
     (B, T), or (B,) per completion (broadcast over its tokens). Reduction:
     ``aggregate(loss_t, mask, aggregation, denominator=..., max_len=...)``.
 
+    ``is_weights`` (B, T), detached: per-token importance weights π_old/π_sampler that correct
+    for a rollout engine whose probabilities differ from the trainer's
+    (:func:`truncated_importance_weights`); each loss_t is multiplied by its weight.
+
     Metrics: ``clip_fraction`` (tokens where the clipped term is the active one),
     ``approx_kl`` = mean((r - 1) - log r), the k3 estimate of KL(π_old‖π) from tokens sampled
     from π_old (Schulman 2020), and ``ratio`` (mean r).
@@ -73,6 +79,8 @@ def ppo_clip_loss(
     pg_unclipped = -advantages * ratio
     pg_clipped = -advantages * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
     per_token = torch.maximum(pg_unclipped, pg_clipped)  # (B, T) pessimistic bound
+    if is_weights is not None:
+        per_token = per_token * _masked(is_weights.detach(), mask)
     loss = aggregate(per_token, mask, aggregation, denominator=denominator, max_len=max_len)
     with torch.no_grad():
         metrics = {
@@ -174,6 +182,69 @@ def kl_loss(
     per_token = kl_estimate(logps, ref_logps.detach(), estimator, mask)  # (B, T), 0 on padding
     loss = beta * aggregate(per_token, mask, aggregation, denominator=denominator, max_len=max_len)
     return loss, {"kl": masked_mean(per_token.detach(), mask)}
+
+
+def truncated_importance_weights(
+    old_logps: torch.Tensor,
+    sampler_logps: torch.Tensor,
+    mask: torch.Tensor,
+    cap: float = 2.0,
+    level: str = "token",
+    mode: str = "truncate",
+) -> tuple[torch.Tensor, Metrics]:
+    """Importance weights for tokens drawn by a rollout engine whose probabilities differ from
+    the trainer's (Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You Off-Policy
+    RL Training": truncated importance sampling, TIS). Returns detached (B, T) weights, 0 where
+    ``mask`` is 0, and metrics.
+
+    The tokens come from π_sampler (the engine: vLLM's kernels, another precision) while the
+    PPO ratio's denominator π_old is the trainer's own forward over the same weights, so the
+    policy gradient needs the correction ρ = π_old / π_sampler:
+
+        level=token:     ρ_t = exp(old_logps_t - sampler_logps_t), one per token
+        level=sequence:  ρ   = exp(Σ_t (old_logps_t - sampler_logps_t)), the same for every token
+                         of a completion (the exact sequence-level ratio)
+        mode=truncate:   w = min(ρ, cap)                  (TIS: bounded variance, small bias)
+        mode=mask:       w = ρ if ρ <= cap else 0         (masked IS: drop the outliers)
+
+    Computed in log space (a sequence ratio can overflow float32). old_logps, sampler_logps,
+    mask: (B, T). Metrics: ``capped_fraction`` (fraction of tokens, or of completions at
+    sequence level, whose ratio exceeded ``cap``), ``mismatch_kl`` (the k3 estimate of
+    KL(π_sampler‖π_old) per token from the sampled tokens, always >= 0), ``mismatch_k1``
+    (mean log π_sampler - log π_old per token, unbiased but signed) and ``weight`` (mean w).
+    """
+    if cap <= 0:
+        raise ValueError(f"truncated_importance_weights: cap must be > 0 (got {cap})")
+    if level not in ("token", "sequence"):
+        raise ValueError(f"truncated_importance_weights: level must be 'token' or 'sequence' (got {level!r})")
+    if mode not in ("truncate", "mask"):
+        raise ValueError(f"truncated_importance_weights: mode must be 'truncate' or 'mask' (got {mode!r})")
+    old_logps, sampler_logps = old_logps.detach().float(), sampler_logps.detach().float()
+    m = mask.bool()
+    log_rho = _masked(old_logps - sampler_logps, mask)  # (B, T), 0 on padding
+    if level == "sequence":
+        seq = log_rho.sum(-1, keepdim=True)  # (B, 1)
+        log_rho = seq.expand_as(log_rho)
+    log_cap = torch.log(torch.tensor(cap, dtype=log_rho.dtype, device=log_rho.device))
+    over = log_rho > log_cap  # (B, T)
+    if mode == "truncate":
+        w = torch.exp(torch.minimum(log_rho, log_cap))
+    else:
+        w = torch.where(over, torch.zeros_like(log_rho), torch.exp(torch.minimum(log_rho, log_cap)))
+    w = _masked(w, mask)
+    with torch.no_grad():
+        if level == "sequence":
+            rows = m.any(-1)  # (B,) completions with at least one token
+            capped = over[:, 0][rows].float().mean() if bool(rows.any()) else log_rho.new_zeros(())
+        else:
+            capped = masked_mean(over.float(), mask)
+        metrics = {
+            "capped_fraction": capped,
+            "mismatch_kl": masked_mean(kl_k3(sampler_logps, old_logps, mask), mask),
+            "mismatch_k1": masked_mean(_masked(sampler_logps - old_logps, mask), mask),
+            "weight": masked_mean(w, mask),
+        }
+    return w, metrics
 
 
 # One clipped-surrogate variant today; new ones (e.g. dual-clip, sequence-level ratios) go here.

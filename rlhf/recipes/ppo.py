@@ -14,7 +14,8 @@ policy's starting point; with LoRA, the policy with adapters disabled), the **re
 
 Each training step is one iteration of:
 
-    1. rollout      sample K completions per prompt with the KV cache (rlhf/rollout.py)
+    1. rollout      sample K completions per prompt with the rollout engine (rlhf/engines:
+                    the built-in sampler of rlhf/rollout.py, or vLLM synced after each update)
     2. score        the reward source scores each completion; the EOS trick penalises
                     completions cut at the length limit
     3. evaluate     log-probs of the sampled tokens under π (the "old" policy) and π_ref, and
@@ -48,9 +49,10 @@ from rlhf.data.config import DataConfig
 from rlhf.data.load import load_records
 from rlhf.data.errors import ENCODING, DataError
 from rlhf.data.tokenize import encode_prompt
+from rlhf.engines import forward_engine, is_builtin, rollout_engine
 from rlhf.kl import AdaptiveKLController, FixedKLController, kl_estimate, kl_k1
 from rlhf.logprobs import entropy_from_logits, shifted_token_logps
-from rlhf.losses.policy import entropy_bonus, kl_loss, ppo_clip_loss, value_loss
+from rlhf.losses.policy import entropy_bonus, kl_loss, ppo_clip_loss, truncated_importance_weights, value_loss
 from rlhf.masking import count_units, masked_mean, masked_sum, masked_var, masked_whiten
 from rlhf.models.config import ModelConfig
 from rlhf.models.load import (count_parameters, load_causal_lm, load_reference, load_scalar_model,
@@ -58,7 +60,7 @@ from rlhf.models.load import (count_parameters, load_causal_lm, load_reference, 
 from rlhf.models.packing import use_packed
 from rlhf.models.vocab import reward_model_tokenizers, vocabulary_difference
 from rlhf.rewards import call_reward, load_reward_source, row_columns
-from rlhf.rollout import Rollout, SamplingConfig, rollout_logps, rollout_values, sample, shift_values
+from rlhf.rollout import Rollout, SamplingConfig, rollout_logps, rollout_values, shift_values
 from rlhf.train.config import TrainConfig
 from rlhf.train.trainer import Trainer
 
@@ -123,8 +125,16 @@ class PolicyLossConfig:
         "auto", "where π_old's log-probs (the ratio's denominator, the KL) come from: sampler = the "
                 "logits the sampler drew each token from (no extra forward pass; equal to a forward "
                 "pass up to float rounding, ~1e-6 in fp32); forward = a separate no-grad pass over the "
-                "rollout; auto = sampler in fp32, forward under bf16 (where the KV-cache and the full "
-                "forward round differently)")
+                "rollout; auto = sampler in fp32 with the built-in engine, forward under bf16 (where the "
+                "KV-cache and the full forward round differently) or with another engine (vllm)")
+    tis: Literal["auto", "off", "token", "sequence"] = opt(
+        "auto", "truncated importance sampling for the sampler/trainer mismatch (the tokens come from the "
+                "engine, π_old from the trainer's forward): weights π_old/π_sampler per token or per "
+                "completion (rlhf.losses.policy.truncated_importance_weights); auto = token when "
+                "sampling.engine=vllm and π_old comes from the forward, else off")
+    tis_cap: float = opt(2.0, "the importance weights' cap C (Yao et al. 2025 use 2)", gt=0)
+    tis_mode: Literal["truncate", "mask"] = opt(
+        "truncate", "truncate: w = min(ρ, C); mask: w = ρ, or 0 where ρ > C (drop the outliers)")
     packed: bool = opt(True, "run the update's forward and the no-grad passes over the rollout on packed "
                              "rows (sequences back to back, no padding after EOS): the same numbers up to "
                              "float rounding, less work when completion lengths differ; only where a "
@@ -177,6 +187,10 @@ class PPOConfig:
                                                       f"the same prompt (got {K})")
         if self.ppo.drop_uninformative_groups and K < 2:
             raise ConfigError("ppo.drop_uninformative_groups", f"needs sampling.num_samples >= 2 (got {K})")
+        if self.ppo.tis in ("token", "sequence") and self.ppo.old_logps == "sampler":
+            raise ConfigError("ppo.tis", f"{self.ppo.tis} needs π_old from the trainer's forward, but "
+                                         f"ppo.old_logps=sampler takes it from the sampler (every weight "
+                                         f"would be 1); set ppo.old_logps=forward or auto, or ppo.tis=off")
         rows = self.train.batch_size * K
         split = self.ppo.num_minibatches * self.train.grad_accum
         if rows % split:
@@ -427,24 +441,39 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     # Batch statistics (whitening, REINFORCE++'s normalisation) over every process's rollouts.
     global_sum = trainer.reduce_sum if trainer.accelerator.num_processes > 1 else None
 
-    # π_old's log-probs from the sampler's logits unless rounding would make them differ (bf16).
+    # The rollout engine (rlhf/engines): the built-in sampler over the policy's own weights, or
+    # vLLM with a copy of them, synced after every update (5.6).
+    if not is_builtin(cfg.sampling.engine) and trainer.accelerator.num_processes > 1:
+        raise ConfigError("sampling.engine", f"{cfg.sampling.engine} with more than one training process is not "
+                                             f"supported yet (each process would start its own engine)")
+    engine = rollout_engine(inner.policy, tokenizer, cfg.sampling)
+    builtin = is_builtin(cfg.sampling.engine)
+    scoring = forward_engine(cfg.sampling.engine)
+
+    # π_old's log-probs from the sampler's logits unless rounding would make them differ (bf16)
+    # or another engine drew the tokens: then the trainer recomputes them, and truncated
+    # importance sampling corrects for the engine's distribution (ppo.tis).
     fp32 = cfg.model.dtype == "fp32" and cfg.train.mixed_precision == "no"
-    sampler_logps = cfg.ppo.old_logps == "sampler" or (cfg.ppo.old_logps == "auto" and fp32)
+    sampler_logps = cfg.ppo.old_logps == "sampler" or (cfg.ppo.old_logps == "auto" and fp32 and builtin)
+    tis = cfg.ppo.tis
+    if tis == "auto":
+        tis = "token" if not builtin and not sampler_logps else "off"
+    keep_engine_logps = sampler_logps or not builtin or tis != "off"
 
     def evaluate_batch(ro: Rollout) -> dict[str, torch.Tensor]:
         """Step 3: old log-probs (+ entropy), reference log-probs and values, no gradient."""
         bs = cfg.train.eval_batch_size
         with trainer.accelerator.autocast(), trainer.gathered():
-            if ro.logps is not None:  # kept by the sampler (ppo.old_logps)
+            if sampler_logps:  # kept by the sampler (ppo.old_logps)
                 old_logps, entropy = ro.logps, ro.entropy
             else:
                 old_logps, entropy = rollout_logps(inner.policy, ro, temperature, bs, with_entropy=True,
-                                                   engine=cfg.sampling.engine, packed=cfg.ppo.packed)
+                                                   engine=scoring, packed=cfg.ppo.packed)
             values = inner.rollout_values(ro, bs)
         # (the reference is gathered for its own pass: the policy itself with LoRA, else its copy)
         with trainer.accelerator.autocast(), trainer.gathered(*ref_modules):
             with visiting(ref_modules, device, home):
-                ref_logps = rollout_logps(reference, ro, temperature, bs, engine=cfg.sampling.engine,
+                ref_logps = rollout_logps(reference, ro, temperature, bs, engine=scoring,
                                           packed=cfg.ppo.packed)
         return {"old_logps": old_logps, "entropy": entropy, "ref_logps": ref_logps, "values": values}
 
@@ -454,7 +483,7 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         mask = mb["mask"]
         agg = {"aggregation": aggregation, "denominator": denom, "max_len": cfg.sampling.max_new_tokens}
         loss, pm = ppo_clip_loss(logps, mb["old_logps"], mb["advantages"], mask, cfg.ppo.clip,
-                                 cfg.ppo.clip_high, **agg)
+                                 cfg.ppo.clip_high, **agg, is_weights=mb.get("is_weights"))
         ntok = mask.sum().double()
         out = {"pg_loss": loss.detach(), "ntok": ntok, "w_clip_fraction": pm["clip_fraction"] * ntok,
                "w_approx_kl": pm["approx_kl"] * ntok}
@@ -485,8 +514,8 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         # (trainer.gathered: under FSDP the policy is gathered once for generation, whose
         # number of forward passes differs between processes; a no-op otherwise.)
         with trainer.accelerator.autocast(), trainer.gathered():
-            ro = sample(inner.policy, tokenizer, [e["prompt"] for e in examples],
-                        [e["prompt_input_ids"] for e in examples], cfg.sampling, with_logps=sampler_logps)
+            ro = engine.sample(tokenizer, [e["prompt"] for e in examples],
+                               [e["prompt_input_ids"] for e in examples], cfg.sampling, with_logps=keep_engine_logps)
         t_gen = time.perf_counter()
 
         # 5.2 scores (the environment's reward at the end of the episode) and the EOS trick. The
@@ -504,9 +533,9 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         greedy_scores = None
         if cfg.advantage == "remax":  # the baseline: the score of the greedy completion
             with trainer.accelerator.autocast(), trainer.gathered():
-                greedy = sample(inner.policy, tokenizer, [e["prompt"] for e in examples],
-                                [e["prompt_input_ids"] for e in examples], cfg.sampling, greedy=True,
-                                num_samples=1)
+                greedy = engine.sample(tokenizer, [e["prompt"] for e in examples],
+                                       [e["prompt_input_ids"] for e in examples], cfg.sampling, greedy=True,
+                                       num_samples=1)
             with visiting(reward.modules(), device, home):
                 greedy_scores = call_reward(reward, greedy.prompts, greedy.completions,
                                             **row_columns([e["columns"] for e in examples])).to(device).float()
@@ -517,6 +546,17 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         # 5.3 log-probs of the sampled tokens under π and π_ref; values.
         ev = evaluate_batch(ro)
         mask = ro.completion_mask.float()  # (B, T)
+        engine_metrics: dict[str, float] = {}
+        is_weights = None
+        if ro.logps is not None and not sampler_logps:  # the engine's and the trainer's log-probs
+            w, tm = truncated_importance_weights(ev["old_logps"], ro.logps, mask, cfg.ppo.tis_cap,
+                                                 "sequence" if tis == "sequence" else "token", cfg.ppo.tis_mode)
+            is_weights = w if tis != "off" else None
+            engine_metrics = {"engine/mismatch_kl": float(tm["mismatch_kl"]),
+                              "engine/mismatch_k1": float(tm["mismatch_k1"])}
+            if is_weights is not None:
+                engine_metrics.update({"engine/capped_fraction": float(tm["capped_fraction"]),
+                                       "engine/is_weight": float(tm["weight"])})
 
         # 5.4 per-token KL and rewards.
         beta = kl_ctl.value
@@ -546,7 +586,11 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
                  "ref_logps": ev["ref_logps"], "advantages": advantages}
         if ev["values"] is not None:
             batch.update(old_values=ev["values"], returns=returns)
+        if is_weights is not None:
+            batch["is_weights"] = is_weights
         upd = _update(trainer, batch, loss_fn, units_fn, cfg)
+        # The engine samples the next step from the updated policy (checked, or an error).
+        engine_metrics.update({f"engine/{k}": v for k, v in engine.sync(inner.policy).items()})
         t_update = time.perf_counter()
 
         # 5.7 β for the next step.
@@ -563,7 +607,7 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
             "kl": mean_kl, "beta": beta,
             "entropy": float(masked_mean(ev["entropy"], mask)),
             "response_length": mean(ro.lengths), "eos_fraction": mean(ro.ended),
-            **upd,
+            **upd, **engine_metrics,
             "time_generate_s": round(t_gen - t0, 3), "time_score_s": round(t_score - t_gen, 3),
             "time_update_s": round(t_update - t_score, 3),
             "episodes_per_s": round(n_completions / max(t_update - t0, 1e-9), 3),
@@ -585,6 +629,8 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         last = metrics
         trainer.maybe_checkpoint(step, tokenizer, extra_state={"kl_controller": kl_ctl.state_dict(),
                                                                "history": history})
+
+    engine.close()
 
     # Step 6. The policy goes to final/; the summary compares the first and last steps.
     tail = history[-max(1, len(history) // 10):]

@@ -71,6 +71,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--top-k", type=int, default=0, help="0 = off")
     ap.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--engine", choices=["auto", "lean", "transformers", "vllm"], default="auto",
+                    help="rollout engine: the built-in sampler (auto/lean/transformers) or vllm (needs rlhf[vllm])")
     ap.add_argument("--chat-template", choices=["auto", "default", "none"], default="auto",
                     help="how prompts are rendered; use what the models were trained with")
     ap.add_argument("--max-length", type=int, default=512, help="prompts are cut to max_length - 1 tokens")
@@ -110,7 +112,7 @@ def main(argv: list[str]) -> int:
                           top_k=a.top_k, batch_size=a.batch_size, seed=a.seed,
                           data_cfg=DataConfig(chat_template=a.chat_template, max_length=a.max_length),
                           dtype=a.dtype, device=a.device, num_examples=a.examples,
-                          progress=not a.no_progress)
+                          progress=not a.no_progress, engine=a.engine)
     except (ValueError, FileNotFoundError) as e:  # bad reward spec, missing folder, bad prompt
         print(f"rlhf eval: error: {e}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main", "read_prompts", "generate"]
 
@@ -37,11 +38,12 @@ def read_prompts(path: str | Path) -> list[str]:
 
 def generate(model, tokenizer, prompts: list, *, data_cfg=None, max_new_tokens: int = 64,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, num_samples: int = 1,
-             batch_size: int = 8, seed: int = 0) -> list[dict]:
+             batch_size: int = 8, seed: int = 0, engine: str = "auto", vllm: Any = None) -> list[dict]:
     """Sample ``num_samples`` completions per prompt (temperature 0 = greedy). Returns one dict
     per (prompt, sample), samples of one prompt consecutive: prompt, completion, ended_with_eos,
     num_tokens (EOS not counted), prompt_ids, completion_ids (the exact sampled ids, EOS
-    included when it ended). ``batch_size`` counts prompts per batch.
+    included when it ended). ``batch_size`` counts prompts per batch. ``engine`` / ``vllm``: the
+    rollout engine (rlhf.rollout.SamplingConfig.engine; ``vllm`` samples through rlhf.engines).
 
     Sampling is :func:`rlhf.rollout.sample`, the project's one sampler (the one PPO uses), with
     its own seeded generator: the global torch RNG is left alone.
@@ -51,6 +53,7 @@ def generate(model, tokenizer, prompts: list, *, data_cfg=None, max_new_tokens: 
     from rlhf.data.config import DataConfig
     from rlhf.data.records import PromptRecord
     from rlhf.data.tokenize import encode_prompt
+    from rlhf.engines.config import VLLMConfig
     from rlhf.rollout import SamplingConfig, eos_ids, sample
 
     data_cfg = data_cfg or DataConfig()
@@ -58,7 +61,7 @@ def generate(model, tokenizer, prompts: list, *, data_cfg=None, max_new_tokens: 
     greedy = temperature <= 0
     cfg = SamplingConfig(num_samples=num_samples, max_new_tokens=max_new_tokens,
                          temperature=1.0 if greedy else temperature, top_p=top_p, top_k=top_k,
-                         batch_size=batch_size * num_samples)
+                         batch_size=batch_size * num_samples, engine=engine, vllm=vllm or VLLMConfig())
     stops = set(eos_ids(tokenizer, model))
     generator = torch.Generator().manual_seed(seed)
     out = []
@@ -89,6 +92,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--num-samples", type=int, default=1, help="completions per prompt")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", choices=["auto", "lean", "transformers", "vllm"], default="auto",
+                   help="rollout engine: the built-in sampler (auto/lean/transformers) or vllm (needs rlhf[vllm])")
     p.add_argument("--chat-template", choices=["auto", "default", "none"], default="auto",
                    help="how prompts are rendered; use what the model was trained with")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
@@ -118,7 +123,8 @@ def main(argv: list[str]) -> int:
     model = load_causal_lm(mcfg, for_training=False)
     rows = generate(model, tok, prompts, data_cfg=DataConfig(chat_template=a.chat_template),
                     max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
-                    top_k=a.top_k, num_samples=a.num_samples, batch_size=a.batch_size, seed=a.seed)
+                    top_k=a.top_k, num_samples=a.num_samples, batch_size=a.batch_size, seed=a.seed,
+                    engine=a.engine)
     for r in rows:
         r.pop("prompt_ids"), r.pop("completion_ids")
         print(f"### prompt: {r['prompt']!r}\n{r['completion']}\n")

@@ -117,7 +117,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         prompts = load_prompts(a.prompts, a.max_rows)
         ra, rb = sample_pairs(a.policy, prompts, max_new_tokens=a.max_new_tokens,
                               sampling_temperature=a.sampling_temperature, batch_size=a.batch_size,
-                              seed=a.seed, chat_template=a.chat_template)
+                              seed=a.seed, chat_template=a.chat_template, engine=a.engine)
         extra = None
     rows, stats = label_pairs(prompts, ra, rb, judge, temperature=a.temperature, seed=a.seed,
                               batch_size=max(a.batch_size, 1) * 8, extra=extra)
@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-fraction", type=float, default=0.0, help="hold this fraction of pairs out (with --eval-output)")
     ap.add_argument("--eval-output", help="where the held-out pairs go (.jsonl)")
     ap.add_argument("--max-new-tokens", type=int, default=32, help="--policy: completion length limit")
+    ap.add_argument("--engine", choices=["auto", "lean", "transformers", "vllm"], default="auto",
+                    help="--policy: rollout engine, the built-in sampler or vllm (needs rlhf[vllm])")
     ap.add_argument("--sampling-temperature", type=float, default=1.0, help="--policy: sampling temperature")
     ap.add_argument("--chat-template", default="auto", choices=("auto", "default", "none"),
                     help="--policy: how prompts are rendered (as in training)")
