@@ -6,12 +6,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast docs clean help
+.PHONY: demo test test-fast lint docs clean help
 
 help:
 	@echo "make demo       run the built-in demo end to end (rlhf quickstart)"
 	@echo "make test       run the whole test suite (as CI does)"
 	@echo "make test-fast  skip the slow end-to-end tests"
+	@echo "make lint       ruff (lint, import order) on rlhf/ tests/ bench/, mypy on rlhf/ (as CI does)"
 	@echo "make docs       regenerate docs/configuration.md from the config classes"
 
 $(STAMP): pyproject.toml
@@ -31,8 +32,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# The versions are pinned in pyproject.toml's dev extra; .pre-commit-config.yaml runs the same
+# commands from the same environment, so there is one source of versions.
+lint: $(STAMP)
+	$(BIN)/ruff check rlhf tests bench
+	$(BIN)/mypy
+
 docs: $(STAMP)
 	$(BIN)/python -m rlhf.docs
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache .ruff_cache .mypy_cache
