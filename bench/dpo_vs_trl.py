@@ -355,9 +355,9 @@ def mfu_figures(run: dict, step_tokens: list[int], step_lengths: list[list[int]]
 
 def prepare(a, preset: str, records, texts: Path) -> dict:
     """Model folder, selected pairs written for both sides, and per-step token counts."""
+    from mfu import describe_model
     from transformers import AutoTokenizer
 
-    from mfu import describe_model
     from rlhf.train.trainer import epoch_order
 
     M = a.steps * a.batch_size
@@ -503,8 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     if not a.data.exists():
         raise SystemExit(f"{a.data} not found (the shared data folder sits beside the repo)")
     import torch
-
     from mfu import machine_peak
+
     from rlhf.data.config import DataConfig
     from rlhf.data.load import load_train_eval
 

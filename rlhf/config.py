@@ -51,7 +51,7 @@ class ConfigError(ValueError):
         self.message = message
         super().__init__(f"{key}: {message}" if key else message)
 
-    def under(self, prefix: str) -> "ConfigError":
+    def under(self, prefix: str) -> ConfigError:
         """The same error with ``prefix.`` prepended to its key."""
         key = f"{prefix}.{self.key}" if self.key else prefix
         return ConfigError(key, self.message)

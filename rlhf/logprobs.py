@@ -97,7 +97,7 @@ def forward_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], temper
 BUCKET = 16
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _forward_params(cls: type) -> frozenset[str]:
     return frozenset(inspect.signature(cls.forward).parameters)
 

@@ -32,9 +32,10 @@ import argparse
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rlhf.config import ConfigError
 from rlhf.train.run import atomic_dir, is_finished, write_json_atomic

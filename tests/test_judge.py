@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from rlhf.judge import DEFAULT_TEMPLATE, Judgement, JudgeError, LMJudge, RewardJudge, format_prompt, load_judge
+from rlhf.judge import DEFAULT_TEMPLATE, JudgeError, Judgement, LMJudge, RewardJudge, format_prompt, load_judge
 
 PROMPTS = ["reverse: a b c\n", "count: d e\n", "sort: 3 1 2\n", "first: q w e\n", "double: x y\n"]
 A = [" c b a", " 2", " 1 2 3", " q", " x x y y"]

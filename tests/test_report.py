@@ -16,8 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.report import (gold_peak, load_run, main, plot_frontier, plot_overoptimization, read_metrics,
-                         smooth, write_report)
+from rlhf.report import (
+    gold_peak,
+    load_run,
+    main,
+    plot_frontier,
+    plot_overoptimization,
+    read_metrics,
+    smooth,
+    write_report,
+)
 
 PEAK, STEPS = 20, 40
 EVIL = "<script>alert('x')</script>"

@@ -24,7 +24,8 @@ emits an explicit 4D additive mask instead.
 from __future__ import annotations
 
 import bisect
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -24,9 +24,10 @@ import csv
 import gzip
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from rlhf.data.errors import MALFORMED, DataError, SkipReport
 
@@ -71,7 +72,7 @@ def source_kind(source: str) -> str:
 def _open_text(path: Path) -> io.TextIOBase:
     if path.suffix.lower() == ".gz":
         return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, "r", encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
 
 
 def _read_jsonl_lines(lines: Iterable[tuple[int, str]], name: str, strict: bool,

@@ -147,7 +147,7 @@ def render(record: Any, prompt: Text, completions: list[Text], tokenizer: Any,
     return p_text, outs, True
 
 
-_PREFIX_CACHE: "weakref.WeakKeyDictionary[Any, list[int]]" = weakref.WeakKeyDictionary()
+_PREFIX_CACHE: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
 
 
 def _auto_prefix(tokenizer: Any) -> list[int]:

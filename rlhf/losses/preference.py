@@ -29,7 +29,7 @@ KTO is unpaired and has its own signature (see :func:`kto_loss`); :func:`is_pair
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -50,9 +50,10 @@ import hashlib
 import inspect
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
@@ -63,7 +64,8 @@ from rlhf.data.collate import PadCollator, PreferenceCollator
 from rlhf.data.config import DataConfig
 from rlhf.data.load import load_train_eval
 from rlhf.data.tokenize import encode_records
-from rlhf.logprobs import BUCKET, sequence_logps as _sequence_logps
+from rlhf.logprobs import BUCKET
+from rlhf.logprobs import sequence_logps as _sequence_logps
 from rlhf.losses.preference import PREFERENCE_LOSSES, add_nll_term, is_paired, kto_reference_point, needs_reference
 from rlhf.models.config import ModelConfig
 from rlhf.models.load import ReferenceModel, count_parameters, load_causal_lm, load_reference, load_tokenizer

@@ -45,16 +45,22 @@ from rlhf.advantages import CRITIC_ESTIMATORS, compute_advantages, informative_g
 from rlhf.config import ConfigError, opt
 from rlhf.data.collate import PackedLayout
 from rlhf.data.config import DataConfig
-from rlhf.data.load import load_records
 from rlhf.data.errors import ENCODING, DataError
+from rlhf.data.load import load_records
 from rlhf.data.tokenize import encode_prompt
 from rlhf.kl import AdaptiveKLController, FixedKLController, kl_estimate, kl_k1
 from rlhf.logprobs import entropy_from_logits, shifted_token_logps
 from rlhf.losses.policy import entropy_bonus, kl_loss, ppo_clip_loss, value_loss
 from rlhf.masking import count_units, masked_mean, masked_sum, masked_var, masked_whiten
 from rlhf.models.config import ModelConfig
-from rlhf.models.load import (count_parameters, load_causal_lm, load_reference, load_scalar_model,
-                              load_tokenizer, score_tokens)
+from rlhf.models.load import (
+    count_parameters,
+    load_causal_lm,
+    load_reference,
+    load_scalar_model,
+    load_tokenizer,
+    score_tokens,
+)
 from rlhf.rewards import load_reward_source
 from rlhf.rollout import Rollout, SamplingConfig, rollout_logps, rollout_values, sample, shift_values
 from rlhf.train.config import TrainConfig

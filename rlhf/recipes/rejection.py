@@ -51,9 +51,10 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import yaml
 
@@ -63,8 +64,14 @@ from rlhf.eval.evaluate import SamplingConfig
 from rlhf.models.config import ModelConfig
 from rlhf.recipes.best_of_n import select_best
 from rlhf.recipes.sft import SFTSection, inner_sft_config, run_inner_sft
-from rlhf.train.run import (RunDirError, is_finished, prepare_output_dir, publish_model,
-                            write_json_atomic, write_jsonl_atomic)
+from rlhf.train.run import (
+    RunDirError,
+    is_finished,
+    prepare_output_dir,
+    publish_model,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 
 __all__ = ["SampledRoundsConfig", "RAFTConfig", "ReSTConfig", "Step", "train", "train_rest", "raft_schedule", "rest_schedule",
            "select_best_per_prompt", "select_threshold", "select_top_fraction",

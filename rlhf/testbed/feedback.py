@@ -7,8 +7,9 @@ is capable enough to critique or revise.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rlhf.train.run import write_jsonl_atomic
 

@@ -84,8 +84,9 @@ import math
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from rlhf.label import bradley_terry_labels
 from rlhf.label import preference_probability as _bt_probability

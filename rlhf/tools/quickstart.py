@@ -59,9 +59,8 @@ def write_data(output_dir: str | Path, n_sft: int = 4000, n_prompts: int = 512, 
 
 def pipeline_spec(out: str | Path = "runs/quickstart", fast: bool = False, seed: int = 0) -> dict[str, Any]:
     """The demo as a pipeline dict (``rlhf pipeline`` reads the same thing from YAML)."""
-    from rlhf.testbed.reviews import DEFAULT_TEMPERATURE
-
     from rlhf.testbed.feedback import REVIEW_PRINCIPLES
+    from rlhf.testbed.reviews import DEFAULT_TEMPERATURE
 
     f = fast
     train_common = {"seed": seed, "progress": True, "save_model_in_checkpoints": False}

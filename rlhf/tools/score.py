@@ -54,8 +54,8 @@ def score_file(source: Any, data: str, output: str | Path, *, data_cfg: Any = No
                batch_size: int = 64) -> dict[str, Any]:
     """Score ``data`` with reward source ``source`` and write ``output``; returns a summary."""
     from rlhf.data.config import DataConfig
-    from rlhf.data.formats import CONVERTERS, detect_format
     from rlhf.data.errors import BadRow, SkipReport
+    from rlhf.data.formats import CONVERTERS, detect_format
     from rlhf.data.io import read_rows, rename_columns
     from rlhf.data.records import PreferenceRecord, RankedRecord, SFTRecord
 

@@ -23,9 +23,10 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -34,8 +35,14 @@ from safetensors.torch import load_file, save_file
 
 from rlhf.config import save_config, to_dict
 from rlhf.train.config import TrainConfig
-from rlhf.train.run import (MetricsWriter, RunDirError, atomic_dir, list_checkpoints,
-                            prepare_output_dir, write_json_atomic)
+from rlhf.train.run import (
+    MetricsWriter,
+    RunDirError,
+    atomic_dir,
+    list_checkpoints,
+    prepare_output_dir,
+    write_json_atomic,
+)
 
 __all__ = ["Trainer", "StepPlan", "RunDirError"]
 

@@ -11,8 +11,8 @@ import pytest
 
 from rlhf.config import ConfigError, load_config
 from rlhf.recipes import constitutional as cai
-from rlhf.testbed.feedback import REVIEW_PRINCIPLES
 from rlhf.recipes.constitutional import ConstitutionalConfig, train
+from rlhf.testbed.feedback import REVIEW_PRINCIPLES
 from rlhf.train.run import RunDirError
 
 PROMPTS = [f"reverse: {c} {d}\n" for c, d in zip("abcdefgh", "pqrstuvw")]

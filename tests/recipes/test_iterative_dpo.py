@@ -185,6 +185,7 @@ def test_shipped_tiny_config_is_valid():
 def _chosen_logps(model_dir, pairs_file):
     """Chosen-completion log-probs of a round's pairs under ``model_dir``, computed directly."""
     import torch
+
     from rlhf.data.collate import PreferenceCollator
     from rlhf.data.config import DataConfig
     from rlhf.data.load import load_records

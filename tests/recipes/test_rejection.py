@@ -11,9 +11,18 @@ import pytest
 
 from rlhf.config import ConfigError, load_config
 from rlhf.recipes import rejection
-from rlhf.recipes.rejection import (RAFTConfig, ReSTConfig, raft_schedule, rest_schedule, select,
-                                    select_best_per_prompt, select_threshold, select_top_fraction, train,
-                                    train_rest)
+from rlhf.recipes.rejection import (
+    RAFTConfig,
+    ReSTConfig,
+    raft_schedule,
+    rest_schedule,
+    select,
+    select_best_per_prompt,
+    select_threshold,
+    select_top_fraction,
+    train,
+    train_rest,
+)
 from rlhf.train.run import RunDirError
 
 REWARDS = '''
