@@ -427,7 +427,8 @@ def run_one(a, prep: dict, prec: str, ref: str, side: str, peak: dict, rep: int)
     res = _child(cmd, {"HF_DATASETS_CACHE": str(run_dir / "hf-datasets-cache")})
     res.update(wall_s=round(time.time() - t_run, 1), loadavg_before=la, command=" ".join(cmd))
     if "error" not in res:
-        res.update(mfu_figures(res, prep["step_tokens"], prep["step_lengths"], prep["shape"], peak, prec, ref == "online"))
+        res.update(mfu_figures(res, prep["step_tokens"], prep["step_lengths"], prep["shape"], peak, prec,
+                               ref == "online"))
     res.pop("stamps", None)
     if not a.keep_runs and "error" not in res:
         import shutil

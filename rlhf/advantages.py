@@ -160,8 +160,8 @@ def reinforce_pp_advantages(
 
 @torch.no_grad()
 def remax_advantages(scores: torch.Tensor, greedy_scores: torch.Tensor) -> torch.Tensor:
-    """ReMax (Li et al. 2024, "ReMax: A Simple, Effective, and Efficient
-    Reinforcement Learning Method for Aligning Large Language Models"): the baseline is the score of the greedy completion.
+    """ReMax (Li et al. 2024, "ReMax: A Simple, Effective, and Efficient Reinforcement Learning
+    Method for Aligning Large Language Models"): the baseline is the score of the greedy completion.
 
         A_i = s_i - s(greedy completion of prompt(i))
 

@@ -90,11 +90,12 @@ def label_pairs(prompts: Sequence[Any], completions_a: Sequence[Any], completion
     :func:`~rlhf.judge.load_judge`). Returns (rows, stats).
 
     Each row: ``prompt, chosen, rejected, judge_probability`` (the judge's own probability that
-    chosen is better: an LM judge's letter probability, a reward judge's σ(r_c − r_r)), plus ``score_chosen, score_rejected`` for
-    a reward judge and ``position_consistent`` for an LM judge asked in both orders, plus the
-    keys of ``extra[i]`` (e.g. the input row's other columns). Pairs with identical or empty
-    responses are dropped (a comparison of a text with itself says nothing; a preference file
-    needs two responses), as are pairs the judge gave no usable answer on; each is counted.
+    chosen is better: an LM judge's letter probability, a reward judge's σ(r_c − r_r)), plus
+    ``score_chosen, score_rejected`` for a reward judge and ``position_consistent`` for an LM
+    judge asked in both orders, plus the keys of ``extra[i]`` (e.g. the input row's other
+    columns). Pairs with identical or empty responses are dropped (a comparison of a text with
+    itself says nothing; a preference file needs two responses), as are pairs the judge gave no
+    usable answer on; each is counted.
     One ``random.Random(seed)`` draw per input pair, in order, whether or not it is kept, so a
     pair's label does not depend on which other pairs were dropped.
     """

@@ -120,7 +120,8 @@ def test_random_model_with_default_min_mass_has_no_usable_answer(judge_parts):
 
 def test_too_long_pairs_are_skipped(judge_parts):
     probe = _judge(judge_parts)
-    n = max(len(probe.encode(format_prompt(DEFAULT_TEMPLATE, RUBRIC, "p", x, y))) for x, y in (("short", "b"), ("b", "short")))
+    n = max(len(probe.encode(format_prompt(DEFAULT_TEMPLATE, RUBRIC, "p", x, y)))
+            for x, y in (("short", "b"), ("b", "short")))
     j = _judge(judge_parts, max_length=n + 2)  # + the two tokens of " A"
     res = j.judge_pairs(["p", "p"], ["short", "a much longer answer " * 10], ["b", "c"])
     assert res.reasons == [None, "too long"]

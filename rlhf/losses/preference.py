@@ -225,7 +225,8 @@ def hinge_loss(
 
     Pairs already separated by a margin of 1/β contribute nothing. Lengths unused.
     """
-    chosen_lr, rejected_lr = _log_ratios("hinge_loss", chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    chosen_lr, rejected_lr = _log_ratios("hinge_loss", chosen_logps, rejected_logps,
+                                         ref_chosen_logps, ref_rejected_logps)
     losses = torch.relu(1.0 - beta * (chosen_lr - rejected_lr))
     return losses, _reward_metrics(beta * chosen_lr, beta * rejected_lr)
 

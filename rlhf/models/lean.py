@@ -150,7 +150,8 @@ class LeanLM:
         self.head = model.get_output_embeddings()
         attn = self.layers[0].self_attn
         q, k = attn.q_proj, attn.k_proj
-        self.head_dim = int(getattr(attn, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads)
+        self.head_dim = int(getattr(attn, "head_dim", None)
+                            or model.config.hidden_size // model.config.num_attention_heads)
         self.n_heads = q.out_features // self.head_dim
         self.n_kv = k.out_features // self.head_dim
         self.scaling = float(getattr(attn, "scaling", self.head_dim ** -0.5))
@@ -190,7 +191,8 @@ class LeanLM:
     def new_cache(self, batch: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Keys and values for ``length`` positions, (B, KV, T, D) per layer, allocated once."""
         shape = (batch, self.n_kv, length, self.head_dim)
-        dtype = torch.get_autocast_dtype(self.device.type) if torch.is_autocast_enabled(self.device.type) else self.dtype
+        dtype = (torch.get_autocast_dtype(self.device.type) if torch.is_autocast_enabled(self.device.type)
+                 else self.dtype)
         return [(torch.zeros(shape, dtype=dtype, device=self.device),
                  torch.zeros(shape, dtype=dtype, device=self.device)) for _ in self.layers]
 

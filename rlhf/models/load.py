@@ -10,9 +10,9 @@ One code path for every model, whether it comes from a local folder or a hub id:
 Reward models and critics are "scalar models": ``AutoModelForSequenceClassification`` with one
 output, built from a causal-LM checkpoint; the trunk keeps the checkpoint's weights and the new
 head is drawn from N(0, 1/(d_model + 1)), the reward-head init of OpenAI's lm-human-preferences
-code (Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences"). :func:`score_tokens` gives the head's output at
-every position (a critic's ``values``); :func:`score_last_token` gives it at the last real
-token of each sequence (a reward model's ``scores``).
+code (Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences").
+:func:`score_tokens` gives the head's output at every position (a critic's ``values``);
+:func:`score_last_token` gives it at the last real token of each sequence (a reward model's ``scores``).
 
 The reference policy is a :class:`ReferenceModel`. With LoRA it is the policy itself with its
 adapters switched off, so no second copy of the base weights is held; without LoRA it is a

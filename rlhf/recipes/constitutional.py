@@ -21,9 +21,9 @@ reward model (docs/ai-feedback.md).
 Outputs in ``output_dir``: ``config.yaml``; ``chains.jsonl`` (per prompt: the first response
 and, per principle, the critique request, the critique, the revision request and the
 revision); ``revisions.jsonl`` (prompt / completion = the final revision, what SFT trains on);
-``sft/`` (the inner SFT run, resumable); ``final/`` (the fine-tuned policy, hard-linked from ``sft/final``); ``summary.json``
-last, which marks the run finished. A killed run resumes: the chains are reused once written,
-the SFT resumes from its last checkpoint.
+``sft/`` (the inner SFT run, resumable); ``final/`` (the fine-tuned policy, hard-linked from
+``sft/final``); ``summary.json`` last, which marks the run finished. A killed run resumes: the
+chains are reused once written, the SFT resumes from its last checkpoint.
 
 The built-in task has a rule-based critic and reviser (rlhf/testbed/feedback.py:
 ``reviews_critic``, ``reviews_reviser``, principles ``REVIEW_PRINCIPLES``), so the recipe can

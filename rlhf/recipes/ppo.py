@@ -510,7 +510,7 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
 
         # Metrics (over all processes).
         def mean(x: torch.Tensor) -> float:
-            return float(trainer.reduce_sum(x.float().sum())) / n_completions
+            return float(trainer.reduce_sum(x.float().sum())) / n_completions  # noqa: B023 (called in this step)
 
         metrics = {
             "score": mean(raw_scores), "score_std": float(raw_scores.std()) if len(ro) > 1 else 0.0,

@@ -73,8 +73,8 @@ from rlhf.train.run import (
     write_jsonl_atomic,
 )
 
-__all__ = ["SampledRoundsConfig", "RAFTConfig", "ReSTConfig", "Step", "train", "train_rest", "raft_schedule", "rest_schedule",
-           "select_best_per_prompt", "select_threshold", "select_top_fraction",
+__all__ = ["SampledRoundsConfig", "RAFTConfig", "ReSTConfig", "Step", "train", "train_rest", "raft_schedule",
+           "rest_schedule", "select_best_per_prompt", "select_threshold", "select_top_fraction",
            "select", "RoundRun", "read_jsonl"]
 
 
@@ -270,7 +270,8 @@ def rest_schedule(cfg: ReSTConfig) -> list[Step]:
     return steps
 
 
-def select(rule: tuple, rows: list[dict], k: int, rng: random.Random, require_eos: bool) -> tuple[list[int], float | None]:
+def select(rule: tuple, rows: list[dict], k: int, rng: random.Random,
+           require_eos: bool) -> tuple[list[int], float | None]:
     """Indices of the kept rows of one samples.jsonl (``k`` consecutive rows per prompt), and the
     threshold used (None for best-of-K)."""
     rewards = [r["reward"] for r in rows]
@@ -425,7 +426,8 @@ class RoundRun:
         rng = random.Random(self.cfg.seed * 7919 + index)
         return [self.prompts[i] for i in sorted(rng.sample(range(len(self.prompts)), n))]
 
-    def score(self, prompts: list[Any], completions: list[str], where: str) -> tuple[list[float], dict[str, list[float]]]:
+    def score(self, prompts: list[Any], completions: list[str],
+              where: str) -> tuple[list[float], dict[str, list[float]]]:
         """Rewards of every completion by the selecting source and every tracked one."""
         def run(name: str, source: Callable) -> list[float]:
             out: list[float] = []

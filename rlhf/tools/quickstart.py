@@ -179,7 +179,8 @@ def _print_headline(out: Path) -> None:
     w = max([len("policy"), *map(len, headline)])
     print(f"\n{'policy':<{w}} {'gold':>8} {'proxy':>8} {'KL':>8}   (held-out prompts; KL to the SFT policy, nats)")
     for name, r in headline.items():
-        print(f"{name:<{w}} {_f(r.get('gold'), nan):>8.3f} {_f(r.get('proxy'), nan):>8.3f} {_f(r.get('kl'), nan):>8.3f}")
+        print(f"{name:<{w}} {_f(r.get('gold'), nan):>8.3f} {_f(r.get('proxy'), nan):>8.3f} "
+              f"{_f(r.get('kl'), nan):>8.3f}")
     print(f"\nReport: {out / 'report' / 'report.html'}")
 
 

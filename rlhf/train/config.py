@@ -25,13 +25,17 @@ class TrainConfig:
     eval_batch_size: int = opt(16, "examples per forward pass during evaluation", gt=0)
     max_grad_norm: float | None = opt(1.0, "clip the global gradient norm to this value; null = no clipping", gt=0)
     seed: int = opt(0, "seed for weights of new heads, data order and sampling")
-    mixed_precision: Literal["no", "bf16"] = opt("no", "autocast the forward pass to bf16 (weights stay in model.dtype)")
+    mixed_precision: Literal["no", "bf16"] = opt("no",
+                                                 "autocast the forward pass to bf16 (weights stay in model.dtype)")
     log_every: int = opt(1, "log metrics every N optimizer steps", gt=0)
     eval_every: int | None = opt(None, "evaluate every N steps (and always at the end); null = only at the end", gt=0)
-    save_every: int | None = opt(None, "write checkpoint-<step>/ every N steps (and always at the end); null = only at the end", gt=0)
-    save_total_limit: int | None = opt(2, "keep at most this many checkpoints (oldest removed first); null = keep all", gt=0)
+    save_every: int | None = opt(
+        None, "write checkpoint-<step>/ every N steps (and always at the end); null = only at the end", gt=0)
+    save_total_limit: int | None = opt(
+        2, "keep at most this many checkpoints (oldest removed first); null = keep all", gt=0)
     save_model_in_checkpoints: bool = opt(True, "also write a from_pretrained-loadable model in every checkpoint")
-    resume_from: str = opt("auto", "'auto' = newest complete checkpoint in output_dir if any; 'none' = refuse an unfinished output_dir; or a checkpoint folder")
+    resume_from: str = opt("auto", "'auto' = newest complete checkpoint in output_dir if any; "
+                                   "'none' = refuse an unfinished output_dir; or a checkpoint folder")
     report_to: list[str] = opt(factory=list, help="extra trackers through accelerate: tensorboard, wandb")
     progress: bool = opt(True, "show a progress bar with the live loss")
 

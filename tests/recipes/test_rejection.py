@@ -221,7 +221,8 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(setup, monkeypatch):
               "final/model.safetensors"):
         assert (out / f).read_bytes() == (setup["tmp"] / "ref" / f).read_bytes(), f
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in _jsonl(out / "metrics.jsonl")]
-    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in _jsonl(setup["tmp"] / "ref" / "metrics.jsonl")]
+    ref_metrics = _jsonl(setup["tmp"] / "ref" / "metrics.jsonl")
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in ref_metrics]
     # Finished: never overwritten.
     with pytest.raises(RunDirError, match="finished run"):
         train(_cfg(RAFTConfig, setup, *extra))
