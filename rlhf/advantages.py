@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -218,7 +218,7 @@ ESTIMATORS: dict[str, Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Ten
 CRITIC_ESTIMATORS = frozenset({"gae"})  # the ones that need a value model
 
 
-def compute_advantages(name: str, **inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+def compute_advantages(name: str, **inputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run estimator ``name`` on whichever of ``inputs`` it takes; one call site for every recipe.
 
     ``inputs`` may hold any of: rewards (B, T), values (B, T), mask (B, T), scores (B,),

@@ -72,7 +72,9 @@ def _require(value: torch.Tensor | None, name: str, loss: str) -> torch.Tensor:
     return value
 
 
-def _log_ratios(loss: str, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps):
+def _log_ratios(loss: str, chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
+                ref_chosen_logps: torch.Tensor | None, ref_rejected_logps: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logπ - logπ_ref) of chosen and rejected, each (B,); the reference is required."""
     ref_c = _require(ref_chosen_logps, "ref_chosen_logps", loss)
     ref_r = _require(ref_rejected_logps, "ref_rejected_logps", loss)
