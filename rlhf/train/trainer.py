@@ -80,7 +80,8 @@ def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No decay on biases and normalisation weights (1-D tensors), as is usual for transformers."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
@@ -289,6 +290,7 @@ class Trainer:
     def optimizer_step(self) -> dict[str, float]:
         """Clip the gradient norm, step AdamW and the schedule, clear the gradients."""
         model = self.model
+        assert model is not None and self.optimizer is not None, "call setup() first"
         if self.cfg.max_grad_norm is not None:
             grad_norm = self.accelerator.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
         else:
@@ -312,6 +314,7 @@ class Trainer:
             self._bar.update(step - self._bar.n)
             if "loss" in metrics:
                 self._bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+        assert self.plan is not None, "call setup() first"
         if not (force or step % self.cfg.log_every == 0 or step == self.plan.total_steps):
             return
         rec = {"step": step, "epoch": round(step / self.plan.steps_per_epoch, 4),
@@ -323,17 +326,20 @@ class Trainer:
 
     def should_eval(self, step: int) -> bool:
         e = self.cfg.eval_every
+        assert self.plan is not None, "call setup() first"
         return step == self.plan.total_steps or (e is not None and step % e == 0)
 
     # ------------------------------------------------------------------ checkpoints
 
     def maybe_checkpoint(self, step: int, tokenizer: Any = None, extra_state: dict | None = None) -> None:
         s = self.cfg.save_every
+        assert self.plan is not None, "call setup() first"
         if step == self.plan.total_steps or (s is not None and step % s == 0):
             self.save_checkpoint(step, tokenizer, extra_state)
 
     def save_checkpoint(self, step: int, tokenizer: Any = None, extra_state: dict | None = None) -> Path:
         """Write ``checkpoint-<step>/`` atomically (all processes must call this)."""
+        assert self.plan is not None and self.optimizer is not None, "call setup() first"
         acc = self.accelerator
         path = self.output_dir / f"checkpoint-{step}"
         tmp = path.with_name(f"{path.name}.tmp")
@@ -383,6 +389,7 @@ class Trainer:
         state = json.loads((path / "trainer_state.json").read_text())
         if state.get("stage") != self.stage:
             raise RunDirError(f"{path} is a checkpoint of stage {state.get('stage')!r}, not {self.stage!r}")
+        assert self.optimizer is not None, "call setup() first"
         unwrapped = self.accelerator.unwrap_model(self.model)
         params = dict(unwrapped.named_parameters())
         saved = load_file(str(path / "trainable.safetensors"))
@@ -419,6 +426,7 @@ class Trainer:
         """
         acc = self.accelerator
         acc.wait_for_everyone()
+        assert self.plan is not None, "call setup() first"
         summary = {"stage": self.stage, "steps": self.plan.total_steps,
                    "wall_time_s": round(time.time() - self._t0, 2), **summary}
         if self.is_main:
