@@ -1,3 +1,3 @@
 """rlhf: align transformer language models with human (and AI) feedback."""
 
-__version__ = "0.1.0"
+__version__ = "0.4.0"
