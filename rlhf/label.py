@@ -65,7 +65,7 @@ def sample_pairs(policy: str, prompts: Sequence[Any], *, max_new_tokens: int = 3
     mcfg = ModelConfig(name_or_path=policy)
     tok = load_tokenizer(mcfg)
     model = load_causal_lm(mcfg, for_training=False)
-    dcfg = DataConfig(chat_template=chat_template)
+    dcfg = DataConfig(chat_template=chat_template)  # type: ignore[arg-type]  # a str from the caller
     ids = [encode_prompt(PromptRecord(prompt=p), tok, dcfg)["prompt_input_ids"] for p in texts]
     gen = torch.Generator().manual_seed(seed)
     scfg = SamplingConfig(num_samples=2, max_new_tokens=max_new_tokens, temperature=sampling_temperature,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
@@ -71,12 +72,12 @@ def entropy_from_logp(logp: torch.Tensor) -> torch.Tensor:
 
 
 @overload
-def forward_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float = ...,
+def forward_logps(model: Callable[..., Any], batch: dict[str, torch.Tensor], temperature: float = ...,
                   return_logits: Literal[False] = ...) -> torch.Tensor: ...
 @overload
-def forward_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float = ...,
+def forward_logps(model: Callable[..., Any], batch: dict[str, torch.Tensor], temperature: float = ...,
                   *, return_logits: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
-def forward_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0,
+def forward_logps(model: Callable[..., Any], batch: dict[str, torch.Tensor], temperature: float = 1.0,
                   return_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Run ``model`` on a collated batch and return per-token log-probs (B, T), aligned with input_ids.
 
@@ -113,18 +114,18 @@ def _forward_params(cls: Any) -> frozenset[str]:  # a model class (hashable; typ
     return frozenset(inspect.signature(cls.forward).parameters)
 
 
-def _base_forward_params(model: torch.nn.Module) -> frozenset[str]:
+def _base_forward_params(model: Callable[..., Any]) -> frozenset[str]:
     """Parameter names of the transformers model's forward (looked up once per class: this runs
     every training step)."""
     from rlhf.models.load import unwrap_model
 
-    inner = getattr(model, "module", model)  # ReferenceModel / DDP wrappers hold the module
+    inner: Any = getattr(model, "module", model)  # ReferenceModel / DDP wrappers hold the module
     inner = getattr(inner, "module", inner)
     cls: Any = type(unwrap_model(inner))  # Any: typeshed finds a class object unhashable for the cache
     return _forward_params(cls)
 
 
-def _logits_at(model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
+def _logits_at(model: Callable[..., Any], input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Logits (n, V) at the ``keep`` (R, W) bool positions, row-major order. Asks the model for
     those rows only (``logits_to_keep`` as a mask, transformers >= 5) when it can."""
@@ -145,7 +146,7 @@ def _predicting(target_mask: torch.Tensor) -> torch.Tensor:
     return keep
 
 
-def packed_completion_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+def packed_completion_logits(model: Callable[..., Any], input_ids: torch.Tensor, attention_mask: torch.Tensor,
                              completion_mask: torch.Tensor, capacity: int | None = None, lean: LeanLM | None = None
                              ) -> tuple[PackedLayout, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A padded batch on its packed layout (:class:`rlhf.data.collate.PackedLayout`) and the
@@ -167,7 +168,7 @@ def packed_completion_logits(model: torch.nn.Module, input_ids: torch.Tensor, at
     return layout, p_ids, targets, logits
 
 
-def packed_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0,
+def packed_sequence_logps(model: Callable[..., Any], batch: dict[str, torch.Tensor], temperature: float = 1.0,
                           capacity: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs (N,) float32 and completion lengths (N,) of a padded batch
     (``input_ids``, ``attention_mask``, ``completion_mask``), computed on its packed layout with
@@ -180,7 +181,7 @@ def packed_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]
     return sums, cm.sum(-1)
 
 
-def bucketed_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0,
+def bucketed_sequence_logps(model: Callable[..., Any], batch: dict[str, torch.Tensor], temperature: float = 1.0,
                             bucket: int = BUCKET) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`packed_sequence_logps`, but each sequence is computed alone, right-padded to
     the next multiple of ``bucket`` tokens (rows of equal width share a forward), so its value
@@ -207,7 +208,7 @@ def bucketed_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tenso
     return sums, cm.sum(-1)
 
 
-def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], layout: str = "packed",
+def sequence_logps(model: Callable[..., Any], batch: dict[str, torch.Tensor], layout: str = "packed",
                    temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs (N,) float32 and completion lengths (N,) of a padded batch,
     with ``layout`` = ``packed`` | ``bucketed`` | ``padded`` (see the comment above)."""

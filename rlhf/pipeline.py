@@ -198,8 +198,9 @@ def run_pipeline(spec: dict[str, Any] | str | Path, output_dir: str | Path | Non
     out, stages = load_pipeline(spec, output_dir)
     out.mkdir(parents=True, exist_ok=True)
     status_file = out / "pipeline.json"
-    status = {"stages": [{"name": s.name, "type": s.type, "output_dir": str(s.output_dir), "status": "pending"}
-                         for s in stages]}
+    status: dict[str, Any] = {
+        "stages": [{"name": s.name, "type": s.type, "output_dir": str(s.output_dir), "status": "pending"}
+                   for s in stages]}
     t_all = time.time()
     for k, (st, rec) in enumerate(zip(stages, status["stages"]), 1):
         if only and st.name not in only:

@@ -145,6 +145,7 @@ class ModelReward(RewardSource):
                                         b["position_ids"]).float().cpu())
         scores = torch.cat(out) if out else torch.zeros(0)  # (N,)
         if self.normalize:
+            assert self.mean is not None and self.std is not None  # checked in __init__
             scores = (scores - self.mean) / self.std
         return scores
 

@@ -44,6 +44,7 @@ Masks (house rule 5)
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from rlhf.data.config import DataConfig
@@ -123,7 +124,7 @@ def render(record: Any, prompt: Text, completions: list[Text], tokenizer: Any,
     """
     chat = is_conversational(prompt, *completions) or (cfg.text_as_chat and cfg.chat_template != "none")
     if not chat:
-        return prompt, list(completions), False  # type: ignore[arg-type]
+        return prompt, list(completions), False  # type: ignore[arg-type,return-value]  # not chat: strings
     if cfg.chat_template == "none":
         raise _fail(record, "prompt", "plain text: data.chat_template is 'none' but this "
                     "record holds chat messages (use chat_template 'auto' or 'default')")
@@ -296,7 +297,7 @@ def encode_prompt(record: PromptRecord, tokenizer: Any, cfg: DataConfig) -> dict
     return {"prompt_input_ids": truncate(ids, limit, cfg.prompt_truncation)}
 
 
-_ENCODERS = {
+_ENCODERS: dict[type, Callable[..., dict[str, Any]]] = {
     SFTRecord: encode_sft,
     PreferenceRecord: encode_preference,
     UnpairedRecord: encode_unpaired,

@@ -51,7 +51,7 @@ def eval_stage(output_dir: str | Path, *, reference: str, policies: dict[str, st
     from rlhf.rewards import load_reward_source
 
     texts = load_prompts(prompts, max_prompts)
-    dcfg = DataConfig(chat_template=chat_template)
+    dcfg = DataConfig(chat_template=chat_template)  # type: ignore[arg-type]  # a str from the caller
     results: dict[str, Any] = {"reference": reference, "prompts": len(texts), "policies": {}}
     # Each result also holds the reference's own samples and scores (its "reference" side):
     # the frontier's origin at KL 0.
@@ -62,8 +62,8 @@ def eval_stage(output_dir: str | Path, *, reference: str, policies: dict[str, st
                                              batch_size=batch_size, seed=seed, data_cfg=dcfg,
                                              num_examples=4)
     sources = {k: load_reward_source(v) for k, v in rewards.items()}
-    for name, run in (best_of_n or {}).items():
-        run = Path(run)
+    for name, run_dir in (best_of_n or {}).items():
+        run = Path(run_dir)
         summary = json.loads((run / "summary.json").read_text())
         pool_file = run / "pool.jsonl"
         entry: dict[str, Any] = {"n": summary["n"], "kl_bound": summary["kl_bound"],

@@ -195,7 +195,8 @@ def default_lora_targets(model: nn.Module) -> list[str]:
         head = getattr(base, name, None)
         if isinstance(head, nn.Module):
             excluded.update(id(m) for m in head.modules())
-    targets, others = [], []
+    targets: list[str] = []
+    others: list[str] = []
     for name, module in base.named_modules():
         if isinstance(module, (nn.Linear, Conv1D)):
             (others if id(module) in excluded else targets).append(name)
@@ -308,7 +309,7 @@ class ReferenceModel:
         if adapters_disabled and not _is_peft(module):
             raise TypeError("adapters_disabled=True needs a peft PeftModel (the LoRA policy), "
                             f"got {type(module).__name__}")
-        self.module = module
+        self.module: Any = module  # a transformers or peft model (their methods are called)
         self.adapters_disabled = adapters_disabled
 
     @property
@@ -422,7 +423,7 @@ def load_scalar_model(
     head_names = {n for n, m in model.named_modules() if m is head}
     head_missing = any(k.rsplit(".", 1)[0] in head_names for k in info.get("missing_keys", ()))
     if init_head or (init_head is None and head_missing):
-        init_scalar_head(head)
+        init_scalar_head(head)  # type: ignore[arg-type]  # scalar_head finds a Linear in these models
     elif head_missing:
         logger.warning("%s has no scalar head weights and init_head=False: the head keeps "
                        "transformers' default initialisation", cfg.name_or_path)
@@ -526,7 +527,7 @@ def _merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     from peft.tuners.lora import LoraLayer
 
-    base = model.get_base_model()
+    base = model.get_base_model()  # type: ignore[operator]  # a PeftModel (nn.Module's getattr is typed)
     deltas: dict[str, torch.Tensor] = {}
     for name, module in base.named_modules():
         if isinstance(module, LoraLayer):
@@ -576,10 +577,12 @@ def save_model(
         shutil.rmtree(tmp)
     try:
         if _is_peft(model):
-            model.get_base_model().save_pretrained(tmp, state_dict=_merged_state_dict(model))
-            model.save_pretrained(tmp / "adapter")
+            # peft / transformers methods: nn.Module.__getattr__ is typed Tensor | Module.
+            model.get_base_model().save_pretrained(  # type: ignore[operator]
+                tmp, state_dict=_merged_state_dict(model))
+            model.save_pretrained(tmp / "adapter")  # type: ignore[operator]
         else:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp)  # type: ignore[operator]
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if out_dir.exists():

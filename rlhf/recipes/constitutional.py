@@ -220,7 +220,8 @@ def train(cfg: ConstitutionalConfig) -> dict[str, Any]:
         # Step 3. The policy's first responses.
         responses = generate_texts(policy, tok, prompts, cfg.sampling, seed=cfg.seed, data_cfg=cfg.data,
                                    progress=cfg.progress, desc="constitutional: responses")
-        chains = [{"prompt": p, "response": r, "steps": []} for p, r in zip(prompts, responses)]
+        chains: list[dict[str, Any]] = [{"prompt": p, "response": r, "steps": []}
+                                        for p, r in zip(prompts, responses)]
         kept_unrevised = 0
 
         # Step 4. Critique and revise, one principle at a time, each on the latest revision.

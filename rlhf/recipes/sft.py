@@ -89,6 +89,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         trainer.print(f"[sft] {report.summary()}")
     pad_id = tokenizer.pad_token_id
     n_sequences = len(train_ex)
+    collate: PackingCollator | PadCollator
     if cfg.data.packing:
         # Several sequences per row; position ids restart per sequence so that no sequence
         # attends to or is positioned after another (rlhf/data/collate.py).

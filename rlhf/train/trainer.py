@@ -194,7 +194,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ batching
 
-    def steps(self, examples: Sequence[dict], collate: Callable[[list[dict]], dict]
+    def steps(self, examples: Sequence[Any], collate: Callable[[list[Any]], dict]
               ) -> Iterator[tuple[int, list[dict[str, torch.Tensor]]]]:
         """Yield ``(step, micro_batches)`` for the steps still to run (1-based step numbers).
 
