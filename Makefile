@@ -13,7 +13,7 @@ VLLM_VENV  ?= .venv-vllm
 VLLM_BIN   := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
 
-.PHONY: demo test test-core test-fast test-vllm docs clean help lock
+.PHONY: demo test test-core test-fast test-vllm lint docs clean help lock
 
 help:
 	@echo "make demo       run the built-in demo end to end (rlhf quickstart)"
@@ -21,6 +21,7 @@ help:
 	@echo "make test-core  the suite in .venv (everything but the vLLM engine's tests)"
 	@echo "make test-fast  skip the slow end-to-end tests"
 	@echo "make test-vllm  the vLLM engine's tests, in .venv-vllm (built on first use; make test runs them too)"
+	@echo "make lint       ruff (lint, import order) on rlhf/ tests/ bench/, mypy on rlhf/ (as CI does)"
 	@echo "make docs       regenerate docs/configuration.md from the config classes"
 	@echo "make lock       rewrite constraints.txt (tested versions) from .venv"
 
@@ -64,8 +65,14 @@ test-vllm: $(VLLM_STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# The versions are pinned in pyproject.toml's dev extra; .pre-commit-config.yaml runs the same
+# commands from the same environment, so there is one source of versions.
+lint: $(STAMP)
+	$(BIN)/ruff check rlhf tests bench
+	$(BIN)/mypy
+
 docs: $(STAMP)
 	$(BIN)/python -m rlhf.docs
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache .ruff_cache .mypy_cache

@@ -115,7 +115,8 @@ def run_one(args) -> dict:
         "setup_s_before_first_step": round(t_first, 2),  # model load, tokenising, reference cache
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "wall_s": round(wall, 2),
-        "device": "cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()} threads",
+        "device": ("cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available()
+                   else f"cpu x{torch.get_num_threads()} threads"),
     }
     if torch.cuda.is_available():
         res["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -42,11 +42,11 @@ def main() -> int:
 
     import torch
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import DPOConfig, DPOTrainer
 
     # Helpers shared with the rlhf child (no rlhf import: this runs in .venv-trl).
     from dpo_vs_trl import _status, memory_report, reset_peak_rss, throughput
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -355,9 +355,9 @@ def mfu_figures(run: dict, step_tokens: list[int], step_lengths: list[list[int]]
 
 def prepare(a, preset: str, records, texts: Path) -> dict:
     """Model folder, selected pairs written for both sides, and per-step token counts."""
+    from mfu import describe_model
     from transformers import AutoTokenizer
 
-    from mfu import describe_model
     from rlhf.train.trainer import epoch_order
 
     M = a.steps * a.batch_size
@@ -427,7 +427,8 @@ def run_one(a, prep: dict, prec: str, ref: str, side: str, peak: dict, rep: int)
     res = _child(cmd, {"HF_DATASETS_CACHE": str(run_dir / "hf-datasets-cache")})
     res.update(wall_s=round(time.time() - t_run, 1), loadavg_before=la, command=" ".join(cmd))
     if "error" not in res:
-        res.update(mfu_figures(res, prep["step_tokens"], prep["step_lengths"], prep["shape"], peak, prec, ref == "online"))
+        res.update(mfu_figures(res, prep["step_tokens"], prep["step_lengths"], prep["shape"], peak, prec,
+                               ref == "online"))
     res.pop("stamps", None)
     if not a.keep_runs and "error" not in res:
         import shutil
@@ -503,8 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     if not a.data.exists():
         raise SystemExit(f"{a.data} not found (the shared data folder sits beside the repo)")
     import torch
-
     from mfu import machine_peak
+
     from rlhf.data.config import DataConfig
     from rlhf.data.load import load_train_eval
 

@@ -106,7 +106,8 @@ def describe_model(path: str) -> dict:
     c = model.config
     total = sum(p.numel() for p in {p.data_ptr(): p for p in model.parameters()}.values())
     return {"params_total": total, "params_matmul": matmul_params(model), "num_layers": c.num_hidden_layers,
-            "hidden_size": c.hidden_size, "attn_dim": c.num_attention_heads * getattr(c, "head_dim", c.hidden_size // c.num_attention_heads),
+            "hidden_size": c.hidden_size,
+            "attn_dim": c.num_attention_heads * getattr(c, "head_dim", c.hidden_size // c.num_attention_heads),
             "vocab_size": c.vocab_size, "intermediate_size": getattr(c, "intermediate_size", None)}
 
 

@@ -62,7 +62,7 @@ def spec_for(seed: int, demo: Path, out: Path, sizes: list[str], a: argparse.Nam
         if n != "all":
             rm["data"]["max_samples"] = int(n)
         ppo = resolve(json.loads(json.dumps(base["ppo"]["config"])))
-        ppo["reward"] = "${rm-%s}/final" % n
+        ppo["reward"] = "${rm-" + n + "}/final"
         ppo["kl"] = {"beta": a.beta}
         ppo["train"].update({"max_steps": a.steps, "lr": a.lr, "progress": False})
         ppo["sample_every"] = 1000

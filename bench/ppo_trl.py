@@ -69,10 +69,9 @@ def main() -> int:
     gc.collect = collect
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from dpo_vs_trl import _status, memory_report, phase_timer, reset_peak_rss
     from ppo_vs_trl import episode_rate
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -150,10 +149,12 @@ def main() -> int:
                   disable_dropout=True, use_vllm=False, log_completions=False, mask_truncated_completions=False,
                   generation_kwargs={"min_new_tokens": a.max_new_tokens} if a.fixed_length else None)
         if a.algo == "grpo":
-            from trl import GRPOConfig as Cfg, GRPOTrainer as Tr
+            from trl import GRPOConfig as Cfg
+            from trl import GRPOTrainer as Tr
             kw.update(loss_type="dapo", scale_rewards="group")  # token mean; (s - mean) / std per group
         else:
-            from trl import RLOOConfig as Cfg, RLOOTrainer as Tr
+            from trl import RLOOConfig as Cfg
+            from trl import RLOOTrainer as Tr
             kw.update(normalize_advantages=False)
         cfg = Cfg(**kw)
 
@@ -183,10 +184,9 @@ def main() -> int:
                            callbacks=[StepTimes()])
         info["ref_model_loaded"] = getattr(trainer, "ref_model", None) is not None
     else:
+        import trl.experimental.ppo.ppo_trainer as PT
         from datasets import Dataset
         from transformers import AutoModelForSequenceClassification
-
-        import trl.experimental.ppo.ppo_trainer as PT
         from trl.experimental.ppo import PPOConfig, PPOTrainer
 
         tok.padding_side = "left"  # queries are left-padded by DataCollatorWithPadding

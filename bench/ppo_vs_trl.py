@@ -476,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
                  "ppo": {"prompts_per_step": a.ppo_prompts_per_step, "num_samples": 1,
                          "episodes_per_step": a.ppo_prompts_per_step},
                  "max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "beta": a.beta,
-                 "epochs": a.epochs, "lr": a.lr, "fixed_length": a.fixed_length, "gradient_checkpointing": a.gradient_checkpointing,
+                 "epochs": a.epochs, "lr": a.lr, "fixed_length": a.fixed_length,
+                 "gradient_checkpointing": a.gradient_checkpointing,
                  "seed": a.seed, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                  "variant": str(a.variant) if a.variant else None, "loadavg_start": loadavg()}
     configs = [(algo, prec, side) for algo in algos for prec in precisions for side in sides]

@@ -171,7 +171,8 @@ def plot_overopt(over: dict, path: Path) -> None:
             grid = [max(d) * i / 100 for i in range(1, 101)]
             ax.plot(grid, [gao_predict("rl", f["alpha"], f["beta"], g * g) for g in grid], "-", color=line.get_color(),
                     lw=1.5, label=f"seed {s}: α={f['alpha']:.2f} β={f['beta']:.2f} R²={f['r2']:.2f}")
-            axp.plot([d[i] for i in order], [r["proxy"][i] for i in order], ".", ms=2, alpha=0.35, color=line.get_color())
+            axp.plot([d[i] for i in order], [r["proxy"][i] for i in order], ".", ms=2, alpha=0.35,
+                     color=line.get_color())
         acc = [rec["runs"][n]["rm_accuracy"] for rec in over["per_seed"].values() if rec["runs"][n]["rm_accuracy"]]
         title = f"RM on {n} pairs" + (f" (held-out acc {sum(acc) / len(acc):.2f})" if acc else "")
         ax.set_title(title, fontsize=10)
@@ -189,7 +190,8 @@ def plot_overopt(over: dict, path: Path) -> None:
 
 
 def overopt_lines(over: dict) -> list[str]:
-    lines = ["| RM training pairs | over-optimised seeds | α (RL fit) | β (RL fit) | R² | gold gain at peak | KL at gold peak |",
+    lines = ["| RM training pairs | over-optimised seeds | α (RL fit) | β (RL fit) | R² | gold gain at peak "
+             "| KL at gold peak |",
              "|---|---|---|---|---|---|---|"]
     for n, s in over["summary"].items():
         if n == "best_of_n":

@@ -114,7 +114,8 @@ def main() -> int:
         ours = _run([sys.executable, "bench/rm_hh.py", "--model", str(model_dir), "--out", str(work / f"ours-{prec}"),
                      "--mixed-precision", "bf16" if prec == "bf16" else "no", *common,
                      *(["--max-steps", str(steps)] if steps else [])])
-        same = _run([sys.executable, "bench/rm_hh.py", "--model", str(model_dir), "--out", str(work / f"ours-same-{prec}"),
+        same = _run([sys.executable, "bench/rm_hh.py", "--model", str(model_dir),
+                     "--out", str(work / f"ours-same-{prec}"),
                      "--train-file", str(work / "train_trl_kept.jsonl"), "--eval-file", str(work / "eval.jsonl"),
                      "--mixed-precision", "bf16" if prec == "bf16" else "no", *common,
                      *(["--max-steps", str(steps)] if steps else [])])

@@ -82,7 +82,7 @@ def main() -> None:
             rollouts[engine] = ro = draw()
             for packed in (False, True):
                 out["ms"][f"rollout_logps/{engine}/{'packed' if packed else 'padded'}"] = best_ms(
-                    lambda e=engine, pk=packed: rollout_logps(model, ro, 1.0, engine=e, packed=pk), a.repeats)
+                    lambda e=engine, pk=packed, r=ro: rollout_logps(model, r, 1.0, engine=e, packed=pk), a.repeats)
         ro = rollouts["lean"]
         mask = ro.completion_mask.bool()
         ref = rollout_logps(model, ro, 1.0, engine="transformers")

@@ -76,7 +76,7 @@ def main() -> None:
         trainer = Trainer(cfg.train, cfg.output_dir, cfg, stage="sft")
         trainer.setup(model, num_examples=len(examples))
         times = []
-        for step, micro in trainer.steps(examples, collate):
+        for _step, micro in trainer.steps(examples, collate):
             t0 = time.perf_counter()
             trainer.optimize(micro, _units, _loss)
             times.append(time.perf_counter() - t0)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 
@@ -159,8 +160,8 @@ def reinforce_pp_advantages(
 
 @torch.no_grad()
 def remax_advantages(scores: torch.Tensor, greedy_scores: torch.Tensor) -> torch.Tensor:
-    """ReMax (Li et al. 2024, "ReMax: A Simple, Effective, and Efficient
-    Reinforcement Learning Method for Aligning Large Language Models"): the baseline is the score of the greedy completion.
+    """ReMax (Li et al. 2024, "ReMax: A Simple, Effective, and Efficient Reinforcement Learning
+    Method for Aligning Large Language Models"): the baseline is the score of the greedy completion.
 
         A_i = s_i - s(greedy completion of prompt(i))
 
@@ -217,7 +218,7 @@ ESTIMATORS: dict[str, Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Ten
 CRITIC_ESTIMATORS = frozenset({"gae"})  # the ones that need a value model
 
 
-def compute_advantages(name: str, **inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+def compute_advantages(name: str, **inputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run estimator ``name`` on whichever of ``inputs`` it takes; one call site for every recipe.
 
     ``inputs`` may hold any of: rewards (B, T), values (B, T), mask (B, T), scores (B,),

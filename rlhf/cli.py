@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from rlhf import __version__
 
@@ -32,8 +33,10 @@ class Stage:
 STAGES: dict[str, Stage] = {
     "sft": Stage("rlhf.recipes.sft:SFTConfig", "rlhf.recipes.sft:train",
                  "supervised (instruction) fine-tuning of a causal LM"),
-    "rm": Stage("rlhf.recipes.rm:RMConfig", "rlhf.recipes.rm:train", "reward model from pairwise or ranked preferences (Bradley-Terry, margin)"),
-    "dpo": Stage("rlhf.recipes.dpo:DPOConfig", "rlhf.recipes.dpo:train", "offline preference optimisation: DPO, IPO, hinge, SimPO, ORPO, KTO"),
+    "rm": Stage("rlhf.recipes.rm:RMConfig", "rlhf.recipes.rm:train",
+                "reward model from pairwise or ranked preferences (Bradley-Terry, margin)"),
+    "dpo": Stage("rlhf.recipes.dpo:DPOConfig", "rlhf.recipes.dpo:train",
+                 "offline preference optimisation: DPO, IPO, hinge, SimPO, ORPO, KTO"),
     "ppo": Stage("rlhf.recipes.ppo:PPOConfig", "rlhf.recipes.ppo:train",
                  "online RL against a reward source: PPO (GAE + critic), GRPO, Dr. GRPO, RLOO, REINFORCE++, ReMax"),
     "best-of-n": Stage("rlhf.recipes.best_of_n:BestOfNConfig", "rlhf.recipes.best_of_n:train",
@@ -45,15 +48,18 @@ STAGES: dict[str, Stage] = {
     "iterative-dpo": Stage("rlhf.recipes.iterative_dpo:IterativeDPOConfig", "rlhf.recipes.iterative_dpo:train",
                            "iterative / online DPO: sample pairs from the current policy, label, DPO; per round"),
     "constitutional": Stage("rlhf.recipes.constitutional:ConstitutionalConfig", "rlhf.recipes.constitutional:train",
-                            "Constitutional AI (supervised): critique and revise against principles, SFT on the revisions"),
+                            "Constitutional AI (supervised): critique and revise against principles, "
+                            "SFT on the revisions"),
     "hindsight": Stage("rlhf.recipes.hindsight:HindsightConfig", "rlhf.recipes.hindsight:train",
-                       "hindsight instruction relabeling: sample, relabel with an instruction it satisfies, SFT; rounds"),
+                       "hindsight instruction relabeling: sample, relabel with an instruction it satisfies, "
+                       "SFT; rounds"),
 }
 
 # Tools: their own argparse flags.
 TOOLS: dict[str, tuple[str, str]] = {
     "generate": ("rlhf.tools.generate:main", "sample completions from any checkpoint for a quick look"),
-    "eval": ("rlhf.tools.eval:main", "a policy against a reference: reward, win rate, KL, length, diversity (JSON out)"),
+    "eval": ("rlhf.tools.eval:main",
+             "a policy against a reference: reward, win rate, KL, length, diversity (JSON out)"),
     "report": ("rlhf.report:main", "turn a run folder into a self-contained report.html: reward-vs-KL "
                                    "frontier, over-optimisation, training curves, samples, configs"),
     "pipeline": ("rlhf.pipeline:main", "run stages declared in one YAML (sft -> rm -> ppo / dpo / best-of-n "
@@ -64,7 +70,8 @@ TOOLS: dict[str, tuple[str, str]] = {
     "recipes": ("rlhf.configs:main", "list the configs shipped with rlhf (rlhf <stage> --recipe NAME "
                                      "starts from one)"),
     "tiny-model": ("rlhf.tools.tiny:main", "build a tiny random-weight model + tokenizer for tests and demos"),
-    "quickstart": ("rlhf.tools.quickstart:main", "the built-in demo, end to end on a laptop CPU (what `make demo` runs)"),
+    "quickstart": ("rlhf.tools.quickstart:main",
+                   "the built-in demo, end to end on a laptop CPU (what `make demo` runs)"),
 }
 
 

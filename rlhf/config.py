@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -51,7 +52,7 @@ class ConfigError(ValueError):
         self.message = message
         super().__init__(f"{key}: {message}" if key else message)
 
-    def under(self, prefix: str) -> "ConfigError":
+    def under(self, prefix: str) -> ConfigError:
         """The same error with ``prefix.`` prepended to its key."""
         key = f"{prefix}.{self.key}" if self.key else prefix
         return ConfigError(key, self.message)
@@ -93,7 +94,7 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         if len(args) < len(get_args(tp)):
-            inner = args[0] if len(args) == 1 else Union[tuple(args)]  # type: ignore[index]
+            inner = args[0] if len(args) == 1 else Union[tuple(args)]  # noqa: UP007 (built at run time)
             return True, inner
     return False, tp
 
@@ -128,7 +129,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(key, f"must not be null (expected {_type_name(tp)})")
     tp = inner
     origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(key, f"expected a mapping of {tp.__name__} fields, got {value!r}")
         return from_dict(tp, value, prefix=key)
@@ -187,7 +188,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(key, f"unsupported field type {tp!r}")  # pragma: no cover
 
 
-def _check_constraints(value: Any, f: dataclasses.Field, key: str) -> None:
+def _check_constraints(value: Any, f: dataclasses.Field[Any], key: str) -> None:
     meta = f.metadata
     if value is None:
         return
@@ -260,7 +261,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
             return {k: plain(x) for k, x in v.items()}
         return v
 
-    return plain(cfg)
+    resolved: dict[str, Any] = plain(cfg)
+    return resolved
 
 
 def to_yaml(cfg: Any) -> str:
@@ -356,14 +358,14 @@ def replace_path(cfg: Any, key: str, value: Any) -> Any:
     return dataclasses.replace(cfg, **{head: value})
 
 
-def iter_fields(cls: type, prefix: str = ""):
+def iter_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, str, Any, str, list[str]]]:
     """Yield ``(dotted_key, type_name, default, help, constraints)`` for every leaf field."""
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}.{f.name}" if prefix else f.name
         tp = hints[f.name]
         _, inner = _is_optional(tp)
-        if dataclasses.is_dataclass(inner):
+        if isinstance(inner, type) and dataclasses.is_dataclass(inner):
             yield from iter_fields(inner, key)
             continue
         if f.default is not dataclasses.MISSING:

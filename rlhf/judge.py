@@ -41,9 +41,10 @@ from __future__ import annotations
 import json
 import os
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -245,7 +246,7 @@ class LMJudge(Judge):
             raise JudgeError(f"judge chat_template: 'auto', 'default' or 'none' (got {chat_template!r})")
         if isinstance(model, (str, os.PathLike, ModelConfig)):
             mcfg = model if isinstance(model, ModelConfig) else ModelConfig(
-                name_or_path=str(model), dtype=dtype, trust_remote_code=trust_remote_code)
+                name_or_path=str(model), dtype=dtype, trust_remote_code=trust_remote_code)  # type: ignore[arg-type]
             self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(mcfg)
             self.model = load_causal_lm(mcfg, for_training=False)
             self.name = f"lm:{mcfg.name_or_path}"

@@ -21,7 +21,7 @@ tiny state holders with ``.value`` (the current β), ``.update(current_kl, n_ste
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

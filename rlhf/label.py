@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -64,7 +65,7 @@ def sample_pairs(policy: str, prompts: Sequence[Any], *, max_new_tokens: int = 3
     mcfg = ModelConfig(name_or_path=policy)
     tok = load_tokenizer(mcfg)
     model = load_causal_lm(mcfg, for_training=False)
-    dcfg = DataConfig(chat_template=chat_template)
+    dcfg = DataConfig(chat_template=chat_template)  # type: ignore[arg-type]  # a str from the caller
     ids = [encode_prompt(PromptRecord(prompt=p), tok, dcfg)["prompt_input_ids"] for p in texts]
     gen = torch.Generator().manual_seed(seed)
     scfg = SamplingConfig(num_samples=2, max_new_tokens=max_new_tokens, temperature=sampling_temperature,
@@ -89,11 +90,12 @@ def label_pairs(prompts: Sequence[Any], completions_a: Sequence[Any], completion
     :func:`~rlhf.judge.load_judge`). Returns (rows, stats).
 
     Each row: ``prompt, chosen, rejected, judge_probability`` (the judge's own probability that
-    chosen is better: an LM judge's letter probability, a reward judge's σ(r_c − r_r)), plus ``score_chosen, score_rejected`` for
-    a reward judge and ``position_consistent`` for an LM judge asked in both orders, plus the
-    keys of ``extra[i]`` (e.g. the input row's other columns). Pairs with identical or empty
-    responses are dropped (a comparison of a text with itself says nothing; a preference file
-    needs two responses), as are pairs the judge gave no usable answer on; each is counted.
+    chosen is better: an LM judge's letter probability, a reward judge's σ(r_c − r_r)), plus
+    ``score_chosen, score_rejected`` for a reward judge and ``position_consistent`` for an LM
+    judge asked in both orders, plus the keys of ``extra[i]`` (e.g. the input row's other
+    columns). Pairs with identical or empty responses are dropped (a comparison of a text with
+    itself says nothing; a preference file needs two responses), as are pairs the judge gave no
+    usable answer on; each is counted.
     One ``random.Random(seed)`` draw per input pair, in order, whether or not it is kept, so a
     pair's label does not depend on which other pairs were dropped.
     """

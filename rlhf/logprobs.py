@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
+
+if TYPE_CHECKING:
+    from rlhf.data.collate import PackedLayout
+    from rlhf.models.lean import LeanLM
 
 __all__ = ["token_logps", "shifted_token_logps", "entropy_from_logits", "entropy_from_logp", "forward_logps",
            "sequence_logps", "packed_completion_logits", "packed_sequence_logps", "bucketed_sequence_logps"]
@@ -65,8 +71,14 @@ def entropy_from_logp(logp: torch.Tensor) -> torch.Tensor:
     return -torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype, device=p.device)).sum(-1)
 
 
-def forward_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0,
-                  return_logits: bool = False):
+@overload
+def forward_logps(model: Callable[..., Any], batch: dict[str, torch.Tensor], temperature: float = ...,
+                  return_logits: Literal[False] = ...) -> torch.Tensor: ...
+@overload
+def forward_logps(model: Callable[..., Any], batch: dict[str, torch.Tensor], temperature: float = ...,
+                  *, return_logits: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
+def forward_logps(model: Callable[..., Any], batch: dict[str, torch.Tensor], temperature: float = 1.0,
+                  return_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Run ``model`` on a collated batch and return per-token log-probs (B, T), aligned with input_ids.
 
     Only the model-input keys are passed (rlhf.data.collate.model_inputs); packed batches carry
@@ -97,22 +109,23 @@ def forward_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], temper
 BUCKET = 16
 
 
-@functools.lru_cache(maxsize=None)
-def _forward_params(cls: type) -> frozenset[str]:
+@functools.cache
+def _forward_params(cls: Any) -> frozenset[str]:  # a model class (hashable; typed Any: its forward is read)
     return frozenset(inspect.signature(cls.forward).parameters)
 
 
-def _base_forward_params(model) -> frozenset[str]:
+def _base_forward_params(model: Callable[..., Any]) -> frozenset[str]:
     """Parameter names of the transformers model's forward (looked up once per class: this runs
     every training step)."""
     from rlhf.models.load import unwrap_model
 
-    inner = getattr(model, "module", model)  # ReferenceModel / DDP wrappers hold the module
+    inner: Any = getattr(model, "module", model)  # ReferenceModel / DDP wrappers hold the module
     inner = getattr(inner, "module", inner)
-    return _forward_params(type(unwrap_model(inner)))
+    cls: Any = type(unwrap_model(inner))  # Any: typeshed finds a class object unhashable for the cache
+    return _forward_params(cls)
 
 
-def _logits_at(model, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
+def _logits_at(model: Callable[..., Any], input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Logits (n, V) at the ``keep`` (R, W) bool positions, row-major order. Asks the model for
     those rows only (``logits_to_keep`` as a mask, transformers >= 5) when it can."""
@@ -120,8 +133,10 @@ def _logits_at(model, input_ids: torch.Tensor, position_ids: torch.Tensor, keep:
     if attention_mask is not None:
         inputs["attention_mask"] = attention_mask
     if "logits_to_keep" in _base_forward_params(model):
-        return model(**inputs, logits_to_keep=keep).logits  # (n, V)
-    return model(**inputs).logits[keep]  # (n, V)
+        logits: torch.Tensor = model(**inputs, logits_to_keep=keep).logits  # (n, V)
+        return logits
+    logits = model(**inputs).logits[keep]  # (n, V)
+    return logits
 
 
 def _predicting(target_mask: torch.Tensor) -> torch.Tensor:
@@ -131,8 +146,9 @@ def _predicting(target_mask: torch.Tensor) -> torch.Tensor:
     return keep
 
 
-def packed_completion_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                             completion_mask: torch.Tensor, capacity: int | None = None, lean=None):
+def packed_completion_logits(model: Callable[..., Any], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                             completion_mask: torch.Tensor, capacity: int | None = None, lean: LeanLM | None = None
+                             ) -> tuple[PackedLayout, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A padded batch on its packed layout (:class:`rlhf.data.collate.PackedLayout`) and the
     logits only where a completion token is predicted. Returns ``(layout, p_ids (R, W),
     targets (R, W) bool, logits (n, V))``, the logits in the row-major order of ``targets``.
@@ -152,7 +168,7 @@ def packed_completion_logits(model, input_ids: torch.Tensor, attention_mask: tor
     return layout, p_ids, targets, logits
 
 
-def packed_sequence_logps(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
+def packed_sequence_logps(model: Callable[..., Any], batch: dict[str, torch.Tensor], temperature: float = 1.0,
                           capacity: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs (N,) float32 and completion lengths (N,) of a padded batch
     (``input_ids``, ``attention_mask``, ``completion_mask``), computed on its packed layout with
@@ -165,7 +181,7 @@ def packed_sequence_logps(model, batch: dict[str, torch.Tensor], temperature: fl
     return sums, cm.sum(-1)
 
 
-def bucketed_sequence_logps(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
+def bucketed_sequence_logps(model: Callable[..., Any], batch: dict[str, torch.Tensor], temperature: float = 1.0,
                             bucket: int = BUCKET) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`packed_sequence_logps`, but each sequence is computed alone, right-padded to
     the next multiple of ``bucket`` tokens (rows of equal width share a forward), so its value
@@ -192,7 +208,7 @@ def bucketed_sequence_logps(model, batch: dict[str, torch.Tensor], temperature: 
     return sums, cm.sum(-1)
 
 
-def sequence_logps(model, batch: dict[str, torch.Tensor], layout: str = "packed",
+def sequence_logps(model: Callable[..., Any], batch: dict[str, torch.Tensor], layout: str = "packed",
                    temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs (N,) float32 and completion lengths (N,) of a padded batch,
     with ``layout`` = ``packed`` | ``bucketed`` | ``padded`` (see the comment above). ``packed``

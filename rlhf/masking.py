@@ -12,7 +12,8 @@ the shares over the accumulation window and across processes before the first ba
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 

@@ -32,9 +32,10 @@ import argparse
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rlhf.config import ConfigError
 from rlhf.train.guards import check_path_component
@@ -203,8 +204,9 @@ def run_pipeline(spec: dict[str, Any] | str | Path, output_dir: str | Path | Non
     out.mkdir(parents=True, exist_ok=True)
     remove_debris(out)  # a killed non-training stage's <name>.tmp-<pid>/, a torn pipeline.json write
     status_file = out / "pipeline.json"
-    status = {"stages": [{"name": s.name, "type": s.type, "output_dir": str(s.output_dir), "status": "pending"}
-                         for s in stages]}
+    status: dict[str, Any] = {
+        "stages": [{"name": s.name, "type": s.type, "output_dir": str(s.output_dir), "status": "pending"}
+                   for s in stages]}
     t_all = time.time()
     for k, (st, rec) in enumerate(zip(stages, status["stages"]), 1):
         if only and st.name not in only:

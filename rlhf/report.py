@@ -33,6 +33,7 @@ import io
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -402,10 +403,11 @@ def _bon_curves(stages: list[StageRun], policies: dict[str, dict], source: str
                   for n, spec in (_get(r, "settings", "rewards") or {}).items()}
     out = []
     for st in stages:
-        curve = (st.summary or {}).get("curve")
+        summary = st.summary or {}
+        curve = summary.get("curve")
         if not isinstance(curve, list):
             continue
-        own = st.summary.get("reward_name") or eval_names.get(st.summary.get("reward_source"))
+        own = summary.get("reward_name") or eval_names.get(summary.get("reward_source"))
         pts = []
         for p in curve:
             y = _num(_get(p, "rewards", source)) if isinstance(p.get("rewards"), dict) else (
@@ -418,14 +420,14 @@ def _bon_curves(stages: list[StageRun], policies: dict[str, dict], source: str
     return out
 
 
-def plot_frontier(policies: dict[str, dict], stages: list[StageRun] = ()) -> Figure:
+def plot_frontier(policies: dict[str, dict], stages: Sequence[StageRun] = ()) -> Figure:
     """Reward under each source (gold first) against KL to the reference, one point per
     evaluated policy (± standard errors) and the best-of-n curves (KL = log n - (n-1)/n, the
     tie-free value; dashed: the KL measured on the pool), as in the DPO paper's Fig. 2 (left)."""
     sources = _sources(policies)[:3]
     panels = []
     for src in sources:
-        pts = []
+        pts: list[tuple[str, float, float | None, float | None, float | None]] = []
         for name, res in policies.items():
             y, x = _mean(_get(res, "policy", "reward", src)), _policy_kl(name, res)
             if y is not None and x is not None:

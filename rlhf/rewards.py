@@ -37,8 +37,9 @@ import inspect
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -253,6 +254,7 @@ class ModelReward(RewardSource):
         scores = torch.cat(out) if out else torch.zeros(0)  # (N,)
         _check_finite_rewards(self.name, scores, prompts, completions)
         if self.normalize:
+            assert self.mean is not None and self.std is not None  # checked in __init__
             scores = (scores - self.mean) / self.std
         return scores
 

@@ -172,7 +172,8 @@ def test_remax_uses_the_greedy_score():
     greedy = torch.tensor([0.5, 0.5, 0.1, 0.1])
     assert remax_advantages(scores, greedy).tolist() == pytest.approx([-0.2, 0.4, -0.3, 0.3], abs=1e-6)
     # One greedy score per prompt, broadcast over that prompt's consecutive samples.
-    assert remax_advantages(scores, torch.tensor([0.5, 0.1])).tolist() == pytest.approx([-0.2, 0.4, -0.3, 0.3], abs=1e-6)
+    assert (remax_advantages(scores, torch.tensor([0.5, 0.1])).tolist()
+            == pytest.approx([-0.2, 0.4, -0.3, 0.3], abs=1e-6))
     with pytest.raises(ValueError, match="greedy_scores shape"):
         remax_advantages(scores, torch.tensor([0.1, 0.2, 0.3]))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from rlhf.cli import STAGES, main
 
 

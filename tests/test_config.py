@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass
 from typing import Literal
 
 import pytest
@@ -81,7 +81,7 @@ def test_bad_yaml_file(tmp_path):
 
 def test_frozen_and_replace():
     cfg = load_config(Outer)
-    with pytest.raises(Exception):
+    with pytest.raises(FrozenInstanceError):
         cfg.inner.lr = 5.0  # configs are never mutated while training
     cfg2 = replace_path(cfg, "inner.lr", 5.0)
     assert cfg2.inner.lr == 5.0 and cfg.inner.lr == 1e-3

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from rlhf.judge import DEFAULT_TEMPLATE, Judgement, JudgeError, LMJudge, RewardJudge, format_prompt, load_judge
+from rlhf.judge import DEFAULT_TEMPLATE, JudgeError, Judgement, LMJudge, RewardJudge, format_prompt, load_judge
 
 PROMPTS = ["reverse: a b c\n", "count: d e\n", "sort: 3 1 2\n", "first: q w e\n", "double: x y\n"]
 A = [" c b a", " 2", " 1 2 3", " q", " x x y y"]
@@ -120,7 +120,8 @@ def test_random_model_with_default_min_mass_has_no_usable_answer(judge_parts):
 
 def test_too_long_pairs_are_skipped(judge_parts):
     probe = _judge(judge_parts)
-    n = max(len(probe.encode(format_prompt(DEFAULT_TEMPLATE, RUBRIC, "p", x, y))) for x, y in (("short", "b"), ("b", "short")))
+    n = max(len(probe.encode(format_prompt(DEFAULT_TEMPLATE, RUBRIC, "p", x, y)))
+            for x, y in (("short", "b"), ("b", "short")))
     j = _judge(judge_parts, max_length=n + 2)  # + the two tokens of " A"
     res = j.judge_pairs(["p", "p"], ["short", "a much longer answer " * 10], ["b", "c"])
     assert res.reasons == [None, "too long"]

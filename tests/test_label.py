@@ -82,9 +82,11 @@ def test_label_file_with_custom_columns_keeps_other_columns_and_drops_identical(
     for r in got:
         r["judge_probability"] = round(r["judge_probability"], 12)
     assert got == [
-        {"id": 7, "prompt": "q1", "chosen": "xx", "rejected": "x", "judge_probability": round(1 / (1 + math.exp(-1)), 12),
+        {"id": 7, "prompt": "q1", "chosen": "xx", "rejected": "x",
+         "judge_probability": round(1 / (1 + math.exp(-1)), 12),
          "score_chosen": 2.0, "score_rejected": 1.0},
-        {"id": 8, "prompt": "q2", "chosen": "xxx", "rejected": "a", "judge_probability": round(1 / (1 + math.exp(-3)), 12),
+        {"id": 8, "prompt": "q2", "chosen": "xxx", "rejected": "a",
+         "judge_probability": round(1 / (1 + math.exp(-3)), 12),
          "score_chosen": 3.0, "score_rejected": 0.0}]
     assert summary["dropped_identical"] == 1 and summary["output_pairs"] == 2
     # A finished output is never overwritten.

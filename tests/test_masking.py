@@ -129,6 +129,7 @@ def test_masked_whiten_by_hand():
 def test_padding_may_hold_inf_or_nan():
     """Log-probs of pad tokens can be -inf; masked reductions must not turn them into NaN."""
     import torch
+
     from rlhf.masking import aggregate, masked_mean, masked_whiten
     x = torch.tensor([[1.0, 3.0, float("inf")], [2.0, float("nan"), float("-inf")]])
     m = torch.tensor([[1, 1, 0], [1, 0, 0]])
@@ -140,6 +141,7 @@ def test_padding_may_hold_inf_or_nan():
 
 def test_bf16_losses_reduce_with_exact_counts():
     import torch
+
     from rlhf.masking import aggregate
     x = torch.ones(1, 300, dtype=torch.bfloat16)
     m = torch.ones(1, 300)

@@ -16,8 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.report import (gold_peak, load_run, main, plot_frontier, plot_overoptimization, read_metrics,
-                         smooth, write_report)
+from rlhf.report import (
+    gold_peak,
+    load_run,
+    main,
+    plot_frontier,
+    plot_overoptimization,
+    read_metrics,
+    smooth,
+    write_report,
+)
 
 PEAK, STEPS = 20, 40
 EVIL = "<script>alert('x')</script>"
@@ -66,8 +74,9 @@ def _result(name: str) -> dict:
 
 def make_run(root: Path, with_pipeline: bool = True) -> Path:
     run = root / "run"
-    _jsonl(run / "sft" / "metrics.jsonl", [{"step": s, "loss": 3.0 - 0.1 * s, **({"eval_loss": 2.9 - 0.1 * s} if s % 5 == 0 else {})}
-                                         for s in range(1, 11)])
+    _jsonl(run / "sft" / "metrics.jsonl",
+           [{"step": s, "loss": 3.0 - 0.1 * s, **({"eval_loss": 2.9 - 0.1 * s} if s % 5 == 0 else {})}
+            for s in range(1, 11)])
     (run / "sft" / "summary.json").write_text(json.dumps({"stage": "sft", "steps": 10}))
     (run / "sft" / "config.yaml").write_text(f"output_dir: run/sft\nnote: '{EVIL}'\n")
     _jsonl(run / "rm" / "metrics.jsonl", [{"step": s, "loss": 0.7 - 0.01 * s, "accuracy_mean": 0.5 + 0.02 * s}
@@ -102,7 +111,8 @@ def report(tmp_path_factory) -> tuple[Path, str]:
 
 
 def _images(doc: str) -> list[bytes]:
-    return [base64.b64decode(b, validate=True) for b in re.findall(r'<img [^>]*src="data:image/png;base64,([^"]+)"', doc)]
+    images = re.findall(r'<img [^>]*src="data:image/png;base64,([^"]+)"', doc)
+    return [base64.b64decode(b, validate=True) for b in images]
 
 
 def _section(doc: str, heading: str) -> str:

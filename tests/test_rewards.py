@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from rlhf.rewards import (CallableReward, RewardSource, SafetyGated, WeightedSum, load_reward_source)
+from rlhf.rewards import CallableReward, RewardSource, SafetyGated, WeightedSum, load_reward_source
 
 MODULE = '''
 def count_a(prompts, completions):

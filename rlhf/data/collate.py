@@ -24,7 +24,8 @@ emits an explicit 4D additive mask instead.
 from __future__ import annotations
 
 import bisect
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -224,7 +225,8 @@ class PackedLayout:
     batch did. Left and right padding give the same layout (only attention_mask == 1 tokens move).
 
     ``pack(x, fill)`` moves any (N, T) tensor into the (R, W) layout (``pack_ids`` for token
-    ids) and ``unpack(y, fill)`` back (both differentiable: a gather and a scatter). ``position_ids`` (R, W) restart per sequence (trailing padding is a block of
+    ids) and ``unpack(y, fill)`` back (both differentiable: a gather and a scatter).
+    ``position_ids`` (R, W) restart per sequence (trailing padding is a block of
     its own); ``sequence`` (R, W) holds each token's source row, -1 on padding; ``starts`` (R, W)
     is True at each sequence's first token; ``last`` (N,) is the flat (R*W) index of each
     sequence's last token.

@@ -147,7 +147,7 @@ class SkipReport:
         if detail and reason not in self.details:
             self.details[reason] = detail
 
-    def reject(self, bad: "BadRow", file: str, row: int | None, strict: bool) -> None:
+    def reject(self, bad: BadRow, file: str, row: int | None, strict: bool) -> None:
         """A converter rejected a row: raise it as a :class:`DataError` in strict mode, else
         count it as skipped (the one place where that rule lives)."""
         err = bad.at(file, row)
@@ -197,7 +197,7 @@ class SkipReport:
     def skipped_pairs(self) -> int:
         return sum(n for r, n in self.counts.items() if r in PAIR_REASONS)
 
-    def merge(self, other: "SkipReport") -> "SkipReport":
+    def merge(self, other: SkipReport) -> SkipReport:
         """Add ``other``'s counts into this report (train + eval) and return self."""
         self.rows_read += other.rows_read
         self.records += other.records

@@ -13,9 +13,9 @@ every later error can point at it. What a source string means:
 
 Row numbers are line numbers for ``.jsonl`` and ``.csv`` (the CSV header is line 1), and the
 1-based position for everything else. CSV cells are strings; an empty cell is "no value" and a
-cell holding a JSON list is that list (CSV has no other way to hold messages or scores). A JSON Lines line that does not parse is skipped and
-counted (reason ``malformed line``), or raises :class:`DataError` in strict mode; blank lines
-are ignored.
+cell holding a JSON list is that list (CSV has no other way to hold messages or scores). A JSON
+Lines line that does not parse is skipped and counted (reason ``malformed line``), or raises
+:class:`DataError` in strict mode; blank lines are ignored.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import csv
 import gzip
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from rlhf.data.errors import MALFORMED, UNDECODABLE, DataError, SkipReport
 

@@ -17,7 +17,7 @@ live in :mod:`rlhf.data.load` and are re-exported here and from :mod:`rlhf.data`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from rlhf.data.errors import IDENTICAL_RESPONSES, TIE, SkipReport
 
@@ -34,8 +34,8 @@ __all__ = [
 ]
 
 Message = dict[str, Any]  # {"role": str, "content": str}
-Text = Union[str, list[Message]]
-Origin = Union[tuple[str, int], None]
+Text = str | list[Message]
+Origin = tuple[str, int] | None
 
 
 def is_conversational(*texts: Any) -> bool:
@@ -173,7 +173,7 @@ class PromptRecord:
         return _where(self.origin)
 
 
-Record = Union[SFTRecord, PreferenceRecord, RankedRecord, UnpairedRecord, PromptRecord]
+Record = SFTRecord | PreferenceRecord | RankedRecord | UnpairedRecord | PromptRecord
 
 
 def __getattr__(name: str):  # re-export the loaders without an import cycle

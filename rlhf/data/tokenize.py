@@ -45,7 +45,8 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rlhf.data.config import DataConfig
 from rlhf.data.errors import ENCODING, DataError, SkipReport
@@ -150,7 +151,7 @@ def render(record: Any, prompt: Text, completions: list[Text], tokenizer: Any,
     return p_text, outs, True
 
 
-_PREFIX_CACHE: "weakref.WeakKeyDictionary[Any, list[int]]" = weakref.WeakKeyDictionary()
+_PREFIX_CACHE: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
 
 
 def _auto_prefix(tokenizer: Any) -> list[int]:

@@ -24,8 +24,9 @@ docs/evaluation.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -119,7 +120,7 @@ def _model_config(spec: Any, dtype: str) -> Any:
     from rlhf.models.config import ModelConfig
     if isinstance(spec, ModelConfig):
         return spec
-    return ModelConfig(name_or_path=str(spec), dtype=dtype)
+    return ModelConfig(name_or_path=str(spec), dtype=dtype)  # type: ignore[arg-type]  # a str from the caller
 
 
 def _load(spec: Any, dtype: str, device: torch.device) -> tuple[Any, Any, Any]:

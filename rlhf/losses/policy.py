@@ -15,7 +15,7 @@ metrics (micro-batch means over masked tokens, for logging only).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

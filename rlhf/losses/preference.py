@@ -29,7 +29,7 @@ KTO is unpaired and has its own signature (see :func:`kto_loss`); :func:`is_pair
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +72,9 @@ def _require(value: torch.Tensor | None, name: str, loss: str) -> torch.Tensor:
     return value
 
 
-def _log_ratios(loss: str, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps):
+def _log_ratios(loss: str, chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
+                ref_chosen_logps: torch.Tensor | None, ref_rejected_logps: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logπ - logπ_ref) of chosen and rejected, each (B,); the reference is required."""
     ref_c = _require(ref_chosen_logps, "ref_chosen_logps", loss)
     ref_r = _require(ref_rejected_logps, "ref_rejected_logps", loss)
@@ -225,7 +227,8 @@ def hinge_loss(
 
     Pairs already separated by a margin of 1/β contribute nothing. Lengths unused.
     """
-    chosen_lr, rejected_lr = _log_ratios("hinge_loss", chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    chosen_lr, rejected_lr = _log_ratios("hinge_loss", chosen_logps, rejected_logps,
+                                         ref_chosen_logps, ref_rejected_logps)
     losses = torch.relu(1.0 - beta * (chosen_lr - rejected_lr))
     return losses, _reward_metrics(beta * chosen_lr, beta * rejected_lr)
 

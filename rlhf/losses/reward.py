@@ -18,7 +18,8 @@ __all__ = [
 ]
 
 
-def _weighted_mean(x: torch.Tensor, weights: torch.Tensor | None, denominator=None) -> torch.Tensor:
+def _weighted_mean(x: torch.Tensor, weights: torch.Tensor | None,
+                   denominator: torch.Tensor | float | None = None) -> torch.Tensor:
     """Σ w x / Σ w over pairs (B,) -> scalar. ``denominator`` = the global Σ w under accumulation.
 
     Not :func:`rlhf.masking.aggregate`: that reduces per-token (B, T) losses by unit *counts*
@@ -29,7 +30,8 @@ def _weighted_mean(x: torch.Tensor, weights: torch.Tensor | None, denominator=No
     weights = weights.to(x.dtype)
     if denominator is None:
         denominator = weights.sum()
-    return (weights * x).sum() / denominator
+    mean: torch.Tensor = (weights * x).sum() / denominator
+    return mean
 
 
 def bradley_terry_loss(
@@ -79,7 +81,8 @@ def ranked_pair_weights(group_ids: torch.Tensor) -> torch.Tensor:
     of :func:`bradley_terry_loss` is the mean over prompts of each prompt's mean pair loss.
     """
     _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
-    return 1.0 / counts[inverse].to(torch.float32)  # (B,)
+    weights: torch.Tensor = 1.0 / counts[inverse].to(torch.float32)  # (B,)
+    return weights
 
 
 def reward_centering_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor, coef: float) -> torch.Tensor:

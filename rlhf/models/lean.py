@@ -43,7 +43,7 @@ _LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_at
             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
-def _submodule(root: nn.Module, dotted: str) -> Any:
+def _submodule(root: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         root = getattr(root, part, None)
         if root is None:
@@ -66,7 +66,7 @@ def lean_unsupported(model: Any, max_length: int | None = None) -> str | None:
     if model_type not in SUPPORTED_MODEL_TYPES:
         return f"model_type {model_type!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
     trunk = getattr(model, "model", None)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = getattr(model, "get_output_embeddings", lambda: None)()
     if trunk is None or type(head) is not nn.Linear:
         return f"{type(model).__name__} is not a causal LM with a linear output layer"
     for name in ("embed_tokens", "norm", "rotary_emb", "layers"):
@@ -86,7 +86,7 @@ def lean_unsupported(model: Any, max_length: int | None = None) -> str | None:
     sliding = window is not None and (layer_types is None or "sliding_attention" in layer_types)
     if model_type == "qwen2" and not getattr(config, "use_sliding_window", False):
         sliding = False
-    if sliding and (max_length is None or max_length > window):
+    if sliding and (max_length is None or max_length > window):  # type: ignore[operator]  # sliding => window set
         return f"a sliding attention window of {window} tokens"
     for m in model.modules():
         if m._forward_hooks or m._forward_pre_hooks:
@@ -116,7 +116,16 @@ def lean_for(model: Any, max_length: int | None = None, engine: str = "auto") ->
 class _LayerWeights:
     """One decoder layer's tensors: (weight, bias) pairs, (norm weight, eps) pairs, activation."""
 
-    def __init__(self, layer: nn.Module):
+    # Set by name in __init__ (the loop over the seven projections); declared for the type checker.
+    q: tuple[torch.Tensor, torch.Tensor | None]
+    k: tuple[torch.Tensor, torch.Tensor | None]
+    v: tuple[torch.Tensor, torch.Tensor | None]
+    o: tuple[torch.Tensor, torch.Tensor | None]
+    gate: tuple[torch.Tensor, torch.Tensor | None]
+    up: tuple[torch.Tensor, torch.Tensor | None]
+    down: tuple[torch.Tensor, torch.Tensor | None]
+
+    def __init__(self, layer: Any):  # a transformers decoder layer (duck-typed: its attributes are read)
         a, m = layer.self_attn, layer.mlp
         for name, lin in (("q", a.q_proj), ("k", a.k_proj), ("v", a.v_proj), ("o", a.o_proj),
                           ("gate", m.gate_proj), ("up", m.up_proj), ("down", m.down_proj)):
@@ -137,7 +146,7 @@ class LeanLM:
     :meth:`score` runs a whole sequence without a cache.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: Any):  # a supported causal LM (lean_unsupported says which)
         reason = lean_unsupported(model, max_length=0)
         if reason is not None:
             raise ValueError(f"LeanLM cannot run this model: {reason}")
@@ -150,7 +159,8 @@ class LeanLM:
         self.head = model.get_output_embeddings()
         attn = self.layers[0].self_attn
         q, k = attn.q_proj, attn.k_proj
-        self.head_dim = int(getattr(attn, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads)
+        self.head_dim = int(getattr(attn, "head_dim", None)
+                            or model.config.hidden_size // model.config.num_attention_heads)
         self.n_heads = q.out_features // self.head_dim
         self.n_kv = k.out_features // self.head_dim
         self.scaling = float(getattr(attn, "scaling", self.head_dim ** -0.5))
@@ -190,7 +200,8 @@ class LeanLM:
     def new_cache(self, batch: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Keys and values for ``length`` positions, (B, KV, T, D) per layer, allocated once."""
         shape = (batch, self.n_kv, length, self.head_dim)
-        dtype = torch.get_autocast_dtype(self.device.type) if torch.is_autocast_enabled(self.device.type) else self.dtype
+        dtype = (torch.get_autocast_dtype(self.device.type) if torch.is_autocast_enabled(self.device.type)
+                 else self.dtype)
         return [(torch.zeros(shape, dtype=dtype, device=self.device),
                  torch.zeros(shape, dtype=dtype, device=self.device)) for _ in self.layers]
 
@@ -204,7 +215,7 @@ class LeanLM:
         k = F.linear(x, *w.k).view(B, S, KV, D)
         v = F.linear(x, *w.v).view(B, S, KV, D)
         if w.q_norm is not None:  # qwen3: RMSNorm of each head's q and k
-            q, k = self._rms(q, *w.q_norm), self._rms(k, *w.k_norm)
+            q, k = self._rms(q, *w.q_norm), self._rms(k, *w.k_norm)  # type: ignore[misc]  # set together
         qk = torch.cat([q, k], dim=2)  # rotate both at once
         qk = qk * cos[:, :, None] + qk.roll(D // 2, -1) * sin[:, :, None]
         return qk[:, :, :H], qk[:, :, H:], v
@@ -234,6 +245,7 @@ class LeanLM:
         if sequence_ids is not None:
             allowed = sequence_ids[:, :, None] == sequence_ids[:, None, :]  # (B, S, S)
         else:
+            assert key_mask is not None, "forward needs key_mask or sequence_ids"
             allowed = key_mask[:, None, :].expand(B, S, S)
         # A padding position attends to itself only: its output is never read, and a row with
         # nothing to attend to would come out NaN and poison the cache through 0 * NaN.
@@ -284,7 +296,7 @@ class LeanLM:
             q = F.linear(x, *w.q).view(B, H, D)
             k = F.linear(x, *w.k).view(B, KV, D)
             if w.q_norm is not None:
-                q, k = self._rms(q, *w.q_norm), self._rms(k, *w.k_norm)
+                q, k = self._rms(q, *w.q_norm), self._rms(k, *w.k_norm)  # type: ignore[misc]  # set together
             qk = torch.cat([q, k], dim=1)
             qk = qk * cos + qk.roll(D // 2, -1) * sin
             kc[:, :, column] = qk[:, H:]

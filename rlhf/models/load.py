@@ -10,9 +10,9 @@ One code path for every model, whether it comes from a local folder or a hub id:
 Reward models and critics are "scalar models": ``AutoModelForSequenceClassification`` with one
 output, built from a causal-LM checkpoint; the trunk keeps the checkpoint's weights and the new
 head is drawn from N(0, 1/(d_model + 1)), the reward-head init of OpenAI's lm-human-preferences
-code (Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences"). :func:`score_tokens` gives the head's output at
-every position (a critic's ``values``); :func:`score_last_token` gives it at the last real
-token of each sequence (a reward model's ``scores``).
+code (Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences").
+:func:`score_tokens` gives the head's output at every position (a critic's ``values``);
+:func:`score_last_token` gives it at the last real token of each sequence (a reward model's ``scores``).
 
 The reference policy is a :class:`ReferenceModel`. With LoRA it is the policy itself with its
 adapters switched off, so no second copy of the base weights is held; without LoRA it is a
@@ -264,7 +264,8 @@ def default_lora_targets(model: nn.Module) -> list[str]:
         head = getattr(base, name, None)
         if isinstance(head, nn.Module):
             excluded.update(id(m) for m in head.modules())
-    targets, others = [], []
+    targets: list[str] = []
+    others: list[str] = []
     for name, module in base.named_modules():
         if isinstance(module, (nn.Linear, Conv1D)):
             (others if id(module) in excluded else targets).append(name)
@@ -378,7 +379,7 @@ class ReferenceModel:
         if adapters_disabled and not _is_peft(module):
             raise TypeError("adapters_disabled=True needs a peft PeftModel (the LoRA policy), "
                             f"got {type(module).__name__}")
-        self.module = module
+        self.module: Any = module  # a transformers or peft model (their methods are called)
         self.adapters_disabled = adapters_disabled
 
     @property
@@ -512,7 +513,7 @@ def load_scalar_model(
                        "checkpoint the scalar model does not use: %s", cfg.name_or_path,
                        ", ".join(odd_missing[:8]) or "none", ", ".join(odd_unexpected[:8]) or "none")
     if init_head or (init_head is None and head_missing):
-        init_scalar_head(head)
+        init_scalar_head(head)  # type: ignore[arg-type]  # scalar_head finds a Linear in these models
     elif head_missing:
         logger.warning("%s has no scalar head weights and init_head=False: the head keeps "
                        "transformers' default initialisation", cfg.name_or_path)
@@ -646,7 +647,7 @@ def _merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     from peft.tuners.lora import LoraLayer
 
-    base = model.get_base_model()
+    base = model.get_base_model()  # type: ignore[operator]  # a PeftModel (nn.Module's getattr is typed)
     deltas: dict[str, torch.Tensor] = {}
     for name, module in base.named_modules():
         if isinstance(module, LoraLayer):
@@ -696,10 +697,12 @@ def save_model(
         shutil.rmtree(tmp)
     try:
         if _is_peft(model):
-            model.get_base_model().save_pretrained(tmp, state_dict=_merged_state_dict(model))
-            model.save_pretrained(tmp / "adapter")
+            # peft / transformers methods: nn.Module.__getattr__ is typed Tensor | Module.
+            model.get_base_model().save_pretrained(  # type: ignore[operator]
+                tmp, state_dict=_merged_state_dict(model))
+            model.save_pretrained(tmp / "adapter")  # type: ignore[operator]
         else:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp)  # type: ignore[operator]
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if out_dir.exists():

@@ -37,7 +37,7 @@ from typing import Any
 from rlhf.config import ConfigError, opt, save_config
 from rlhf.data.config import DataConfig
 from rlhf.eval.evaluate import SamplingConfig, sample_completions
-from rlhf.eval.metrics import (best_of_n_curve, best_of_n_kl_bound, best_of_n_kl_estimate, mean_stderr)
+from rlhf.eval.metrics import best_of_n_curve, best_of_n_kl_bound, best_of_n_kl_estimate, mean_stderr
 from rlhf.models.config import ModelConfig
 from rlhf.train.run import prepare_output_dir, write_json_atomic, write_jsonl_atomic
 

@@ -21,9 +21,9 @@ reward model (docs/ai-feedback.md).
 Outputs in ``output_dir``: ``config.yaml``; ``chains.jsonl`` (per prompt: the first response
 and, per principle, the critique request, the critique, the revision request and the
 revision); ``revisions.jsonl`` (prompt / completion = the final revision, what SFT trains on);
-``sft/`` (the inner SFT run, resumable); ``final/`` (the fine-tuned policy, hard-linked from ``sft/final``); ``summary.json``
-last, which marks the run finished. A killed run resumes: the chains are reused once written,
-the SFT resumes from its last checkpoint.
+``sft/`` (the inner SFT run, resumable); ``final/`` (the fine-tuned policy, hard-linked from
+``sft/final``); ``summary.json`` last, which marks the run finished. A killed run resumes: the
+chains are reused once written, the SFT resumes from its last checkpoint.
 
 The built-in task has a rule-based critic and reviser (rlhf/testbed/feedback.py:
 ``reviews_critic``, ``reviews_reviser``, principles ``REVIEW_PRINCIPLES``), so the recipe can
@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from rlhf.config import ConfigError, opt, save_config
 from rlhf.data.config import DataConfig
@@ -222,7 +223,8 @@ def train(cfg: ConstitutionalConfig) -> dict[str, Any]:
         # Step 3. The policy's first responses.
         responses = generate_texts(policy, tok, prompts, cfg.sampling, seed=cfg.seed, data_cfg=cfg.data,
                                    progress=cfg.progress, desc="constitutional: responses")
-        chains = [{"prompt": p, "response": r, "steps": []} for p, r in zip(prompts, responses)]
+        chains: list[dict[str, Any]] = [{"prompt": p, "response": r, "steps": []}
+                                        for p, r in zip(prompts, responses)]
         kept_unrevised = 0
 
         # Step 4. Critique and revise, one principle at a time, each on the latest revision.

@@ -51,9 +51,10 @@ import hashlib
 import inspect
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
@@ -64,16 +65,24 @@ from rlhf.data.collate import PadCollator, PreferenceCollator
 from rlhf.data.config import DataConfig
 from rlhf.data.load import load_train_eval
 from rlhf.data.tokenize import encode_records
-from rlhf.logprobs import BUCKET, sequence_logps as _sequence_logps
+from rlhf.logprobs import BUCKET
+from rlhf.logprobs import sequence_logps as _sequence_logps
 from rlhf.losses.preference import PREFERENCE_LOSSES, add_nll_term, is_paired, kto_reference_point, needs_reference
 from rlhf.models.config import ModelConfig
-from rlhf.models.load import (ReferenceModel, check_sequence_limit, count_parameters, load_causal_lm, load_reference,
-                              load_tokenizer)
+from rlhf.models.load import (
+    ReferenceModel,
+    check_sequence_limit,
+    count_parameters,
+    load_causal_lm,
+    load_reference,
+    load_tokenizer,
+)
 from rlhf.train.config import TrainConfig
 from rlhf.train.run import RunDirError
 from rlhf.train.trainer import Trainer
 
-__all__ = ["DPOConfig", "train", "sequence_logps", "compute_reference_logps", "OnlineReference", "evaluate", "CACHE_FILE"]
+__all__ = ["DPOConfig", "train", "sequence_logps", "compute_reference_logps", "OnlineReference", "evaluate",
+           "CACHE_FILE"]
 
 CACHE_FILE = "reference_logps.safetensors"
 REFERENCE_LAYOUT = f"bucketed-{BUCKET}"  # part of the cache fingerprint
@@ -120,8 +129,8 @@ class DPOConfig:
         if self.reference_model and self.loss in ("simpo", "orpo"):
             raise ConfigError("reference_model", f"loss={self.loss} uses no reference (got {self.reference_model!r})")
         if self.reference_model and self.model.lora.enabled:
-            raise ConfigError("reference_model", "with LoRA the reference is the policy with its adapters "
-                                                 f"disabled; a separate one is not supported (got {self.reference_model!r})")
+            raise ConfigError("reference_model", "with LoRA the reference is the policy with its adapters disabled; "
+                                                 f"a separate one is not supported (got {self.reference_model!r})")
         if self.label_smoothing > 0 and self.loss not in ("dpo", "robust"):
             raise ConfigError("label_smoothing", f"applies to loss=dpo (cDPO) or loss=robust only "
                                                  f"(got {self.label_smoothing} with loss={self.loss})")
@@ -227,7 +236,8 @@ def _load_or_build_cache(trainer: Trainer, cfg: DPOConfig, ref: ReferenceModel |
             for field, t in compute_reference_logps(trainer, ref, exs, collate, cfg.loss).items():
                 tensors[f"{split}/{field}"] = t.contiguous()
         tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"fingerprint": fp, "loss_family": "kto" if cfg.loss == "kto" else "paired"})
+        save_file(tensors, str(tmp),
+                  metadata={"fingerprint": fp, "loss_family": "kto" if cfg.loss == "kto" else "paired"})
         tmp.replace(path)
         trainer.print(f"[dpo] reference log-probs of {sum(len(v[0]) for v in splits.values())} examples "
                       f"cached in {path}")
@@ -455,7 +465,8 @@ def evaluate(trainer: Trainer, cfg: DPOConfig, model, ref: OnlineReference | Non
             batch = _with_online_reference(ref, batch, cfg.loss)
             if cfg.loss == "kto":
                 logps, _ = sequence_logps(model, batch, layout=_policy_layout(cfg))
-                beta = _loss_kwargs(cfg).get("beta", inspect.signature(PREFERENCE_LOSSES["kto"]).parameters["beta"].default)
+                beta = _loss_kwargs(cfg).get(
+                    "beta", inspect.signature(PREFERENCE_LOSSES["kto"]).parameters["beta"].default)
                 r = beta * (logps - batch["ref_logps"])  # (B,)
                 label = batch["label"]
                 sums["label_accuracy"] = sums.get("label_accuracy", 0) + ((r > 0) == label).double().sum()

@@ -31,9 +31,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from rlhf.config import ConfigError, opt, save_config
 from rlhf.data.config import DataConfig

@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from rlhf.config import ConfigError, opt
 from rlhf.data.config import DataConfig

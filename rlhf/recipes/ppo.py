@@ -46,8 +46,8 @@ from rlhf.advantages import CRITIC_ESTIMATORS, compute_advantages, informative_g
 from rlhf.config import ConfigError, opt
 from rlhf.data.collate import PackedLayout
 from rlhf.data.config import DataConfig
-from rlhf.data.load import load_records
 from rlhf.data.errors import ENCODING, DataError
+from rlhf.data.load import load_records
 from rlhf.data.tokenize import encode_prompt
 from rlhf.engines import forward_engine, is_builtin, rollout_engine
 from rlhf.kl import AdaptiveKLController, FixedKLController, kl_estimate, kl_k1
@@ -55,8 +55,15 @@ from rlhf.logprobs import entropy_from_logits, shifted_token_logps
 from rlhf.losses.policy import entropy_bonus, kl_loss, ppo_clip_loss, truncated_importance_weights, value_loss
 from rlhf.masking import count_units, masked_mean, masked_sum, masked_var, masked_whiten
 from rlhf.models.config import ModelConfig
-from rlhf.models.load import (count_parameters, load_causal_lm, load_reference, load_scalar_model,
-                              load_tokenizer, position_limit, score_tokens)
+from rlhf.models.load import (
+    count_parameters,
+    load_causal_lm,
+    load_reference,
+    load_scalar_model,
+    load_tokenizer,
+    position_limit,
+    score_tokens,
+)
 from rlhf.models.packing import use_packed
 from rlhf.models.vocab import reward_model_tokenizers, vocabulary_difference
 from rlhf.rewards import call_reward, load_reward_source, row_columns
@@ -599,8 +606,8 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         kl_ctl.update(mean_kl, int(n_completions))
 
         # Metrics (over all processes).
-        def mean(x: torch.Tensor) -> float:
-            return float(trainer.reduce_sum(x.float().sum())) / n_completions
+        def mean(x: torch.Tensor, n: float = n_completions) -> float:
+            return float(trainer.reduce_sum(x.float().sum())) / n
 
         metrics = {
             "score": mean(raw_scores), "score_std": float(raw_scores.std()) if len(ro) > 1 else 0.0,

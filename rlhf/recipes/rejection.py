@@ -52,9 +52,10 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 from rlhf.config import ConfigError, opt, save_config
 from rlhf.data.config import DataConfig
@@ -63,10 +64,17 @@ from rlhf.models.config import ModelConfig
 from rlhf.recipes.best_of_n import select_best
 from rlhf.recipes.sft import SFTSection, inner_sft_config, run_inner_sft
 from rlhf.train.guards import NonFiniteError, check_resume_config
-from rlhf.train.run import (is_finished, prepare_output_dir, publish_model, remove_debris, write_json_atomic,
-                            write_jsonl_atomic)
+from rlhf.train.run import (
+    is_finished,
+    prepare_output_dir,
+    publish_model,
+    remove_debris,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 
-__all__ = ["SampledRoundsConfig", "RAFTConfig", "ReSTConfig", "Step", "train", "train_rest", "raft_schedule", "rest_schedule",
+__all__ = ["SampledRoundsConfig", "RAFTConfig", "ReSTConfig", "Step", "train", "train_rest", "raft_schedule",
+           "rest_schedule",
            "select_best_per_prompt", "select_threshold", "select_top_fraction",
            "select", "RoundRun", "read_jsonl"]
 
@@ -263,7 +271,8 @@ def rest_schedule(cfg: ReSTConfig) -> list[Step]:
     return steps
 
 
-def select(rule: tuple, rows: list[dict], k: int, rng: random.Random, require_eos: bool) -> tuple[list[int], float | None]:
+def select(rule: tuple, rows: list[dict], k: int, rng: random.Random,
+           require_eos: bool) -> tuple[list[int], float | None]:
     """Indices of the kept rows of one samples.jsonl (``k`` consecutive rows per prompt), and the
     threshold used (None for best-of-K)."""
     rewards = [r["reward"] for r in rows]
@@ -397,7 +406,8 @@ class RoundRun:
         rng = random.Random(self.cfg.seed * 7919 + index)
         return [self.prompts[i] for i in sorted(rng.sample(range(len(self.prompts)), n))]
 
-    def score(self, prompts: list[Any], completions: list[str], where: str) -> tuple[list[float], dict[str, list[float]]]:
+    def score(self, prompts: list[Any], completions: list[str],
+              where: str) -> tuple[list[float], dict[str, list[float]]]:
         """Rewards of every completion by the selecting source and every tracked one; the
         prompts' row columns go to the sources as keyword arguments."""
         from rlhf.rewards import call_reward, row_columns

@@ -44,11 +44,21 @@ from rlhf.data.errors import MISSING, DataError, SkipReport
 from rlhf.data.load import load_records, load_train_eval
 from rlhf.data.records import PreferenceRecord
 from rlhf.data.tokenize import encode_records
-from rlhf.losses.reward import (bradley_terry_loss, expected_calibration_error, ranked_pair_weights,
-                                reward_centering_loss)
+from rlhf.losses.reward import (
+    bradley_terry_loss,
+    expected_calibration_error,
+    ranked_pair_weights,
+    reward_centering_loss,
+)
 from rlhf.models.config import ModelConfig
-from rlhf.models.load import (check_sequence_limit, count_parameters, load_scalar_model, load_tokenizer,
-                              packed_last_token_scores, score_last_token)
+from rlhf.models.load import (
+    check_sequence_limit,
+    count_parameters,
+    load_scalar_model,
+    load_tokenizer,
+    packed_last_token_scores,
+    score_last_token,
+)
 from rlhf.models.packing import use_packed
 from rlhf.train.config import TrainConfig
 from rlhf.train.trainer import Trainer

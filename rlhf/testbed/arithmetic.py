@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 __all__ = ["make_prompts", "make_sft_records", "exact_answer", "matches_answer", "write_task", "write_task_stage"]
 

@@ -7,8 +7,9 @@ is capable enough to critique or revise.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rlhf.train.run import write_jsonl_atomic
 
@@ -105,7 +106,8 @@ def write_instruction_data(output_dir: str | Path, n_sft: int = 3000, instruct_f
     from rlhf.testbed import reviews
 
     out = Path(output_dir)
-    write_jsonl_atomic(out / "sft.jsonl", reviews.make_sft_records(n_sft, seed=seed, instruct_fraction=instruct_fraction))
+    write_jsonl_atomic(out / "sft.jsonl",
+                       reviews.make_sft_records(n_sft, seed=seed, instruct_fraction=instruct_fraction))
     write_jsonl_atomic(out / "prompts.jsonl",
                        [{"prompt": p} for p in reviews.make_prompts(n_prompts, seed=seed + 1, instruct=True)])
     write_jsonl_atomic(out / "eval_prompts.jsonl",

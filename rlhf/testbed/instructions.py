@@ -18,6 +18,7 @@ The generator is seeded: the same ``seed`` gives the same examples.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["TASKS", "make_example", "make_examples", "write_jsonl"]
@@ -25,7 +26,7 @@ __all__ = ["TASKS", "make_example", "make_examples", "write_jsonl"]
 _LETTERS = "abcdefghij"
 _DIGITS = "0123456789"
 
-TASKS = {
+TASKS: dict[str, Callable[[list[str]], list[str]]] = {
     "reverse": lambda xs: list(reversed(xs)),
     "sort": sorted,
     "first": lambda xs: xs[:1],

@@ -84,8 +84,9 @@ import math
 import random
 import re
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from rlhf.label import bradley_terry_labels
 from rlhf.label import preference_probability as _bt_probability
@@ -223,7 +224,7 @@ class Review:
         return " " + " ".join(words)  # leading space: the prompt ends with ":" and no space
 
 
-def _pick(rng: random.Random, table: dict[str, float], bias: float, sharpness: float) -> str:
+def _pick(rng: random.Random, table: Mapping[str, float], bias: float, sharpness: float) -> str:
     """A key of ``table`` with probability proportional to exp(sharpness * bias * value)."""
     keys = list(table)
     return rng.choices(keys, weights=[math.exp(sharpness * bias * table[k]) for k in keys])[0]
@@ -442,6 +443,7 @@ class _Reader:
             self.i = at
             # raises: no closing phrase continues here (nor does the end, after the first '.')
             self.expect(options, "a closing phrase" if matched else "the end of the text or a closing phrase")
+        assert best is not None  # expect() raised above otherwise
         self.i += len(best)
         self.closing = " ".join(best)
 

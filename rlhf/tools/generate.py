@@ -29,7 +29,7 @@ def read_prompts(path: str | Path) -> list[str]:
         try:
             rec = row if isinstance(row, dict) else json.loads(row)
         except json.JSONDecodeError as e:
-            raise SystemExit(f"rlhf generate: {path}:{i}: not valid JSON ({e.msg})")
+            raise SystemExit(f"rlhf generate: {path}:{i}: not valid JSON ({e.msg})") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), (str, list)):
             raise SystemExit(f"rlhf generate: {path}:{i}: prompt: expected a string or a message list")
         out.append(rec["prompt"])
@@ -97,7 +97,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--chat-template", choices=["auto", "default", "none"], default="auto",
                    help="how prompts are rendered; use what the model was trained with")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--trust-remote-code", action="store_true", help="run custom code from the model folder (off by default)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run custom code from the model folder (off by default)")
     p.add_argument("--output", help="also write the samples to this .jsonl file")
     a = p.parse_args(argv)
     prompts = list(a.prompt) + (read_prompts(a.prompts) if a.prompts else [])

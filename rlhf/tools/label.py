@@ -137,8 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--policy", help="a policy folder to sample two completions per prompt from (with --prompts)")
     ap.add_argument("--prompts", help="with --policy: the prompts (any file with a prompt column)")
     ap.add_argument("--prompt-column", default="prompt", help="--pairs: column of the prompt (default prompt)")
-    ap.add_argument("--a-column", default="response_a", help="--pairs: column of the first response (default response_a)")
-    ap.add_argument("--b-column", default="response_b", help="--pairs: column of the second response (default response_b)")
+    ap.add_argument("--a-column", default="response_a",
+                    help="--pairs: column of the first response (default response_a)")
+    ap.add_argument("--b-column", default="response_b",
+                    help="--pairs: column of the second response (default response_b)")
     ap.add_argument("--max-rows", type=int, default=None, help="use only the first N rows / prompts")
     judge = ap.add_mutually_exclusive_group(required=True)
     judge.add_argument("--judge", help="a reward source (folder, package.module:function, spec file) or a "
@@ -156,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--temperature", type=float, default=0.0,
                     help="label noise τ: 0 = always the judge's favourite; > 0 = drawn with σ(Δ/τ) (default 0)")
     ap.add_argument("--output", required=True, help="the preference file to write (.jsonl; never overwritten)")
-    ap.add_argument("--eval-fraction", type=float, default=0.0, help="hold this fraction of pairs out (with --eval-output)")
+    ap.add_argument("--eval-fraction", type=float, default=0.0,
+                    help="hold this fraction of pairs out (with --eval-output)")
     ap.add_argument("--eval-output", help="where the held-out pairs go (.jsonl)")
     ap.add_argument("--max-new-tokens", type=int, default=32, help="--policy: completion length limit")
     ap.add_argument("--engine", choices=["auto", "lean", "transformers", "vllm"], default="auto",

@@ -59,9 +59,8 @@ def write_data(output_dir: str | Path, n_sft: int = 4000, n_prompts: int = 512, 
 
 def pipeline_spec(out: str | Path = "runs/quickstart", fast: bool = False, seed: int = 0) -> dict[str, Any]:
     """The demo as a pipeline dict (``rlhf pipeline`` reads the same thing from YAML)."""
-    from rlhf.testbed.reviews import DEFAULT_TEMPERATURE
-
     from rlhf.testbed.feedback import REVIEW_PRINCIPLES
+    from rlhf.testbed.reviews import DEFAULT_TEMPERATURE
 
     f = fast
     train_common = {"seed": seed, "progress": True, "save_model_in_checkpoints": False}
@@ -180,7 +179,8 @@ def _print_headline(out: Path) -> None:
     w = max([len("policy"), *map(len, headline)])
     print(f"\n{'policy':<{w}} {'gold':>8} {'proxy':>8} {'KL':>8}   (held-out prompts; KL to the SFT policy, nats)")
     for name, r in headline.items():
-        print(f"{name:<{w}} {_f(r.get('gold'), nan):>8.3f} {_f(r.get('proxy'), nan):>8.3f} {_f(r.get('kl'), nan):>8.3f}")
+        print(f"{name:<{w}} {_f(r.get('gold'), nan):>8.3f} {_f(r.get('proxy'), nan):>8.3f} "
+              f"{_f(r.get('kl'), nan):>8.3f}")
     print(f"\nReport: {out / 'report' / 'report.html'}")
 
 

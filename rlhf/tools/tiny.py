@@ -18,7 +18,8 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="rlhf tiny-model", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder to create (must not exist)")
     p.add_argument("--arch", default="llama", choices=TINY_ARCHITECTURES)
-    p.add_argument("--texts", help="train the tokenizer on this file: .txt lines, or .jsonl whose string fields are used; default: a built-in corpus")
+    p.add_argument("--texts", help="train the tokenizer on this file: .txt lines, or .jsonl whose string fields "
+                                   "are used; default: a built-in corpus")
     p.add_argument("--vocab-size", type=int, default=512)
     p.add_argument("--hidden-size", type=int, default=64)
     p.add_argument("--num-layers", type=int, default=2)

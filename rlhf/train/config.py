@@ -17,7 +17,8 @@ class FSDPConfig:
     """Options of ``train.distributed: fsdp`` (torch FSDP2, rlhf/train/sharding.py)."""
     param_dtype: Literal["model", "bf16", "fp32"] = opt(
         "model", "dtype the gathered parameters are computed in (FSDP2 MixedPrecisionPolicy.param_dtype); "
-                 "model = the model's own dtype, no cast; the sharded copy the optimizer steps stays in the model's dtype")
+                 "model = the model's own dtype, no cast; the sharded copy the optimizer steps stays in the "
+                 "model's dtype")
     reduce_dtype: Literal["model", "bf16", "fp32"] = opt(
         "fp32", "dtype gradients are reduce-scattered in (MixedPrecisionPolicy.reduce_dtype); model = the "
                 "model's own dtype")
@@ -47,7 +48,8 @@ class TrainConfig:
     eval_batch_size: int = opt(16, "examples per forward pass during evaluation", gt=0)
     max_grad_norm: float | None = opt(1.0, "clip the global gradient norm to this value; null = no clipping", gt=0)
     seed: int = opt(0, "seed for weights of new heads, data order and sampling")
-    mixed_precision: Literal["no", "bf16"] = opt("no", "autocast the forward pass to bf16 (weights stay in model.dtype)")
+    mixed_precision: Literal["no", "bf16"] = opt("no", "autocast the forward pass to bf16 (weights stay in "
+                                                       "model.dtype)")
     distributed: Literal["ddp", "fsdp"] = opt(
         "ddp", "how several processes share the model: ddp = a full copy per process, gradients all-reduced "
                "(accelerate); fsdp = torch FSDP2, parameters, gradients and optimizer state sharded over the "
@@ -55,13 +57,20 @@ class TrainConfig:
                "checkpoints (docs/distributed.md)")
     fsdp: FSDPConfig = opt(factory=FSDPConfig, help="options of distributed: fsdp")
     log_every: int = opt(1, "log metrics every N optimizer steps", gt=0)
-    eval_every: int | None = opt(None, "evaluate every N steps (and always at the end); null = only at the end", gt=0)
-    save_every: int | None = opt(None, "write checkpoint-<step>/ every N steps (and always at the end); null = only at the end", gt=0)
-    save_total_limit: int | None = opt(2, "keep at most this many checkpoints (oldest removed first); null = keep all", gt=0)
+    eval_every: int | None = opt(None, "evaluate every N steps (and always at the end); null = only at the end",
+                                 gt=0)
+    save_every: int | None = opt(None, "write checkpoint-<step>/ every N steps (and always at the end); "
+                                       "null = only at the end", gt=0)
+    save_total_limit: int | None = opt(2, "keep at most this many checkpoints (oldest removed first); "
+                                          "null = keep all", gt=0)
     save_model_in_checkpoints: bool = opt(True, "also write a from_pretrained-loadable model in every checkpoint")
-    resume_from: str = opt("auto", "'auto' = newest complete checkpoint in output_dir if any; 'none' = refuse an unfinished output_dir; or a checkpoint folder")
-    resume_changed_config: bool = opt(False, "resume even though settings outside rlhf.train.guards.SAFE_TO_CHANGE differ from the run's config.yaml (experts; recorded in resume_overrides.jsonl)")
-    max_skipped_steps: int = opt(3, "optimizer updates in a row that may be skipped for a non-finite loss or gradient norm; one more stops the run (0 = stop at the first)", ge=0)
+    resume_from: str = opt("auto", "'auto' = newest complete checkpoint in output_dir if any; 'none' = refuse an "
+                                   "unfinished output_dir; or a checkpoint folder")
+    resume_changed_config: bool = opt(False, "resume even though settings outside "
+                                             "rlhf.train.guards.SAFE_TO_CHANGE differ from the run's config.yaml "
+                                             "(experts; recorded in resume_overrides.jsonl)")
+    max_skipped_steps: int = opt(3, "optimizer updates in a row that may be skipped for a non-finite loss or "
+                                    "gradient norm; one more stops the run (0 = stop at the first)", ge=0)
     report_to: str | list[str] = opt(factory=list, help="trackers through accelerate: tensorboard, wandb, or a list of "
                                "both; TensorBoard writes to <output_dir>/<stage>/ (tensorboard --logdir <output_dir>)")
     progress: bool = opt(True, "show a progress bar with the live loss")

@@ -46,7 +46,7 @@ def is_finished(output_dir: str | Path) -> bool:
 
 def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete checkpoints, oldest first. Half-written ones (``*.tmp*``) are ignored."""
-    out = []
+    out: list[tuple[int, Path]] = []
     d = Path(output_dir)
     if not d.is_dir():
         return out

@@ -34,9 +34,10 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -47,8 +48,16 @@ from rlhf.config import save_config, to_dict
 from rlhf.console import bar_postfix, step_line, warnings_collector
 from rlhf.train.config import TrainConfig
 from rlhf.train.guards import NonFiniteError, check_finite_tensors, check_resume_config
-from rlhf.train.run import (MetricsWriter, RunDirError, _fsync_parent, atomic_dir, fsync_tree, list_checkpoints,
-                            prepare_output_dir, write_json_atomic)
+from rlhf.train.run import (
+    MetricsWriter,
+    RunDirError,
+    _fsync_parent,
+    atomic_dir,
+    fsync_tree,
+    list_checkpoints,
+    prepare_output_dir,
+    write_json_atomic,
+)
 
 __all__ = ["Trainer", "StepPlan", "RunDirError"]
 

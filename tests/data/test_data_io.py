@@ -146,7 +146,8 @@ def test_rename_of_a_missing_column_is_an_error_naming_the_columns(tmp_path):
     write_jsonl(p, [{"question": "hello", "answer": "hi"}])
     with pytest.raises(DataError) as e:
         load_records(cfg(p, columns={"prompt": "query", "completion": "answer"}), "sft")
-    assert str(e.value) == f"{p}: columns.prompt: column 'query' not found; the source has columns ['answer', 'question']"
+    assert str(e.value) == (f"{p}: columns.prompt: column 'query' not found; "
+                            "the source has columns ['answer', 'question']")
 
 
 def test_csv_cells_hold_json_lists_and_numbers(tmp_path):

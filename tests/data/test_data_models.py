@@ -72,7 +72,7 @@ def test_left_and_right_padding_match_unpadded_runs(arch, impl):
     for side in ("right", "left"):
         b = PadCollator(0, side)(exs)
         logits = m(**model_inputs(b)).logits  # (B, T, V)
-        for i, e in enumerate(exs):
+        for i in range(len(exs)):
             real = b["attention_mask"][i].bool()
             torch.testing.assert_close(logits[i][real], refs[i], atol=ATOL, rtol=0)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+
 from rlhf.data import (
     DEFAULT_CHAT_TEMPLATE,
     DataConfig,

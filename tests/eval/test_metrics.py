@@ -10,9 +10,17 @@ import statistics
 import pytest
 import torch
 
-from rlhf.eval.metrics import (best_of_n_curve, best_of_n_distribution, best_of_n_kl_bound,
-                               best_of_n_kl_estimate, best_of_n_kl_exact, distinct_n, mean_stderr,
-                               sequence_kl, win_rate)
+from rlhf.eval.metrics import (
+    best_of_n_curve,
+    best_of_n_distribution,
+    best_of_n_kl_bound,
+    best_of_n_kl_estimate,
+    best_of_n_kl_exact,
+    distinct_n,
+    mean_stderr,
+    sequence_kl,
+    win_rate,
+)
 
 Z = 1.959964
 

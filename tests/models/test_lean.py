@@ -81,13 +81,13 @@ _BUILDERS = {
 ARCHS = list(_BUILDERS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(arch: str):
     """The fp32 model of ``arch`` (shared: tests that change a model work on a copy)."""
     return _randomize(_BUILDERS[arch](), seed=ARCHS.index(arch))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model64(arch: str):
     """The same weights in float64: the reference the fp32 forwards are measured against."""
     return copy.deepcopy(_model(arch)).double()
@@ -454,7 +454,7 @@ def test_reference_model_unwrapping():
 # --------------------------------------------------------------------------- 6. bf16
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bf16_llama():
     return copy.deepcopy(_model("llama_gqa")).to(torch.bfloat16)
 

@@ -525,6 +525,7 @@ def test_save_refuses_to_overwrite_and_leaves_no_temp_files(tiny_checkpoint, tmp
 def test_packed_last_token_scores_equal_padded(side):
     """Packed scoring equals score_last_token on the padded batch (and each row scored alone)."""
     import transformers
+
     from rlhf.data.collate import PadCollator
     from rlhf.models.load import packed_last_token_scores, score_last_token
 

@@ -11,8 +11,8 @@ import pytest
 
 from rlhf.config import ConfigError, load_config
 from rlhf.recipes import constitutional as cai
-from rlhf.testbed.feedback import REVIEW_PRINCIPLES
 from rlhf.recipes.constitutional import ConstitutionalConfig, train
+from rlhf.testbed.feedback import REVIEW_PRINCIPLES
 from rlhf.train.run import RunDirError
 
 PROMPTS = [f"reverse: {c} {d}\n" for c, d in zip("abcdefgh", "pqrstuvw")]
@@ -80,7 +80,8 @@ def test_chain_fills_every_template_and_sft_learns_the_revisions(setup, monkeypa
         assert rev["texts"] == [f"R[{principle}] {p}|{r}|{c}" for p, r, c in zip(PROMPTS, latest, critiques)]
         latest = [f" {w[2 + 2 * k]} {i}" for i in range(8)]
     chains = [json.loads(x) for x in (out / "chains.jsonl").read_text().splitlines()]
-    assert [c["final"] for c in chains] == latest and [c["response"] for c in chains] == [f" alpha {i}" for i in range(8)]
+    assert [c["final"] for c in chains] == latest
+    assert [c["response"] for c in chains] == [f" alpha {i}" for i in range(8)]
     assert chains[3]["steps"][1] == {"principle": "Be kind.", "critique": " delta 3", "revision": " echo 3",
                                      "critique_request": f"C[Be kind.] {PROMPTS[3]}| charlie 3",
                                      "revision_request": f"R[Be kind.] {PROMPTS[3]}| charlie 3| delta 3"}
@@ -90,7 +91,8 @@ def test_chain_fills_every_template_and_sft_learns_the_revisions(setup, monkeypa
     # SFT trained on the final revisions: their log-likelihood rose, far more than that of the
     # discarded first responses, which share only the row number and EOS with them
     # (measured: +22.4 nats per sequence against +7.3).
-    assert (out / "final" / "model.safetensors").read_bytes() == (out / "sft" / "final" / "model.safetensors").read_bytes()
+    final = (out / "final" / "model.safetensors").read_bytes()
+    assert final == (out / "sft" / "final" / "model.safetensors").read_bytes()
     base = _completion_logps(setup["model"], PROMPTS, latest)
     tuned = _completion_logps(out / "final", PROMPTS, latest)
     first = [c["response"] for c in chains]

@@ -115,7 +115,8 @@ def test_cached_reference_equals_online(tiny_llama, pref_data, tmp_path):
     online = train(_cfg(tiny_llama, pref_data, tmp_path / "online", *extra, "reference=online"))
     assert not (tmp_path / "online" / CACHE_FILE).exists()
     cache = load_file(str(tmp_path / "cached" / CACHE_FILE))
-    assert cache["train/ref_chosen_logps"].shape == (48,) and cache["eval/ref_chosen_logps"].shape == (48,)  # max_samples caps eval too
+    # max_samples caps eval too
+    assert cache["train/ref_chosen_logps"].shape == (48,) and cache["eval/ref_chosen_logps"].shape == (48,)
 
     tok, ex = _encoded(tiny_llama, pref_data, n=48)
     ref = load_reference(ModelConfig(name_or_path=str(tiny_llama)),
@@ -168,7 +169,8 @@ def test_grad_accumulation_is_exact(tiny_llama, pref_data, tmp_path):
     for i, e in enumerate(ex):
         e["ref_chosen_logps"], e["ref_rejected_logps"] = -20.0 - 3 * i, -18.0 + 2 * i
     cfg = _cfg(tiny_llama, pref_data, tmp_path / "cfg")
-    collate = dpo_recipe._WithReference(PreferenceCollator(tok.pad_token_id), ("ref_chosen_logps", "ref_rejected_logps"))
+    collate = dpo_recipe._WithReference(PreferenceCollator(tok.pad_token_id),
+                                        ("ref_chosen_logps", "ref_rejected_logps"))
     results = []
     for accum in (1, 4):
         trainer = Trainer(TrainConfig(batch_size=4, grad_accum=accum, progress=False), tmp_path / f"a{accum}",
@@ -227,8 +229,10 @@ def test_dpo_learns_the_known_preference(tiny_llama, pref_data, tmp_path):
     assert summary["eval_reward_margin"] > 0.5, summary
     tok = load_tokenizer(ModelConfig(name_or_path=str(tiny_llama)))
     prompts = [json.loads(x)["prompt"] for x in pref_data["eval"].read_text().splitlines()][:32]
-    before = _low_letter_share(load_causal_lm(ModelConfig(name_or_path=str(tiny_llama)), for_training=False), tok, prompts)
-    after = _low_letter_share(load_causal_lm(ModelConfig(name_or_path=str(out / "final")), for_training=False), tok, prompts)
+    before = _low_letter_share(load_causal_lm(ModelConfig(name_or_path=str(tiny_llama)), for_training=False),
+                               tok, prompts)
+    after = _low_letter_share(load_causal_lm(ModelConfig(name_or_path=str(out / "final")), for_training=False),
+                              tok, prompts)
     print(f"low-letter share {before:.3f} -> {after:.3f}; held-out accuracy {summary['eval_reward_accuracy']:.3f}")
     assert after > before + 0.2, (before, after)
 

@@ -112,7 +112,8 @@ def test_hindsight_relabeling_raises_gold_on_instruction_prompts(tmp_path):
     torch.set_num_threads(1)
     sft = reviews.make_sft_records(2000, seed=0, instruct_fraction=0.3)
     write_jsonl_atomic(tmp_path / "sft.jsonl", sft)
-    write_jsonl_atomic(tmp_path / "prompts.jsonl", [{"prompt": p} for p in reviews.make_prompts(128, seed=1, instruct=True)])
+    write_jsonl_atomic(tmp_path / "prompts.jsonl",
+                       [{"prompt": p} for p in reviews.make_prompts(128, seed=1, instruct=True)])
     base = make_tiny_checkpoint(tmp_path / "base", "llama", [r["prompt"] + r["completion"] for r in sft],
                                 vocab_size=400, hidden_size=64, num_layers=2, num_heads=4,
                                 max_position_embeddings=96, seed=0)

@@ -64,7 +64,8 @@ def test_pairs_are_best_vs_worst_and_ties_are_skipped():
     pairs, dropped = label_pairs(groups, 0.0, random.Random(0))
     assert pairs == [
         {"prompt": "p0", "chosen": "b", "rejected": "c", "score_chosen": 0.9, "score_rejected": -0.5, "flipped": False},
-        {"prompt": "p2", "chosen": "same", "rejected": "low", "score_chosen": 2.0, "score_rejected": 0.0, "flipped": False},
+        {"prompt": "p2", "chosen": "same", "rejected": "low", "score_chosen": 2.0, "score_rejected": 0.0,
+         "flipped": False},
     ]
     assert dropped == {"tied": 1, "identical": 1, "empty": 1}
 
@@ -185,6 +186,7 @@ def test_shipped_tiny_config_is_valid():
 def _chosen_logps(model_dir, pairs_file):
     """Chosen-completion log-probs of a round's pairs under ``model_dir``, computed directly."""
     import torch
+
     from rlhf.data.collate import PreferenceCollator
     from rlhf.data.config import DataConfig
     from rlhf.data.load import load_records

@@ -59,19 +59,19 @@ def _redraw(model, seed: int):
     return model.eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _policy():
     """A tiny llama (grouped-query attention); shared, so tests that train use a copy."""
     return _redraw(build_tiny_model("llama", V, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                                     max_position_embeddings=64, pad_token_id=PAD, eos_token_id=EOS), seed=1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _policy64():
     return copy.deepcopy(_policy()).double()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _critic():
     """A separate tiny critic: LlamaForSequenceClassification with one output."""
     cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -105,7 +105,7 @@ def _rollout(episodes=EPISODES, seed: int = 0) -> Rollout:
                    prompts=[""] * B, completions=[""] * B)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _naive(temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Float64 log-probs and entropies (B, T) of the completion tokens, each sequence run alone
     (padding removed) through the float64 copy of the policy; 0 where completion_mask is 0."""

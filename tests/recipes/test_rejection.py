@@ -12,9 +12,18 @@ import pytest
 from rlhf.config import ConfigError, load_config
 from rlhf.configs import recipe_path
 from rlhf.recipes import rejection
-from rlhf.recipes.rejection import (RAFTConfig, ReSTConfig, raft_schedule, rest_schedule, select,
-                                    select_best_per_prompt, select_threshold, select_top_fraction, train,
-                                    train_rest)
+from rlhf.recipes.rejection import (
+    RAFTConfig,
+    ReSTConfig,
+    raft_schedule,
+    rest_schedule,
+    select,
+    select_best_per_prompt,
+    select_threshold,
+    select_top_fraction,
+    train,
+    train_rest,
+)
 from rlhf.train.run import RunDirError
 
 REWARDS = '''
@@ -213,7 +222,8 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(setup, monkeypatch):
               "final/model.safetensors"):
         assert (out / f).read_bytes() == (setup["tmp"] / "ref" / f).read_bytes(), f
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in _jsonl(out / "metrics.jsonl")]
-    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in _jsonl(setup["tmp"] / "ref" / "metrics.jsonl")]
+    ref_metrics = _jsonl(setup["tmp"] / "ref" / "metrics.jsonl")
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in ref_metrics]
     # Finished: never overwritten.
     with pytest.raises(RunDirError, match="finished run"):
         train(_cfg(RAFTConfig, setup, *extra))

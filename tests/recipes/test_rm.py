@@ -145,7 +145,8 @@ def test_score_is_head_dot_last_real_hidden_state(tiny_llama, side):
             for e in ex:
                 ids = torch.tensor([e[f"{key}_input_ids"]])
                 h = model.model(input_ids=ids).last_hidden_state[0, -1]  # (H,)
-                want.append(float(h @ model.score.weight[0]) + (float(model.score.bias[0]) if model.score.bias is not None else 0.0))
+                bias = float(model.score.bias[0]) if model.score.bias is not None else 0.0
+                want.append(float(h @ model.score.weight[0]) + bias)
     assert got.tolist() == pytest.approx(want, abs=1e-4)
 
 
