@@ -166,13 +166,19 @@ def os_error_line(e: OSError) -> str:
     return f"{paths}: {e.strerror or e}{code}"
 
 
+def _loaded_errors() -> tuple[type[BaseException], ...]:
+    found = []
+    for module, cls in (("rlhf.data.errors", "DataError"), ("rlhf.models.load", "HubError"),
+                        ("rlhf.train.guards", "NonFiniteError")):
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], cls))
+    return tuple(found)
+
+
 def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
     """Turn the errors a user can fix (bad data, unusable output folder, a full or read-only
     disk, a diverged run) into one clear line."""
     from rlhf.config import ConfigError
-    from rlhf.data.errors import DataError
-    from rlhf.models.load import HubError
-    from rlhf.train.guards import NonFiniteError
     from rlhf.train.run import RunDirError
 
     try:
@@ -180,13 +186,21 @@ def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
     except ConfigError as e:  # a value only checkable at run time (a reward spec, a folder)
         print(f"rlhf {name}: config error: {e}", file=sys.stderr)
         return 2
-    except (DataError, RunDirError, HubError, NonFiniteError) as e:
+    except RunDirError as e:
         print(f"rlhf {name}: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # read-only, full, permission: every publish is atomic, so nothing is half-written
         print(f"rlhf {name}: error: {os_error_line(e)}; nothing half-written was left (rerun to resume "
               f"from the last checkpoint once this is fixed)", file=sys.stderr)
         return 1
+    except Exception as e:
+        # DataError, HubError and NonFiniteError live in packages that import torch: looked up once
+        # something failed (a module that raised one of them is loaded by then), so that
+        # `rlhf <tool> --help` stays free of heavy imports.
+        if isinstance(e, _loaded_errors()):
+            print(f"rlhf {name}: error: {e}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         print(f"\nrlhf {name}: interrupted; rerun the same command to resume from the last checkpoint",
               file=sys.stderr)
