@@ -69,7 +69,7 @@ def sample_pairs(policy: str, prompts: Sequence[Any], *, max_new_tokens: int = 3
     ids = [encode_prompt(PromptRecord(prompt=p), tok, dcfg)["prompt_input_ids"] for p in texts]
     gen = torch.Generator().manual_seed(seed)
     scfg = SamplingConfig(num_samples=2, max_new_tokens=max_new_tokens, temperature=sampling_temperature,
-                          batch_size=batch_size, engine=engine)
+                          batch_size=batch_size, engine=engine)  # type: ignore[arg-type]  # a str from the caller
     completions: list[str] = []
     step = max(1, batch_size // 2)
     for s in tqdm(range(0, len(texts), step), desc="label: sampling pairs", unit="batch"):

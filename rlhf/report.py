@@ -527,7 +527,7 @@ def _bon_rows(stages: list[StageRun], policies: dict[str, dict], sources: list[s
     return rows
 
 
-def headline_table(policies: dict[str, dict], stages: list[StageRun] = ()) -> str:
+def headline_table(policies: dict[str, dict], stages: Sequence[StageRun] = ()) -> str:
     """Per policy: reward ± standard error per source, win rate against the reference under the
     first source (gold when present), KL, length, distinct-2; then the best-of-n stages."""
     if not policies:

@@ -200,7 +200,7 @@ def _draw(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator 
     else:
         filtered = cfg.top_k or cfg.top_p < 1.0
         probs = torch.softmax(filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p), -1) if filtered \
-            else logp.exp()
+            else logp.exp()  # type: ignore[union-attr]  # logp is computed whenever unfiltered
         # Uniforms come from the generator's own device (a seeded CPU generator works for a
         # model on an accelerator, and draws the same numbers there): B numbers per token.
         where = generator.device if generator is not None else probs.device
@@ -208,6 +208,7 @@ def _draw(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator 
         tok = inverse_cdf(probs, u)
     if not with_logps:
         return tok, None, None
+    assert logp is not None  # computed above whenever with_logps
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1), entropy_from_logp(logp)
 
 
@@ -277,6 +278,7 @@ def _sample_chunk(model: nn.Module, prompt_ids: list[list[int]], pad_id: int, st
     for t in range(cfg.max_new_tokens):
         tok, lp, ent = _draw(logits, cfg, generator, greedy, with_logps)  # (B,) each
         if with_logps:
+            assert lp is not None and ent is not None
             lps.append(lp)
             ents.append(ent)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
@@ -357,6 +359,7 @@ def sample(model: nn.Module, tokenizer: Any, prompts: Sequence[Any], prompt_ids:
     if with_logps:
         row_logps, row_ents = [], []
         for _, _, _, c_lps, c_ents in chunks:
+            assert c_lps is not None and c_ents is not None  # sampled with_logps
             row_logps += list(c_lps.unbind(0))
             row_ents += list(c_ents.unbind(0))
     return assemble_rollout(tokenizer, rows_prompt, rows_ids, completions_tok, ended, K,
@@ -434,6 +437,7 @@ def rollout_logps(model: Any, rollout: Rollout, temperature: float = 1.0, batch_
             lp, e = _packed_logps(model, lean, inputs, rollout.completion_mask[rows], temperature, with_entropy)
             out[rows] = lp
             if with_entropy:
+                assert ent is not None and e is not None
                 ent[rows] = e
             continue
         keep = slice(P - 1, -1)  # the positions that predict completion tokens
@@ -443,9 +447,9 @@ def rollout_logps(model: Any, rollout: Rollout, temperature: float = 1.0, batch_
             logits = model(**inputs, use_cache=False).logits[:, keep]
         real = rollout.completion_mask[rows, P:]  # 0 after EOS too, as in the packed layout
         out[rows, P:] = token_logps(logits, inputs["input_ids"][:, P:], temperature) * real
-        if with_entropy:
+        if ent is not None:  # with_entropy
             ent[rows, P:] = entropy_from_logits(logits, temperature) * real
-    return (out, ent) if with_entropy else out
+    return (out, ent) if ent is not None else out
 
 
 def _packed_logps(model: Any, lean: Any, inputs: dict[str, torch.Tensor], completion_mask: torch.Tensor,

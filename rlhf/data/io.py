@@ -80,7 +80,7 @@ def source_kind(source: str) -> str:
 
 def _open_binary(path: Path) -> io.BufferedIOBase:
     if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return gzip.open(path, "rb")
     return open(path, "rb")
 
 

@@ -26,7 +26,7 @@ import logging
 import math
 import random
 import re
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from rlhf.config import ConfigError
 from rlhf.data.config import DataConfig
@@ -170,8 +170,18 @@ def _check_source(rows: list, fmt: str, cfg: DataConfig, spec: RowSpec, name: st
                                 "{a: [0], b: [1]}")
 
 
+# The kinds a recipe asks for by name come back as their record type (for the type checker).
+@overload
+def load_records(cfg: DataConfig, kind: Literal["preference"], source: str | None = ...,
+                 split: str | None = ...) -> tuple[list[PreferenceRecord], SkipReport]: ...
+@overload
+def load_records(cfg: DataConfig, kind: Literal["prompt"], source: str | None = ...,
+                 split: str | None = ...) -> tuple[list[PromptRecord], SkipReport]: ...
+@overload
+def load_records(cfg: DataConfig, kind: Kind, source: str | None = ...,
+                 split: str | None = ...) -> tuple[list[Record], SkipReport]: ...
 def load_records(cfg: DataConfig, kind: Kind, source: str | None = None,
-                 split: str | None = None) -> tuple[list[Record], SkipReport]:
+                 split: str | None = None) -> tuple[list[Any], SkipReport]:  # list[Any]: see the overloads
     """Records of ``kind`` from ``source`` (default ``cfg.train``), split ``split`` (default
     ``cfg.train_split``), at most ``cfg.max_samples`` of them, and the report of what was skipped.
 
@@ -285,7 +295,12 @@ def split_eval(records: list[Record], fraction: float, seed: int) -> tuple[list[
     return train, ev
 
 
-def load_train_eval(cfg: DataConfig, kind: Kind) -> tuple[list[Record], list[Record] | None, SkipReport]:
+@overload
+def load_train_eval(cfg: DataConfig, kind: Literal["preference"]
+                    ) -> tuple[list[PreferenceRecord], list[PreferenceRecord] | None, SkipReport]: ...
+@overload
+def load_train_eval(cfg: DataConfig, kind: Kind) -> tuple[list[Record], list[Record] | None, SkipReport]: ...
+def load_train_eval(cfg: DataConfig, kind: Kind) -> tuple[list[Any], list[Any] | None, SkipReport]:
     """Train and eval records and one report covering both.
 
     Eval comes from, in order: ``cfg.eval`` (split ``cfg.eval_split`` or ``cfg.train_split``);

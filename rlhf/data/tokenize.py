@@ -127,7 +127,7 @@ def render(record: Any, prompt: Text, completions: list[Text], tokenizer: Any,
     """
     chat = is_conversational(prompt, *completions) or (cfg.text_as_chat and cfg.chat_template != "none")
     if not chat:
-        return prompt, list(completions), False  # type: ignore[arg-type]
+        return prompt, list(completions), False  # type: ignore[arg-type,return-value]  # not chat: strings
     if cfg.chat_template == "none":
         raise _fail(record, "prompt", "plain text: data.chat_template is 'none' but this "
                     "record holds chat messages (use chat_template 'auto' or 'default')")

@@ -53,7 +53,7 @@ def eval_stage(output_dir: str | Path, *, reference: str, policies: dict[str, st
     records = load_records(DataConfig(train=str(prompts), strict=True, max_samples=max_prompts), "prompt")[0]
     texts = [r.prompt for r in records]
     columns = [r.columns for r in records]  # each prompt's other columns, for reward functions
-    dcfg = DataConfig(chat_template=chat_template)
+    dcfg = DataConfig(chat_template=chat_template)  # type: ignore[arg-type]  # a str from the caller
     results: dict[str, Any] = {"reference": reference, "prompts": len(texts), "policies": {}}
     # Each result also holds the reference's own samples and scores (its "reference" side):
     # the frontier's origin at KL 0.
@@ -64,8 +64,8 @@ def eval_stage(output_dir: str | Path, *, reference: str, policies: dict[str, st
                                              batch_size=batch_size, seed=seed, data_cfg=dcfg,
                                              num_examples=4, columns=columns)
     sources = {k: load_reward_source(v) for k, v in rewards.items()}
-    for name, run in (best_of_n or {}).items():
-        run = Path(run)
+    for name, run_dir in (best_of_n or {}).items():
+        run = Path(run_dir)
         summary = json.loads((run / "summary.json").read_text())
         pool_file = run / "pool.jsonl"
         entry: dict[str, Any] = {"n": summary["n"], "kl_bound": summary["kl_bound"],

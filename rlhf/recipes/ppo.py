@@ -246,7 +246,7 @@ class PolicyAndValue(nn.Module):
         shared = self.value_head is not None
         out = self.policy(**inputs, use_cache=False, output_hidden_states=shared)
         values = None
-        if shared:  # the last entry of hidden_states is the final (normed) one the LM head reads
+        if self.value_head is not None:  # the last entry of hidden_states is the final (normed) one the LM head reads
             values = shift_values(unpacked(self.value_head(out.hidden_states[-1]).squeeze(-1).float()))
         elif self.value is not None:
             values = shift_values(unpacked(score_tokens(self.value, **inputs).float()))
@@ -436,7 +436,7 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     updates = cfg.ppo.epochs * cfg.ppo.num_minibatches
     model = trainer.setup(PolicyAndValue(policy, value, value_head, packed=cfg.ppo.packed), num_examples=len(prompts),
                           updates_per_step=updates)
-    trainer.export = lambda m: m.policy  # final/ and checkpoint models hold the policy only
+    trainer.export = lambda m: m.policy  # type: ignore[assignment,return-value]  # final/ holds the policy only
     inner = trainer.accelerator.unwrap_model(model)
     kl_ctl = (AdaptiveKLController(cfg.kl.beta, cfg.kl.target, cfg.kl.horizon) if cfg.kl.target
               else FixedKLController(cfg.kl.beta))
@@ -488,7 +488,7 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         logits, values = m(mb["input_ids"], mb["attention_mask"], mb["position_ids"])
         logps = shifted_token_logps(logits, mb["input_ids"], temperature)  # (b, T)
         mask = mb["mask"]
-        agg = {"aggregation": aggregation, "denominator": denom, "max_len": cfg.sampling.max_new_tokens}
+        agg: dict[str, Any] = {"aggregation": aggregation, "denominator": denom, "max_len": cfg.sampling.max_new_tokens}
         loss, pm = ppo_clip_loss(logps, mb["old_logps"], mb["advantages"], mask, cfg.ppo.clip,
                                  cfg.ppo.clip_high, **agg, is_weights=mb.get("is_weights"))
         ntok = mask.sum().double()
@@ -623,6 +623,7 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         if norm[0] is not None and norm[1]:
             metrics["score_normalized"] = (metrics["score"] - norm[0]) / norm[1]
         if ev["values"] is not None:
+            assert returns is not None  # the critic's estimator returns them
             metrics["explained_variance"] = _explained_variance(ev["values"], returns, mask)
         if greedy_scores is not None:
             metrics["greedy_score"] = mean(greedy_scores) * len(ro) / len(greedy_scores)
@@ -701,9 +702,10 @@ def _slice(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torc
 def _log_samples(trainer: Trainer, step: int, ro: Rollout, scores: torch.Tensor,
                  track: dict[str, torch.Tensor], n: int) -> None:
     """A few prompts and completions with their scores, in the console and in metrics.jsonl."""
-    rows = [{"prompt": str(ro.prompts[i]), "completion": ro.completions[i], "score": round(float(scores[i]), 4),
-             **{k: round(float(v[i]), 4) for k, v in track.items()}}
-            for i in range(0, len(ro), max(1, ro.group_size))][:n]
+    rows: list[dict[str, Any]] = [
+        {"prompt": str(ro.prompts[i]), "completion": ro.completions[i], "score": round(float(scores[i]), 4),
+         **{k: round(float(v[i]), 4) for k, v in track.items()}}
+        for i in range(0, len(ro), max(1, ro.group_size))][:n]
     if trainer.metrics is not None:
         trainer.metrics.write({"step": step, "samples": rows})
     lines = [f"[ppo] samples at step {step}:"]

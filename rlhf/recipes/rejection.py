@@ -379,7 +379,7 @@ class RoundRun:
         """Close a step: its summary.json (written last: the step is finished), the run's
         metrics.jsonl, a progress line. Returns the policy the next step starts from."""
         metrics["seconds"] = round(time.time() - t0, 2)
-        s = {"metrics": metrics, "policy": self.rel(new_policy)}
+        s: dict[str, Any] = {"metrics": metrics, "policy": self.rel(new_policy)}
         write_json_atomic(folder / "summary.json", s)
         done.append(s)
         self.write_metrics(done)

@@ -348,7 +348,7 @@ def _reference_sequences(cfg: RMConfig, tokenizer: Any, train_groups: list[list[
     return seqs
 
 
-def reward_statistics(scores: list[float]) -> dict[str, float]:
+def reward_statistics(scores: list[float]) -> dict[str, float | None]:
     """Mean and (Bessel-corrected) std of reference scores; std is null for fewer than 2."""
     t = torch.tensor(scores, dtype=torch.float64)
     return {"mean": float(t.mean()) if len(scores) else None,

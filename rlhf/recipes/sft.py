@@ -97,6 +97,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     model = load_causal_lm(cfg.model)
     n = count_parameters(model)
     trainer.print(f"[sft] model {cfg.model.name_or_path}: {n['total']:,} parameters, {n['trainable']:,} trainable")
+    collate: PackingCollator | PadCollator
     if use_packed(cfg.data.packing, model):
         # Several sequences per row; position ids restart per sequence so that no sequence
         # attends to or is positioned after another (rlhf/data/collate.py). Only for a model

@@ -61,7 +61,8 @@ def generate(model, tokenizer, prompts: list, *, data_cfg=None, max_new_tokens: 
     greedy = temperature <= 0
     cfg = SamplingConfig(num_samples=num_samples, max_new_tokens=max_new_tokens,
                          temperature=1.0 if greedy else temperature, top_p=top_p, top_k=top_k,
-                         batch_size=batch_size * num_samples, engine=engine, vllm=vllm or VLLMConfig())
+                         batch_size=batch_size * num_samples, engine=engine,  # type: ignore[arg-type]  # a str from the caller
+                         vllm=vllm or VLLMConfig())
     stops = set(eos_ids(tokenizer, model))
     generator = torch.Generator().manual_seed(seed)
     out = []

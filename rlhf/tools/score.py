@@ -92,6 +92,7 @@ def score_file(source: Any, data: str, output: str | Path, *, data_cfg: Any = No
             report.skip(drop.reason, row.source, row.number)
             continue
         kept.append(i)
+        items: list[tuple[str, int | None, Any]]
         if isinstance(rec, (SFTRecord, UnpairedRecord)):
             items = [("reward", None, rec.completion)]
         elif isinstance(rec, PreferenceRecord):
@@ -135,13 +136,14 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     from rlhf.data.config import DataConfig
-    from rlhf.rewards import ModelReward, load_reward_source
+    from rlhf.rewards import ModelReward, RewardSource, load_reward_source
 
     if Path(args.output).exists():
         print(f"rlhf score: error: --output {args.output} already exists; it is never overwritten",
               file=sys.stderr)
         return 1
     try:
+        source: RewardSource
         if args.model:
             source = ModelReward(args.model, normalize=args.normalize, batch_size=args.batch_size,
                                  device=args.device)

@@ -159,7 +159,7 @@ def grad_norm_and_clip(params: Iterable[nn.Parameter], max_norm: float | None) -
     if max_norm is not None:
         total = torch.nn.utils.clip_grad_norm_(params, max_norm)
     else:
-        total = torch.nn.utils.get_total_norm([p.grad for p in params])
+        total = torch.nn.utils.get_total_norm([p.grad for p in params])  # type: ignore[misc]  # None filtered above
     if isinstance(total, DTensor):
         total = total.full_tensor()
     return float(total)
@@ -177,7 +177,7 @@ def gathered(model: nn.Module) -> Iterator[None]:
         return
     keep = []
     for m in mods:
-        m._rlhf_gathered = True
+        m._rlhf_gathered = True  # type: ignore[assignment]  # a plain flag (nn.Module types attributes as Tensor | Module)
         group = m._get_fsdp_state()._fsdp_param_group  # type: ignore[operator]
         keep.append(group._reshard_after_forward if group is not None else False)
         # Keep the gathered weights through each forward's end instead of freeing them.
@@ -187,7 +187,7 @@ def gathered(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         for m, k in zip(mods, keep, strict=True):
-            m._rlhf_gathered = False
+            m._rlhf_gathered = False  # type: ignore[assignment]  # as above
             m.reshard()  # type: ignore[operator]
             m.set_reshard_after_forward(k, recurse=False)  # type: ignore[operator]
 
@@ -238,7 +238,7 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Pat
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     msd, osd = get_state_dict(model, optimizer, options=_options())
-    state = {"model": msd, "optimizer": osd}
+    state: dict[str, Any] = {"model": msd, "optimizer": osd}
     dcp.load(state, checkpoint_id=str(folder / SHARDED_DIR))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
                    options=_options())

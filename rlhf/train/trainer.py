@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from accelerate import Accelerator
@@ -95,7 +95,8 @@ def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No decay on biases and normalisation weights (1-D tensors), as is usual for transformers."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
@@ -196,6 +197,7 @@ class Trainer:
         from rlhf.train import sharding
         stack = contextlib.ExitStack()
         for m in modules or (self.model,):
+            assert m is not None, "call setup() first"  # sharded: setup() set the model
             stack.enter_context(sharding.gathered(m))
         return stack
 
@@ -253,7 +255,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ batching
 
-    def steps(self, examples: Sequence[dict], collate: Callable[[list[dict]], dict]
+    def steps(self, examples: Sequence[Any], collate: Callable[[list[Any]], dict]
               ) -> Iterator[tuple[int, list[dict[str, torch.Tensor]]]]:
         """Yield ``(step, micro_batches)`` for the steps still to run (1-based step numbers).
 
@@ -290,7 +292,8 @@ class Trainer:
         W, r = self.accelerator.num_processes, self.accelerator.process_index
         mine = list(range(r, len(examples), W))
         bs = self.cfg.eval_batch_size
-        with self.gathered(self.model, *self._frozen):  # processes may run different numbers of batches
+        # processes may run different numbers of batches (self.model: gathered only when sharded, set by setup())
+        with self.gathered(cast(torch.nn.Module, self.model), *self._frozen):
             for k in range(0, len(mine), bs):
                 yield self.to_device(collate([examples[i] for i in mine[k:k + bs]]))
 
@@ -366,6 +369,8 @@ class Trainer:
         reduced), so every process takes the same decision.
         """
         model = self.model
+        assert model is not None and self.optimizer is not None, "call setup() first"
+        grad_norm: float | torch.Tensor
         if self.sharded:
             from rlhf.train import sharding
             grad_norm = sharding.grad_norm_and_clip(model.parameters(), self.cfg.max_grad_norm)
@@ -419,6 +424,7 @@ class Trainer:
             post = bar_postfix(metrics)
             if post:
                 self._bar.set_postfix(post, refresh=False)
+        assert self.plan is not None, "call setup() first"
         if not (force or step % self.cfg.log_every == 0 or step == self.plan.total_steps):
             return
         rec = {"step": step, "epoch": round(step / self.plan.steps_per_epoch, 4),
@@ -432,12 +438,14 @@ class Trainer:
 
     def should_eval(self, step: int) -> bool:
         e = self.cfg.eval_every
+        assert self.plan is not None, "call setup() first"
         return step == self.plan.total_steps or (e is not None and step % e == 0)
 
     # ------------------------------------------------------------------ checkpoints
 
     def maybe_checkpoint(self, step: int, tokenizer: Any = None, extra_state: dict | None = None) -> None:
         s = self.cfg.save_every
+        assert self.plan is not None, "call setup() first"
         if step == self.plan.total_steps or (s is not None and step % s == 0):
             self.save_checkpoint(step, tokenizer, extra_state)
 
@@ -470,6 +478,7 @@ class Trainer:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             save_file(_untie(trainable), str(tmp / "trainable.safetensors"))
+            assert self.optimizer is not None and self.plan is not None, "call setup() first"
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             if self.cfg.save_model_in_checkpoints:
@@ -498,6 +507,7 @@ class Trainer:
         from rlhf.train import sharding
 
         acc = self.accelerator
+        assert self.model is not None and self.optimizer is not None, "call setup() first"
         sharding.save_sharded(self.model, self.optimizer, tmp)
         if self.cfg.save_model_in_checkpoints:
             from rlhf.models.load import save_model
@@ -507,6 +517,7 @@ class Trainer:
         acc.wait_for_everyone()  # every process's shards are on disk
         if self.is_main:
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            assert self.plan is not None, "call setup() first"
             write_json_atomic(tmp / "trainer_state.json", {
                 "step": step, "stage": self.stage, "total_steps": self.plan.total_steps,
                 "num_processes": acc.num_processes, "distributed": "fsdp", "extra": extra_state or {}})
@@ -538,6 +549,7 @@ class Trainer:
                               f"setting (got {self.cfg.distributed})")
         if self.sharded:
             from rlhf.train import sharding
+            assert self.model is not None and self.optimizer is not None  # set by setup() before this
             sharding.load_sharded(self.model, self.optimizer, path)
         else:
             self._load_trainable(path)
@@ -555,6 +567,7 @@ class Trainer:
 
     def _load_trainable(self, path: Path) -> None:
         """Data parallel: trainable weights from safetensors, optimizer state from optimizer.pt."""
+        assert self.optimizer is not None, "call setup() first"
         unwrapped = self.accelerator.unwrap_model(self.model)
         params = dict(unwrapped.named_parameters())
         saved = load_file(str(path / "trainable.safetensors"))
@@ -584,11 +597,13 @@ class Trainer:
         """
         acc = self.accelerator
         acc.wait_for_everyone()
+        assert self.plan is not None, "call setup() first"
         summary = {"stage": self.stage, "steps": self.plan.total_steps,
                    "wall_time_s": round(time.time() - self._t0, 2), **summary}
         whole: contextlib.AbstractContextManager = contextlib.nullcontext()
         if self.sharded:  # final/ is an ordinary model folder: gather the exact full weights
             from rlhf.train import sharding
+            assert self.model is not None, "call setup() first"
             whole = sharding.full_weights(self.model)
         with whole:
             if self.is_main:
