@@ -99,9 +99,10 @@ def main() -> None:
     out = Path(a.out or f"bench/results/{a.name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))
-    print(json.dumps({"variant": {m: [round(v[m], 3) for m in ("mean", "lo", "hi")] for m, v in var.items()},
-                      "variant_minus_demo": {m: [round(v[k], 3) for k in ("mean", "lo", "hi")] for m, v in diff.items()}},
-                     indent=1))
+    def brief(d: dict) -> dict:
+        return {m: [round(v[k], 3) for k in ("mean", "lo", "hi")] for m, v in d.items()}
+
+    print(json.dumps({"variant": brief(var), "variant_minus_demo": brief(diff)}, indent=1))
 
 
 if __name__ == "__main__":
