@@ -21,12 +21,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rlhf.eval.overoptimization import gao_predict  # noqa: E402
+from rlhf.eval.overoptimization import gao_fit, gao_predict  # noqa: E402
 from rlhf.stats import mean_interval  # noqa: E402
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-LABELS = {"reference": "SFT (reference)", "ppo": "PPO", "dpo": "DPO", "raft": "RAFT", "rest": "ReST",
-          "iterative-dpo": "iterative DPO", "constitutional": "Constitutional AI (supervised)"}
+LABELS = {"reference": "SFT (reference)", "ppo": "PPO (β = 0.005, 300 steps)", "dpo": "DPO (β = 0.3, 1 epoch)",
+          "raft": "RAFT (3 rounds, best of 4)", "rest": "ReST (2 Grow × 2 Improve)",
+          "iterative-dpo-rpo": "iterative DPO (3 rounds, + NLL on chosen: the default)",
+          "iterative-dpo": "iterative DPO, plain DPO loss (rpo_alpha 0: the old default)",
+          "constitutional": "Constitutional AI (supervised)"}
+# bench/demo_variant.py outputs merged into the demo's table: {file: method name}.
+VARIANTS = {"bench/results/iterative-dpo-rpo.json": "iterative-dpo-rpo"}
 
 
 def fmt(ci: dict, digits: int = 3) -> str:
@@ -54,18 +59,100 @@ def bon_key(doc: dict) -> tuple[str, int] | None:
     return best, int(best.split("(n=")[1].rstrip(")"))
 
 
+def proxy_gain(doc: dict, key: str) -> dict | None:
+    """The proxy's score relative to SFT's, per seed: each seed's reward model has its own offset
+    and scale (a Bradley–Terry model is defined up to a constant), so raw proxy means over seeds
+    mix scales; the per-seed difference does not."""
+    if key == "reference":
+        return None
+    if "(n=" in key:
+        diffs = [pt["proxy"] - rec["headline"]["reference"]["proxy"] for rec in doc["per_seed"].values()
+                 for curve in rec["best_of_n"].values() for pt in curve if f"(n={pt['n']})" in key]
+        return mean_interval(diffs) if len(diffs) >= 2 else None
+    return paired(doc, key, "reference", "proxy")
+
+
 def table(doc: dict) -> list[str]:
     m = doc["methods"]
-    lines = ["| method | gold reward | proxy reward | KL to SFT (nats) |", "|---|---|---|---|"]
-    for key, label in LABELS.items():
-        if key in m:
-            lines.append(f"| {label} | {fmt(m[key]['gold'])} | {fmt(m[key]['proxy'])} | "
-                         f"{fmt(m[key]['kl'], 2) if key != 'reference' else '0'} |")
+    lines = ["| method | gold reward | proxy gain over SFT | KL to SFT (nats) |", "|---|---|---|---|"]
+    rows = [(key, label) for key, label in LABELS.items() if key in m]
     bk = bon_key(doc)
     if bk:
-        key, n = bk
-        lines.append(f"| best-of-{n} by the proxy | {fmt(m[key]['gold'])} | {fmt(m[key]['proxy'])} | "
-                     f"{m[key]['kl']['mean']:.2f} (log n − (n−1)/n) |")
+        rows.insert(1, (bk[0], f"best-of-{bk[1]} by the proxy"))
+    for key, label in rows:
+        pg = proxy_gain(doc, key)
+        kl = "0" if key == "reference" else (f"{m[key]['kl']['mean']:.2f} (log n − (n−1)/n)" if "(n=" in key
+                                              else fmt(m[key]["kl"], 2))
+        lines.append(f"| {label} | {fmt(m[key]['gold'])} | {fmt(pg) if pg else '0'} | {kl} |")
+    return lines
+
+
+def merge_variants(doc: dict) -> None:
+    """Add bench/demo_variant.py's per-seed headlines to the demo's and re-aggregate."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from demo_seeds import aggregate
+
+    for path, name in VARIANTS.items():
+        f = ROOT / path
+        if not f.is_file():
+            continue
+        var = json.loads(f.read_text())
+        for seed, row in var["per_seed"].items():
+            rec = doc["per_seed"].get(seed) or doc["per_seed"].get(int(seed))
+            if rec is not None:
+                rec["headline"][name] = row["variant"]
+    doc["methods"] = aggregate(doc["per_seed"])
+
+
+def gao_demo_fits(doc: dict) -> dict:
+    """Gao et al.'s two forms fitted per seed to what the demo already measured: best-of-n's curve
+    (KL = the bound, gold of the proxy's pick) and PPO's training run (per-step rollout KL and
+    gold). Gains are over the policy's start (n = 1; PPO's first 5 steps)."""
+    out: dict = {"bon": [], "rl": []}
+    for seed, rec in doc["per_seed"].items():
+        for curve in rec["best_of_n"].values():
+            pts = [(pt["kl"], pt["gold"]) for pt in curve if pt.get("gold") is not None]
+            g0 = next(g for k, g in pts if k == 0)
+            out["bon"].append({"seed": seed, **gao_fit("bon", [k for k, _ in pts], [g - g0 for _, g in pts])})
+        pc = [r for r in rec.get("ppo_curve", []) if r.get("gold") is not None]
+        if len(pc) > 10:
+            g0 = sum(r["gold"] for r in pc[:5]) / 5
+            fit = gao_fit("rl", [max(0.0, r["kl"]) for r in pc], [r["gold"] - g0 for r in pc])
+            sg = running_mean([r["gold"] for r in pc], 10)
+            peak = max(range(len(sg)), key=sg.__getitem__)
+            out["rl"].append({"seed": seed, **fit, "peak_step": pc[peak]["step"], "steps": len(pc),
+                              "gold_peak": sg[peak], "gold_end": sg[-1],
+                              "kl_end": sum(r["kl"] for r in pc[-10:]) / 10})
+    return out
+
+
+def running_mean(xs: list[float], w: int) -> list[float]:
+    out, acc = [], 0.0
+    for i, x in enumerate(xs):
+        acc += x
+        if i >= w:
+            acc -= xs[i - w]
+        out.append(acc / min(i + 1, w))
+    return out
+
+
+def fit_lines(fits: dict) -> list[str]:
+    lines = ["| form (Gao et al. 2022) | fitted to | α | β | R² |", "|---|---|---|---|---|"]
+    for form, what, label in (("bon", "bon", "best-of-n: d(α − β·d)"), ("rl", "rl", "RL: d(α − β·log d)")):
+        fs = fits[what]
+        if len(fs) < 2:
+            continue
+        src = ("each seed's best-of-n curve, n = 1..64" if form == "bon"
+               else "each seed's PPO run, 300 steps (per-step rollout KL and gold)")
+        alpha, beta = mean_interval([f["alpha"] for f in fs]), mean_interval([f["beta"] for f in fs])
+        r2 = mean_interval([f["r2"] for f in fs])
+        lines.append(f"| {label} | {src} | {fmt(alpha)} | {fmt(beta)} | {fmt(r2, 2)} |")
+    rl = fits["rl"]
+    if rl:
+        fell = [f for f in rl if f["gold_end"] < f["gold_peak"] - 0.1]
+        lines += ["", f"PPO's gold (10-step mean) ended more than 0.1 below its peak in {len(fell)} of {len(rl)} "
+                      "seeds: " + ", ".join(f"seed {f['seed']} peak {f['gold_peak']:.2f} at step {f['peak_step']}, "
+                                            f"end {f['gold_end']:.2f} at KL {f['kl_end']:.1f}" for f in rl) + "."]
     return lines
 
 
@@ -85,8 +172,8 @@ def sentences(doc: dict) -> list[str]:
         else:
             unresolved.append(f"{label} ({d['mean']:+.2f} [{d['lo']:.2f}, {d['hi']:.2f}])")
     if gains:
-        out.insert(0, "Raise held-out gold over SFT in every sense the seeds can resolve (paired difference, "
-                      "95% interval above 0): " + ", ".join(gains) + ".")
+        out.insert(0, "Raise held-out gold over SFT (per-seed paired difference, 95% interval above 0): "
+                      + ", ".join(gains) + ".")
     if unresolved:
         out.append("Not resolved from SFT on gold (interval of the paired difference includes 0): "
                    + ", ".join(unresolved) + ".")
@@ -127,7 +214,7 @@ def plot_frontier(doc: dict, path: Path, frontier: dict | None) -> None:
     if bon:
         ks = sorted(bon)
         cis = [mean_interval(bon[k]) for k in ks]
-        ax.plot(ks, [c["mean"] for c in cis], "-o", color="0.3", ms=3, label="best-of-n (n = 1, 2, 4, ...)")
+        ax.plot(ks, [c["mean"] for c in cis], "-o", color="0.3", ms=3, label="best-of-n by the proxy (n = 1 ... 64)")
         if all(c["n"] > 1 for c in cis):
             ax.fill_between(ks, [c["lo"] for c in cis], [c["hi"] for c in cis], color="0.3", alpha=0.15)
     for sweep_name, pts in (frontier or {}).get("curves", {}).items():
@@ -218,9 +305,11 @@ def main() -> None:
     over_path, front_path = ROOT / a.overopt_json, ROOT / a.frontier_json
     over = json.loads(over_path.read_text()) if over_path.is_file() else None
     front = json.loads(front_path.read_text()) if front_path.is_file() else None
+    merge_variants(doc)
     images = ROOT / a.images
     images.mkdir(parents=True, exist_ok=True)
     plot_frontier(doc, images / "frontier.png", front)
+    fits = gao_demo_fits(doc)
     block = [BEGIN, "",
              f"Held-out prompts, mean and 95% Student-t interval over {len(doc['seeds'])} seeds "
              f"(seeds {', '.join(map(str, doc['seeds']))}; each seed changes the task's data, the base model, "
@@ -228,7 +317,9 @@ def main() -> None:
              f"`.venv/bin/python bench/demo_seeds.py --seeds {','.join(map(str, doc['seeds']))}` then "
              f"`.venv/bin/python bench/render_results.py` (commit {doc['commit']}).", "",
              *table(doc), "", *[f"- {s}" for s in sentences(doc)], "",
-             "![gold reward vs KL](docs/images/frontier.png)", ""]
+             "![gold reward vs KL](docs/images/frontier.png)", "",
+             "**Gao et al.'s functional forms on the demo's own runs** (d = √KL; gain in gold over the start; "
+             "mean and 95% interval of the per-seed fits):", "", *fit_lines(fits), ""]
     if over:
         plot_overopt(over, images / "overoptimization.png")
         block += ["**Over-optimisation**, fitted to Gao et al. (2022): "
