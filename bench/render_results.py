@@ -32,6 +32,13 @@ LABELS = {"reference": "SFT (reference)", "ppo": "PPO (β = 0.005, 300 steps)", 
           "constitutional": "Constitutional AI (supervised)"}
 # bench/demo_variant.py outputs merged into the demo's table: {file: method name}.
 VARIANTS = {"bench/results/iterative-dpo-rpo.json": "iterative-dpo-rpo"}
+# Frontier sweeps: one setting changed along a method (bench/demo_variant.py); the demo's own run
+# is the point named by its method key.
+SWEEPS = {
+    "DPO, β = 1.0 / 0.3 / 0.1": ["bench/results/dpo-beta1.0.json", "dpo", "bench/results/dpo-beta0.1.json"],
+    "PPO, KL coefficient 0.05 / 0.02 / 0.005": ["bench/results/ppo-kl0.05.json", "bench/results/ppo-kl0.02.json",
+                                                "ppo"],
+}
 
 
 def fmt(ci: dict, digits: int = 3) -> str:
@@ -102,6 +109,76 @@ def merge_variants(doc: dict) -> None:
             if rec is not None:
                 rec["headline"][name] = row["variant"]
     doc["methods"] = aggregate(doc["per_seed"])
+
+
+def sweep_points(doc: dict) -> dict[str, list[dict]]:
+    """Per sweep, its points in order: per-seed headline rows (demo or variant)."""
+    out: dict[str, list[dict]] = {}
+    for name, items in SWEEPS.items():
+        pts = []
+        for item in items:
+            if item.endswith(".json"):
+                f = ROOT / item
+                if not f.is_file():
+                    continue
+                var = json.loads(f.read_text())
+                rows = {str(k): v["variant"] for k, v in var["per_seed"].items()}
+                label = " ".join(var["set"])
+            else:
+                rows = {str(k): rec["headline"][item] for k, rec in doc["per_seed"].items()}
+                label = f"the demo's {item}"
+            pts.append({"label": label, "rows": rows,
+                        "gold": mean_interval([r["gold"] for r in rows.values()]),
+                        "kl": mean_interval([r["kl"] for r in rows.values()])})
+        if len(pts) >= 2:
+            out[name] = pts
+    return out
+
+
+def bon_gold_at(rec: dict, kl: float) -> float | None:
+    """The seed's best-of-n gold at a given KL, linear in KL between its curve's points; None
+    past the largest n (no extrapolation)."""
+    for curve in rec["best_of_n"].values():
+        pts = sorted((pt["kl"], pt["gold"]) for pt in curve if pt.get("gold") is not None)
+        for (k0, g0), (k1, g1) in zip(pts, pts[1:]):
+            if k0 <= kl <= k1:
+                return g0 + (g1 - g0) * (kl - k0) / (k1 - k0) if k1 > k0 else g1
+    return None
+
+
+def versus_bon(doc: dict, rows: dict) -> dict | None:
+    """Per seed: the method's gold minus best-of-n's gold at the method's own KL."""
+    diffs = []
+    for seed, row in rows.items():
+        rec = doc["per_seed"].get(seed) or doc["per_seed"].get(int(seed))
+        g = bon_gold_at(rec, row["kl"]) if rec else None
+        if g is not None:
+            diffs.append(row["gold"] - g)
+    return mean_interval(diffs) if len(diffs) >= 2 and len(diffs) == len(rows) else None
+
+
+def frontier_lines(doc: dict) -> list[str]:
+    lines = ["| method (point) | gold | KL to SFT | gold minus best-of-n's at the same KL |", "|---|---|---|---|"]
+    entries = [(LABELS[k], {str(s): rec["headline"][k] for s, rec in doc["per_seed"].items()})
+               for k in LABELS if k != "reference" and all(k in rec["headline"] for rec in doc["per_seed"].values())]
+    for name, pts in sweep_points(doc).items():
+        entries += [(f"{name.split(',')[0]}: {p['label']}", p["rows"]) for p in pts
+                    if not p["label"].startswith("the demo")]
+    below, above = [], []
+    for label, rows in entries:
+        g = mean_interval([r["gold"] for r in rows.values()])
+        k = mean_interval([r["kl"] for r in rows.values()])
+        v = versus_bon(doc, rows)
+        lines.append(f"| {label} | {fmt(g)} | {fmt(k, 2)} | {fmt(v) if v else 'beyond the best-of-64 KL'} |")
+        if v and v["hi"] < 0:
+            below.append(label)
+        elif v and v["lo"] > 0:
+            above.append(label)
+    lines.append("")
+    lines.append(f"Below the best-of-n curve (interval under 0): {', '.join(below) or 'none'}. "
+                 f"Above it: {', '.join(above) or 'none'}. Points past KL 3.17 nats (best-of-64) cannot be "
+                 "compared with it.")
+    return lines
 
 
 def gao_demo_fits(doc: dict) -> dict:
@@ -217,10 +294,13 @@ def plot_frontier(doc: dict, path: Path, frontier: dict | None) -> None:
         ax.plot(ks, [c["mean"] for c in cis], "-o", color="0.3", ms=3, label="best-of-n by the proxy (n = 1 ... 64)")
         if all(c["n"] > 1 for c in cis):
             ax.fill_between(ks, [c["lo"] for c in cis], [c["hi"] for c in cis], color="0.3", alpha=0.15)
-    for sweep_name, pts in (frontier or {}).get("curves", {}).items():
+    for sweep_name, pts in sweep_points(doc).items():
         xs = [p["kl"]["mean"] for p in pts]
         ys = [p["gold"]["mean"] for p in pts]
-        ax.plot(xs, ys, "--", lw=1, label=f"{sweep_name} sweep")
+        xerr = [[x - p["kl"]["lo"] for x, p in zip(xs, pts)], [p["kl"]["hi"] - x for x, p in zip(xs, pts)]]
+        yerr = [[y - p["gold"]["lo"] for y, p in zip(ys, pts)], [p["gold"]["hi"] - y for y, p in zip(ys, pts)]]
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr,
+                    fmt="--^", lw=1, ms=5, capsize=2, alpha=0.8, label=sweep_name)
     for key, label in LABELS.items():
         m = doc["methods"].get(key)
         if not m:
@@ -318,6 +398,8 @@ def main() -> None:
              f"`.venv/bin/python bench/render_results.py` (commit {doc['commit']}).", "",
              *table(doc), "", *[f"- {s}" for s in sentences(doc)], "",
              "![gold reward vs KL](docs/images/frontier.png)", "",
+             "**Frontiers**: each method and sweep point against best-of-n's curve, per seed at the "
+             "method's own KL (`bench/demo_variant.py` for the sweeps):", "", *frontier_lines(doc), "",
              "**Gao et al.'s functional forms on the demo's own runs** (d = √KL; gain in gold over the start; "
              "mean and 95% interval of the per-seed fits):", "", *fit_lines(fits), ""]
     if over:
