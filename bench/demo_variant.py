@@ -3,6 +3,7 @@ exactly as the demo evaluates its methods (same held-out prompts, samples, rewar
 
     .venv/bin/python bench/demo_variant.py --stage iterative-dpo --name iterative-dpo-rpo \\
         --set dpo.rpo_alpha=1.0 --seeds 0,1,2,3,4 --jobs 5
+    .venv/bin/python bench/demo_variant.py --stage dpo --name dpo-beta0p1 --set beta=0.1
 
 Reads ``--demo-work/seed-<k>`` (bench/demo_seeds.py) and writes ``seed-<k>/variants/<name>/`` and
 ``seed-<k>/variants/eval-<name>/`` (resumed when present). Prints, and writes to
@@ -17,6 +18,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -82,6 +84,8 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON file for the comparison (default bench/results/<name>.json)")
     a = p.parse_args()
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", a.name):  # a pipeline ${name} reference allows no more
+        p.error(f"--name {a.name!r}: letters, digits, '-' and '_' only (e.g. dpo-beta0p1)")
     seeds = [int(s) for s in a.seeds.split(",")]
     with ThreadPoolExecutor(max_workers=a.jobs) as pool:
         list(pool.map(lambda s: run_seed(s, a), seeds))

@@ -35,8 +35,8 @@ VARIANTS = {"bench/results/iterative-dpo-rpo.json": "iterative-dpo-rpo"}
 # Frontier sweeps: one setting changed along a method (bench/demo_variant.py); the demo's own run
 # is the point named by its method key.
 SWEEPS = {
-    "DPO, β = 1.0 / 0.3 / 0.1": ["bench/results/dpo-beta1.0.json", "dpo", "bench/results/dpo-beta0.1.json"],
-    "PPO, KL coefficient 0.05 / 0.02 / 0.005": ["bench/results/ppo-kl0.05.json", "bench/results/ppo-kl0.02.json",
+    "DPO, β = 1.0 / 0.3 / 0.1": ["bench/results/dpo-beta1p0.json", "dpo", "bench/results/dpo-beta0p1.json"],
+    "PPO, KL coefficient 0.05 / 0.02 / 0.005": ["bench/results/ppo-kl0p05.json", "bench/results/ppo-kl0p02.json",
                                                 "ppo"],
 }
 
