@@ -80,9 +80,14 @@ def assets(tmp_path_factory, tiny_llama, instruction_data) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("fsdp-assets")
     rows = [json.loads(x) for x in instruction_data["train"].read_text().splitlines()][:64]
     pref = d / "pref.jsonl"
-    pref.write_text("".join(json.dumps({"prompt": r["prompt"], "chosen": r["completion"],
-                                        "rejected": rows[(i + 1) % len(rows)]["completion"]}) + "\n"
-                            for i, r in enumerate(rows)))
+    n = len(rows)
+
+    def other(i: int) -> str:  # the next row's completion that differs (the data repeats some)
+        return next(rows[(i + j) % n]["completion"] for j in range(1, n)
+                    if rows[(i + j) % n]["completion"] != rows[i]["completion"])
+
+    pref.write_text("".join(json.dumps({"prompt": r["prompt"], "chosen": r["completion"], "rejected": other(i)})
+                            + "\n" for i, r in enumerate(rows)))
     prompts = d / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows[:16]))
     # 17 held-out rows: with eval_batch_size 8 one process evaluates 2 batches, the other 1.
