@@ -395,6 +395,49 @@ def plot_overoptimization(stages: list[StageRun], sqrt_kl: bool = True, window: 
     return fig
 
 
+def gao_fits(stages: list[StageRun], policies: dict[str, dict]) -> list[dict[str, Any]]:
+    """Gao et al. (2022)'s functional forms fitted to this run (rlhf.eval.overoptimization), in
+    terms of the gold reward's gain over the start: the RL form d(α − β·log d) to every stage that
+    logged KL and a tracked gold reward per step (gain over its first 5 steps), the best-of-n form
+    d(α − β·d) to every best-of-n curve judged by gold (gain over n = 1); d = √KL."""
+    from rlhf.eval.overoptimization import gao_fit, peak_of_fit
+
+    out: list[dict[str, Any]] = []
+    for st, gold_key in _overopt_stages(stages):
+        rows = [r for r in st.metrics if all(math.isfinite(r.get(k, math.nan)) for k in ("kl", gold_key))]
+        if len(rows) < 8:
+            continue
+        g0 = sum(r[gold_key] for r in rows[:5]) / 5
+        try:
+            fit = gao_fit("rl", [max(r["kl"], 0.0) for r in rows], [r[gold_key] - g0 for r in rows])
+        except ValueError:
+            continue
+        out.append({"stage": st.name, "form": "RL: d(α − β·log d)", **fit,
+                    "peak": peak_of_fit("rl", fit["alpha"], fit["beta"])})
+    for name, pts in _bon_curves(stages, policies, GOLD):
+        xy = [(p["bound"], p["y"]) for p in pts if p["bound"] is not None]
+        base = next((y for k, y in xy if k == 0), None)
+        if base is None or len(xy) < 3:
+            continue
+        try:
+            fit = gao_fit("bon", [k for k, _ in xy], [y - base for _, y in xy])
+        except ValueError:
+            continue
+        out.append({"stage": name, "form": "best-of-n: d(α − β·d)", **fit,
+                    "peak": peak_of_fit("bon", fit["alpha"], fit["beta"])})
+    return out
+
+
+def gao_table(stages: list[StageRun], policies: dict[str, dict]) -> str:
+    fits = gao_fits(stages, policies)
+    if not fits:
+        return _note("Skipped: no stage logged KL and a tracked gold reward, and no best-of-n curve was "
+                     "judged by gold.")
+    rows = [[f["stage"], f["form"], _fmt(f["alpha"]), _fmt(f["beta"]), _fmt(f["r2"], 2), str(f["n"]),
+             _fmt(f["peak"]["kl"], 2) if f["peak"] else "no peak (β ≤ 0)"] for f in fits]
+    return _table(["stage", "form", "α", "β", "R²", "points", "KL at the fitted peak"], rows, num_from=2)
+
+
 def _bon_curves(stages: list[StageRun], policies: dict[str, dict], source: str
                 ) -> list[tuple[str, list[dict]]]:
     """Best-of-n curves in terms of reward ``source``: a point's ``rewards[source]`` when given,
@@ -685,6 +728,11 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, title: 
                  "peak. Past the peak the policy exploits the reward model."),
         figure("overoptimization.png", "proxy and gold reward against KL over PPO training",
                lambda: plot_overoptimization(run.stages, sqrt_kl, window)),
+        _caption("Gao et al. (2022)'s functional forms fitted to this run, d = √KL, in gain of gold reward "
+                 "over the start (RL: a stage's own logged steps; best-of-n: its curve judged by gold). α is "
+                 "the initial slope, β how fast over-optimisation eats it; the fitted curve peaks at the KL "
+                 "in the last column."),
+        gao_table(run.stages, run.policies),
         "<h2>Training curves</h2>",
         _caption(f"Per stage, in run order, one panel per quantity it logged. Faint: raw values; solid: "
                  f"their {window}-point moving average; markers: evaluation points or short series. "

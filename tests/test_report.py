@@ -246,3 +246,29 @@ def test_cli_writes_to_out_and_fails_on_a_missing_folder(tmp_path, capsys):
     assert "<title>T &lt;1&gt;</title>" in doc
     assert main([str(tmp_path / "nope")]) == 1
     assert "no such run folder" in capsys.readouterr().err
+
+
+def test_gao_fits_recover_the_coefficients_a_run_was_made_with(tmp_path):
+    """A PPO stage whose logged gold gain over its first 5 steps (at KL 0, as a run starts) is
+    exactly d(0.6 − 0.25·log d) and a best-of-n curve
+    judged by gold with gain d(0.4 − 0.05·d): the report's fits return those coefficients (R² 1)
+    and the table shows them."""
+    from rlhf.eval.overoptimization import gao_predict
+    from rlhf.report import StageRun, gao_fits, gao_table
+
+    kls = [0.0] * 5 + [0.05 * s * s for s in range(1, 41)]  # PPO starts at the reference: KL 0
+    ppo = StageRun("ppo", "ppo", tmp_path, metrics=[
+        {"step": float(i), "kl": k, "score": 0.1 * i, "track/gold": -0.2 + gao_predict("rl", 0.6, 0.25, k)}
+        for i, k in enumerate(kls, 1)])
+    curve = [{"n": n, "kl_bound": math.log(n) - (n - 1) / n,
+              "rewards": {"gold": 0.1 + gao_predict("bon", 0.4, 0.05, math.log(n) - (n - 1) / n)}}
+             for n in range(1, 17)]
+    bon = StageRun("best-of-n", "best_of_n", tmp_path, summary={"curve": curve})
+    fits = {f["stage"]: f for f in gao_fits([ppo, bon], {})}
+    assert fits["ppo"]["alpha"] == pytest.approx(0.6, abs=1e-9) and fits["ppo"]["beta"] == pytest.approx(0.25, abs=1e-9)
+    assert fits["best-of-n"]["alpha"] == pytest.approx(0.4, abs=1e-9)
+    assert fits["best-of-n"]["beta"] == pytest.approx(0.05, abs=1e-9)
+    assert fits["ppo"]["r2"] == pytest.approx(1.0, abs=1e-9)
+    html = gao_table([ppo, bon], {})
+    assert "0.600" in html and "0.250" in html and "0.400" in html
+    assert "Skipped" in gao_table([], {})
