@@ -81,6 +81,29 @@ def aggregate(seeds: dict[int, dict]) -> dict:
     return {name: {m: {**mean_interval(v), "values": v} for m, v in ms.items()} for name, ms in methods.items()}
 
 
+def run_pipeline_file(spec_file: Path, log: Path, what: str) -> None:
+    """``rlhf pipeline spec_file`` in a child process with one torch thread, output to ``log``
+    (appended); a failure stops the sweep naming the log."""
+    with open(log, "a") as f:
+        rc = subprocess.run([sys.executable, "-c", "import torch, sys; torch.set_num_threads(1); "
+                             "from rlhf.pipeline import main; sys.exit(main(sys.argv[1:]))", str(spec_file)],
+                            stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+    if rc != 0:
+        raise SystemExit(f"{what} failed (exit {rc}); see {log}")
+
+
+def running_mean(xs: list[float], w: int) -> list[float]:
+    """Trailing mean over the last ``w`` values (fewer at the start)."""
+    out, acc = [], 0.0
+    for i, x in enumerate(xs):
+        acc += x
+        if i >= w:
+            acc -= xs[i - w]
+        out.append(acc / min(i + 1, w))
+    return out
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,

@@ -17,15 +17,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import re
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+sys.path.insert(0, str(ROOT / "bench"))
+from demo_seeds import run_pipeline_file  # noqa: E402
 
 from rlhf.stats import mean_interval  # noqa: E402
 
@@ -65,13 +66,7 @@ def run_seed(seed: int, a: argparse.Namespace) -> None:
     (demo / "variants").mkdir(exist_ok=True)
     spec_file = demo / "variants" / f"{a.name}.pipeline.json"
     spec_file.write_text(json.dumps(spec, indent=1))
-    with open(demo / "variants" / f"{a.name}.log", "a") as f:
-        rc = subprocess.run([sys.executable, "-c", "import torch, sys; torch.set_num_threads(1); "
-                             "from rlhf.pipeline import main; sys.exit(main(sys.argv[1:]))", str(spec_file)],
-                            stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
-    if rc != 0:
-        raise SystemExit(f"demo_variant: seed {seed} failed (exit {rc}); see {demo / 'variants' / (a.name + '.log')}")
+    run_pipeline_file(spec_file, demo / "variants" / f"{a.name}.log", f"demo_variant: seed {seed}")
 
 
 def main() -> None:

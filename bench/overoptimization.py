@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+sys.path.insert(0, str(ROOT / "bench"))
+from demo_seeds import run_pipeline_file, running_mean  # noqa: E402
 
 from rlhf.eval.overoptimization import gao_fit, peak_of_fit  # noqa: E402
 from rlhf.stats import mean_interval  # noqa: E402
@@ -77,23 +78,7 @@ def run_seed(seed: int, a: argparse.Namespace, sizes: list[str]) -> None:
     spec_file = out / "pipeline.yaml"
     import yaml
     spec_file.write_text(yaml.safe_dump(spec_for(seed, demo.resolve(), out.resolve(), sizes, a), sort_keys=False))
-    with open(out / "log.txt", "a") as f:
-        rc = subprocess.run([sys.executable, "-c", "import torch, sys; torch.set_num_threads(1); "
-                             "from rlhf.pipeline import main; sys.exit(main(sys.argv[1:]))", str(spec_file)],
-                            stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
-    if rc != 0:
-        raise SystemExit(f"overoptimization: seed {seed} failed (exit {rc}); see {out / 'log.txt'}")
-
-
-def running_mean(xs: list[float], w: int) -> list[float]:
-    out, acc = [], 0.0
-    for i, x in enumerate(xs):
-        acc += x
-        if i >= w:
-            acc -= xs[i - w]
-        out.append(acc / min(i + 1, w))
-    return out
+    run_pipeline_file(spec_file, out / "log.txt", f"overoptimization: seed {seed}")
 
 
 def analyse_run(ppo_dir: Path, drop: float) -> dict:

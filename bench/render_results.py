@@ -21,6 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+from demo_seeds import running_mean  # noqa: E402
+
 from rlhf.eval.overoptimization import gao_fit, gao_predict  # noqa: E402
 from rlhf.stats import mean_interval  # noqa: E402
 
@@ -96,7 +99,6 @@ def table(doc: dict) -> list[str]:
 
 def merge_variants(doc: dict) -> None:
     """Add bench/demo_variant.py's per-seed headlines to the demo's and re-aggregate."""
-    sys.path.insert(0, str(ROOT / "bench"))
     from demo_seeds import aggregate
 
     for path, name in VARIANTS.items():
@@ -200,16 +202,6 @@ def gao_demo_fits(doc: dict) -> dict:
             out["rl"].append({"seed": seed, **fit, "peak_step": pc[peak]["step"], "steps": len(pc),
                               "gold_peak": sg[peak], "gold_end": sg[-1],
                               "kl_end": sum(r["kl"] for r in pc[-10:]) / 10})
-    return out
-
-
-def running_mean(xs: list[float], w: int) -> list[float]:
-    out, acc = [], 0.0
-    for i, x in enumerate(xs):
-        acc += x
-        if i >= w:
-            acc -= xs[i - w]
-        out.append(acc / min(i + 1, w))
     return out
 
 
