@@ -16,10 +16,12 @@ labelled pairs and best-of-n pools. For each seed and each reward-model training
    best-of-n form d(α − β·d) fitted to the demo's best-of-n curve (n = 1..pool, KL = log n −
    (n−1)/n, gold of the proxy's pick by the unbiased pool estimator).
 
-"Over-optimised" for a run means: the gold curve (10-step running mean) peaks before the last
-quarter of the run and ends at least ``--drop`` below its peak, while the proxy curve ends above
-its value at the gold peak. Writes bench/results/overoptimization.json (per seed and size: RM
-held-out accuracy, the curves, both fits, the verdict); bench/render_results.py plots it.
+"Over-optimised" for a run means: the gold curve (10-step running mean) first rises at least
+``--drop`` above its start, peaks before the last quarter of the run and ends at least ``--drop``
+below its peak, while the proxy curve ends above its value at the gold peak (a run whose gold
+only falls is Goodhart from the first step, counted apart as "never rose"). Writes
+bench/results/overoptimization.json (per seed and size: RM held-out accuracy, the curves, both
+fits, the verdict); bench/render_results.py plots it.
 """
 
 from __future__ import annotations
@@ -91,12 +93,15 @@ def analyse_run(ppo_dir: Path, drop: float) -> dict:
     fit = gao_fit("rl", kl, [g - g0 for g in gold])
     sg, sp = running_mean(gold, 10), running_mean(proxy, 10)
     peak = max(range(len(sg)), key=sg.__getitem__)
-    over = peak < 0.75 * len(sg) and sg[-1] <= sg[peak] - drop and sp[-1] > sp[peak]
+    # Rose by at least `drop` first (a peak at the start is no peak), then fell by `drop`, while the
+    # proxy ended above its value at the gold peak.
+    over = (peak < 0.75 * len(sg) and sg[peak] >= g0 + drop and sg[-1] <= sg[peak] - drop
+            and sp[-1] > sp[peak])
     return {"steps": len(rows), "kl": kl, "gold": gold, "proxy": proxy, "gold0": g0, "fit_rl": fit,
             "fit_peak": peak_of_fit("rl", fit["alpha"], fit["beta"]),
             "gold_peak": {"step": rows[peak]["step"], "gold": sg[peak], "kl": kl[peak], "proxy": sp[peak]},
             "end": {"gold": sg[-1], "proxy": sp[-1], "kl": sum(kl[-10:]) / len(kl[-10:])},
-            "overoptimised": bool(over)}
+            "overoptimised": bool(over), "never_rose": bool(sg[peak] < g0 + drop)}
 
 
 def analyse_bon(demo: Path) -> dict | None:
@@ -143,6 +148,7 @@ def main() -> None:
     for n in sizes:
         runs = [per_seed[s]["runs"][n] for s in seeds]
         summary[n] = {"overoptimised_seeds": sum(r["overoptimised"] for r in runs), "seeds": len(runs),
+                      "never_rose": sum(r["never_rose"] for r in runs),
                       "alpha": mean_interval([r["fit_rl"]["alpha"] for r in runs]),
                       "beta": mean_interval([r["fit_rl"]["beta"] for r in runs]),
                       "r2": mean_interval([r["fit_rl"]["r2"] for r in runs]),

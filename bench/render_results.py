@@ -349,14 +349,18 @@ def plot_overopt(over: dict, path: Path) -> None:
 
 
 def overopt_lines(over: dict) -> list[str]:
-    lines = ["| RM training pairs | over-optimised seeds | α (RL fit) | β (RL fit) | R² | gold gain at peak "
-             "| KL at gold peak |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| RM training pairs | RM held-out accuracy | rose, then fell (seeds) | gold never rose | α (RL fit) "
+             "| β (RL fit) | R² | gold gain at peak | KL at gold peak |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for n, s in over["summary"].items():
         if n == "best_of_n":
             continue
-        lines.append(f"| {n} | {s['overoptimised_seeds']} / {s['seeds']} | {fmt(s['alpha'])} | {fmt(s['beta'])} | "
-                     f"{fmt(s['r2'], 2)} | {fmt(s['peak_gold_gain'])} | {fmt(s['kl_at_gold_peak'], 1)} |")
+        accs = [rec["runs"][n]["rm_accuracy"] for rec in over["per_seed"].values()
+                if rec["runs"][n].get("rm_accuracy") is not None]
+        acc = fmt(mean_interval(accs)) if len(accs) >= 2 else "-"
+        lines.append(f"| {n} | {acc} | {s['overoptimised_seeds']} / {s['seeds']} | {s.get('never_rose', '-')} | "
+                     f"{fmt(s['alpha'])} | {fmt(s['beta'])} | {fmt(s['r2'], 2)} | {fmt(s['peak_gold_gain'])} | "
+                     f"{fmt(s['kl_at_gold_peak'], 1)} |")
     if "best_of_n" in over["summary"]:
         b = over["summary"]["best_of_n"]
         lines.append("")
