@@ -186,6 +186,12 @@ def frontier_lines(doc: dict) -> list[str]:
     lines.append(f"Below the best-of-n curve (interval under 0): {', '.join(below) or 'none'}. "
                  f"Above it: {', '.join(above) or 'none'}. Points past KL 3.17 nats (best-of-64) cannot be "
                  "compared with it.")
+    if below and not above:
+        lines.append("")
+        lines.append("Where it can be compared, best-of-n is the most KL-efficient method on this task, as in Gao et "
+                     "al. (2022) and the DPO paper's frontier (Rafailov et al. 2023, fig. 2), where best-of-n is the "
+                     "strong baseline; that paper's other finding, DPO's frontier above PPO's, is not tested here at "
+                     "matched KL (every PPO point lies past best-of-64's KL).")
     return lines
 
 
