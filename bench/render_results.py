@@ -172,12 +172,13 @@ def frontier_lines(doc: dict) -> list[str]:
     for name, pts in sweep_points(doc).items():
         entries += [(f"{name.split(',')[0]}: {p['label']}", p["rows"]) for p in pts
                     if not p["label"].startswith("the demo")]
-    below, above = [], []
+    below, above, ppo_compared = [], [], False
     for label, rows in entries:
         g = mean_interval([r["gold"] for r in rows.values()])
         k = mean_interval([r["kl"] for r in rows.values()])
         v = versus_bon(doc, rows)
         lines.append(f"| {label} | {fmt(g)} | {fmt(k, 2)} | {fmt(v) if v else 'beyond the best-of-64 KL'} |")
+        ppo_compared |= bool(v) and label.startswith("PPO")
         if v and v["hi"] < 0:
             below.append(label)
         elif v and v["lo"] > 0:
@@ -186,7 +187,7 @@ def frontier_lines(doc: dict) -> list[str]:
     lines.append(f"Below the best-of-n curve (interval under 0): {', '.join(below) or 'none'}. "
                  f"Above it: {', '.join(above) or 'none'}. Points past KL 3.17 nats (best-of-64) cannot be "
                  "compared with it.")
-    if below and not above:
+    if below and not above and not ppo_compared:
         lines.append("")
         lines.append("Where it can be compared, best-of-n is the most KL-efficient method on this task, as in Gao et "
                      "al. (2022) and the DPO paper's frontier (Rafailov et al. 2023, fig. 2), where best-of-n is the "
