@@ -423,11 +423,18 @@ def main() -> None:
                f"--lr {st['lr']} --beta {st['beta']}")
         sizes = [n for n in over["summary"] if n != "best_of_n"]
         first, last = over["summary"][sizes[0]], over["summary"][sizes[-1]]
-        trend = (f"From the smallest to the largest training set the gold gained before the peak goes from "
-                 f"{fmt(first['peak_gold_gain'])} to {fmt(last['peak_gold_gain'])}, and the runs whose gold "
-                 f"never rose from {first['never_rose']} to {last['never_rose']} of {last['seeds']}: a better proxy "
-                 f"buys more true reward before the policy starts exploiting it (Gao et al.'s finding for larger "
-                 f"reward models).")
+        gains = [rec["runs"][sizes[-1]]["gold_peak"]["gold"] - rec["runs"][sizes[-1]]["gold0"]
+                 - (rec["runs"][sizes[0]]["gold_peak"]["gold"] - rec["runs"][sizes[0]]["gold0"])
+                 for rec in over["per_seed"].values()]
+        d = mean_interval(gains)
+        trend = (f"From {sizes[0]} to {sizes[-1]} pairs the gold gained before the peak goes from "
+                 f"{fmt(first['peak_gold_gain'])} to {fmt(last['peak_gold_gain'])} (per-seed difference "
+                 f"{fmt(d)}), and the runs whose gold never rose from {first['never_rose']} to "
+                 f"{last['never_rose']} of {last['seeds']}. ")
+        trend += ("The difference is resolved: a better proxy buys more true reward before the policy starts "
+                  "exploiting it, as Gao et al. found for larger reward models." if d["lo"] > 0 else
+                  "The direction is Gao et al.'s (a better proxy buys more true reward before the policy "
+                  "exploits it), but five seeds do not resolve the difference.")
         block += ["**Over-optimisation**, fitted to Gao et al. (2022): "
                   f"`.venv/bin/python {cmd}` (after bench/demo_seeds.py; it reuses each seed's SFT policy and "
                   "labelled pairs). PPO against reward models trained on the first 256, 1024 or all labelled "
