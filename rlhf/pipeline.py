@@ -43,7 +43,8 @@ from rlhf.train.run import atomic_dir, is_finished, remove_debris, write_json_at
 
 __all__ = ["PipelineError", "load_pipeline", "run_pipeline", "main", "STAGE_TYPES"]
 
-_REF = re.compile(r"\$\{([A-Za-z0-9_\-]+)\}")
+# Any stage name the path check allows may be referenced, dots included (e.g. dpo-beta0.1).
+_REF = re.compile(r"\$\{([A-Za-z0-9_.\-]+)\}")
 
 
 class PipelineError(ValueError):

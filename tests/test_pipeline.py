@@ -49,6 +49,19 @@ def test_references_resolve_to_earlier_stage_folders(tmp_path, tiny_llama):
     assert stages[1].config.output_dir == str(tmp_path / "run" / "sft")  # set by the pipeline
 
 
+def test_a_stage_name_with_a_dot_can_be_referenced(tmp_path):
+    """A stage named dpo-beta0.1 is a valid folder name, so ${dpo-beta0.1} must resolve (it was
+    left as text and handed to from_pretrained as a hub id); ${a}.jsonl still means stage a."""
+    spec = {"output_dir": str(tmp_path / "run"), "stages": [
+        {"name": "a", "type": "call", "args": {"function": "x:y"}},
+        {"name": "dpo-beta0.1", "type": "call", "args": {"function": "x:y", "p": "${a}.jsonl"}},
+        {"name": "c", "type": "call", "args": {"function": "x:y", "p": "${dpo-beta0.1}/final"}},
+    ]}
+    _, stages = load_pipeline(spec)
+    assert stages[1].args["p"] == f"{tmp_path / 'run' / 'a'}.jsonl"
+    assert stages[2].args["p"] == f"{tmp_path / 'run' / 'dpo-beta0.1'}/final"
+
+
 @pytest.mark.parametrize("stages,message", [
     ([{"name": "a", "type": "nope"}], "unknown type 'nope'"),
     ([{"name": "a", "type": "call", "args": {"p": "${later}"}}, {"name": "later", "type": "report"}],
