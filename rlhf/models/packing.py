@@ -40,9 +40,11 @@ logger = logging.getLogger(__name__)
 # or attends across sequences (ALiBi from an all-ones mask) is caught on the 2nd and 3rd ones.
 PROBE_LENGTHS = (5, 9, 4)
 
-# (trunk class, attention implementation) -> None (packing is exact) or the reason it is not.
-_VERDICTS: dict[tuple[type, str], str | None] = {}
-_LOGGED: set[tuple[type, str]] = set()
+# (trunk class, attention implementation, parameter dtype) -> None (packing is exact) or the
+# reason it is not.
+_Key = tuple[type, str, "torch.dtype | None"]
+_VERDICTS: dict[_Key, str | None] = {}
+_LOGGED: set[_Key] = set()
 
 
 def clear_cache() -> None:
@@ -132,9 +134,13 @@ def _vocab_size(trunk: nn.Module) -> int:
     return emb.num_embeddings if emb is not None else 1
 
 
-def _key(model: Any) -> tuple[type, str]:
+def _key(model: Any) -> _Key:
+    # The dtype is part of the key: the probe's tolerance is the dtype's rounding, so a verdict
+    # reached in bf16 (tolerance 0.088) must not be reused for the same class in fp32 (3.5e-4).
     trunk = trunk_of(model)
-    return type(trunk), str(getattr(getattr(trunk, "config", None), "_attn_implementation", None))
+    param = next(trunk.parameters(), None)
+    return (type(trunk), str(getattr(getattr(trunk, "config", None), "_attn_implementation", None)),
+            None if param is None else param.dtype)
 
 
 def packing_unsupported(model: Any) -> str | None:

@@ -193,3 +193,18 @@ def test_one_step_of_every_stage_from_the_cli(arch, tmp_path, conformance_checkp
                  *common]) == 0
     m = _metrics(tmp_path / "ppo")[0]
     assert m["step"] == 1 and abs(m["kl"]) < 1e-5 and m["clip_fraction"] == 0 and abs(m["approx_kl"]) < 1e-8, m
+
+
+def test_probe_verdict_is_kept_per_dtype():
+    """The probe's tolerance is the dtype's rounding, so a verdict cached for a class in bf16 must
+    not answer for the same class in fp32: the cache key holds the parameters' dtype."""
+    import transformers
+
+    from rlhf.models.packing import _key
+
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=2)
+    m = transformers.LlamaForCausalLM(cfg)
+    k32 = _key(m)
+    k16 = _key(m.to(torch.bfloat16))
+    assert k32[:2] == k16[:2] and k32[2] == torch.float32 and k16[2] == torch.bfloat16
