@@ -31,8 +31,8 @@ from typing import Any
 import torch
 
 from rlhf.config import from_dict, opt
-from rlhf.engines.config import EngineName, VLLMConfig
 from rlhf.eval.metrics import distinct_n, mean_stderr, sequence_kl, win_rate
+from rlhf.rollout.config import EngineName, VLLMConfig
 
 __all__ = ["SamplingConfig", "sample_completions", "completion_logps", "evaluate", "format_table",
            "json_safe"]

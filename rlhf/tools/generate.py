@@ -43,7 +43,7 @@ def generate(model, tokenizer, prompts: list, *, data_cfg=None, max_new_tokens: 
     per (prompt, sample), samples of one prompt consecutive: prompt, completion, ended_with_eos,
     num_tokens (EOS not counted), prompt_ids, completion_ids (the exact sampled ids, EOS
     included when it ended). ``batch_size`` counts prompts per batch. ``engine`` / ``vllm``: the
-    rollout engine (rlhf.rollout.SamplingConfig.engine; ``vllm`` samples through rlhf.engines).
+    rollout engine (rlhf.rollout.SamplingConfig.engine; ``vllm`` samples through rlhf.rollout.engines).
 
     Sampling is :func:`rlhf.rollout.sample`, the project's one sampler (the one PPO uses), with
     its own seeded generator: the global torch RNG is left alone.
@@ -53,8 +53,8 @@ def generate(model, tokenizer, prompts: list, *, data_cfg=None, max_new_tokens: 
     from rlhf.data.config import DataConfig
     from rlhf.data.records import PromptRecord
     from rlhf.data.tokenize import encode_prompt
-    from rlhf.engines.config import VLLMConfig
     from rlhf.rollout import SamplingConfig, eos_ids, sample
+    from rlhf.rollout.config import VLLMConfig
 
     data_cfg = data_cfg or DataConfig()
     encoded = [encode_prompt(PromptRecord(prompt=p), tokenizer, data_cfg)["prompt_input_ids"] for p in prompts]

@@ -1,4 +1,4 @@
-"""The rollout-engine seam (rlhf/engines) without vLLM: the built-in engine is the sampler, the
+"""The rollout-engine seam (rlhf/rollout/engines.py) without vLLM: the built-in engine is the sampler, the
 core never imports vLLM, a missing vLLM is one clear error, a hung sync fails on time, and the
 PPO options for the engine mismatch are checked."""
 
@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from rlhf.config import ConfigError, load_config
-from rlhf.engines import BuiltinEngine, forward_engine, param_versions, rollout_engine
-from rlhf.rollout import SamplingConfig, sample
+from rlhf.rollout import BuiltinEngine, SamplingConfig, forward_engine, param_versions, rollout_engine, sample
 
 
 @pytest.fixture
@@ -46,8 +45,9 @@ def test_core_imports_without_vllm():
     """Every rlhf module that a stage uses imports without vLLM (house rule 7): importing them
     with vllm made unimportable succeeds, and vllm never lands in sys.modules."""
     code = ("import sys; sys.modules['vllm'] = None\n"
-            "import rlhf.engines, rlhf.engines.vllm, rlhf.rollout, rlhf.recipes.ppo, rlhf.recipes.best_of_n, "
-            "rlhf.recipes.rejection, rlhf.recipes.iterative_dpo, rlhf.eval.evaluate, rlhf.tools.generate, rlhf.cli\n"
+            "import rlhf.engines, rlhf.engines.vllm, rlhf.rollout, rlhf.rollout.vllm, rlhf.envs, rlhf.recipes.ppo, "
+            "rlhf.ppo_update, rlhf.recipes.best_of_n, rlhf.recipes.rejection, rlhf.recipes.iterative_dpo, "
+            "rlhf.eval.evaluate, rlhf.tools.generate, rlhf.cli\n"
             "assert sys.modules['vllm'] is None\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -63,7 +63,7 @@ def test_missing_vllm_is_one_clear_error(llama, monkeypatch):
 
 
 def test_with_timeout_fails_loudly_and_passes_errors_through():
-    from rlhf.engines.vllm import EngineSyncError, with_timeout
+    from rlhf.rollout.vllm import EngineSyncError, with_timeout
 
     t0 = time.perf_counter()
     with pytest.raises(EngineSyncError, match="weight sync did not finish within 0.2 s"):
@@ -95,7 +95,7 @@ def test_engine_weights_merge_lora_out_of_place(llama):
 
     from peft import LoraConfig, get_peft_model
 
-    from rlhf.engines.vllm import engine_weights
+    from rlhf.rollout.vllm import engine_weights
 
     model, _ = llama
     lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
