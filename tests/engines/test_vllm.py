@@ -150,7 +150,7 @@ def test_stages_reach_vllm_through_rollout_sample(tiny, engine):
     eval, best-of-n, RAFT/ReST, iterative DPO and labelling call) to a vLLM engine: greedy
     output equals the built-in sampler's."""
     from rlhf.rollout import close_cached
-    from rlhf.tools.generate import generate
+    from rlhf.rollout.rows import generate
 
     try:
         ours = generate(tiny["model"], tiny["tok"], PROMPTS[:2], max_new_tokens=12, temperature=0, engine="auto")
