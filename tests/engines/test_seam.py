@@ -117,3 +117,59 @@ def test_tis_with_sampler_logps_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="ppo.tis"):
         load_config(PPOConfig, None, ["model.name_or_path=org/m", "data.train=x.jsonl", "reward=m:f",
                                             "ppo.tis=token", "ppo.old_logps=sampler"])
+
+
+def test_builtin_engine_stamps_the_policy_version(llama):
+    """Every action of a rollout carries the engine's weight version (syncs so far), every other
+    token -1; the loss mask of a one-turn rollout is its completion mask."""
+    model, tok = llama
+    prompts = ["Hello there", "Tell me a story"]
+    ids = [tok(p)["input_ids"] for p in prompts]
+    cfg = SamplingConfig(max_new_tokens=5, num_samples=2)
+    engine = rollout_engine(model, tok, cfg)
+    ro = engine.sample(tok, prompts, ids, cfg, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(ro.loss_mask, ro.completion_mask) and ro.policy_mask is None
+    actions = ro.loss_mask.bool()
+    assert ro.policy_version is not None and bool(actions.any())
+    assert bool((ro.policy_version[actions] == 0).all()) and bool((ro.policy_version[~actions] == -1).all())
+    engine.sync(model)
+    engine.sync(model)
+    ro = engine.sample(tok, prompts, ids, cfg, generator=torch.Generator().manual_seed(0))
+    assert set(ro.policy_version[ro.loss_mask.bool()].tolist()) == {2}
+
+
+def test_one_registry_names_every_engine(llama):
+    """sampling.engine names an ENGINES entry (auto/lean/transformers are the built-in sampler's
+    forwards); an unknown name is one error listing the known ones."""
+    from types import SimpleNamespace
+
+    from rlhf.rollout import ENGINES, engine_kind
+
+    assert set(ENGINES) == {"builtin", "vllm"}
+    assert [engine_kind(e) for e in ("auto", "lean", "transformers", "vllm")] == ["builtin"] * 3 + ["vllm"]
+    model, tok = llama
+    with pytest.raises(ValueError, match="unknown rollout engine 'nope'.*vllm"):
+        rollout_engine(model, tok, SimpleNamespace(engine="nope"))
+
+
+class _CharTokenizer:
+    """ids are characters' code points; decode joins them (no special tokens)."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i) for i in ids)
+
+
+@pytest.mark.parametrize("text, stops, stop_strings, want, ended", [
+    ("ab\x00cd", {0}, [], "ab\x00", True),          # first EOS id, kept
+    ("ab\x00c\x00", {0}, ["b"], "ab\x00", True),    # an EOS id wins over a stop string (checked first)
+    ("abc. de", set(), ["."], "abc.", True),        # shortest prefix holding a stop string, kept
+    ("abc. de", set(), [". d", "c."], "abc.", True),  # the earliest of several
+    ("abcde", set(), ["x"], "abcde", False),        # neither: cut at the length limit
+    ("", {0}, ["."], "", False),
+])
+def test_end_of_completion_rule(text, stops, stop_strings, want, ended):
+    """The end-of-episode rule every engine applies (built-in and vLLM call this one function)."""
+    from rlhf.rollout import end_of_completion
+
+    toks, end = end_of_completion(_CharTokenizer(), [ord(c) for c in text], stops, stop_strings)
+    assert "".join(chr(t) for t in toks) == want and end is ended
