@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["RunDirError", "prepare_output_dir", "list_checkpoints", "latest_checkpoint",
-           "MetricsWriter", "write_json_atomic", "write_jsonl_atomic", "atomic_dir", "is_finished",
+           "as_os_error", "save_safetensors", "MetricsWriter", "write_json_atomic", "write_jsonl_atomic",
+           "atomic_dir", "is_finished",
            "publish_model", "remove_debris", "fsync_tree", "append_jsonl_durable"]
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -155,6 +156,37 @@ def _fsync_parent(path: Path) -> None:
     except OSError as e:
         if e.errno not in (22, 95):  # EINVAL / EOPNOTSUPP: a file system without directory fsync
             raise
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def as_os_error(e: BaseException, path: str | Path) -> OSError | None:
+    """An I/O failure reported by safetensors' Rust writer (``SafetensorError: Error while
+    serializing: I/O error: No space left on device (os error 28)``, not an OSError) as the
+    OSError it is, naming ``path``; None for any other error. The CLI prints an OSError as one
+    line with its errno (ENOSPC, EFBIG, EDQUOT, EACCES...)."""
+    if isinstance(e, OSError):
+        return _name_path(e, Path(path))
+    m = _OS_ERROR.search(str(e)) if type(e).__name__ == "SafetensorError" else None
+    if m is None:
+        return None
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code), str(path))
+
+
+def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file`` whose I/O failures (a full disk, a file-size limit) are
+    raised as OSErrors naming the file (:func:`as_os_error`)."""
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except Exception as e:
+        err = as_os_error(e, path)
+        if err is None:
+            raise
+        raise err from None
 
 
 def _name_path(e: OSError, path: Path) -> OSError:
