@@ -75,6 +75,20 @@ TOOLS: dict[str, tuple[str, str]] = {
 }
 
 
+# Methods that are options of a stage, not stages: `rlhf grpo` must point at `rlhf ppo
+# advantage=grpo`, not at whatever stage name is spelled alike (difflib offered `report`).
+METHODS: dict[str, str] = {
+    **{m: f"rlhf ppo: rlhf ppo CONFIG advantage={m}" for m in
+       ("grpo", "dr_grpo", "rloo", "reinforce_pp", "remax", "gae")},
+    "reinforce++": "rlhf ppo: rlhf ppo CONFIG advantage=reinforce_pp",
+    "reinforce_plus_plus": "rlhf ppo: rlhf ppo CONFIG advantage=reinforce_pp",
+    **{m: f"rlhf dpo: rlhf dpo CONFIG loss={m}" for m in ("ipo", "hinge", "simpo", "orpo", "kto")},
+    "reward_model": "rlhf rm: rlhf rm CONFIG",
+    "bon": "rlhf best-of-n: rlhf best-of-n CONFIG",
+    "best_of_n": "rlhf best-of-n: rlhf best-of-n CONFIG",
+}
+
+
 def _top_help() -> str:
     lines = [f"rlhf {__version__}: align language models with human and AI feedback", "",
              "usage: rlhf <stage> [CONFIG.yaml | --recipe NAME] [key=value ...]", "       rlhf <tool> [flags]", "",
@@ -161,7 +175,10 @@ def os_error_line(e: OSError) -> str:
     """An OSError as one line: the path(s), the cause (strerror) and the errno's name."""
     import errno as errno_mod
 
-    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None) or "(path not known)"
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    if not paths and e.errno is None:
+        return " ".join(str(e).split())  # an OSError raised with a message only: it is the line
+    paths = paths or "(path not known)"
     code = f" [{errno_mod.errorcode.get(e.errno, e.errno)}]" if e.errno is not None else ""
     return f"{paths}: {e.strerror or e}{code}"
 
@@ -169,10 +186,22 @@ def os_error_line(e: OSError) -> str:
 def _loaded_errors() -> tuple[type[BaseException], ...]:
     found = []
     for module, cls in (("rlhf.data.errors", "DataError"), ("rlhf.models.load", "HubError"),
-                        ("rlhf.train.guards", "NonFiniteError")):
+                        ("rlhf.models.load", "ModelError"), ("rlhf.train.guards", "NonFiniteError"),
+                        ("rlhf.rewards", "RewardError")):
         if module in sys.modules:
             found.append(getattr(sys.modules[module], cls))
     return tuple(found)
+
+
+def _close_progress_bars() -> None:
+    """End any open progress bar's line, so that an error starts on a line of its own (not glued
+    to the bar's ``... loss=5.72]``)."""
+    tqdm_std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm_std, "tqdm", None), "_instances", None) or []):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - cosmetic only
+            pass
 
 
 def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
@@ -182,7 +211,11 @@ def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
     from rlhf.train.run import RunDirError
 
     try:
-        fn()
+        try:
+            fn()
+        except BaseException:
+            _close_progress_bars()
+            raise
     except ConfigError as e:  # a value only checkable at run time (a reward spec, a folder)
         print(f"rlhf {name}: config error: {e}", file=sys.stderr)
         return 2
@@ -190,8 +223,13 @@ def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
         print(f"rlhf {name}: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # read-only, full, permission: every publish is atomic, so nothing is half-written
-        print(f"rlhf {name}: error: {os_error_line(e)}; nothing half-written was left (rerun to resume "
-              f"from the last checkpoint once this is fixed)", file=sys.stderr)
+        if isinstance(e, _loaded_errors()):  # e.g. a model path that does not exist: its message says it all
+            print(f"rlhf {name}: error: {e}", file=sys.stderr)
+            return 1
+        # Only a training stage has checkpoints to resume from; a tool just needs rerunning.
+        then = ("rerun to resume from the last checkpoint once this is fixed" if name in STAGES
+                else "rerun once this is fixed")
+        print(f"rlhf {name}: error: {os_error_line(e)}; nothing half-written was left ({then})", file=sys.stderr)
         return 1
     except Exception as e:
         # DataError, HubError and NonFiniteError live in packages that import torch: looked up once
@@ -228,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         rc = _run_guarded(name, lambda: codes.append(int(getattr(importlib.import_module(mod), fn)(rest) or 0)))
         return codes[0] if codes else rc
     import difflib
+    method = METHODS.get(name.lower().replace("-", "_"))
+    if method is not None:
+        print(f"rlhf: unknown stage or tool {name!r}: {name} is a method of {method}\n\n{_top_help()}",
+              file=sys.stderr)
+        return 2
     close = difflib.get_close_matches(name, list(STAGES) + list(TOOLS), n=1)
     print(f"rlhf: unknown stage or tool {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
           + "\n\n" + _top_help(), file=sys.stderr)
