@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rlhf.data.config import DataConfig
@@ -71,6 +71,7 @@ __all__ = [
     "encode_unpaired",
     "encode_prompt",
     "encode_records",
+    "encode_records_aligned",
     "truncate",
 ]
 
@@ -338,7 +339,16 @@ def encode_records(records: list[Record], tokenizer: Any, cfg: DataConfig,
     ``report`` (reason ``cannot be tokenized``); more than ``cfg.max_skip_fraction`` of them
     raises. Truncation is counted in ``report`` and logged once.
     """
-    out = []
+    return [e for e in encode_records_aligned(records, tokenizer, cfg, report) if e is not None]
+
+
+def encode_records_aligned(records: Sequence[Record], tokenizer: Any, cfg: DataConfig,
+                           report: SkipReport | None = None) -> list[dict[str, Any] | None]:
+    """:func:`encode_records` with one entry per record, None where the record was skipped:
+    for callers that keep each encoding linked to its record (DPO's origins, the reward
+    model's groups). The skip rule and the truncation line apply once to the whole list, as
+    for every stage (encoding record by record made one bad record "100% skipped")."""
+    out: list[dict[str, Any] | None] = []
     skipped: list[DataError] = []
     trunc_before = {k: list(v) for k, v in report.truncated.items()} if report is not None else {}
     n_trunc_before = report.truncated_examples if report is not None else 0
@@ -352,6 +362,7 @@ def encode_records(records: list[Record], tokenizer: Any, cfg: DataConfig,
         except DataError as e:
             if cfg.strict:
                 raise
+            out.append(None)
             skipped.append(e)
             if report is not None:
                 report.skip(e.reason or ENCODING, e.file, e.row, str(e))
@@ -361,7 +372,8 @@ def encode_records(records: list[Record], tokenizer: Any, cfg: DataConfig,
                         f"to be skipped at tokenization (data.max_skip_fraction), but {len(skipped)} "
                         f"of {len(records)} ({len(skipped) / len(records):.1%}) were; the first: {first}")
     if report is not None and report.truncated != trunc_before:
-        new = SkipReport(encoded=len(out), truncated_examples=report.truncated_examples - n_trunc_before)
+        new = SkipReport(encoded=len(out) - len(skipped),
+                         truncated_examples=report.truncated_examples - n_trunc_before)
         for part, (n, tok, mx) in report.truncated.items():
             n0, tok0, _ = trunc_before.get(part, [0, 0, 0])
             if n > n0:
