@@ -8,6 +8,7 @@ quickstart, recipes) take ordinary flags.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +68,8 @@ TOOLS: dict[str, tuple[str, str]] = {
     "score": ("rlhf.tools.score:main", "add a reward column to a file with any reward source"),
     "label": ("rlhf.tools.label:main", "turn prompts + two responses into a preference file with a judge "
                                        "(an LM asked A or B, both orders, or any reward source)"),
+    "audit": ("rlhf.tools.audit:main", "list every entry of a config that runs code or trusts remote code "
+                                       "(parsed as the stage parses it)"),
     "recipes": ("rlhf.configs:main", "list the configs shipped with rlhf (rlhf <stage> --recipe NAME "
                                      "starts from one)"),
     "tiny-model": ("rlhf.tools.tiny:main", "build a tiny random-weight model + tokenizer for tests and demos"),
@@ -204,11 +207,45 @@ def _close_progress_bars() -> None:
             pass
 
 
+def _rank() -> int:
+    """This process's rank in a multi-process run (torchrun / accelerate launch set RANK); 0 alone."""
+    try:
+        return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except ValueError:
+        return 0
+
+
+# A collective that failed because another process of the run exited (it printed why).
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted",
+              "remote worker crashing", "ProcessGroup", "Socket Timeout")
+
+
+def _peer_failure(e: BaseException) -> bool:
+    dist_errors = tuple(c for c in (getattr(sys.modules.get("torch.distributed"), n, None)
+                                    for n in ("DistError", "DistBackendError", "DistNetworkError"))
+                        if isinstance(c, type))
+    return (isinstance(e, dist_errors) if dist_errors else False) or \
+        (isinstance(e, RuntimeError) and any(m in str(e) for m in _PEER_GONE))
+
+
 def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
     """Turn the errors a user can fix (bad data, unusable output folder, a full or read-only
-    disk, a diverged run) into one clear line."""
+    disk, a diverged run) into one clear line.
+
+    In a multi-process run every process reads the same config and data, so an error about them
+    is printed by rank 0 only (not once per process); the other ranks exit with the same code.
+    A rank whose collective fails because another process exited says so in one line instead
+    of the backend's traceback (gloo's 'Connection closed by peer')."""
     from rlhf.config import ConfigError
     from rlhf.train.run import RunDirError
+
+    rank = _rank()
+
+    def say(line: str, same_everywhere: bool = True) -> None:
+        if rank == 0:
+            print(line, file=sys.stderr)
+        elif not same_everywhere:
+            print(line.replace(f"rlhf {name}: ", f"rlhf {name}: [rank {rank}] ", 1), file=sys.stderr)
 
     try:
         try:
@@ -217,31 +254,38 @@ def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
             _close_progress_bars()
             raise
     except ConfigError as e:  # a value only checkable at run time (a reward spec, a folder)
-        print(f"rlhf {name}: config error: {e}", file=sys.stderr)
+        say(f"rlhf {name}: config error: {e}")
         return 2
     except RunDirError as e:
-        print(f"rlhf {name}: error: {e}", file=sys.stderr)
+        say(f"rlhf {name}: error: {e}")
         return 1
     except OSError as e:  # read-only, full, permission: every publish is atomic, so nothing is half-written
         if isinstance(e, _loaded_errors()):  # e.g. a model path that does not exist: its message says it all
-            print(f"rlhf {name}: error: {e}", file=sys.stderr)
+            say(f"rlhf {name}: error: {e}")
             return 1
         # Only a training stage has checkpoints to resume from; a tool just needs rerunning.
         then = ("rerun to resume from the last checkpoint once this is fixed" if name in STAGES
                 else "rerun once this is fixed")
-        print(f"rlhf {name}: error: {os_error_line(e)}; nothing half-written was left ({then})", file=sys.stderr)
+        say(f"rlhf {name}: error: {os_error_line(e)}; nothing half-written was left ({then})", same_everywhere=False)
         return 1
     except Exception as e:
         # DataError, HubError and NonFiniteError live in packages that import torch: looked up once
         # something failed (a module that raised one of them is loaded by then), so that
         # `rlhf <tool> --help` stays free of heavy imports.
         if isinstance(e, _loaded_errors()):
-            print(f"rlhf {name}: error: {e}", file=sys.stderr)
+            # A reward or a non-finite value comes from this rank's own batch: every rank says its own.
+            say(f"rlhf {name}: error: {e}",
+                same_everywhere=type(e).__name__ not in ("RewardError", "NonFiniteError"))
+            return 1
+        if rank > 0 and _peer_failure(e):
+            print(f"rlhf {name}: [rank {rank}] stopped: another process of this run exited (its message says why)",
+                  file=sys.stderr)
             return 1
         raise
     except KeyboardInterrupt:
-        print(f"\nrlhf {name}: interrupted; rerun the same command to resume from the last checkpoint",
-              file=sys.stderr)
+        if rank == 0:
+            print(f"\nrlhf {name}: interrupted; rerun the same command to resume from the last checkpoint",
+                  file=sys.stderr)
         return 130
     return 0
 

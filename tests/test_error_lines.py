@@ -249,3 +249,26 @@ def test_method_names_point_at_their_stage(capsys, name, stage):
     assert main([name]) == 2
     first = capsys.readouterr().err.splitlines()[0]
     assert stage in first and "report" not in first
+
+
+def test_other_ranks_leave_shared_errors_to_rank_0(monkeypatch, capsys):
+    """Under torchrun every rank reads the same config: rank 0 prints the line, the others exit
+    with the same code silently; a rank whose collective failed because rank 0 exited says so
+    in one line instead of gloo's traceback."""
+    from rlhf.config import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert _guarded("sft", ConfigError("train.lr", "must be > 0")) == 2
+    assert capsys.readouterr().err == ""
+    gloo = RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:12713")
+    assert _guarded("sft", gloo) == 1
+    assert capsys.readouterr().err == ("rlhf sft: [rank 1] stopped: another process of this run exited "
+                                       "(its message says why)\n")
+    assert _guarded("sft", OSError(28, "No space left on device", "/local/ckpt")) == 1
+    assert capsys.readouterr().err.startswith("rlhf sft: [rank 1] error: /local/ckpt: No space left on device")
+    monkeypatch.setenv("RANK", "0")
+    assert _guarded("sft", ConfigError("train.lr", "must be > 0")) == 2
+    assert capsys.readouterr().err == "rlhf sft: config error: train.lr: must be > 0\n"
+    with pytest.raises(RuntimeError, match="Connection closed"):  # rank 0 has no peer to blame
+        _guarded("sft", gloo)
