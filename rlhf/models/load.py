@@ -826,6 +826,8 @@ def save_model(
             if err is None:
                 raise
             raise err from None
+        from rlhf.train.run import normalize_modes
+        normalize_modes(tmp)  # weights as readable as the config beside them (safetensors writes 0600)
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
             out_dir.rename(old)

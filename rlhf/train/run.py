@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["RunDirError", "prepare_output_dir", "list_checkpoints", "latest_checkpoint",
-           "as_os_error", "save_safetensors", "MetricsWriter", "write_json_atomic", "write_jsonl_atomic",
+           "as_os_error", "save_safetensors", "file_mode", "normalize_modes", "MetricsWriter",
+           "write_json_atomic", "write_jsonl_atomic",
            "atomic_dir", "is_finished",
            "publish_model", "remove_debris", "fsync_tree", "append_jsonl_durable"]
 
@@ -175,9 +176,31 @@ def as_os_error(e: BaseException, path: str | Path) -> OSError | None:
     return OSError(code, os.strerror(code), str(path))
 
 
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (0o644 with the usual 022;
+    0o600 with 077). Every file a run writes gets it: safetensors' writer alone would create its
+    files 0600 while config and tokenizer files are 0644."""
+    try:
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+def normalize_modes(folder: str | Path) -> None:
+    """Give every ``*.safetensors`` file under ``folder`` :func:`file_mode` (see there)."""
+    mode = file_mode()
+    for f in Path(folder).rglob("*.safetensors"):
+        if f.is_file() and not f.is_symlink() and (f.stat().st_mode & 0o777) != mode:
+            os.chmod(f, mode)
+
+
 def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """``safetensors.torch.save_file`` whose I/O failures (a full disk, a file-size limit) are
-    raised as OSErrors naming the file (:func:`as_os_error`)."""
+    raised as OSErrors naming the file (:func:`as_os_error`), and whose file gets the mode of
+    every other output file (:func:`file_mode`)."""
     from safetensors.torch import save_file
 
     try:
@@ -187,6 +210,7 @@ def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[s
         if err is None:
             raise
         raise err from None
+    os.chmod(path, file_mode())
 
 
 def _name_path(e: OSError, path: Path) -> OSError:
