@@ -112,3 +112,60 @@ def test_max_samples_reads_only_the_head_of_a_csv_file(tmp_path):
     assert [r.data["prompt"] for r in rows] == ["p0", "p1", "p2"] and [r.number for r in rows] == [2, 3, 4]
     with pytest.raises(DataError, match=r"big.csv:20002: line: text in utf-8 \(byte 0xff"):
         read_rows(str(f))
+
+
+# --------------------------------------------------------------------------- item 12: every assistant turn
+
+
+def _conv():
+    return [{"role": "system", "content": "good"}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"}, {"role": "user", "content": "how are you"},
+            {"role": "assistant", "content": "fine thanks"}]
+
+
+def test_sft_assistant_turns_all_matches_a_hand_built_mask(tok, ids):
+    """<|system|> good </s> <|user|> hi </s> <|assistant|> hello </s> <|user|> how are you </s>
+    <|assistant|> fine thanks </s>: 'last' trains on the final reply, 'all' on both replies, each
+    with the EOS that closes it (the default template, word-level tokenizer: one word, one id)."""
+    from rlhf.data.config import DataConfig
+    from rlhf.data.records import SFTRecord
+    from rlhf.data.tokenize import encode_sft
+
+    msgs = _conv()
+    rec = SFTRecord(msgs[:-1], [msgs[-1]])
+    want_ids = ids("<|system|> good </s> <|user|> hi </s> <|assistant|> hello </s> <|user|> how are you </s> "
+                   "<|assistant|> fine thanks </s>")
+    #           sys good </s> usr  hi </s> ast hello </s> usr how are you </s> ast fine thanks </s>
+    last_mask = [0,  0,   0,   0,   0,  0,   0,  0,    0,   0,  0,  0,  0,   0,  0,  1,   1,     1]
+    all_mask = [0,  0,   0,   0,   0,  0,   0,  1,    1,   0,  0,  0,  0,   0,  0,  1,   1,     1]
+    last = encode_sft(rec, tok, DataConfig())
+    every = encode_sft(rec, tok, DataConfig(assistant_turns="all"))
+    assert last["input_ids"] == every["input_ids"] == want_ids
+    assert last["completion_mask"] == last_mask
+    assert every["completion_mask"] == all_mask
+    # a prompt cut from the left keeps the mask of the ids it kept
+    cut = encode_sft(rec, tok, DataConfig(assistant_turns="all", max_prompt_length=8))
+    assert cut["input_ids"] == want_ids[7:]
+    assert cut["completion_mask"] == [0] + all_mask[8:]
+    # plain text, or a conversation with one assistant turn, is the same either way
+    one = SFTRecord(msgs[:2], [msgs[2]])
+    assert encode_sft(one, tok, DataConfig(assistant_turns="all")) == encode_sft(one, tok, DataConfig())
+
+
+def test_sft_assistant_turns_all_refuses_a_template_that_is_not_prefix_stable(make_tok):
+    from rlhf.data.config import DataConfig
+    from rlhf.data.errors import DataError
+    from rlhf.data.records import SFTRecord
+    from rlhf.data.tokenize import encode_sft
+
+    # like templates that strip the reasoning of earlier replies: an assistant turn renders in
+    # full only as the last message, so "up to this turn" is not a prefix of the conversation
+    tok = make_tok(chat_template=(
+        "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}{{ '<|assistant|> a ' }}"
+        "{% else %}{{ '<|' + m['role'] + '|> ' + m['content'] + ' ' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|> ' }}{% endif %}"))
+    msgs = _conv()
+    last = encode_sft(SFTRecord(msgs[:-1], [msgs[-1]]), tok, DataConfig())
+    assert sum(last["completion_mask"]) == 3  # fine thanks </s>
+    with pytest.raises(DataError, match="assistant_turns: all needs a chat template that renders each"):
+        encode_sft(SFTRecord(msgs[:-1], [msgs[-1]]), tok, DataConfig(assistant_turns="all", strict=True))
