@@ -43,7 +43,7 @@ from rlhf.data.config import DataConfig
 from rlhf.data.errors import MISSING, DataError, SkipReport
 from rlhf.data.load import load_records, load_train_eval
 from rlhf.data.records import PreferenceRecord
-from rlhf.data.tokenize import encode_records
+from rlhf.data.tokenize import encode_records, encode_records_aligned
 from rlhf.losses.reward import (
     bradley_terry_loss,
     expected_calibration_error,
@@ -202,15 +202,14 @@ def build_groups(records: list[PreferenceRecord], tokenizer: Any, data_cfg: Data
     A pairwise row is a group of one pair; a ranked row of K responses is one group of its
     K(K-1)/2 pairs (ties already skipped by the data layer). With ``per_prompt=False`` every
     pair is its own group. Pairs that cannot be tokenised are skipped as ``encode_records``
-    does (one record at a time, so each encoding stays linked to its row).
+    does (:func:`encode_records_aligned`: each encoding stays linked to its row).
     """
     groups: dict[Any, list[dict]] = {}
-    for i, rec in enumerate(records):
-        enc = encode_records([rec], tokenizer, data_cfg, report)
-        if not enc:
+    for i, (rec, enc) in enumerate(zip(records, encode_records_aligned(records, tokenizer, data_cfg, report))):
+        if enc is None:
             continue
         key = (rec.origin if rec.origin is not None else ("", i)) if per_prompt else i
-        groups.setdefault(key, []).append(enc[0])
+        groups.setdefault(key, []).append(enc)
     return list(groups.values())
 
 

@@ -29,11 +29,22 @@ def read_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"rlhf generate: --prompts {path}: no such file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise SystemExit(f"rlhf generate: {path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); convert "
+                         f"the file to UTF-8") from None
     if path.suffix == ".txt":
-        return [line for line in path.read_text().splitlines() if line.strip()]
+        return [line for line in text.splitlines() if line.strip()]
     out = []
-    rows = (json.loads(path.read_text()) if path.suffix == ".json"
-            else [line for line in path.read_text().splitlines() if line.strip()])
+    try:
+        rows = json.loads(text) if path.suffix == ".json" else [line for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"rlhf generate: {path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(rows, list):
+        raise SystemExit(f"rlhf generate: {path}: expected a list of objects with a 'prompt' field")
     for i, row in enumerate(rows, 1):
         try:
             rec = row if isinstance(row, dict) else json.loads(row)
