@@ -25,7 +25,8 @@ from rlhf.kl import kl_estimate, kl_k3
 from rlhf.masking import Aggregation, aggregate, masked_mean
 
 __all__ = ["ppo_clip_loss", "gspo_loss", "cispo_loss", "overlong_penalty", "value_loss", "entropy_bonus",
-           "kl_loss", "truncated_importance_weights", "PolicyLossSpec", "POLICY_LOSS_SPECS", "POLICY_LOSSES"]
+           "kl_loss", "truncated_importance_weights", "PolicyLossSpec", "POLICY_LOSS_SPECS", "POLICY_LOSSES",
+           "resolve_clip"]
 
 Metrics = dict[str, torch.Tensor]
 
@@ -429,3 +430,15 @@ POLICY_LOSS_SPECS: dict[str, PolicyLossSpec] = {
 # The policy losses by name (all with ppo_clip_loss's signature); their settings in POLICY_LOSS_SPECS.
 POLICY_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, Metrics]]] = {
     name: spec.fn for name, spec in POLICY_LOSS_SPECS.items()}
+
+
+def resolve_clip(name: str, clip: float | None, clip_high: float | None) -> tuple[float | None, float | None]:
+    """(ε_low, ε_high) for policy loss ``name`` from the config's ``clip`` / ``clip_high``, where
+    None takes the loss's own setting (POLICY_LOSS_SPECS); ppo_clip's ε_high defaults to its
+    ε_low (symmetric PPO)."""
+    if name not in POLICY_LOSS_SPECS:
+        raise ValueError(f"unknown policy loss {name!r}; expected one of {', '.join(POLICY_LOSS_SPECS)}")
+    spec = POLICY_LOSS_SPECS[name]
+    low = spec.clip_low if clip is None else clip
+    high = clip_high if clip_high is not None else (spec.clip_high if spec.clip_high is not None else low)
+    return low, high
