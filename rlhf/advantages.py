@@ -325,7 +325,9 @@ class Estimator:
     auto`` puts the KL penalty (``reward``: -β·KL per token; ``loss``: β·KL in the loss);
     ``aggregation``: what ``ppo.aggregation: auto`` reduces the loss with; ``whiten``: advantages
     are whitened over the batch when ``ppo.whiten_advantages`` (the group estimators normalise
-    their own way); ``greedy_baseline``: needs the score of a greedy completion per prompt."""
+    their own way); ``greedy_baseline``: needs the score of a greedy completion per prompt;
+    ``per_token``: its advantages vary along a completion (a sequence-level loss such as GSPO
+    cannot take them)."""
 
     fn: Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
     critic: bool = False
@@ -334,16 +336,17 @@ class Estimator:
     aggregation: Aggregation = "token_mean"
     whiten: bool = False
     greedy_baseline: bool = False
+    per_token: bool = False
 
 
 # Critic-free estimators and GAE, by name.
 ESTIMATOR_SPECS: dict[str, Estimator] = {
-    "gae": Estimator(gae, critic=True, whiten=True),
+    "gae": Estimator(gae, critic=True, whiten=True, per_token=True),
     "grpo": Estimator(grpo_advantages, min_group=2, kl_placement="loss"),
     "dr_grpo": Estimator(functools.partial(grpo_advantages, scale="none"), min_group=2, kl_placement="loss",
                          aggregation="constant"),
     "rloo": Estimator(rloo_advantages, min_group=2),
-    "reinforce_pp": Estimator(reinforce_pp_advantages),
+    "reinforce_pp": Estimator(reinforce_pp_advantages, per_token=True),
     "remax": Estimator(remax_advantages, greedy_baseline=True),
 }
 ESTIMATORS: dict[str, Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]] = {

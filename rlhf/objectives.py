@@ -1,25 +1,25 @@
-"""The PPO loop's pieces for the objectives that followed GRPO, kept out of the recipe:
-DAPO's dynamic sampling over a rollout engine, DAPO's overlong reward shaping, and the teacher
-of on-policy distillation. The math is in rlhf/losses/policy.py (gspo_loss, cispo_loss,
-overlong_penalty) and rlhf/advantages.py (dynamic_sample, distillation_rewards); this module
-only applies it to rollouts.
+"""The PPO loop's pieces for the objectives that followed GRPO, kept out of the recipe: DAPO's
+dynamic sampling over a rollout engine and DAPO's overlong reward shaping. (On-policy
+distillation's teacher is an environment-side reward: rlhf/envs/teacher.py.) The math is in
+rlhf/losses/policy.py (gspo_loss, cispo_loss, overlong_penalty) and rlhf/advantages.py
+(dynamic_sample, distillation_rewards); this module only applies it to rollouts.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from rlhf.advantages import DynamicSample, dynamic_sample
-from rlhf.config import ConfigError
 from rlhf.losses.policy import overlong_penalty
 from rlhf.rewards import RewardSource
+from rlhf.rollout.episode import Rollout
 
-__all__ = ["ZeroReward", "shaped_scores", "concat_rollouts", "DynamicRollout", "dynamic_rollout", "Teacher"]
+__all__ = ["ZeroReward", "shaped_scores", "concat_rollouts", "DynamicRollout", "dynamic_rollout"]
 
 
 class ZeroReward(RewardSource):
@@ -43,34 +43,50 @@ def shaped_scores(raw: torch.Tensor, ended: torch.Tensor, lengths: torch.Tensor,
     return scores
 
 
-def concat_rollouts(tokenizer: Any, parts: Sequence[tuple[Any, Sequence[int]]], group_size: int) -> Any:
+def concat_rollouts(parts: Sequence[tuple[Rollout, Sequence[int]]], pad_id: int, group_size: int) -> Rollout:
     """One :class:`rlhf.rollout.Rollout` of the rows ``rows`` of each ``(rollout, rows)`` in
-    ``parts``, in that order, laid out afresh (prompt width and completion width of the result):
-    each row keeps its exact prompt and completion token ids, its ``ended`` flag and its
-    sampler log-probs / entropies where every part has them."""
-    from rlhf.rollout import assemble_rollout
+    ``parts``, in that order. Each part's (B, T) tensors are padded to the common layout (prompt
+    region on the left to the widest prompt, completion region on the right to the widest), so
+    every row keeps its exact token ids, masks (the loss mask's holes included), sampler
+    log-probs and policy versions; positions are recounted over the real tokens as every engine
+    lays them out, and the width is the widest picked row's (the layout
+    :func:`rlhf.rollout.assemble_rollout` gives the same rows). A field that some part lacks
+    (None) is None in the result."""
+    P = max(ro.prompt_width for ro, _ in parts)
+    L = max(ro.input_ids.shape[1] - ro.prompt_width for ro, _ in parts)
 
-    prompts: list[Any] = []
-    prompt_ids: list[list[int]] = []
-    completions: list[list[int]] = []
-    ended: list[bool] = []
-    logps: list[torch.Tensor] = []
-    entropy: list[torch.Tensor] = []
-    keep_logps = all(ro.logps is not None and ro.entropy is not None for ro, _ in parts)
-    device = parts[0][0].input_ids.device
-    for ro, rows in parts:
-        P = ro.prompt_width
-        for i in rows:
-            prompts.append(ro.prompts[i])
-            prompt_ids.append(ro.input_ids[i, :P][ro.attention_mask[i, :P].bool()].tolist())
-            comp = ro.completion_mask[i].bool()
-            completions.append(ro.input_ids[i][comp].tolist())
-            ended.append(bool(ro.ended[i]))
-            if keep_logps:
-                logps.append(ro.logps[i][comp])
-                entropy.append(ro.entropy[i][comp])
-    return assemble_rollout(tokenizer, prompts, prompt_ids, completions, ended, group_size, device,
-                            logps=logps if keep_logps else None, entropy=entropy if keep_logps else None)
+    def cat(get: Callable[[Rollout], torch.Tensor | None], fill: float) -> torch.Tensor | None:
+        pieces = []
+        for ro, rows in parts:
+            x = get(ro)
+            if x is None:
+                return None
+            idx = torch.as_tensor(list(rows), dtype=torch.long, device=x.device)
+            left, right = P - ro.prompt_width, L - (x.shape[1] - ro.prompt_width)
+            pieces.append(torch.nn.functional.pad(x[idx], (left, right), value=fill))
+        return torch.cat(pieces)
+
+    input_ids, attention = cat(lambda r: r.input_ids, pad_id), cat(lambda r: r.attention_mask, 0)
+    completion = cat(lambda r: r.completion_mask, 0)
+    assert input_ids is not None and attention is not None and completion is not None
+    # The widest picked row sets the width: columns that only the rows left out used are cut.
+    used = attention.bool().any(0).nonzero().flatten()
+    width = max(int(used[-1]) + 1 if len(used) else 0, P + 1)
+
+    def cut(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x[:, :width]
+
+    attention = attention[:, :width]
+    return Rollout(
+        input_ids=input_ids[:, :width], attention_mask=attention,
+        position_ids=(attention.cumsum(-1) - 1).clamp(min=0), completion_mask=completion[:, :width],
+        ended=torch.cat([ro.ended[list(rows)] for ro, rows in parts]), prompt_width=P,
+        prompts=[ro.prompts[i] for ro, rows in parts for i in rows],
+        completions=[ro.completions[i] for ro, rows in parts for i in rows], group_size=group_size,
+        logps=cut(cat(lambda r: r.logps, 0.0)), entropy=cut(cat(lambda r: r.entropy, 0.0)),
+        policy_mask=(cut(cat(lambda r: r.loss_mask, 0)) if any(ro.policy_mask is not None for ro, _ in parts)
+                     else None),
+        policy_version=cut(cat(lambda r: r.policy_version, -1)))
 
 
 @dataclass(frozen=True)
@@ -80,7 +96,7 @@ class DynamicRollout:
     ``informative`` (B,) bool per row (False on the degenerate groups that completed the batch
     when the retries ran out), and ``metrics`` (``dynamic/*``)."""
 
-    rollout: Any
+    rollout: Rollout
     examples: list[dict[str, Any]]
     raw_scores: torch.Tensor
     scores: torch.Tensor
@@ -91,9 +107,9 @@ class DynamicRollout:
 def dynamic_rollout(
     examples: list[dict[str, Any]],
     pool: Sequence[dict[str, Any]],
-    sample: Callable[[list[dict[str, Any]]], Any],
-    score: Callable[[Any, list[dict[str, Any]]], tuple[torch.Tensor, torch.Tensor]],
-    tokenizer: Any,
+    sample: Callable[[list[dict[str, Any]]], Rollout],
+    score: Callable[[Rollout, list[dict[str, Any]]], tuple[torch.Tensor, torch.Tensor]],
+    pad_id: int,
     group_size: int,
     max_retries: int,
     seed: int,
@@ -104,7 +120,7 @@ def dynamic_rollout(
     ``max_retries`` times (rlhf.advantages.dynamic_sample). ``sample(examples) -> Rollout`` with
     K rows per example; ``score(rollout, examples) -> (raw, shaped)`` scores (B,)."""
     rng = random.Random(seed)
-    draws: list[tuple[Any, torch.Tensor]] = []  # (rollout, raw scores) of each call
+    draws: list[tuple[Rollout, torch.Tensor]] = []  # (rollout, raw scores) of each call
 
     def sample_groups(n: int) -> tuple[list[tuple[int, int, dict[str, Any]]], torch.Tensor]:
         batch = examples if not draws else [pool[rng.randrange(len(pool))] for _ in range(n)]
@@ -118,7 +134,7 @@ def dynamic_rollout(
     K = group_size
     parts = [(draws[d][0], list(range(g * K, (g + 1) * K))) for d, g, _ in out.groups]
     unchanged = out.draws == 1 and [g for _, g, _ in out.groups] == list(range(len(examples)))
-    rollout = draws[0][0] if unchanged else concat_rollouts(tokenizer, parts, K)
+    rollout = draws[0][0] if unchanged else concat_rollouts(parts, pad_id, K)
     raw = torch.cat([draws[d][1][g * K:(g + 1) * K] for d, g, _ in out.groups])
     metrics = {"dynamic/retries": float(out.retries), "dynamic/sampled_groups": float(out.sampled),
                "dynamic/replaced_groups": float(out.replaced),
@@ -127,30 +143,3 @@ def dynamic_rollout(
                           scores=torch.cat(out.scores),
                           informative=torch.tensor(out.informative, device=raw.device).repeat_interleave(K),
                           metrics=metrics)
-
-
-class Teacher:
-    """On-policy distillation's teacher: a frozen causal LM with the policy's vocabulary whose
-    per-token log-probs on the student's own samples give the reward
-    (:func:`rlhf.advantages.distillation_rewards`). Loaded like the policy (``model`` config,
-    another path), without LoRA, in eval mode."""
-
-    def __init__(self, path: str, model_cfg: Any, tokenizer: Any):
-        from rlhf.models.load import load_causal_lm, load_tokenizer
-        from rlhf.models.vocab import vocabulary_difference
-
-        cfg = replace(model_cfg, name_or_path=path, tokenizer=None, lora=replace(model_cfg.lora, enabled=False))
-        diff = vocabulary_difference(tokenizer, load_tokenizer(cfg))
-        if diff is not None:
-            raise ConfigError("teacher", f"{path} has another vocabulary than the policy ({diff}): its log-probs "
-                                         f"would be those of other tokens; distillation needs the same tokenizer")
-        self.module = load_causal_lm(cfg, for_training=False)
-        self.path = path
-
-    def logps(self, rollout: Any, temperature: float, batch_size: int, engine: str, packed: bool) -> torch.Tensor:
-        """(B, T) log-probs of the rollout's actions under the teacher, 0 off the completion."""
-        from rlhf.rollout import rollout_logps
-
-        out = rollout_logps(self.module, rollout, temperature, batch_size, engine=engine, packed=packed)
-        assert isinstance(out, torch.Tensor)
-        return out

@@ -1,12 +1,14 @@
 """rlhf/objectives.py: rollouts concatenated from exact token ids, dynamic sampling over rollouts
-(fake engine and reward), score shaping by hand, the teacher's vocabulary check."""
+(fake engine and reward), score shaping by hand; rlhf/envs/teacher.py's vocabulary check."""
 
 import pytest
 import torch
 
 from rlhf.config import ConfigError
-from rlhf.objectives import Teacher, concat_rollouts, dynamic_rollout, shaped_scores
+from rlhf.envs.teacher import Teacher
+from rlhf.objectives import concat_rollouts, dynamic_rollout, shaped_scores
 from rlhf.rollout import assemble_rollout
+from rlhf.rollout.interface import stamp_version
 
 
 class Tok:
@@ -39,15 +41,35 @@ def test_concat_keeps_every_rows_exact_tokens():
     log-probs, in the new common layout (prompt width 3, completion width 2: the widest row picked)."""
     a = _rollout([[5], [6]], [[11, 12, 13], [14], [15, 16], [17]], [True, False, True, True])
     b = _rollout([[7, 8, 9], [4, 4]], [[21], [22], [23], [24]], [False, True, True, False])
-    out = concat_rollouts(Tok(), [(a, [2, 3]), (b, [0, 1])], group_size=2)
+    a.policy_version = stamp_version(a, 3).policy_version
+    b.policy_version = stamp_version(b, 4).policy_version
+    out = concat_rollouts([(a, [2, 3]), (b, [0, 1])], pad_id=0, group_size=2)
     assert out.prompt_width == 3 and out.input_ids.shape == (4, 5) and out.group_size == 2
     expected = [_row(a, 2), _row(a, 3), _row(b, 0), _row(b, 1)]
     assert [_row(out, i) for i in range(4)] == expected
     assert expected[0] == ([6], [15, 16], True, pytest.approx([-0.15, -0.16]))
     assert out.prompts == ["p6", "p6", "p7-8-9", "p7-8-9"]
     assert out.completions == ["15 16", "17", "21", "22"]
-    # positions count real tokens only, so left padding changes nothing
+    # positions count real tokens only, so left padding changes nothing; as assemble_rollout lays them
     assert out.position_ids[0].tolist() == [0, 0, 0, 1, 2]
+    direct = assemble_rollout(Tok(), out.prompts, [r[0] for r in expected], [r[1] for r in expected],
+                              [r[2] for r in expected], 2, torch.device("cpu"))
+    for name in ("input_ids", "attention_mask", "position_ids", "completion_mask"):
+        assert torch.equal(getattr(out, name), getattr(direct, name)), name
+    # each row's policy version travels with it (-1 off the actions)
+    assert out.policy_version[0].tolist() == [-1, -1, -1, 3, 3] and out.policy_version[2].tolist() == [-1] * 3 + [4, -1]
+    assert out.policy_mask is None and out.completions == ["15 16", "17", "21", "22"]
+
+
+def test_concat_keeps_the_holes_of_a_multi_turn_loss_mask():
+    """A row whose loss mask has a hole (an observation token the policy did not write) keeps it;
+    a single-turn part next to it gets its completion mask as loss mask."""
+    a = _rollout([[5]], [[11, 12, 13], [14]], [True, True], K=2)
+    a.policy_mask = a.completion_mask.clone()
+    a.policy_mask[0, 2] = 0  # token 12 came from the environment
+    b = _rollout([[7, 8]], [[21], [22]], [True, True], K=2)
+    out = concat_rollouts([(a, [0, 1]), (b, [0, 1])], pad_id=0, group_size=2)
+    assert out.loss_mask.tolist() == [[0, 0, 1, 0, 1], [0, 0, 1, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 0, 0]]
 
 
 def test_dynamic_rollout_replaces_degenerate_groups_with_fresh_prompts():
@@ -66,7 +88,7 @@ def test_dynamic_rollout_replaces_degenerate_groups_with_fresh_prompts():
         raw = torch.tensor([s for e in exs for s in table[e["prompt"]]])
         return raw, raw * 10
 
-    out = dynamic_rollout(examples, pool, sample, score, Tok(), group_size=2, max_retries=3, seed=0)
+    out = dynamic_rollout(examples, pool, sample, score, pad_id=0, group_size=2, max_retries=3, seed=0)
     new = out.examples[1]["prompt"]
     assert out.examples[0]["prompt"] == "B" and new in ("C", "D")
     assert out.raw_scores.tolist() == table["B"] + table[new]
@@ -88,7 +110,7 @@ def test_dynamic_rollout_out_of_retries_keeps_degenerate_groups_flagged():
         raw = torch.tensor([s for e in exs for s in {"A": [1.0, 1.0], "B": [0.0, 1.0]}[e["prompt"]]])
         return raw, raw
 
-    out = dynamic_rollout(examples, examples, sample, score, Tok(), group_size=2, max_retries=0, seed=0)
+    out = dynamic_rollout(examples, examples, sample, score, pad_id=0, group_size=2, max_retries=0, seed=0)
     assert [e["prompt"] for e in out.examples] == ["B", "A"]  # informative first, the filler last
     assert out.informative.tolist() == [True, True, False, False]
     assert out.raw_scores.tolist() == [0.0, 1.0, 1.0, 1.0]
