@@ -398,6 +398,10 @@ def _engine(cfg: PPOConfig, trainer: Trainer, policy: nn.Module, tokenizer: Any)
     if not is_builtin(cfg.sampling.engine) and trainer.accelerator.num_processes > 1:
         raise ConfigError("sampling.engine", f"{cfg.sampling.engine} with more than one training process is not "
                                              f"supported yet (each process would start its own engine)")
+    if cfg.ppo.dynamic_sampling and trainer.accelerator.num_processes > 1:
+        raise ConfigError("ppo.dynamic_sampling", "with more than one training process is not supported yet (the "
+                                                  "processes would run different numbers of sampling rounds, and "
+                                                  "their collective calls would not match)")
     engine = rollout_engine(policy, tokenizer, cfg.sampling)
     builtin = is_builtin(cfg.sampling.engine)
     fp32 = cfg.model.dtype == "fp32" and cfg.train.mixed_precision == "no"
@@ -479,7 +483,8 @@ def _teacher_rewards(teacher: Teacher | None, trainer: Trainer, ro: Rollout, ev:
     actions, at the sampling temperature, make the per-token reward (rlhf/envs/teacher.py)."""
     if teacher is None:
         return None
-    with trainer.accelerator.autocast(), visiting(teacher.modules(), trainer.device, home):
+    with trainer.accelerator.autocast(), trainer.gathered(*teacher.modules()), \
+            visiting(teacher.modules(), trainer.device, home):
         teacher_logps = teacher.logps(ro, cfg.sampling.temperature, cfg.train.eval_batch_size, how["scoring"],
                                       cfg.ppo.packed)
     return teacher.token_rewards(ev["old_logps"], teacher_logps, mask)
