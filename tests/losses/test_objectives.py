@@ -22,6 +22,7 @@ from rlhf.losses.policy import (
     gspo_loss,
     overlong_penalty,
     ppo_clip_loss,
+    resolve_clip,
 )
 from rlhf.masking import count_units
 
@@ -336,3 +337,17 @@ def test_registry_names_and_settings():
     assert (POLICY_LOSS_SPECS["gspo"].clip_low, POLICY_LOSS_SPECS["gspo"].clip_high) == (3e-4, 4e-4)
     assert POLICY_LOSS_SPECS["gspo"].aggregation == "sequence_mean" and POLICY_LOSS_SPECS["gspo"].sequence_advantages
     assert POLICY_LOSS_SPECS["cispo"].clip_low is None and POLICY_LOSS_SPECS["cispo"].aggregation == "token_mean"
+
+
+def test_resolve_clip_fills_each_null_with_the_losss_own():
+    """ppo.clip / ppo.clip_high null take the loss's setting; ppo_clip's ε_high is its ε_low
+    (symmetric PPO, as before the registry: ppo.clip 0.2 and clip_high null gave [0.8, 1.2])."""
+    assert resolve_clip("ppo_clip", None, None) == (0.2, 0.2)
+    assert resolve_clip("ppo_clip", 0.1, None) == (0.1, 0.1)
+    assert resolve_clip("ppo_clip", 0.2, 0.28) == (0.2, 0.28)  # DAPO's clip-higher
+    assert resolve_clip("gspo", None, None) == (3e-4, 4e-4)
+    assert resolve_clip("gspo", 1e-3, None) == (1e-3, 4e-4)
+    assert resolve_clip("cispo", None, None) == (None, 5.0)
+    assert resolve_clip("cispo", 0.5, 2.0) == (0.5, 2.0)
+    with pytest.raises(ValueError, match="unknown policy loss"):
+        resolve_clip("nope", None, None)
