@@ -276,12 +276,13 @@ def shape_advantages(advantage: str, ev: dict[str, Any], mask: torch.Tensor, sco
     seq_kl = masked_sum(kl_k1(ev["old_logps"], ev["ref_logps"], mask), mask, dim=-1)  # (B,) log π/π_ref
     in_reward = placement == "reward" and beta > 0
     rewards = token_rewards(scores, kl_tok if in_reward else torch.zeros_like(kl_tok), mask, beta)
+    if token_bonus is not None:
+        rewards = rewards + token_bonus
     if cfg.whiten_rewards:
         rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=reduce)
     # Per-completion estimators see the score minus the completion's total KL penalty.
     seq_scores = scores - beta * masked_sum(kl_tok, mask, dim=-1) if in_reward else scores
     if token_bonus is not None:
-        rewards = rewards + token_bonus
         seq_scores = seq_scores + masked_sum(token_bonus, mask, dim=-1)
     # The advantages (and returns for the critic, taken before whitening).
     advantages, returns = compute_advantages(

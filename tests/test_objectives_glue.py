@@ -142,3 +142,32 @@ def test_teacher_with_another_vocabulary_is_refused(tmp_path, tiny_llama):
     cfg = ModelConfig(name_or_path=str(tiny_llama))
     with pytest.raises(ConfigError, match="teacher: .* another vocabulary"):
         Teacher(str(other), cfg, load_tokenizer(cfg))
+
+
+def test_teacher_bonus_enters_advantages_like_a_kl_penalty_in_the_reward():
+    """shape_advantages(token_bonus=...): per token for REINFORCE++ (γ = 0: each token's return is
+    its own reward, then whitened over the batch), summed per completion for RLOO; in_loss drops
+    rows from the loss mask. No KL (β = 0), so the bonus and the score are the only rewards."""
+    from rlhf.advantages import reinforce_pp_advantages, rloo_advantages
+    from rlhf.masking import masked_whiten
+    from rlhf.ppo_update import PolicyLossConfig, shape_advantages
+
+    mask = torch.tensor([[0, 1, 1, 1], [0, 1, 1, 0], [0, 1, 0, 0], [0, 1, 1, 1]], dtype=torch.float32)
+    bonus = torch.tensor([[0.0, -1.0, -0.5, 0.2], [0.0, 0.3, -2.0, 0.0], [0.0, -0.1, 0.0, 0.0],
+                          [0.0, 0.0, -0.4, -0.6]])
+    scores = torch.tensor([1.0, 0.0, 0.5, 0.5])
+    logps = torch.zeros(4, 4)
+    ev = {"old_logps": logps, "ref_logps": logps, "values": None}
+    common = dict(beta=0.0, placement="reward", estimator="k1", greedy_scores=None, reduce=None, token_bonus=bonus)
+
+    out = shape_advantages("rloo", ev, mask, scores, cfg=PolicyLossConfig(), group_size=2, **common)
+    per_seq = rloo_advantages(scores + bonus.sum(-1), 2)  # score + Σ_t bonus_t per completion
+    assert torch.allclose(out["advantages"], per_seq[:, None] * mask, atol=1e-6)
+
+    out = shape_advantages("reinforce_pp", ev, mask, scores, cfg=PolicyLossConfig(gamma=0.0), group_size=2,
+                           in_loss=torch.tensor([True, True, False, True]), **common)
+    rewards = bonus.clone()
+    rewards[torch.arange(4), torch.tensor([3, 2, 1, 3])] += scores  # the score on each last action
+    assert torch.allclose(out["advantages"], masked_whiten(rewards, mask), atol=1e-6)
+    assert torch.allclose(out["advantages"], reinforce_pp_advantages(rewards, mask, gamma=0.0), atol=1e-6)
+    assert out["loss_mask"].tolist() == [mask[0].tolist(), mask[1].tolist(), [0.0] * 4, mask[3].tolist()]
