@@ -33,7 +33,7 @@ from rlhf.config import ConfigError, opt
 from rlhf.data.collate import PackedLayout
 from rlhf.kl import KL_CONTROLLERS, AdaptiveKLController, FixedKLController, kl_estimate, kl_k1
 from rlhf.logprobs import entropy_from_logits, shifted_token_logps
-from rlhf.losses.policy import POLICY_LOSSES, entropy_bonus, kl_loss, value_loss
+from rlhf.losses.policy import POLICY_LOSSES, entropy_bonus, kl_loss, resolve_clip, value_loss
 from rlhf.masking import Aggregation, count_units, masked_sum, masked_var, masked_whiten
 from rlhf.models.load import score_tokens
 from rlhf.models.packing import use_packed
@@ -81,13 +81,18 @@ class KLConfig:
 
 @dataclass(frozen=True)
 class PolicyLossConfig:
-    loss: str = opt("ppo_clip", "the policy loss, by name (rlhf.losses.policy.POLICY_LOSSES): ppo_clip = PPO's "
-                                "clipped surrogate", choices=tuple(POLICY_LOSSES))
+    loss: str = opt("ppo_clip", "the policy loss, by name (rlhf.losses.policy.POLICY_LOSSES): ppo_clip (PPO's "
+                                "clipped surrogate), gspo (one length-normalised ratio per completion, clipped "
+                                "per completion; needs a per-completion advantage), cispo (REINFORCE with a "
+                                "clipped stop-gradient importance weight: no token loses its gradient)",
+                    choices=tuple(POLICY_LOSSES))
     epochs: int = opt(2, "passes over each rollout batch (PPO epochs)", gt=0)
     num_minibatches: int = opt(1, "optimizer steps per epoch: the rollout batch is cut into this "
                                   "many minibatches", gt=0)
-    clip: float = opt(0.2, "ε of the clipped surrogate: the ratio is clipped to [1-ε, 1+ε_high]", gt=0, lt=1)
-    clip_high: float | None = opt(None, "ε_high (DAPO's clip-higher); null = clip", gt=0)
+    clip: float | None = opt(None, "ε_low: the ratio is clipped to [1-ε_low, 1+ε_high]; null = the loss's own "
+                                   "(ppo_clip 0.2, gspo 3e-4, cispo none: no lower bound)", gt=0, lt=1)
+    clip_high: float | None = opt(None, "ε_high (DAPO's clip-higher when above clip); null = the loss's own "
+                                        "(ppo_clip: = clip, gspo 4e-4, cispo 5)", gt=0)
     vf_coef: float = opt(0.1, "weight of the value loss (advantage=gae)", ge=0)
     vf_clip: float | None = opt(0.2, "clip the value update to ±this around the rollout value; "
                                      "null = unclipped squared error", gt=0)
@@ -102,12 +107,21 @@ class PolicyLossConfig:
                                         "between the old and the updated policy passes this", gt=0)
     aggregation: Literal["auto", "token_mean", "sequence_mean", "constant"] = opt(
         "auto", "how per-token losses are reduced: token_mean (DAPO), sequence_mean (GRPO paper), "
-                "constant (Dr. GRPO: sum / max_new_tokens); auto = the estimator's own (constant for dr_grpo, "
-                "else token_mean)")
+                "constant (Dr. GRPO: sum / max_new_tokens); auto = the loss's own for gspo (sequence_mean), "
+                "else the estimator's (constant for dr_grpo, else token_mean)")
     missing_eos_penalty: float | None = opt(None, "the EOS trick: subtract this from the score of a "
                                                   "completion cut at max_new_tokens; null = off", ge=0)
     drop_uninformative_groups: bool = opt(False, "leave out of the loss the prompts whose K samples "
                                                  "all scored the same (DAPO dynamic sampling, simplified)")
+    dynamic_sampling: bool = opt(False, "DAPO's dynamic sampling: replace the prompts whose K samples all scored "
+                                        "the same by fresh prompts drawn from data.train, sampled and scored, "
+                                        "until the batch is full or dynamic_sampling_retries run out (then the "
+                                        "rest stay, left out of the loss); retries logged as dynamic/*")
+    dynamic_sampling_retries: int = opt(3, "dynamic sampling: extra sampling rounds per step at most", ge=0)
+    overlong_cache: int | None = opt(None, "DAPO's overlong penalty: a completion longer than max_new_tokens - "
+                                           "this many tokens loses up to overlong_coef, linearly (the full "
+                                           "amount at max_new_tokens); null = off", ge=0)
+    overlong_coef: float = opt(1.0, "the overlong penalty at max_new_tokens", ge=0)
     old_logps: Literal["auto", "sampler", "forward"] = opt(
         "auto", "where π_old's log-probs (the ratio's denominator, the KL) come from: sampler = the "
                 "logits the sampler drew each token from (no extra forward pass; equal to a forward "
@@ -249,18 +263,27 @@ def evaluate_rollout(ro: Rollout, *, policy: nn.Module, model: PolicyAndValue, r
 
 def shape_advantages(advantage: str, ev: dict[str, Any], mask: torch.Tensor, scores: torch.Tensor, *,
                      beta: float, placement: str, estimator: str, cfg: PolicyLossConfig, group_size: int,
-                     greedy_scores: torch.Tensor | None, reduce: Any) -> dict[str, Any]:
+                     greedy_scores: torch.Tensor | None, reduce: Any, token_bonus: torch.Tensor | None = None,
+                     in_loss: torch.Tensor | None = None) -> dict[str, Any]:
     """Per-token KL and rewards, then the advantages (and the critic's returns) of estimator
-    ``advantage``; the loss mask drops uninformative groups when asked. ``mask``: the actions."""
+    ``advantage``; the loss mask drops uninformative groups when asked. ``mask``: the actions.
+    ``token_bonus`` (B, T): a per-token reward from the environment (on-policy distillation's
+    teacher), added where a KL penalty in the reward goes: per token, and summed per completion
+    for the per-completion estimators. ``in_loss`` (B,): rows that stay in the loss (dynamic
+    sampling's informative groups)."""
     spec = ESTIMATOR_SPECS[advantage]
     kl_tok = kl_estimate(ev["old_logps"], ev["ref_logps"], estimator, mask)  # (B, T)
     seq_kl = masked_sum(kl_k1(ev["old_logps"], ev["ref_logps"], mask), mask, dim=-1)  # (B,) log π/π_ref
     in_reward = placement == "reward" and beta > 0
     rewards = token_rewards(scores, kl_tok if in_reward else torch.zeros_like(kl_tok), mask, beta)
+    if token_bonus is not None:
+        rewards = rewards + token_bonus
     if cfg.whiten_rewards:
         rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=reduce)
     # Per-completion estimators see the score minus the completion's total KL penalty.
     seq_scores = scores - beta * masked_sum(kl_tok, mask, dim=-1) if in_reward else scores
+    if token_bonus is not None:
+        seq_scores = seq_scores + masked_sum(token_bonus, mask, dim=-1)
     # The advantages (and returns for the critic, taken before whitening).
     advantages, returns = compute_advantages(
         advantage, rewards=rewards, values=ev["values"], mask=mask, scores=seq_scores,
@@ -271,6 +294,8 @@ def shape_advantages(advantage: str, ev: dict[str, Any], mask: torch.Tensor, sco
     if cfg.drop_uninformative_groups:
         keep = informative_groups(scores, group_size).repeat_interleave(group_size).float()  # (B,)
         loss_mask = mask * keep[:, None]
+    if in_loss is not None:
+        loss_mask = loss_mask * in_loss.to(loss_mask.dtype)[:, None]
     return {"advantages": advantages, "returns": returns, "loss_mask": loss_mask, "seq_kl": seq_kl}
 
 
@@ -280,14 +305,15 @@ def policy_loss_fn(cfg: PolicyLossConfig, *, aggregation: Aggregation, placement
     ``cfg.loss`` names, + β·KL when the KL is in the loss, + the entropy bonus, + the value loss
     when the model has a critic; ``units_fn`` counts a micro-batch's units of the aggregation."""
     policy_loss = POLICY_LOSSES[cfg.loss]
+    clip_low, clip_high = resolve_clip(cfg.loss, cfg.clip, cfg.clip_high)  # null: the loss's own range
 
     def loss_fn(m: nn.Module, mb: dict[str, torch.Tensor], denom: torch.Tensor):
         logits, values = m(mb["input_ids"], mb["attention_mask"], mb["position_ids"])
         logps = shifted_token_logps(logits, mb["input_ids"], temperature)  # (b, T)
         mask = mb["mask"]
         agg: dict[str, Any] = {"aggregation": aggregation, "denominator": denom, "max_len": max_len}
-        loss, pm = policy_loss(logps, mb["old_logps"], mb["advantages"], mask, cfg.clip,
-                               cfg.clip_high, **agg, is_weights=mb.get("is_weights"))
+        loss, pm = policy_loss(logps, mb["old_logps"], mb["advantages"], mask, clip_low, clip_high, **agg,
+                               is_weights=mb.get("is_weights"))
         ntok = mask.sum().double()
         out = {"pg_loss": loss.detach(), "ntok": ntok, "w_clip_fraction": pm["clip_fraction"] * ntok,
                "w_approx_kl": pm["approx_kl"] * ntok}

@@ -18,9 +18,12 @@ Each training step is one iteration of:
     1. rollout      sample K completions per prompt with the rollout engine (rlhf/rollout: the
                     built-in sampler, or vLLM synced after each update)
     2. score        the environment scores each completion; the EOS trick penalises
-                    completions cut at the length limit
+                    completions cut at the length limit, DAPO's overlong penalty long ones
+                    (with ppo.dynamic_sampling, prompts whose K scores are all equal are
+                    replaced by fresh ones, sampled and scored: DAPO)
     3. evaluate     log-probs of the sampled tokens under π (the "old" policy) and π_ref, and
-                    V(s_t), at the sampling temperature, without gradient
+                    V(s_t), at the sampling temperature, without gradient; with a ``teacher``
+                    (on-policy distillation), its log-probs give a per-token reward
     4. advantages   per-token KL (k1/k2/k3) and rewards, then one estimator chosen by name
                     (rlhf/advantages.py: its settings live beside it)
     5. update       ``ppo.epochs`` passes over the batch in ``ppo.num_minibatches`` minibatches,
@@ -49,8 +52,8 @@ from rlhf.data.config import DataConfig
 from rlhf.data.errors import ENCODING, DataError
 from rlhf.data.load import load_records
 from rlhf.data.tokenize import encode_prompt
-from rlhf.envs import SingleTurn, single_turn
-from rlhf.losses.policy import truncated_importance_weights
+from rlhf.envs import SingleTurn, Teacher, single_turn
+from rlhf.losses.policy import POLICY_LOSS_SPECS, truncated_importance_weights
 from rlhf.masking import Aggregation, masked_mean
 from rlhf.models.config import ModelConfig
 from rlhf.models.load import (
@@ -62,6 +65,7 @@ from rlhf.models.load import (
     position_limit,
 )
 from rlhf.models.vocab import reward_model_tokenizers, vocabulary_difference
+from rlhf.objectives import DynamicRollout, ZeroReward, dynamic_rollout, shaped_scores
 from rlhf.ppo_update import (
     KLConfig,
     PolicyAndValue,
@@ -104,6 +108,10 @@ class PPOConfig:
     track: dict[str, str] = opt(factory=dict, help="extra reward sources scored on every rollout and "
                                                    "logged as track/<name> but not optimised, e.g. "
                                                    "{gold: my_pkg.gold:reward} to watch over-optimisation")
+    teacher: str = opt("", "on-policy distillation: a model folder with the policy's tokenizer; on each "
+                           "sampled token the policy gets teacher_coef·(log π_teacher - log π) as reward "
+                           "(reverse KL to the teacher); with a teacher, reward may be left empty")
+    teacher_coef: float = opt(1.0, "weight of the teacher's per-token reward", gt=0)
     value_model: str = opt("auto", "the critic (advantage=gae): 'reward' (a copy of the reward model; "
                                    "the default when the reward is one), 'policy' (a copy of the "
                                    "policy's trunk, new head), 'shared' (a value head on the policy's "
@@ -120,9 +128,9 @@ class PPOConfig:
     def validate(self) -> None:
         if not self.data.train:
             raise ConfigError("data.train", "is required: a file or dataset with a prompt column")
-        if not self.reward:
-            raise ConfigError("reward", "is required: a reward-model folder, package.module:function "
-                                        "or a .yaml/.json reward spec")
+        if not self.reward and not self.teacher:
+            raise ConfigError("reward", "is required (unless a teacher is set): a reward-model folder, "
+                                        "package.module:function or a .yaml/.json reward spec")
         if self.data.packing:
             raise ConfigError("data.packing", "does not apply to prompts (got true)")
         K = self.sampling.num_samples
@@ -132,6 +140,15 @@ class PPOConfig:
                                                       f"the other samples of the same prompt (got {K})")
         if self.ppo.drop_uninformative_groups and K < 2:
             raise ConfigError("ppo.drop_uninformative_groups", f"needs sampling.num_samples >= 2 (got {K})")
+        if self.ppo.dynamic_sampling and K < 2:
+            raise ConfigError("ppo.dynamic_sampling", f"needs sampling.num_samples >= 2 (got {K})")
+        if POLICY_LOSS_SPECS[self.ppo.loss].sequence_advantages and ESTIMATOR_SPECS[self.advantage].per_token:
+            raise ConfigError("ppo.loss", f"{self.ppo.loss} needs one advantage per completion, but "
+                                          f"advantage={self.advantage} gives one per token; use grpo, dr_grpo, "
+                                          f"rloo or remax")
+        if self.ppo.overlong_cache is not None and self.ppo.overlong_cache > self.sampling.max_new_tokens:
+            raise ConfigError("ppo.overlong_cache", f"must be at most sampling.max_new_tokens = "
+                                                    f"{self.sampling.max_new_tokens} (got {self.ppo.overlong_cache})")
         if self.ppo.tis in ("token", "sequence") and self.ppo.old_logps == "sampler":
             raise ConfigError("ppo.tis", f"{self.ppo.tis} needs π_old from the trainer's forward, but "
                                          f"ppo.old_logps=sampler takes it from the sampler (every weight "
@@ -240,14 +257,16 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     device = trainer.device
     placement, estimator = cfg.kl.resolved(cfg.advantage)
     spec = ESTIMATOR_SPECS[cfg.advantage]
-    aggregation: Aggregation = spec.aggregation if cfg.ppo.aggregation == "auto" else cfg.ppo.aggregation
+    loss_agg = POLICY_LOSS_SPECS[cfg.ppo.loss].aggregation  # auto: the loss's own (gspo), else the estimator's
+    aggregation: Aggregation = (cfg.ppo.aggregation if cfg.ppo.aggregation != "auto"
+                                else loss_agg if loss_agg != "token_mean" else spec.aggregation)
     K = cfg.sampling.num_samples
 
     # Step 2. Prompts (the states), and the environment: the reward source as one step (rlhf/envs).
     tokenizer = load_tokenizer(cfg.model)
     prompts = _prompts(cfg, tokenizer, trainer)
     _check_episode_length(cfg, max(len(p["prompt_input_ids"]) for p in prompts))
-    env = single_turn(cfg.reward, device=str(device))
+    env = single_turn(cfg.reward, device=str(device)) if cfg.reward else SingleTurn(ZeroReward())
     tracked = {name: single_turn(spec, device=str(device)) for name, spec in cfg.track.items()}
     _check_tokenizers(cfg, tokenizer, [env.reward, *(t.reward for t in tracked.values())], trainer)
 
@@ -283,17 +302,15 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         examples = [e for mb in micro for e in mb["examples"]]
         times = [time.perf_counter()]
 
-        # 5.1 rollout: K completions per prompt, consecutive (the group layout of rlhf.advantages).
-        # (trainer.gathered: under FSDP the policy is gathered once for generation, whose
-        # number of forward passes differs between processes; a no-op otherwise.)
-        with trainer.accelerator.autocast(), trainer.gathered():
-            ro = engine.sample(tokenizer, [e["prompt"] for e in examples], [e["prompt_input_ids"] for e in examples],
-                               cfg.sampling, with_logps=how["keep_engine_logps"])
+        # 5.1 rollout: K completions per prompt, consecutive (the group layout of rlhf.advantages);
+        # with ppo.dynamic_sampling, the groups whose K scores are all equal replaced (DAPO).
+        ro, examples, dyn = _rollout(cfg, trainer, engine, tokenizer, examples, prompts, env, m["home"], how, step)
         times.append(time.perf_counter())
 
-        # 5.2 scores (the environment's reward at the end of the episode), the EOS trick, tracked
-        # rewards, and ReMax's greedy baseline.
-        sc = _score(cfg, trainer, engine, tokenizer, examples, ro, env, tracked, m["home"])
+        # 5.2 scores (the environment's reward at the end of the episode), the EOS trick and the
+        # overlong penalty, tracked rewards, and ReMax's greedy baseline.
+        sc = _score(cfg, trainer, engine, tokenizer, examples, ro, env, tracked, m["home"],
+                    raw=dyn.raw_scores if dyn is not None else None)
         times.append(time.perf_counter())
 
         # 5.3 log-probs of the sampled tokens under π and π_ref; values; the engine's mismatch.
@@ -303,12 +320,14 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
                               scoring=how["scoring"], packed=cfg.ppo.packed, device=device, home=m["home"])
         mask = ro.loss_mask.float()  # (B, T): the policy's own tokens
         is_weights, engine_metrics = _importance_weights(cfg, ro, ev, mask, how)
+        bonus = _teacher_rewards(m["teacher"], trainer, ro, ev, mask, cfg, how, m["home"])  # distillation
 
         # 5.4 per-token KL and rewards, advantages (the estimator named), the loss mask.
         beta = kl_ctl.value
         adv = shape_advantages(cfg.advantage, ev, mask, sc["scores"], beta=beta, placement=placement,
                                estimator=estimator, cfg=cfg.ppo, group_size=K, greedy_scores=sc["greedy"],
-                               reduce=global_sum)
+                               reduce=global_sum, token_bonus=bonus,
+                               in_loss=dyn.informative if dyn is not None else None)
 
         # 5.5 the update: epochs x minibatches optimizer steps; the engine then samples the next
         # step from the updated policy (checked, or an error).
@@ -322,6 +341,10 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         kl_ctl.update(mean_kl, int(n_completions))
         metrics = _metrics(trainer, ro, sc, ev, adv, mask, upd, engine_metrics, times, n_completions,
                            mean_kl, beta, env)
+        if dyn is not None:
+            metrics.update(dyn.metrics)
+        if bonus is not None:  # k1 estimate of KL(π‖π_teacher) per completion
+            metrics["teacher_kl"] = -float(trainer.reduce_sum(bonus.sum())) / m["teacher"].coef / n_completions
         history.append({"step": step, "score": metrics["score"], "kl": mean_kl,
                         **{k: metrics[k] for k in sc["track"]}})
         trainer.log(step, metrics)
@@ -349,7 +372,8 @@ def _load_models(cfg: PPOConfig, trainer: Trainer, tokenizer: Any, envs: list[Si
     offload = cfg.offload and device.type != "cpu" and not (trainer.sharded and cfg.train.fsdp.frozen == "shard")
     home = torch.device("cpu") if offload else device
     ref_modules = [] if reference.shares_policy_weights else [reference.module]
-    for mod in ref_modules + [mod for env in envs for mod in env.modules()]:
+    teacher = Teacher(cfg.teacher, cfg.model, tokenizer, cfg.teacher_coef) if cfg.teacher else None
+    for mod in ref_modules + [mod for env in envs for mod in env.modules()] + (teacher.modules() if teacher else []):
         if offload:
             mod.to(home)
         else:
@@ -362,7 +386,7 @@ def _load_models(cfg: PPOConfig, trainer: Trainer, tokenizer: Any, envs: list[Si
         value, value_src = _load_value_model(cfg, tokenizer)
         trainer.print(f"[ppo] value model initialised from {value_src}")
     return {"policy": policy, "reference": reference, "ref_modules": ref_modules, "home": home,
-            "value": value, "value_head": value_head}
+            "value": value, "value_head": value_head, "teacher": teacher}
 
 
 def _engine(cfg: PPOConfig, trainer: Trainer, policy: nn.Module, tokenizer: Any) -> tuple[RolloutEngine, dict]:
@@ -374,6 +398,10 @@ def _engine(cfg: PPOConfig, trainer: Trainer, policy: nn.Module, tokenizer: Any)
     if not is_builtin(cfg.sampling.engine) and trainer.accelerator.num_processes > 1:
         raise ConfigError("sampling.engine", f"{cfg.sampling.engine} with more than one training process is not "
                                              f"supported yet (each process would start its own engine)")
+    if cfg.ppo.dynamic_sampling and trainer.accelerator.num_processes > 1:
+        raise ConfigError("ppo.dynamic_sampling", "with more than one training process is not supported yet (the "
+                                                  "processes would run different numbers of sampling rounds, and "
+                                                  "their collective calls would not match)")
     engine = rollout_engine(policy, tokenizer, cfg.sampling)
     builtin = is_builtin(cfg.sampling.engine)
     fp32 = cfg.model.dtype == "fp32" and cfg.train.mixed_precision == "no"
@@ -385,18 +413,55 @@ def _engine(cfg: PPOConfig, trainer: Trainer, policy: nn.Module, tokenizer: Any)
                     "keep_engine_logps": sampler_logps or not builtin or tis != "off"}
 
 
+def _rollout(cfg: PPOConfig, trainer: Trainer, engine: RolloutEngine, tokenizer: Any, examples: list[dict],
+             pool: list[dict], env: SingleTurn, home: torch.device, how: dict[str, Any], step: int
+             ) -> tuple[Rollout, list[dict], DynamicRollout | None]:
+    """Step 5.1: the step's episodes, K per prompt. With ``ppo.dynamic_sampling`` the groups
+    whose K scores are all equal are replaced by groups for prompts drawn from ``pool``, scored
+    as they come (rlhf.objectives.dynamic_rollout); the examples then follow the new rows.
+    (trainer.gathered: under FSDP the policy is gathered once for generation, whose number of
+    forward passes differs between processes; a no-op otherwise.)"""
+
+    def sample(exs: list[dict]) -> Rollout:
+        with trainer.accelerator.autocast(), trainer.gathered():
+            return engine.sample(tokenizer, [e["prompt"] for e in exs], [e["prompt_input_ids"] for e in exs],
+                                 cfg.sampling, with_logps=how["keep_engine_logps"])
+
+    if not cfg.ppo.dynamic_sampling:
+        return sample(examples), examples, None
+
+    def score(r: Rollout, exs: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        with visiting(env.modules(), trainer.device, home):
+            raw = env.score(r.prompts, r.completions, row_columns([e["columns"] for e in exs],
+                                                                  repeat=cfg.sampling.num_samples))
+        raw = raw.to(trainer.device).float()
+        return raw, _shaped(cfg, raw, r)
+
+    dyn = dynamic_rollout(examples, pool, sample, score, tokenizer.pad_token_id, cfg.sampling.num_samples,
+                          cfg.ppo.dynamic_sampling_retries, seed=cfg.train.seed * 1_000_003 + step)
+    return dyn.rollout, dyn.examples, dyn
+
+
+def _shaped(cfg: PPOConfig, raw: torch.Tensor, ro: Rollout) -> torch.Tensor:
+    """The score the advantage sees: the EOS trick and DAPO's overlong penalty applied."""
+    return shaped_scores(raw, ro.ended, ro.lengths, missing_eos_penalty=cfg.ppo.missing_eos_penalty,
+                         overlong_cache=cfg.ppo.overlong_cache, overlong_coef=cfg.ppo.overlong_coef,
+                         max_len=cfg.sampling.max_new_tokens)
+
+
 def _score(cfg: PPOConfig, trainer: Trainer, engine: RolloutEngine, tokenizer: Any, examples: list[dict],
-           ro: Rollout, env: SingleTurn, tracked: dict[str, SingleTurn], home: torch.device) -> dict[str, Any]:
-    """Step 5.2: the environment's scores (raw, and with the EOS trick), the tracked rewards and,
-    for ReMax, the scores of greedy completions. The prompts' other row columns go along, K times
+           ro: Rollout, env: SingleTurn, tracked: dict[str, SingleTurn], home: torch.device,
+           raw: torch.Tensor | None = None) -> dict[str, Any]:
+    """Step 5.2: the environment's scores (raw, unless given: dynamic sampling scored them
+    already; and shaped: the EOS trick, the overlong penalty), the tracked rewards and, for
+    ReMax, the scores of greedy completions. The prompts' other row columns go along, K times
     each like the prompts (rlhf.rewards)."""
     device, K = trainer.device, cfg.sampling.num_samples
     columns = row_columns([e["columns"] for e in examples], repeat=K)
-    with visiting(env.modules(), device, home):
-        raw = env.score(ro.prompts, ro.completions, columns).to(device).float()  # (B,)
-    scores = raw.clone()
-    if cfg.ppo.missing_eos_penalty is not None:
-        scores = torch.where(ro.ended, scores, scores - cfg.ppo.missing_eos_penalty)
+    if raw is None:
+        with visiting(env.modules(), device, home):
+            raw = env.score(ro.prompts, ro.completions, columns).to(device).float()  # (B,)
+    scores = _shaped(cfg, raw, ro)
     track = {}
     for k, src in tracked.items():
         with visiting(src.modules(), device, home):
@@ -408,10 +473,21 @@ def _score(cfg: PPOConfig, trainer: Trainer, engine: RolloutEngine, tokenizer: A
                               cfg.sampling, greedy=True, num_samples=1)
         with visiting(env.modules(), device, home):
             greedy = env.score(g.prompts, g.completions, row_columns([e["columns"] for e in examples]))
-            greedy = greedy.to(device).float()
-        if cfg.ppo.missing_eos_penalty is not None:
-            greedy = torch.where(g.ended, greedy, greedy - cfg.ppo.missing_eos_penalty)
+            greedy = _shaped(cfg, greedy.to(device).float(), g)
     return {"raw": raw, "scores": scores, "track": track, "greedy": greedy}
+
+
+def _teacher_rewards(teacher: Teacher | None, trainer: Trainer, ro: Rollout, ev: dict[str, Any], mask: torch.Tensor,
+                     cfg: PPOConfig, how: dict[str, Any], home: torch.device) -> torch.Tensor | None:
+    """On-policy distillation (``teacher``): the teacher's log-probs of the student's own
+    actions, at the sampling temperature, make the per-token reward (rlhf/envs/teacher.py)."""
+    if teacher is None:
+        return None
+    with trainer.accelerator.autocast(), trainer.gathered(*teacher.modules()), \
+            visiting(teacher.modules(), trainer.device, home):
+        teacher_logps = teacher.logps(ro, cfg.sampling.temperature, cfg.train.eval_batch_size, how["scoring"],
+                                      cfg.ppo.packed)
+    return teacher.token_rewards(ev["old_logps"], teacher_logps, mask)
 
 
 def _importance_weights(cfg: PPOConfig, ro: Rollout, ev: dict[str, Any], mask: torch.Tensor,
