@@ -62,7 +62,14 @@ def bar_postfix(metrics: dict[str, Any]) -> dict[str, str]:
 
 
 def quiet_third_party() -> None:
-    """Silence transformers' per-load and per-save progress bars (see the module doc)."""
+    """Silence transformers' per-load and per-save progress bars (see the module doc), and every
+    progress bar when stderr is not a terminal."""
+    import sys
+
+    if not sys.stderr.isatty() and "TQDM_DISABLE" not in os.environ:
+        # Redirected to a log: a bar's carriage-return redraws would stay there as fragments; the
+        # runs' own per-step lines say the same. (tqdm reads TQDM_* variables as its defaults.)
+        os.environ["TQDM_DISABLE"] = "1"
     if os.environ.get("RLHF_HF_PROGRESS") == "1":
         return
     try:
