@@ -65,7 +65,9 @@ _LABEL_NAME = re.compile(r"label|winner|prefer|choice|chosen|vote|better|best|ra
 _ID_NAME = re.compile(r"(^|_)(id|idx|index|uuid|hash)$", re.IGNORECASE)
 # Bookkeeping that rides along with chosen/rejected (written by rlhf label / iterative DPO, and
 # UltraFeedback's scores): it agrees with the pair, it is not a label the format forgot.
-_PAIR_BOOKKEEPING = frozenset({"score_chosen", "score_rejected", "flipped", "position_consistent"})
+# Columns preference files carry beside the pair; judge_probability is what `rlhf label` writes.
+_PAIR_BOOKKEEPING = frozenset({"score_chosen", "score_rejected", "flipped", "position_consistent",
+                               "judge_probability"})
 
 
 def _to_kind(rec: Record, kind: str, report: SkipReport, keep: str) -> list[Record]:
