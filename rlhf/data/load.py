@@ -214,6 +214,9 @@ def load_records(cfg: DataConfig, kind: Kind, source: str | None = None,
                         f"{what} ({fmt} format), and SFT would otherwise learn the bad completions too; "
                         "set data.sft_keep: preferred (only the desirable / winning completions) or "
                         "all (every completion, label ignored)")
+    if kind == "sft" and fmt in _PREF:
+        log.warning("%s: SFT on a %s file trains on prompt + chosen (the rejected completions are not used)",
+                 name, fmt)
     spec = RowSpec.from_config(cfg, fmt, {src: canon for canon, src in renames.items()})
     _check_source(rows, fmt, cfg, spec, name)
     _check_unused(rows, fmt, kind, cfg, spec, name, report)

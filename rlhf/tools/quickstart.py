@@ -154,7 +154,12 @@ def main(argv: list[str]) -> int:
     spec = pipeline_spec(out, fast=a.fast, seed=a.seed)
     if a.print_config:
         import yaml
-        print(yaml.safe_dump(spec, sort_keys=False))
+
+        class _NoAnchors(yaml.SafeDumper):  # a section shared by two stages prints twice, not as &id005 / *id005
+            def ignore_aliases(self, data: object) -> bool:
+                return True
+
+        print(yaml.dump(spec, Dumper=_NoAnchors, sort_keys=False))
         return 0
     import torch
 
