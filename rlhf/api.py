@@ -67,8 +67,9 @@ class Result:
                 model = type(self.model).__name__
         keys = [k for k, v in self.summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:4]
         nums = ", ".join(f"{k}={self.summary[k]:.4g}" for k in keys)
-        return (f"Result(model={model}, tokenizer={type(self.tokenizer).__name__ if self.tokenizer is not None else None}, "
-                f"output_dir={str(self.output_dir)!r}, summary={{{nums}{', ...' if len(self.summary) > len(keys) else ''}}})")
+        tok = type(self.tokenizer).__name__ if self.tokenizer is not None else None
+        more = ", ..." if len(self.summary) > len(keys) else ""
+        return f"Result(model={model}, tokenizer={tok}, output_dir={str(self.output_dir)!r}, summary={{{nums}{more}}})"
 
 
 _UNSET: Any = object()  # eval_data not given (None means "no evaluation data")

@@ -93,7 +93,8 @@ def test_quiet_third_party_drops_noise_only(monkeypatch, caplog):
     assert os.environ.get("TQDM_DISABLE") == "1"
     monkeypatch.delenv("TQDM_DISABLE")
     with caplog.at_level(logging.WARNING):
-        logging.getLogger("transformers.distributed.tensor_parallel").warning("The following layers were not sharded: x")
+        tp = logging.getLogger("transformers.distributed.tensor_parallel")
+        tp.warning("The following layers were not sharded: x")
         tok = logging.getLogger("transformers.tokenization_utils_base")
         tok.warning("Token indices sequence length is longer than the specified maximum sequence length (9 > 8)")
         tok.warning("something else")

@@ -83,8 +83,9 @@ def test_getting_started_runs_literally_after_pip_install(tmp_path):
 
 
 # ChatML, the layout of Qwen2.5's own chat template (written here; a stand-in's tokenizer has none).
-_CHATML = ("{%- if messages[0]['role'] != 'system' -%}{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
-           "{%- endif -%}{%- for m in messages -%}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+_CHATML = ("{%- if messages[0]['role'] != 'system' -%}"
+           "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif -%}"
+           "{%- for m in messages -%}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
            "{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}")
 
 
