@@ -146,7 +146,7 @@ def pipeline_spec(out: str | Path = "runs/quickstart", fast: bool = False, seed:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="rlhf quickstart", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/quickstart", help="output folder (resumes if it exists)")
-    p.add_argument("--fast", action="store_true", help="a smaller ~1-2 minute smoke version")
+    p.add_argument("--fast", action="store_true", help="a smaller smoke version (fewer steps and prompts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--print-config", action="store_true", help="print the pipeline YAML and exit")
     a = p.parse_args(argv)
