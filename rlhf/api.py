@@ -23,6 +23,11 @@ Each function is the command line's stage, run in this process: ``rlhf.sft``, ``
   (``**{"train.lr": 1e-5}``) or as a nested dict (``train={"lr": 1e-5}``), or a top-level
   field (``beta=0.1``, ``output_dir="runs/x"``).
 
+* ``overwrite=True``: delete the ``output_dir`` of an earlier run first (a notebook cell run
+  again); ``resume`` (default True): continue an unfinished run there, or return a finished one
+  whose config and in-memory rows are the same (else refused); ``resume=False`` refuses both.
+* ``eval_data=None``: no evaluation data, whatever the recipe or config names.
+
 Returns a :class:`Result`: the trained model loaded from ``final/`` (a causal LM; a scalar-head
 model for ``rm``), its tokenizer, the run's summary dict and the output folder. Stages that
 train no model (best-of-n) return ``model=None``. Errors are the CLI's: ``ConfigError`` before

@@ -81,6 +81,10 @@ def _top_help() -> str:
              "stages (rlhf <stage> --help lists every option with its default):"]
     w = max(map(len, [*STAGES, *TOOLS]))
     lines += [f"  {k:<{w}}  {s.summary}" for k, s in STAGES.items()]
+    by_stage: dict[str, list[str]] = {}
+    for alias, (stage, setting) in ALIASES.items():
+        by_stage.setdefault(f"rlhf {stage}" + (f" {setting.split('=')[0]}=..." if setting else ""), []).append(alias)
+    lines += ["", "aliases: " + "; ".join(f"{', '.join(names)} = {target}" for target, names in by_stage.items())]
     lines += ["", "tools:"]
     lines += [f"  {k:<{w}}  {s}" for k, (_, s) in TOOLS.items()]
     lines += ["", "example: rlhf sft --recipe tiny train.lr=1e-4 output_dir=runs/my-sft   (rlhf recipes lists them)"]
