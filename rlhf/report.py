@@ -506,7 +506,7 @@ def plot_frontier(policies: dict[str, dict], stages: Sequence[StageRun] = ()) ->
             # Named beside the point, so not in the legend (which keeps the curves only).
             ax.errorbar([x], [y], xerr=None if xe is None else [xe], yerr=None if ye is None else [ye],
                         fmt="o", ms=7, capsize=3, color=f"C{k % 7}", label=name)
-        _place_labels(ax, [(name, x, y) for name, x, _xe, y, _ye in pts])
+        _place_labels(ax, [(name, x, y) for name, x, _xe, y, _ye in pts if y is not None])
         ax.set_xlabel("KL(π ‖ π_ref)  (nats)")
         ax.set_ylabel(f"{src} reward")
         ax.set_title(f"{src} reward vs KL", fontsize=10)
