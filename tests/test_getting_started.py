@@ -5,7 +5,7 @@ from the environment running the tests (a ``.pth`` line pointing at its site-pac
 is not downloaded again); ``pip install --no-deps`` of a copy of the project stands for the
 page's ``pip install`` lines. Then every fenced block whose info string is ``bash test`` runs,
 in order, with ``bash -e`` in an empty folder, and every ``python test`` block with the venv's
-python. (``rlhf quickstart --fast``, 1-2 minutes, is left to tests/test_pipeline.py.) Nothing
+python. (``rlhf quickstart --fast`` is left to tests/test_pipeline.py.) Nothing
 from the checkout is importable there (no PYTHONPATH, a cwd outside it), so a file that only
 exists beside a checkout makes the test fail.
 """
