@@ -40,11 +40,42 @@ def render_help() -> str:
 def render_schema() -> str:
     """``{stage: schema_of(config class)}`` as JSON text: what ``rlhf <stage>`` checks a config
     against before it imports the recipe (rlhf/config.py, "schema")."""
+    import dataclasses
+    import hashlib
+    import inspect
+
     from rlhf.cli import STAGES
     from rlhf.config import schema_of
 
-    return json.dumps({name: schema_of(st.load(st.config)) for name, st in STAGES.items()},
-                      separators=(",", ":"), ensure_ascii=False) + "\n"
+    pkg = Path(__file__).resolve().parent
+    files: set[Path] = set()
+
+    def collect(cls: type) -> None:  # the modules defining the classes of the tree (and their Literal aliases)
+        files.add(Path(inspect.getfile(cls)).resolve())
+        for f in dataclasses.fields(cls):
+            for tp in _dataclasses_in(cls, f.name):
+                collect(tp)
+
+    out: dict[str, object] = {}
+    for name, st in STAGES.items():
+        cls = st.load(st.config)
+        collect(cls)
+        out[name] = schema_of(cls)
+    out["_sources"] = {str(p.relative_to(pkg)): hashlib.sha256(p.read_bytes()).hexdigest()
+                       for p in sorted(files)}
+    return json.dumps(out, separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
+def _dataclasses_in(cls: type, field: str) -> list[type]:
+    import dataclasses
+    import typing
+
+    def walk(tp: object) -> list[type]:
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            return [tp]
+        return [c for a in typing.get_args(tp) for c in walk(a)]
+
+    return walk(typing.get_type_hints(cls)[field])
 
 
 def main(argv: list[str] | None = None) -> int:
