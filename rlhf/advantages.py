@@ -17,11 +17,12 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
-from rlhf.masking import last_index, masked_whiten
+from rlhf.masking import Aggregation, last_index, masked_whiten
 
 __all__ = [
     "gae",
@@ -31,6 +32,8 @@ __all__ = [
     "remax_advantages",
     "informative_groups",
     "token_rewards",
+    "Estimator",
+    "ESTIMATOR_SPECS",
     "ESTIMATORS",
     "CRITIC_ESTIMATORS",
     "compute_advantages",
@@ -205,17 +208,41 @@ def informative_groups(scores: torch.Tensor, group_size: int, tol: float = 0.0) 
     return spread > tol
 
 
-# Critic-free estimators and GAE, by name. All take keyword arguments with the names above;
-# :func:`compute_advantages` passes each one the inputs it declares.
-ESTIMATORS: dict[str, Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]] = {
-    "gae": gae,
-    "grpo": grpo_advantages,
-    "dr_grpo": functools.partial(grpo_advantages, scale="none"),
-    "rloo": rloo_advantages,
-    "reinforce_pp": reinforce_pp_advantages,
-    "remax": remax_advantages,
+@dataclass(frozen=True)
+class Estimator:
+    """An advantage estimator and the settings the PPO-family loop reads from it: adding one is
+    one entry of :data:`ESTIMATOR_SPECS`.
+
+    ``fn`` takes keyword arguments with the names above (:func:`compute_advantages` passes each
+    the inputs it declares); ``critic``: needs a value model (and returns the critic's returns);
+    ``min_group``: samples per prompt its baseline needs; ``kl_placement``: where ``kl.placement:
+    auto`` puts the KL penalty (``reward``: -β·KL per token; ``loss``: β·KL in the loss);
+    ``aggregation``: what ``ppo.aggregation: auto`` reduces the loss with; ``whiten``: advantages
+    are whitened over the batch when ``ppo.whiten_advantages`` (the group estimators normalise
+    their own way); ``greedy_baseline``: needs the score of a greedy completion per prompt."""
+
+    fn: Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
+    critic: bool = False
+    min_group: int = 1
+    kl_placement: Literal["reward", "loss"] = "reward"
+    aggregation: Aggregation = "token_mean"
+    whiten: bool = False
+    greedy_baseline: bool = False
+
+
+# Critic-free estimators and GAE, by name.
+ESTIMATOR_SPECS: dict[str, Estimator] = {
+    "gae": Estimator(gae, critic=True, whiten=True),
+    "grpo": Estimator(grpo_advantages, min_group=2, kl_placement="loss"),
+    "dr_grpo": Estimator(functools.partial(grpo_advantages, scale="none"), min_group=2, kl_placement="loss",
+                         aggregation="constant"),
+    "rloo": Estimator(rloo_advantages, min_group=2),
+    "reinforce_pp": Estimator(reinforce_pp_advantages),
+    "remax": Estimator(remax_advantages, greedy_baseline=True),
 }
-CRITIC_ESTIMATORS = frozenset({"gae"})  # the ones that need a value model
+ESTIMATORS: dict[str, Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]] = {
+    name: spec.fn for name, spec in ESTIMATOR_SPECS.items()}
+CRITIC_ESTIMATORS = frozenset(name for name, spec in ESTIMATOR_SPECS.items() if spec.critic)
 
 
 def compute_advantages(name: str, **inputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -61,7 +61,7 @@ class StageSpec:
 
 
 def _training_stages() -> dict[str, Any]:
-    from rlhf.cli import STAGES
+    from rlhf.stages import STAGES
     return STAGES
 
 

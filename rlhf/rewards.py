@@ -48,6 +48,10 @@ from rlhf.masking import masked_whiten
 __all__ = ["RewardSource", "ModelReward", "CallableReward", "WeightedSum", "SafetyGated",
            "load_reward_source", "import_callable", "row_columns", "accepted_columns", "call_reward"]
 
+# What the rm stage writes beside a reward model (rlhf/recipes/rm.py): the score statistics that
+# ``normalize=True`` reads.
+REWARD_STATS_FILE = "reward_stats.json"
+
 
 class RewardSource:
     """Base class: ``source(prompts, completions, **columns) -> (N,) float32 tensor`` (CPU);
@@ -198,7 +202,6 @@ class ModelReward(RewardSource):
         from rlhf.data.config import DataConfig
         from rlhf.models.config import ModelConfig
         from rlhf.models.load import load_scalar_model, load_tokenizer
-        from rlhf.recipes.rm import REWARD_STATS_FILE
 
         self.path = Path(path)  # a folder, or a hub id (then there is no reward_stats.json to read)
         self.name = f"model:{path}"

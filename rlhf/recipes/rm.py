@@ -60,6 +60,7 @@ from rlhf.models.load import (
     score_last_token,
 )
 from rlhf.models.packing import use_packed
+from rlhf.rewards import REWARD_STATS_FILE  # the file ModelReward reads
 from rlhf.train.config import TrainConfig
 from rlhf.train.trainer import Trainer
 
@@ -67,7 +68,6 @@ __all__ = ["RMConfig", "RewardLossConfig", "RewardStatsConfig", "train", "build_
            "GroupCollator", "score_sequences", "evaluate_pairs", "reward_statistics",
            "ENCODING_FIELDS", "REWARD_STATS_FILE"]
 
-REWARD_STATS_FILE = "reward_stats.json"
 # The DataConfig fields that decide how (prompt, completion) becomes token ids; stored with the
 # model so that scoring later reproduces training's encoding.
 ENCODING_FIELDS = ("max_length", "max_prompt_length", "prompt_truncation", "completion_truncation",

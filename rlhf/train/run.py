@@ -276,7 +276,7 @@ def check_folder_weights(folder: str | Path) -> None:
     finite, read one tensor at a time; else NonFiniteError naming the file and tensor."""
     from safetensors import safe_open
 
-    from rlhf.train.guards import check_finite
+    from rlhf.train.finite import check_finite
 
     d = Path(folder)
     for f in sorted(d.glob("*.safetensors")) + sorted(d.glob("adapter/*.safetensors")):

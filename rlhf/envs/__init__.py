@@ -1,0 +1,11 @@
+"""Environments: what the policy acts in, and the tools it may call (docs/ppo.md).
+
+* :mod:`~rlhf.envs.base`         the :class:`Environment` and :class:`Tool` protocols, :class:`Step`
+* :mod:`~rlhf.envs.single_turn`  :class:`SingleTurn`: every reward source (model, function,
+  combination) as an environment with one step
+"""
+
+from rlhf.envs.base import Environment, Step, Tool
+from rlhf.envs.single_turn import SingleTurn, single_turn
+
+__all__ = ["Environment", "Step", "Tool", "SingleTurn", "single_turn"]
