@@ -44,8 +44,8 @@ def render_schema() -> str:
     import hashlib
     import inspect
 
-    from rlhf.cli import STAGES
     from rlhf.config import schema_of
+    from rlhf.stages import STAGES
 
     pkg = Path(__file__).resolve().parent
     files: set[Path] = set()
