@@ -12,14 +12,14 @@ from typing import Any
 __version__ = "0.5.0"
 
 _API = ("sft", "rm", "dpo", "ppo", "best_of_n", "raft", "rest", "iterative_dpo", "constitutional", "hindsight")
-__all__ = ["__version__", "Result", *_API]
+__all__ = ["__version__", "Result", "run", *_API]
 
 
 def __getattr__(name: str) -> Any:
     if name in _API:
         from rlhf.api import STAGE_FUNCTIONS
         return STAGE_FUNCTIONS[name]
-    if name == "Result":
-        from rlhf.api import Result
-        return Result
+    if name in ("Result", "run"):
+        from rlhf import api
+        return getattr(api, name)
     raise AttributeError(f"module 'rlhf' has no attribute {name!r}")

@@ -23,6 +23,11 @@ Each function is the command line's stage, run in this process: ``rlhf.sft``, ``
   (``**{"train.lr": 1e-5}``) or as a nested dict (``train={"lr": 1e-5}``), or a top-level
   field (``beta=0.1``, ``output_dir="runs/x"``).
 
+* ``overwrite=True``: delete the ``output_dir`` of an earlier run first (a notebook cell run
+  again); ``resume`` (default True): continue an unfinished run there, or return a finished one
+  whose config and in-memory rows are the same (else refused); ``resume=False`` refuses both.
+* ``eval_data=None``: no evaluation data, whatever the recipe or config names.
+
 Returns a :class:`Result`: the trained model loaded from ``final/`` (a causal LM; a scalar-head
 model for ``rm``), its tokenizer, the run's summary dict and the output folder. Stages that
 train no model (best-of-n) return ``model=None``. Errors are the CLI's: ``ConfigError`` before
@@ -45,7 +50,7 @@ _REWARD_STAGES = {"ppo", "best-of-n", "raft", "rest", "iterative-dpo"}
 _NO_MODEL = {"best-of-n"}
 
 
-@dataclass
+@dataclass(repr=False)
 class Result:
     """What a stage returns in Python: the trained model (in memory) and where the run lives."""
 
@@ -53,6 +58,26 @@ class Result:
     tokenizer: Any
     summary: dict[str, Any]
     output_dir: Path
+
+    def __repr__(self) -> str:
+        """One line (a notebook echoes it): the model's class and size, the folder, the key numbers;
+        the default repr would print the whole model."""
+        if self.model is None:
+            model = "None"
+        else:
+            try:
+                n = sum(p.numel() for p in self.model.parameters())
+                model = f"{type(self.model).__name__} ({n:,} parameters)"
+            except Exception:  # noqa: BLE001 - not a torch module: its class is enough
+                model = type(self.model).__name__
+        keys = [k for k, v in self.summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:4]
+        nums = ", ".join(f"{k}={self.summary[k]:.4g}" for k in keys)
+        tok = type(self.tokenizer).__name__ if self.tokenizer is not None else None
+        more = ", ..." if len(self.summary) > len(keys) else ""
+        return f"Result(model={model}, tokenizer={tok}, output_dir={str(self.output_dir)!r}, summary={{{nums}{more}}})"
+
+
+_UNSET: Any = object()  # eval_data not given (None means "no evaluation data")
 
 
 def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
@@ -69,6 +94,19 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     for k, v in over.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def _same_rows(data: Any, path: Path) -> bool:
+    """In-memory rows (a list or a Dataset) equal to the jsonl file an earlier call wrote; True for a
+    path, a hub id, None or not given (nothing written)."""
+    import json
+
+    if data is None or data is _UNSET or isinstance(data, (str, Path)):
+        return True
+    rows = data.to_list() if hasattr(data, "to_list") else list(data)
+    if not path.is_file():
+        return False
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] == json.loads(json.dumps(rows))
 
 
 def _save_rows(data: Any, path: Path) -> str:
@@ -129,9 +167,17 @@ def _load_result(stage: str, out: Path, summary: dict[str, Any]) -> Result:
     return Result(model, tok, summary, out)
 
 
-def run(stage: str, model: Any = None, data: Any = None, *, tokenizer: Any = None, eval_data: Any = None,
-        reward: Any = None, config: Any = None, recipe: str | None = None, **overrides: Any) -> Result:
-    """Run the training stage ``stage`` (a CLI stage name) in this process; see the module doc."""
+def run(stage: str, model: Any = None, data: Any = None, *, tokenizer: Any = None, eval_data: Any = _UNSET,
+        reward: Any = None, config: Any = None, recipe: str | None = None, overwrite: bool = False,
+        resume: bool = True, **overrides: Any) -> Result:
+    """Run the training stage ``stage`` (a CLI stage name) in this process; see the module doc.
+
+    A notebook cell run twice meets its own ``output_dir``: ``resume=True`` (the default) continues
+    an unfinished run and, for a finished one with the same config, returns it without training
+    (a changed config is refused, naming the folder); ``resume=False`` refuses both;
+    ``overwrite=True`` deletes the folder's previous run first and trains again.
+    ``eval_data=None`` means no evaluation data, whatever the recipe names.
+    """
     import yaml
 
     from rlhf.config import ConfigError, load_config, to_dict
@@ -166,9 +212,24 @@ def run(stage: str, model: Any = None, data: Any = None, *, tokenizer: Any = Non
     body = _merge(base, over)
     out = Path(body.get("output_dir") or cls.__dataclass_fields__["output_dir"].default)
     from rlhf.train.run import RunDirError, is_finished
-    if is_finished(out):
-        raise RunDirError(f"{out} already holds a finished run (summary.json exists); choose another output_dir")
+    if overwrite and out.exists():
+        _remove_run(out)
+    if is_finished(out) and not resume:
+        raise RunDirError(f"{out} already holds a finished run (summary.json exists); choose another output_dir, "
+                          f"or pass overwrite=True (train again) or resume=True (return it)")
+    if not resume:
+        _set(body, "train.resume_from", "none")
     inputs = out / "inputs"
+    finished = is_finished(out)
+    if finished:
+        # Return the finished run only if it is this call's run: no in-memory model, and in-memory
+        # rows equal to those it trained on (they are not rewritten); the config is compared below.
+        objects = [x for x in (model, tokenizer, reward) if x is not None and not isinstance(x, (str, Path))]
+        same_rows = all(_same_rows(d, inputs / name) for d, name in ((data, "train.jsonl"), (eval_data, "eval.jsonl")))
+        if objects or not same_rows:
+            raise RunDirError(f"{out} already holds a finished run, and this call's "
+                              f"{'model or reward objects' if objects else 'data'} may differ from its own; "
+                              f"choose another output_dir, or pass overwrite=True to train again")
     if model is not None:
         _set(body, "model.name_or_path", _save_model(model, tokenizer, inputs / "model"))
     # A tokenizer object given with a model object was saved beside the model above.
@@ -178,7 +239,10 @@ def run(stage: str, model: Any = None, data: Any = None, *, tokenizer: Any = Non
         _set(body, "model.tokenizer", tok_path)
     if data is not None:
         _set(body, "data.train", _save_rows(data, inputs / "train.jsonl"))
-    if eval_data is not None:
+    if eval_data is None:  # said explicitly: no evaluation, whatever the recipe or config names
+        for key, value in (("data.eval", None), ("data.eval_split", None), ("data.eval_fraction", 0.0)):
+            _set(body, key, value)
+    elif eval_data is not _UNSET:
         _set(body, "data.eval", _save_rows(eval_data, inputs / "eval.jsonl"))
     if reward is not None:
         if stage not in _REWARD_STAGES:
@@ -189,10 +253,32 @@ def run(stage: str, model: Any = None, data: Any = None, *, tokenizer: Any = Non
             body["reward"] = _save_model(reward, None, inputs / "reward") if not isinstance(reward, str) else reward
     body["output_dir"] = str(out)
     cfg = load_config(cls, None, [], base=body)
+    if finished:
+        import json
+
+        from rlhf.config import to_yaml
+        saved = (out / "config.yaml").read_text() if (out / "config.yaml").is_file() else None
+        if saved is None or yaml.safe_load(saved) != yaml.safe_load(to_yaml(cfg)):
+            raise RunDirError(f"{out} already holds a finished run with another config; choose another "
+                              f"output_dir, or pass overwrite=True to train again")
+        print(f"[{stage}] {out} already holds this finished run: returning it (overwrite=True trains again)",
+              file=sys.stderr)
+        return _load_result(stage, out, json.loads((out / "summary.json").read_text()))
     from rlhf.console import quiet_third_party
     quiet_third_party()
     summary = st.load(st.run)(cfg)
     return _load_result(stage, out, dict(summary or {}))
+
+
+def _remove_run(out: Path) -> None:
+    """Delete an earlier run's folder (overwrite=True), only if it is one: rlhf writes config.yaml
+    first; a folder without it is refused rather than deleted."""
+    import shutil
+
+    from rlhf.train.run import RunDirError
+    if not out.is_dir() or not (out / "config.yaml").is_file():
+        raise RunDirError(f"overwrite=True: {out} is not an rlhf run folder (no config.yaml); not deleting it")
+    shutil.rmtree(out)
 
 
 def _save_model_tokenizer(tokenizer: Any, inputs: Path) -> str:

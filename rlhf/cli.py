@@ -16,7 +16,7 @@ from typing import Any
 from rlhf import __version__
 from rlhf.stages import STAGES
 
-__all__ = ["main", "STAGES"]
+__all__ = ["main", "STAGES", "ALIASES", "leaf_keys"]
 
 
 # Tools: their own argparse flags.
@@ -61,26 +61,48 @@ def _top_help() -> str:
              "stages (rlhf <stage> --help lists every option with its default):"]
     w = max(map(len, [*STAGES, *TOOLS]))
     lines += [f"  {k:<{w}}  {s.summary}" for k, s in STAGES.items()]
+    by_stage: dict[str, list[str]] = {}
+    for alias, (stage, setting) in ALIASES.items():
+        by_stage.setdefault(f"rlhf {stage}" + (f" {setting.split('=')[0]}=..." if setting else ""), []).append(alias)
+    lines += ["", "aliases: " + "; ".join(f"{', '.join(names)} = {target}" for target, names in by_stage.items())]
     lines += ["", "tools:"]
     lines += [f"  {k:<{w}}  {s}" for k, (_, s) in TOOLS.items()]
     lines += ["", "example: rlhf sft --recipe tiny train.lr=1e-4 output_dir=runs/my-sft   (rlhf recipes lists them)"]
     return "\n".join(lines)
 
 
-def run_stage(name: str, argv: list[str]) -> int:
+# Method names a TRL / paper user types, run as the stage that implements them with one setting.
+ALIASES: dict[str, tuple[str, str]] = {
+    "grpo": ("ppo", "advantage=grpo"), "dr-grpo": ("ppo", "advantage=dr_grpo"),
+    "rloo": ("ppo", "advantage=rloo"), "reinforce++": ("ppo", "advantage=reinforce_pp"),
+    "reinforce-pp": ("ppo", "advantage=reinforce_pp"), "remax": ("ppo", "advantage=remax"),
+    "ipo": ("dpo", "loss=ipo"), "simpo": ("dpo", "loss=simpo"), "orpo": ("dpo", "loss=orpo"),
+    "kto": ("dpo", "loss=kto"), "reward-model": ("rm", ""), "bon": ("best-of-n", ""),
+}
+
+
+def run_stage(name: str, argv: list[str], alias: str = "") -> int:
     from rlhf.config import ConfigError, load_config
 
     stage = STAGES[name]
     if any(a in ("-h", "--help") for a in argv):
+        if alias:
+            print(f"rlhf {alias} is rlhf {name} {ALIASES[alias][1]}".rstrip() + "\n")
         print(f"usage: rlhf {name} [CONFIG.yaml | --recipe NAME] [key=value ...]\n\n{stage.summary}.\n"
               f"Options (set them in the YAML file or as dotted key=value overrides):\n")
         print(_stage_help(name))
         return 0
+    try:
+        _refuse_flags(name, argv)
+        path, argv = _config_source(name, argv)
+        _precheck(name, path, argv)
+    except ConfigError as e:
+        print(f"rlhf {name}: config error: {e}", file=sys.stderr)
+        return 2
     from rlhf.console import quiet_third_party
     quiet_third_party()
-    cls = stage.load(stage.config)
+    cls = stage.load(stage.config)  # imports the recipe: torch, transformers (seconds)
     try:
-        path, argv = _config_source(name, argv)
         cfg = load_config(cls, path, argv)
     except ConfigError as e:
         print(f"rlhf {name}: config error: {e}", file=sys.stderr)
@@ -105,6 +127,205 @@ def _stage_help(name: str) -> str:
     from rlhf.config import format_help
     stage = STAGES[name]
     return format_help(stage.load(stage.config))
+
+
+def _schema(name: str) -> dict[str, Any] | None:
+    """Stage ``name``'s entry in rlhf/_stage_schema.json (``make docs`` writes it; a test keeps it
+    current), or None when the file lacks it."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "_stage_schema.json"
+    if not path.is_file():
+        return None
+    entry = json.loads(path.read_text()).get(name) if name != "_sources" else None
+    return entry if isinstance(entry, dict) else None
+
+
+def leaf_keys(schema: dict[str, Any], prefix: str = "") -> list[str]:
+    """Every dotted option key of a stage's schema."""
+    out: list[str] = []
+    for f in schema["fields"]:
+        key = f"{prefix}.{f['name']}" if prefix else f["name"]
+        t = f["type"]
+        t = t.get("optional", t) if isinstance(t, dict) else t
+        out += leaf_keys(t, key) if isinstance(t, dict) and "dataclass" in t else [key]
+    return out
+
+
+def _precheck(name: str, path: str | None, overrides: list[str]) -> None:
+    """Check keys, types, choices and bounds (against the schema) and the local data and model
+    paths, before the recipe and its torch import: a typo is reported in a fraction of a second.
+    The real class checks everything again, cross-field rules included, once it is imported."""
+    from rlhf.config import ConfigError, class_from_schema, from_dict, load_data
+
+    schema = _schema(name)
+    data = load_data(path, overrides)
+    if schema is not None:
+        try:
+            from_dict(class_from_schema(schema), data)
+        except ConfigError:
+            if not _schema_may_be_stale():
+                raise
+            # A source file changed after the schema was generated (a working tree before `make
+            # docs`): the schema may lack a new key or choice, so the real class decides.
+    _check_paths(data)
+
+
+def _schema_may_be_stale() -> bool:
+    """Whether a module defining a config class differs from when rlhf/_stage_schema.json was
+    generated (its ``_sources``: sha256 per file), e.g. a working tree before `make docs`."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parent
+    try:
+        sources = json.loads((pkg / "_stage_schema.json").read_text()).get("_sources") or {}
+        return not sources or any(hashlib.sha256((pkg / rel).read_bytes()).hexdigest() != digest
+                                  for rel, digest in sources.items())
+    except (OSError, ValueError):
+        return True
+
+
+_DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".gz")
+
+
+def _did_you_mean_file(value: str) -> str:
+    """'; did you mean 'train.jsonl'?' when a file or folder next to ``value`` has a close name."""
+    import difflib
+    import os
+
+    folder = os.path.dirname(os.path.expanduser(value)) or "."
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(os.path.basename(value), names, n=1, cutoff=0.6)
+    return f"; did you mean {os.path.join(os.path.dirname(value), close[0])!r}?" if close else ""
+
+
+def _check_paths(data: dict[str, Any]) -> None:
+    """A data file or model folder that is clearly local (a data suffix, ./ / ~, more than one /,
+    runs/ (where rlhf writes), or a first folder that exists here) must exist; hub ids are left
+    to the loaders."""
+    import os
+
+    from rlhf.config import ConfigError
+
+    def local(value: str) -> bool:
+        first = value.split("/", 1)[0]
+        return (value.startswith(("/", ".", "~", "runs/")) or value.count("/") > 1
+                or ("/" in value and os.path.isdir(first)))
+
+    checks: list[tuple[str, Any, str]] = []
+    section = data.get("data")
+    if isinstance(section, dict):
+        checks += [(f"data.{k}", section.get(k), "file") for k in ("train", "eval")]
+    model = data.get("model")
+    if isinstance(model, dict):
+        checks += [(f"model.{k}", model.get(k), "folder") for k in ("name_or_path", "tokenizer")]
+    checks += [(k, data.get(k), "folder") for k in ("reference_model", "value_model")]
+    reward = data.get("reward")
+    if isinstance(reward, str) and ":" not in reward:  # not a module:function spec
+        checks.append(("reward", reward, "folder"))
+    for key, value, kind in checks:
+        if not isinstance(value, str) or not value or os.path.exists(os.path.expanduser(value)):
+            continue
+        if kind == "file" and not (value.lower().endswith(_DATA_SUFFIXES) or local(value)):
+            continue  # a hub dataset id
+        if kind == "folder" and not local(value):
+            continue  # a hub model id
+        hint = _did_you_mean_file(value)
+        if value.startswith("runs/quickstart/"):
+            hint = ("; the tiny recipes start from the full demo's outputs: run `rlhf quickstart` first"
+                    + (" (`rlhf quickstart --fast` wrote runs/quickstart-fast/: point this key there)"
+                       if os.path.isdir("runs/quickstart-fast") else ""))
+        elif not hint and kind == "folder" and value.startswith("runs/"):
+            hint = ("; an earlier stage writes it (e.g. `rlhf tiny-model --out runs/tiny --texts train.jsonl`, "
+                    "or an earlier `rlhf sft`), or point the key at your own folder")
+        raise ConfigError(key, f"no such {kind} {value!r} (in {os.getcwd()}){hint}")
+
+
+# TRL / transformers.TrainingArguments flags -> the rlhf key (None: the value is implied, a switch);
+# per stage where the key differs. Recognised to say what to write instead, never read silently:
+# their meanings differ in places (per-device vs total batch size).
+_HF_FLAGS: dict[str, tuple[str, str | None]] = {
+    "model_name_or_path": ("model.name_or_path", None), "model": ("model.name_or_path", None),
+    "tokenizer_name": ("model.tokenizer", None), "output_dir": ("output_dir", None),
+    "dataset_name": ("data.train", None), "train_file": ("data.train", None),
+    "dataset_train_split": ("data.train_split", None), "validation_file": ("data.eval", None),
+    "dataset_test_split": ("data.eval_split", None), "learning_rate": ("train.lr", None),
+    "per_device_train_batch_size": ("train.batch_size", None), "train_batch_size": ("train.batch_size", None),
+    "per_device_eval_batch_size": ("train.eval_batch_size", None),
+    "gradient_accumulation_steps": ("train.grad_accum", None), "num_train_epochs": ("train.epochs", None),
+    "max_steps": ("train.max_steps", None), "warmup_ratio": ("train.warmup_ratio", None),
+    "warmup_steps": ("train.warmup_steps", None), "lr_scheduler_type": ("train.scheduler", None),
+    "weight_decay": ("train.weight_decay", None), "max_grad_norm": ("train.max_grad_norm", None),
+    "seed": ("train.seed", None), "logging_steps": ("train.log_every", None),
+    "save_steps": ("train.save_every", None), "eval_steps": ("train.eval_every", None),
+    "save_total_limit": ("train.save_total_limit", None), "report_to": ("train.report_to", None),
+    "bf16": ("model.dtype", "bf16"), "torch_dtype": ("model.dtype", None), "dtype": ("model.dtype", None),
+    "gradient_checkpointing": ("model.gradient_checkpointing", "true"),
+    "use_peft": ("model.lora.enabled", "true"), "lora_r": ("model.lora.r", None),
+    "lora_alpha": ("model.lora.alpha", None), "lora_dropout": ("model.lora.dropout", None),
+    "lora_target_modules": ("model.lora.target_modules", None),
+    "max_length": ("data.max_length", None), "max_seq_length": ("data.max_length", None),
+    "max_prompt_length": ("data.max_prompt_length", None), "packing": ("data.packing", "true"),
+    "trust_remote_code": ("model.trust_remote_code", "true"), "beta": ("beta", None),
+    "loss_type": ("loss", None), "num_generations": ("sampling.num_samples", None),
+    "max_completion_length": ("sampling.max_new_tokens", None), "temperature": ("sampling.temperature", None),
+    "kl_coef": ("kl.beta", None), "resume_from_checkpoint": ("train.resume_from", None),
+}
+_HF_FLAGS_BY_STAGE: dict[str, dict[str, str]] = {"ppo": {"beta": "kl.beta"}}
+
+
+def _refuse_flags(stage: str, argv: list[str]) -> None:
+    """``--learning_rate 2e-5`` and friends (TRL, transformers) are refused in one line that gives
+    the same command in rlhf keys; other ``--flags`` get a did-you-mean over the stage's keys."""
+    import difflib
+
+    from rlhf.config import ConfigError
+
+    flags = [a for a in argv if a.startswith("--") and not a.startswith("--recipe")]
+    if not flags:
+        return
+    schema = _schema(stage)
+    keys = set(leaf_keys(schema)) if schema is not None else set()
+    rewritten: list[str] = []
+    unknown: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if not a.startswith("--") or a.startswith("--recipe"):
+            if a.startswith("--recipe") and "=" not in a and i + 1 < len(argv):
+                rewritten += [a, argv[i + 1]]
+                i += 2
+                continue
+            rewritten.append(a)
+            i += 1
+            continue
+        flag, eq, value = a[2:].partition("=")
+        flag = flag.replace("-", "_")
+        key, implied = _HF_FLAGS.get(flag, (None, None))
+        key = _HF_FLAGS_BY_STAGE.get(stage, {}).get(flag, key)
+        if not eq and implied is None and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            value = argv[i + 1]
+            i += 1
+        i += 1
+        if key is None or (keys and key not in keys):
+            dotted = flag.replace("__", ".")
+            close = difflib.get_close_matches(dotted, sorted(keys), n=1, cutoff=0.6) or \
+                difflib.get_close_matches(dotted, [k.rsplit(".", 1)[-1] for k in keys], n=1, cutoff=0.8)
+            match = next((k for k in sorted(keys) if close and k.endswith(close[0])), None)
+            unknown.append(f"--{flag}" + (f" (did you mean {match}=...?)" if match else ""))
+            continue
+        rewritten.append(f"{key}={implied if implied is not None and not value else value}")
+    if unknown:
+        raise ConfigError("", f"rlhf takes options as key=value, not --flags: {', '.join(unknown)} "
+                              f"(rlhf {stage} --help lists every key)")
+    raise ConfigError("", f"rlhf takes TRL/transformers-style flags as key=value options; the same "
+                          f"command in rlhf keys: rlhf {stage} {' '.join(rewritten)}")
 
 
 def _config_source(stage: str, argv: list[str]) -> tuple[str | None, list[str]]:
@@ -264,6 +485,15 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     if name in STAGES:
         return run_stage(name, rest)
+    if name in ALIASES:
+        stage, setting = ALIASES[name]
+        if setting and any(a.startswith(setting.split("=")[0] + "=") for a in rest):
+            print(f"rlhf {name}: sets {setting}; to choose another, run rlhf {stage} {setting.split('=')[0]}=...",
+                  file=sys.stderr)
+            return 2
+        if not any(a in ("-h", "--help") for a in rest):
+            print(f"rlhf {name} runs as: rlhf {stage} {setting}".rstrip(), file=sys.stderr)
+        return run_stage(stage, rest + ([setting] if setting else []), alias=name)
     if name in TOOLS:
         mod, fn = TOOLS[name][0].split(":")
         if name != "recipes" and not any(a in ("-h", "--help") for a in rest):
@@ -278,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlhf: unknown stage or tool {name!r}: {name} is a method of {method}\n\n{_top_help()}",
               file=sys.stderr)
         return 2
-    close = difflib.get_close_matches(name, list(STAGES) + list(TOOLS), n=1)
+    close = difflib.get_close_matches(name, list(STAGES) + list(TOOLS) + list(ALIASES), n=1)
     print(f"rlhf: unknown stage or tool {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
           + "\n\n" + _top_help(), file=sys.stderr)
     return 2

@@ -62,7 +62,22 @@ def bar_postfix(metrics: dict[str, Any]) -> dict[str, str]:
 
 
 def quiet_third_party() -> None:
-    """Silence transformers' per-load and per-save progress bars (see the module doc)."""
+    """Silence transformers' per-load and per-save progress bars (see the module doc), and every
+    progress bar when stderr is not a terminal."""
+    import sys
+
+    if not sys.stderr.isatty() and "TQDM_DISABLE" not in os.environ:
+        # Redirected to a log: a bar's carriage-return redraws would stay there as fragments; the
+        # runs' own per-step lines say the same. (tqdm reads TQDM_* variables as its defaults.)
+        os.environ["TQDM_DISABLE"] = "1"
+    # rlhf never uses tensor parallelism: the tensor-parallel plan check's "layers were not
+    # sharded" lines (one per model load) say nothing about a run.
+    logging.getLogger("transformers.distributed.tensor_parallel").setLevel(logging.ERROR)
+    # rlhf truncates every row to data.max_length itself (and counts what it cut), so the
+    # tokenizer's "Token indices sequence length is longer than the specified maximum" is noise.
+    tok_log = logging.getLogger("transformers.tokenization_utils_base")
+    if not any(isinstance(f, _DropTokenLengthWarning) for f in tok_log.filters):
+        tok_log.addFilter(_DropTokenLengthWarning())
     if os.environ.get("RLHF_HF_PROGRESS") == "1":
         return
     try:
@@ -70,6 +85,11 @@ def quiet_third_party() -> None:
     except ImportError:  # pragma: no cover - transformers is a dependency
         return
     hf_logging.disable_progress_bar()
+
+
+class _DropTokenLengthWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token indices sequence length is longer than")
 
 
 class WarningCollector(logging.Handler):

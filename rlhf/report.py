@@ -42,7 +42,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["write_report", "main", "load_run", "read_metrics", "smooth", "gold_peak",
+__all__ = ["write_report", "write_comparison", "verdict", "collapse_flags", "main", "load_run", "read_metrics",
+           "smooth", "gold_peak",
            "plot_training_curves", "plot_overoptimization", "plot_frontier", "Skipped", "Run", "StageRun"]
 
 GOLD, PROXY = "gold", "proxy"
@@ -58,7 +59,10 @@ _PANELS = (("loss", ("loss", "eval_loss")),
            ("accuracy", ("accuracy_mean", "accuracy", "eval_accuracy", "reward_accuracy",
                          "eval_reward_accuracy")),
            ("KL to reference (nats)", ("kl",)),
-           ("entropy (nats/token)", ("entropy",)))
+           ("entropy (nats/token)", ("entropy",)),
+           ("response length (tokens)", ("response_length",)),
+           ("learning rate", ("lr",)),
+           ("gradient norm", ("grad_norm",)))
 # Stage types whose logged "step" is a round (RAFT, ReST, iterative DPO, hindsight).
 _ROUND_KEYS = ("round", "grow")
 
@@ -332,7 +336,9 @@ def plot_training_curves(stages: list[StageRun], window: int = 5) -> Figure:
         for j, k in enumerate(keys):
             x, y = _series(st.metrics, k)
             color = f"C{j}"
-            if k.startswith("eval_") or len(x) <= 2 * window:
+            if len(x) <= 2:  # two points are not a trend: markers only, no line between them
+                ax.plot(x, y, "o", ms=5, color=color, label=_label(k))
+            elif k.startswith("eval_") or len(x) <= 2 * window:
                 ax.plot(x, y, "o-" if k.startswith("eval_") or len(x) <= 12 else "-", ms=4, lw=1.5,
                         color=color, label=_label(k))
             else:
@@ -500,13 +506,175 @@ def plot_frontier(policies: dict[str, dict], stages: Sequence[StageRun] = ()) ->
             # Named beside the point, so not in the legend (which keeps the curves only).
             ax.errorbar([x], [y], xerr=None if xe is None else [xe], yerr=None if ye is None else [ye],
                         fmt="o", ms=7, capsize=3, color=f"C{k % 7}", label=name)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
+        _place_labels(ax, [(name, x, y) for name, x, _xe, y, _ye in pts if y is not None])
         ax.set_xlabel("KL(π ‖ π_ref)  (nats)")
         ax.set_ylabel(f"{src} reward")
         ax.set_title(f"{src} reward vs KL", fontsize=10)
         ax.grid(alpha=0.25)
         _legend(ax)
     return fig
+
+
+def _place_labels(ax: Any, pts: list[tuple[str, float, float]], fontsize: int = 9) -> None:
+    """Name each point beside it, choosing for each label the first of a few positions around the
+    point whose box (estimated from the text length, in display pixels once the axes are laid
+    out) overlaps no label placed before it and no other point."""
+    if not pts:
+        return
+    fig = ax.figure
+    fig.canvas.draw()  # lay out (constrained) and autoscale, so that data -> pixels is final
+    to_px = ax.transData.transform
+    scale = fig.dpi / 72.0  # points -> pixels
+    char_w, h = 0.6 * fontsize * scale, 1.2 * fontsize * scale
+    centres = [tuple(to_px((x, y))) for _, x, y in pts]
+    placed: list[tuple[float, float, float, float]] = []
+    offsets = [(5, 5), (5, -14), (-5, 5), (-5, -14), (5, 16), (5, -25), (-5, 16), (-5, -25), (5, 27), (5, -36)]
+
+    def hits(box: tuple[float, float, float, float]) -> bool:
+        x0, y0, x1, y1 = box
+        if any(not (x1 < a or x0 > c or y1 < b or y0 > d) for a, b, c, d in placed):
+            return True
+        return any(x0 - 4 < cx < x1 + 4 and y0 - 4 < cy < y1 + 4 for cx, cy in centres)
+
+    for (name, x, y), (px, py) in zip(pts, centres):
+        w = char_w * len(name)
+        choice = offsets[0]
+        for dx, dy in offsets:
+            ox, oy = dx * scale, dy * scale
+            x0 = px + ox if dx > 0 else px + ox - w
+            box = (x0, py + oy, x0 + w, py + oy + h)
+            if not hits(box):
+                choice = (dx, dy)
+                break
+        dx, dy = choice
+        ox, oy = dx * scale, dy * scale
+        x0 = px + ox if dx > 0 else px + ox - w
+        placed.append((x0, py + oy, x0 + w, py + oy + h))
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                    ha="left" if dx > 0 else "right", va="bottom")
+
+
+# --------------------------------------------------------------------------- verdict and flags
+
+# A policy's response length or distinct-2 below this fraction of the reference's is flagged.
+COLLAPSE_FRACTION = 0.6
+
+
+def _ranked(policies: dict[str, dict], source: str) -> list[tuple[str, float, float | None]]:
+    """(name, mean, stderr) under ``source`` for every evaluated policy and the reference, best first."""
+    out: list[tuple[str, float, float | None]] = []
+    for name, res in policies.items():
+        m = _mean(_get(res, "policy", "reward", source))
+        if m is not None:
+            out.append((name, m, _finite(_get(res, "policy", "reward", source, "stderr"))))
+    ref = next((_get(r, "reference", "reward", source) for r in policies.values()
+                if _get(r, "reference", "reward", source)), None)
+    if "sft" not in policies and _mean(ref) is not None:
+        out.append(("reference (SFT)", _mean(ref) or 0.0, _finite(_get(ref, "stderr"))))
+    return sorted(out, key=lambda t: -t[1])
+
+
+def _gap(a: tuple[str, float, float | None], b: tuple[str, float, float | None]) -> tuple[float, float | None]:
+    """(difference of means, two standard errors of the difference, the two taken as independent)."""
+    se = math.sqrt(a[2] ** 2 + b[2] ** 2) if a[2] is not None and b[2] is not None else None
+    return a[1] - b[1], (2 * se if se is not None else None)
+
+
+def verdict(policies: dict[str, dict]) -> list[str]:
+    """Plain sentences: which method scored highest under the first reward (gold when present), by
+    how much over the next and over the reference, and whether each gap exceeds two standard
+    errors of the difference (resolved) or not; then a warning when several gaps are within it."""
+    sources = _sources(policies)
+    if not sources:
+        return []
+    src = sources[0]
+    ranked = _ranked(policies, src)
+    if len(ranked) < 2:
+        return []
+    n = next((_get(r, "policy", "reward", src, "n") for r in policies.values()
+              if _get(r, "policy", "reward", src, "n")), None)
+
+    def pm(t: tuple[str, float, float | None]) -> str:
+        return f"{t[1]:.3f}" + (f" ± {t[2]:.3f}" if t[2] is not None else "")
+
+    def judged(a: tuple[str, float, float | None], b: tuple[str, float, float | None]) -> str:
+        d, two_se = _gap(a, b)
+        if two_se is None:
+            return f"by {d:.3f} (no standard errors: not judged)"
+        word = "resolved" if d > two_se else "not resolved"
+        return f"by {d:.3f}: {word} (two standard errors of the difference: {two_se:.3f})"
+
+    best, second = ranked[0], ranked[1]
+    on = f" on {int(n)} prompts" if isinstance(n, (int, float)) else ""
+    out = [f"Verdict ({src} reward{on}): {best[0]} scored highest, {pm(best)}; it leads {second[0]} "
+           f"({pm(second)}) {judged(best, second)}."]
+    ref = next((t for t in ranked if t[0] == "reference (SFT)"), None)
+    if ref is not None and ref is not best and ref is not second:
+        out.append(f"Over the reference ({pm(ref)}): {judged(best, ref)}.")
+    close = [(a[0], b[0]) for a, b in zip(ranked, ranked[1:])
+             if (g := _gap(a, b))[1] is not None and g[0] <= g[1]]
+    if len(close) >= 2 or (close and len(ranked) == 2):
+        names = sorted({x for pair in close for x in pair}, key=[t[0] for t in ranked].index)
+        out.append(f"Warning: {len(close)} of the {len(ranked) - 1} gaps between neighbours in this ranking are "
+                   f"within two standard errors (the ± is as large as the gaps): the order of "
+                   f"{', '.join(names)} is not resolved; more evaluation prompts narrow the ±.")
+    return out
+
+
+def collapse_flags(policies: dict[str, dict], stages: Sequence[StageRun] = ()) -> list[str]:
+    """Length and diversity collapse: a policy whose mean response length or distinct-2 is below
+    COLLAPSE_FRACTION of the reference's on the same prompts, and a training run whose logged
+    response length ends below that fraction of where it started."""
+    out = []
+    for name, res in policies.items():
+        for key, what in (("length", "response length"), ("distinct_2", "distinct-2 (diversity)")):
+            pol = _mean(_get(res, "policy", key)) if key == "length" else _finite(_get(res, "policy", key))
+            ref = _mean(_get(res, "reference", key)) if key == "length" else _finite(_get(res, "reference", key))
+            if pol is not None and ref and pol < COLLAPSE_FRACTION * ref:
+                out.append(f"{what} collapse: {name} {pol:.3g} against the reference's {ref:.3g} "
+                           f"({pol / ref - 1:+.0%}); read its samples before trusting its reward.")
+    for st in stages:
+        x, y = _series(st.metrics, "response_length") if st.metrics else ([], [])
+        if len(y) >= 4:
+            k = max(1, len(y) // 5)
+            first, last = sum(y[:k]) / k, sum(y[-k:]) / k
+            if first > 0 and last < COLLAPSE_FRACTION * first:
+                out.append(f"length collapse in training: {st.name}'s responses went from {first:.3g} to "
+                           f"{last:.3g} tokens (mean of the first and last {k} logged steps).")
+    return out
+
+
+def _stage_seconds(st: StageRun) -> float | None:
+    s = st.summary or {}
+    return _finite(s.get("wall_time_s", s.get("seconds")))
+
+
+def _duration(sec: float | None) -> str:
+    if sec is None:
+        return "-"
+    return f"{sec:.1f} s" if sec < 120 else f"{sec / 60:.1f} min"
+
+
+def _environment() -> str:
+    """Where the report was written: CPU, GPU name when torch is already loaded, and versions."""
+    import os
+    import platform
+    from importlib import metadata
+
+    vers = []
+    for pkg in ("rlhf", "torch", "transformers", "accelerate", "peft"):
+        try:
+            vers.append(f"{pkg} {metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            continue
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return (f"{platform.system()} {platform.release()}, Python {platform.python_version()}, {cpu}, "
+            f"{os.cpu_count()} CPUs; " + ", ".join(vers))
 
 
 # --------------------------------------------------------------------------- HTML
@@ -523,6 +691,7 @@ pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.85em}
 .caption{color:#444;font-size:.92em;max-width:60em}dl.gloss{display:grid;grid-template-columns:max-content 1fr;
 gap:.2em 1em;font-size:.9em}dl.gloss dt{font-weight:600}dl.gloss dd{margin:0}
 .note{color:#8a5a00;background:#fff8e6;border-left:3px solid #e0b040;padding:.4em .8em}.muted{color:#777}
+.verdict{font-size:1.05em;background:#eef6ee;border-left:3px solid #4a4;padding:.4em .8em}
 """
 
 _e = html.escape
@@ -561,6 +730,14 @@ def _bon_rows(stages: list[StageRun], policies: dict[str, dict], sources: list[s
     for src in sources:
         for name, pts in _bon_curves(stages, policies, src):
             found.setdefault(name, {})[src] = max(pts, key=lambda p: _num(p["n"]) or 0)
+    own_n = {st.name: _num((st.summary or {}).get("n")) for st in stages}
+    for name, by_src in found.items():  # the n the stage ran with (its curve may go further, to its pool size)
+        n = own_n.get(name)
+        for src in list(by_src):
+            at_n = [p for p in dict(_bon_curves([s for s in stages if s.name == name], policies, src)).get(name, [])
+                    if n is not None and _num(p["n"]) == n]
+            if at_n:
+                by_src[src] = at_n[0]
     rows = []
     for name, by_src in found.items():
         top = max(by_src.values(), key=lambda p: _num(p["n"]) or 0)
@@ -672,6 +849,16 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
+def _verdict_html(run: Run) -> str:
+    lines = verdict(run.policies)
+    flags = collapse_flags(run.policies, run.stages)
+    if not lines and not flags:
+        return ""
+    body = "".join(f'<p class="{"note" if ln.startswith("Warning") else "verdict"}">{_e(ln)}</p>' for ln in lines)
+    body += "".join(_note(f"Flag: {f}") for f in flags)
+    return f'<div class="summary">{body}</div>'
+
+
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, title: str | None = None, *,
                  sqrt_kl: bool = True, window: int = 5) -> Path:
     """Write ``report.html`` (images embedded as base64 PNG) and the PNGs into ``out_dir``
@@ -698,7 +885,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, title: 
         return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
 
     stage_rows = [[str(i), s.name, s.type, s.status or "-", _rel(s.path, run.path),
-                   _fmt(s.metrics[-1]["step"], 0) if s.metrics else "-"] for i, s in enumerate(run.stages, 1)]
+                   _fmt(s.metrics[-1]["step"], 0) if s.metrics else "-", _duration(_stage_seconds(s))]
+                  for i, s in enumerate(run.stages, 1)]
+    total = sum(t for s in run.stages if (t := _stage_seconds(s)) is not None)
     configs = "".join(f"<details><summary>{_e(s.name)} ({_e(s.type)}): config.yaml</summary>"
                       f"<pre>{_e(s.config)}</pre></details>" for s in run.stages if s.config)
     now = datetime.datetime.now().isoformat(timespec="seconds")
@@ -707,10 +896,13 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, title: 
         f"<h1>{_e(title)}</h1>",
         f'<p class="muted">run folder {_e(run.path.resolve().name)} · written {_e(now)} · folders below '
         f'are relative to the run folder</p>',
+        f'<p class="muted">report written on: {_e(_environment())}</p>',
+        _verdict_html(run),
         _glossary(),
         "<h2>Stages, in run order</h2>",
-        _table(["#", "stage", "type", "status", "folder", "last step"], stage_rows, num_from=5) if stage_rows
-        else _note("No stages found in this folder."),
+        _table(["#", "stage", "type", "status", "folder", "last step", "time"], stage_rows, num_from=5)
+        + _caption(f"Time: each stage's own wall-clock time (summary.json); {_duration(total)} in all.")
+        if stage_rows else _note("No stages found in this folder."),
         "".join(_note(n) for n in notes),
         "<h2>Headline</h2>",
         _caption("Every method on the same held-out prompts, against the reference (the SFT policy). "
@@ -751,10 +943,64 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, title: 
     return path
 
 
+def write_comparison(run_a: str | Path, run_b: str | Path, out_dir: str | Path | None = None) -> Path:
+    """``compare.html``: two runs side by side: each one's verdict, then per policy evaluated in
+    both, its reward under each shared source in A and in B, B − A and whether that difference
+    exceeds two standard errors (resolved). Default folder: ``<run_a>/report``."""
+    a, b = load_run(run_a), load_run(run_b)
+    out = Path(out_dir) if out_dir is not None else a.path / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    na, nb = a.path.resolve().name, b.path.resolve().name
+    if na == nb:
+        na, nb = str(a.path), str(b.path)
+    sources = [x for x in _sources(a.policies) if x in _sources(b.policies)]
+    rows = []
+    for name in [p for p in a.policies if p in b.policies]:
+        for src in sources:
+            ra, rb = _get(a.policies[name], "policy", "reward", src), _get(b.policies[name], "policy", "reward", src)
+            ma, mb = _mean(ra), _mean(rb)
+            if ma is None or mb is None:
+                continue
+            sa, sb = _finite(_get(ra, "stderr")), _finite(_get(rb, "stderr"))
+            two_se = 2 * math.sqrt(sa ** 2 + sb ** 2) if sa is not None and sb is not None else None
+            d = mb - ma
+            rows.append([name, src, _pm(ra), _pm(rb), f"{d:+.3f}",
+                         "-" if two_se is None else ("yes" if abs(d) > two_se else "no") + f" (2 se {two_se:.3f})"])
+    stage_rows = []
+    times = {s.name: _stage_seconds(s) for s in b.stages}
+    for s in a.stages:
+        if s.name in times:
+            stage_rows.append([s.name, _duration(_stage_seconds(s)), _duration(times[s.name])])
+
+    def side(run: Run, label: str) -> str:
+        lines = verdict(run.policies) + [f"Flag: {f}" for f in collapse_flags(run.policies, run.stages)]
+        return f"<h2>{_e(label)}</h2>" + ("".join(f"<p>{_e(x)}</p>" for x in lines) or _note("no evaluated policies"))
+
+    title = f"RLHF runs compared: {na} (A) and {nb} (B)"
+    parts = [f"<h1>{_e(title)}</h1>", f'<p class="muted">report written on: {_e(_environment())}</p>',
+             side(a, f"A: {na}"), side(b, f"B: {nb}"),
+             "<h2>Per policy, A against B</h2>",
+             _caption("Resolved: |B − A| exceeds two standard errors of the difference (the two runs' "
+                      "evaluations taken as independent)."),
+             _table(["policy", "reward", f"A: {na}", f"B: {nb}", "B − A", "resolved"], rows, num_from=2)
+             if rows else _note("No policy is evaluated under the same reward in both runs."),
+             "<h2>Time per stage</h2>",
+             _table(["stage", f"A: {na}", f"B: {nb}"], stage_rows) if stage_rows else _note("No stage in common.")]
+    doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+           f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    path = out / "compare.html"
+    tmp = path.with_name(".compare.html.tmp")
+    tmp.write_text(doc, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rlhf report", description="Turn a pipeline run folder into a "
-                                "self-contained report.html (plots embedded) plus the PNGs.")
+                                "self-contained report.html (plots embedded) plus the PNGs; with two "
+                                "folders, compare.html with the two runs side by side.")
     p.add_argument("run_dir", help="the run folder (pipeline.json, stage folders, eval/results.json)")
+    p.add_argument("other", nargs="?", help="a second run folder: write compare.html, the two side by side")
     p.add_argument("--out", default=None, help="folder for report.html and the PNGs (default: RUN_DIR/report, "
                                                "where rlhf pipeline writes it)")
     p.add_argument("--title", default=None, help="the report's title")
@@ -762,7 +1008,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smooth", type=int, default=5, help="points in the moving average (default 5)")
     a = p.parse_args(argv)
     try:
-        path = write_report(a.run_dir, a.out, a.title, sqrt_kl=not a.linear_kl, window=a.smooth)
+        if a.other:
+            path = write_comparison(a.run_dir, a.other, a.out)
+        else:
+            path = write_report(a.run_dir, a.out, a.title, sqrt_kl=not a.linear_kl, window=a.smooth)
     except FileNotFoundError as e:
         print(f"rlhf report: error: {e}", file=sys.stderr)
         return 1

@@ -93,3 +93,34 @@ def test_import_rlhf_stays_light():
     # rlhf.sft is looked up lazily: the attribute access imports rlhf.api, which imports nothing heavy itself.
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_notebook_rerun_resume_overwrite_eval_none_and_repr(tmp_path, tiny_llama, instruction_data, capsys):
+    """Issue 23 item 5: a cell run twice returns the finished run (same config and rows) instead of
+    failing; a changed setting is refused; overwrite=True trains again; eval_data=None drops the
+    config's eval file; rlhf.run exists; repr(result) is one line, not the whole model."""
+    rows = _rows(instruction_data["train"], 16)
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    kw = dict(model=str(tiny_llama), data=rows, output_dir=str(tmp_path / "nb"), **_SETTINGS)
+    first = rlhf.run("sft", **kw, eval_data=None, config={"data": {"eval": str(eval_file)}})
+    assert "eval_loss" not in json.dumps(first.summary)  # eval_data=None beat the config's data.eval
+    again = rlhf.sft(**kw, eval_data=None, config={"data": {"eval": str(eval_file)}})
+    assert "already holds this finished run: returning it" in capsys.readouterr().err
+    assert again.summary == first.summary
+    with pytest.raises(RunDirError, match="another config"):
+        rlhf.sft(**{**kw, "train.lr": 2e-3}, eval_data=None)
+    with pytest.raises(RunDirError, match="data may differ"):
+        rlhf.sft(**{**kw, "data": rows[:8]}, eval_data=None, config={"data": {"eval": str(eval_file)}})
+    with pytest.raises(RunDirError, match="overwrite=True"):
+        rlhf.sft(**kw, resume=False)
+    mtime = (tmp_path / "nb" / "summary.json").stat().st_mtime_ns
+    third = rlhf.sft(**{**kw, "train.lr": 2e-3}, overwrite=True)
+    assert (tmp_path / "nb" / "summary.json").stat().st_mtime_ns != mtime and third.summary["train_examples"] == 16
+    text = repr(third)
+    assert "\n" not in text and text.startswith("Result(model=LlamaForCausalLM (") and "parameters)" in text
+    assert len(text) < 300 and "'" + str(tmp_path / "nb") + "'" in text
+    assert "run" in rlhf.__all__ and rlhf.run is rlhf.api.run
+    (tmp_path / "notrun").mkdir()
+    with pytest.raises(RunDirError, match="not an rlhf run folder"):
+        rlhf.sft(**{**kw, "output_dir": str(tmp_path / "notrun")}, overwrite=True)

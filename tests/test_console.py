@@ -77,3 +77,26 @@ def test_a_run_prints_one_line_per_logged_step_no_hf_bars_and_repeats_warnings(t
     finally:
         report_log.removeHandler(handler)
     assert not [r for r in records if "LOAD REPORT" in r.getMessage()]
+
+
+def test_quiet_third_party_drops_noise_only(monkeypatch, caplog):
+    """Issue 23 item 6: the tensor-parallel plan check's "not sharded" lines and the tokenizer's
+    length warning (rlhf truncates itself) are dropped; other transformers warnings stay; bars are
+    off when stderr is not a terminal (pytest captures it)."""
+    import logging
+
+    from rlhf.console import quiet_third_party
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    quiet_third_party()
+    import os
+    assert os.environ.get("TQDM_DISABLE") == "1"
+    monkeypatch.delenv("TQDM_DISABLE")
+    with caplog.at_level(logging.WARNING):
+        tp = logging.getLogger("transformers.distributed.tensor_parallel")
+        tp.warning("The following layers were not sharded: x")
+        tok = logging.getLogger("transformers.tokenization_utils_base")
+        tok.warning("Token indices sequence length is longer than the specified maximum sequence length (9 > 8)")
+        tok.warning("something else")
+    got = [r.getMessage() for r in caplog.records]
+    assert got == ["something else"], got

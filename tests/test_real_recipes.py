@@ -47,6 +47,11 @@ def test_real_recipes_exist_for_each_kind():
         assert "Memory:" in head and "Step time:" in head and ("estimated" in head or "measured" in head), r
 
 
+# The layout of each hub dataset the recipes name (they read it with data.format=auto).
+_HUB_LAYOUTS = {"HuggingFaceH4/no_robots": "messages", "trl-lib/ultrafeedback_binarized": "conversational_preference",
+                "Anthropic/hh-rlhf": "hh"}
+
+
 def _rows(fmt: str, n: int = 12) -> list[dict[str, Any]]:
     rng = random.Random(0)
     rows = []
@@ -145,6 +150,8 @@ def test_shrunk_copy_runs_one_step(recipe, stand_ins, tmp_path):
             assert [r["step"] for r in m if "loss" in r] == [1]
         return
     fmt = spec["data"].get("format", "auto")
+    if fmt == "auto":  # the recipes detect the layout (so that a user's own file works): the hub set's
+        fmt = _HUB_LAYOUTS[spec["data"]["train"]]
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _rows(fmt)))
     body = _shrink_stage(spec, stand_ins, data)

@@ -65,7 +65,9 @@ _LABEL_NAME = re.compile(r"label|winner|prefer|choice|chosen|vote|better|best|ra
 _ID_NAME = re.compile(r"(^|_)(id|idx|index|uuid|hash)$", re.IGNORECASE)
 # Bookkeeping that rides along with chosen/rejected (written by rlhf label / iterative DPO, and
 # UltraFeedback's scores): it agrees with the pair, it is not a label the format forgot.
-_PAIR_BOOKKEEPING = frozenset({"score_chosen", "score_rejected", "flipped", "position_consistent"})
+# Columns preference files carry beside the pair; judge_probability is what `rlhf label` writes.
+_PAIR_BOOKKEEPING = frozenset({"score_chosen", "score_rejected", "flipped", "position_consistent",
+                               "judge_probability"})
 
 
 def _prompt_only(data: dict, spec: RowSpec, fmt: str) -> Record | None:
@@ -244,6 +246,9 @@ def _load_records(cfg: DataConfig, kind: Kind, source: str, split: str,
                         f"{what} ({fmt} format), and SFT would otherwise learn the bad completions too; "
                         "set data.sft_keep: preferred (only the desirable / winning completions) or "
                         "all (every completion, label ignored)")
+    if kind == "sft" and fmt in _PREF:
+        log.warning("%s: SFT on a %s file trains on prompt + chosen (the rejected completions are not used)",
+                 name, fmt)
     spec = RowSpec.from_config(cfg, fmt, {src: canon for canon, src in renames.items()})
     _check_source(rows, fmt, cfg, spec, name)
     _check_unused(rows, fmt, kind, cfg, spec, name, report)

@@ -534,7 +534,9 @@ def gold_reward(prompts: Sequence[Any], completions: Sequence[str]) -> list[floa
         try:
             out.append(gold(p, c))
         except (ValueError, TypeError) as e:
-            raise ValueError(f"gold_reward: pair {i}: {e}") from None
+            raise ValueError(f"gold_reward: pair {i}: {e} (this is the demo's hidden gold reward: it scores the "
+                             f"built-in review task's prompts only; on your own prompts remove it, e.g. "
+                             f"track={{}} or rlhf.ppo(..., track={{}}))") from None
     return out
 
 

@@ -146,7 +146,7 @@ def pipeline_spec(out: str | Path = "runs/quickstart", fast: bool = False, seed:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="rlhf quickstart", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/quickstart", help="output folder (resumes if it exists)")
-    p.add_argument("--fast", action="store_true", help="a smaller ~1-2 minute smoke version")
+    p.add_argument("--fast", action="store_true", help="a smaller smoke version (fewer steps and prompts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--print-config", action="store_true", help="print the pipeline YAML and exit")
     a = p.parse_args(argv)
@@ -154,7 +154,12 @@ def main(argv: list[str]) -> int:
     spec = pipeline_spec(out, fast=a.fast, seed=a.seed)
     if a.print_config:
         import yaml
-        print(yaml.safe_dump(spec, sort_keys=False))
+
+        class _NoAnchors(yaml.SafeDumper):  # a section shared by two stages prints twice, not as &id005 / *id005
+            def ignore_aliases(self, data: object) -> bool:
+                return True
+
+        print(yaml.dump(spec, Dumper=_NoAnchors, sort_keys=False))
         return 0
     import torch
 

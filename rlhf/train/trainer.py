@@ -30,7 +30,9 @@ that must be right once and identical everywhere:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import logging
 import math
 import shutil
 import time
@@ -74,6 +76,21 @@ class StepPlan:
     dropped_per_epoch: int  # examples left over when the epoch is cut into whole batches
 
 
+def fit_batch_to_data(cfg: TrainConfig, num_examples: int, num_processes: int) -> tuple[TrainConfig, str]:
+    """``cfg`` with ``batch_size`` lowered to the largest multiple of ``grad_accum x processes``
+    that the data fills, when it has fewer examples than one batch (a small file with a real-model
+    recipe), and the one line saying so; ``cfg`` unchanged and "" otherwise. A file smaller than
+    ``grad_accum x processes`` is left to :func:`plan_steps` to refuse."""
+    unit = cfg.grad_accum * num_processes
+    if num_examples >= cfg.batch_size or num_examples < unit or cfg.batch_size % unit:
+        return cfg, ""
+    smaller = num_examples // unit * unit
+    return (dataclasses.replace(cfg, batch_size=smaller),
+            f"train.batch_size={cfg.batch_size} is more than the {num_examples} training examples: this run "
+            f"uses batches of {smaller} (a multiple of train.grad_accum={cfg.grad_accum} x {num_processes} "
+            f"process(es)); set train.batch_size to choose another")
+
+
 def plan_steps(cfg: TrainConfig, num_examples: int, num_processes: int) -> StepPlan:
     # ConfigError (a ValueError): the CLI prints it as one line, naming the key to change.
     if cfg.batch_size % (cfg.grad_accum * num_processes):
@@ -81,8 +98,10 @@ def plan_steps(cfg: TrainConfig, num_examples: int, num_processes: int) -> StepP
                           f"{cfg.batch_size} must be divisible by train.grad_accum ({cfg.grad_accum}) "
                           f"x number of processes ({num_processes})")
     if num_examples < cfg.batch_size:
-        raise ConfigError("train.batch_size", f"the training data has {num_examples} examples, fewer than one "
-                                              f"batch ({cfg.batch_size}); lower train.batch_size or add data")
+        raise ConfigError("train.batch_size",
+                          f"the training data has {num_examples} examples, fewer than one batch "
+                          f"(train.batch_size={cfg.batch_size}, train.grad_accum={cfg.grad_accum}); lower "
+                          f"train.batch_size and train.grad_accum, or add data")
     steps_per_epoch = num_examples // cfg.batch_size
     total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * steps_per_epoch))
     return StepPlan(num_examples, steps_per_epoch, total,
@@ -224,7 +243,10 @@ class Trainer:
         """
         from transformers import get_scheduler
 
-        cfg = self.cfg
+        cfg, note = fit_batch_to_data(self.cfg, num_examples, self.accelerator.num_processes)
+        if note and self.is_main:
+            logging.getLogger("rlhf.train").warning(f"[{self.stage}] {note}")
+        self.cfg = cfg
         self.plan = plan_steps(cfg, num_examples, self.accelerator.num_processes)
         if self.sharded:
             from rlhf.train import sharding
@@ -252,6 +274,8 @@ class Trainer:
             self.print(f"[{self.stage}] {p.num_examples} examples, {p.steps_per_epoch} steps/epoch, "
                        f"{p.total_steps} steps, batch {cfg.batch_size} = {self.accelerator.num_processes} "
                        f"process(es) x {cfg.grad_accum} accumulation x {p.micro_batch_size}"
+                       + (f"; {p.dropped_per_epoch} example(s) per epoch do not fill a batch and are left "
+                          f"out of that epoch (each epoch's order differs)" if p.dropped_per_epoch else "")
                        + (f"; resuming after step {self.start_step} from {self.resume_path}"
                           if self.resume_path else ""))
         return self.model

@@ -336,3 +336,19 @@ def test_ppo_prompts_that_cannot_be_tokenized_count_towards_max_skip_fraction(tm
     cfg = PPOConfig(data=DataConfig(train=str(p), chat_template="none", max_skip_fraction=0.5), reward="x:y")
     out = _prompts(cfg, tok, trainer)
     assert [e["prompt"] for e in out] == ["hello world"] and "cannot be tokenized: 1" in printed[0]
+
+
+def test_sft_on_a_preference_file_says_it_once_and_rlhf_label_columns_are_not_flagged(tmp_path, caplog):
+    """Issue 23 item 6: SFT on prompt/chosen/rejected trained on prompt + chosen without a word, and
+    `rlhf label`'s own judge_probability column was reported as unused in every demo run."""
+    import logging
+    rows = [{"prompt": f"p{i}", "chosen": " good", "rejected": " bad", "judge_probability": 0.7} for i in range(3)]
+    with caplog.at_level(logging.WARNING, logger="rlhf.data"):
+        recs, report, _ = load(tmp_path, rows, "sft")
+    said = [r.getMessage() for r in caplog.records if "trains on prompt + chosen" in r.getMessage()]
+    assert len(said) == 1 and len(recs) == 3 and all(r.completion == " good" for r in recs)
+    assert "judge_probability" not in report.summary()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rlhf.data"):
+        _, report, _ = load(tmp_path, rows, "preference")
+    assert [r.getMessage() for r in caplog.records] == []

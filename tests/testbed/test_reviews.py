@@ -386,3 +386,10 @@ def test_summarize():
     assert out["valid_fraction"] == 0.5 and out["sentiment_mean"] == pytest.approx(0.375)
     assert out["errors"] == {"unexpected_word": 1, "repeated_aspect": 1}
     assert out["words_mean"] == pytest.approx((5 + 5 + 1 + 7) / 4)
+
+
+def test_gold_reward_on_foreign_prompts_says_how_to_drop_it():
+    """Issue 23 item 2: `rlhf ppo --recipe tiny` on a user's prompts met the demo's gold tracker."""
+    from rlhf.testbed.reviews import gold_reward
+    with pytest.raises(ValueError, match=r"built-in review task's prompts only.*track=\{\}"):
+        gold_reward(["What is the capital of France?"], [" Paris."])

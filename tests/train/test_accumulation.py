@@ -73,6 +73,24 @@ def test_step_plan_and_epoch_order():
     assert sorted(a) == list(range(50)) and a != b and a == epoch_order(0, 0, 50)
 
 
+def test_a_file_smaller_than_one_batch_gets_a_smaller_batch_said_in_one_line():
+    """Issue 23: the getting-started file (12 rows) under a real-model recipe (batch 16, 8
+    accumulation steps) stopped in a traceback; the batch becomes the largest multiple of
+    grad_accum x processes the data fills, and the run says so."""
+    from rlhf.train.config import TrainConfig
+    from rlhf.train.trainer import fit_batch_to_data
+    cfg, note = fit_batch_to_data(TrainConfig(batch_size=16, grad_accum=8), num_examples=12, num_processes=1)
+    assert cfg.batch_size == 8 and "uses batches of 8" in note and "12 training examples" in note
+    cfg, note = fit_batch_to_data(TrainConfig(batch_size=16, grad_accum=2), num_examples=12, num_processes=2)
+    assert cfg.batch_size == 12 and note
+    big = TrainConfig(batch_size=8, grad_accum=2)
+    assert fit_batch_to_data(big, num_examples=20, num_processes=1) == (big, "")  # a batch fits: unchanged
+    small = TrainConfig(batch_size=16, grad_accum=8)
+    assert fit_batch_to_data(small, num_examples=5, num_processes=1) == (small, "")  # < one micro-step each
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        plan_steps(small, num_examples=5, num_processes=1)
+
+
 def test_packing_does_not_change_the_loss_or_gradients(tiny_llama, tmp_path):
     """The same 8 sequences, packed into fewer rows, give the same token-mean loss and gradients:
     no attention or position leaks between the sequences of a row."""
