@@ -92,11 +92,25 @@ def test_quiet_third_party_drops_noise_only(monkeypatch, caplog):
     import os
     assert os.environ.get("TQDM_DISABLE") == "1"
     monkeypatch.delenv("TQDM_DISABLE")
-    with caplog.at_level(logging.WARNING):
-        tp = logging.getLogger("transformers.distributed.tensor_parallel")
+    # A handler on each logger itself: transformers stops propagation to the root logger once its
+    # own logging is configured (an earlier test may have done so), which would hide every record
+    # from caplog and let the assertion below pass or fail for the wrong reason.
+    got: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(record.getMessage())
+
+    tp = logging.getLogger("transformers.distributed.tensor_parallel")
+    tok = logging.getLogger("transformers.tokenization_utils_base")
+    keep = Keep(level=logging.WARNING)
+    for log in (tp, tok):
+        log.addHandler(keep)
+    try:
         tp.warning("The following layers were not sharded: x")
-        tok = logging.getLogger("transformers.tokenization_utils_base")
         tok.warning("Token indices sequence length is longer than the specified maximum sequence length (9 > 8)")
         tok.warning("something else")
-    got = [r.getMessage() for r in caplog.records]
+    finally:
+        for log in (tp, tok):
+            log.removeHandler(keep)
     assert got == ["something else"], got

@@ -24,6 +24,9 @@ def test_a_single_tracker_name_is_a_one_item_list():
 def test_missing_tracker_stops_before_training_with_the_pip_command(monkeypatch, tmp_path, capsys):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    monkeypatch.chdir(tmp_path)  # data.train must exist: the CLI checks paths before anything else
+    (tmp_path / "d.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    (tmp_path / "m").mkdir()
     code = main(["sft", *_BASE, "train.report_to=[tensorboard, wandb]", f"output_dir={tmp_path / 'x'}"])
     assert code == 2
     assert "train.report_to: wandb is not installed: pip install wandb" in capsys.readouterr().err
