@@ -11,11 +11,12 @@ the observation's text is tokenized on its own and appended. What is trained is 
 what was sampled plus exactly the observation tokens that followed. Only the sampled tokens are
 actions (log-probs, KL, advantages and loss); observation tokens are context.
 
-An episode ends when the environment says done, when a tool call fails (:class:`~rlhf.envs.tools.
-ToolError`: counted in ``tool_errors``, the episode's reward is what it had), after ``max_turns``
-policy turns, or when ``max_tokens`` (everything after the prompt) would be passed; ``ended`` is
-True only in the first case (the EOS trick, ``ppo.missing_eos_penalty``, treats the others as
-cut).
+Every action goes to the environment, also one cut by a length limit. An episode ends when the
+environment says done, when a tool call fails (:class:`~rlhf.envs.tools.ToolError`: counted in
+``tool_errors``, the episode's reward is what it had), after ``max_turns`` policy turns, or when
+``max_tokens`` (everything after the prompt) leaves no room for another turn; ``ended`` is True
+only when the environment said done after a turn that ended by itself (EOS or a stop string):
+the EOS trick, ``ppo.missing_eos_penalty``, treats every other episode as cut.
 
 :class:`ToolEnvironment` is the built-in multi-turn environment: tools the policy calls from its
 text (rlhf/envs/tools.py) and a reward source that scores the final answer, the first turn
@@ -141,10 +142,7 @@ def run_episodes(engine: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]],
             ents = ro.entropy[j, P:P + len(ids)].tolist() if ro.entropy is not None else []
             e.add(ids, True, lps, ents)
             e.turns += 1
-            if cut or len(e.tokens) >= max_tokens and not bool(ro.ended[j]):
-                e.done = True  # the episode's length limit
-                continue
-            try:
+            try:  # a turn cut by a limit is still the policy's action: the environment reads it
                 step = env.step(tokenizer.decode(ids, skip_special_tokens=True))
             except ToolError as err:
                 e.done, e.tool_errors = True, e.tool_errors + 1
@@ -153,10 +151,10 @@ def run_episodes(engine: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]],
             e.reward += float(step.reward)
             e.tool_calls += int(step.info.get("tool_calls", 0))
             if step.done:
-                e.done, e.ended = True, bool(ro.ended[j])
+                e.done, e.ended = True, bool(ro.ended[j]) and not cut
                 continue
             obs = _observation_ids(tokenizer, step.observation or "")
-            if len(e.tokens) + len(obs) >= max_tokens:  # no room left to act after it
+            if cut or len(e.tokens) + len(obs) >= max_tokens:  # the length limit: no room left to act
                 e.done = True
                 continue
             e.add(obs, False)

@@ -36,6 +36,7 @@ update in rlhf/ppo_update.py; this file only wires it. Run it with
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,9 @@ from rlhf.data.config import DataConfig
 from rlhf.data.errors import ENCODING, DataError
 from rlhf.data.load import load_records
 from rlhf.data.tokenize import encode_prompt
-from rlhf.envs import SingleTurn, single_turn
+from rlhf.envs import EnvConfig, SingleTurn, single_turn
+from rlhf.envs.episodes import ToolEnvironment, episode_metrics, episodes_rollout, run_episodes, tool_format_for
+from rlhf.envs.tools import load_tools
 from rlhf.losses.policy import truncated_importance_weights
 from rlhf.masking import Aggregation, masked_mean
 from rlhf.models.config import ModelConfig
@@ -75,7 +78,7 @@ from rlhf.ppo_update import (
     update,
     visiting,
 )
-from rlhf.rewards import row_columns
+from rlhf.rewards import import_callable, row_columns
 from rlhf.rollout import Rollout, RolloutEngine, SamplingConfig, forward_engine, is_builtin, rollout_engine
 from rlhf.train.config import TrainConfig
 from rlhf.train.trainer import Trainer
@@ -108,7 +111,10 @@ class PPOConfig:
                                    "the default when the reward is one), 'policy' (a copy of the "
                                    "policy's trunk, new head), 'shared' (a value head on the policy's "
                                    "own trunk: no second model), or a checkpoint folder")
-    sampling: SamplingConfig = opt(factory=SamplingConfig, help="rollout sampling")
+    sampling: SamplingConfig = opt(factory=SamplingConfig, help="rollout sampling (multi-turn: per policy turn)")
+    env: EnvConfig = opt(factory=EnvConfig, help="the environment: one turn scored by the reward (default), or "
+                                                 "multi-turn episodes with tools or a custom environment "
+                                                 "(docs/environments.md)")
     kl: KLConfig = opt(factory=KLConfig, help="KL penalty to the reference")
     ppo: PolicyLossConfig = opt(factory=PolicyLossConfig, help="the policy update")
     offload: bool = opt(False, "keep the frozen models (reference, reward models, tracked ones) in CPU "
@@ -120,7 +126,10 @@ class PPOConfig:
     def validate(self) -> None:
         if not self.data.train:
             raise ConfigError("data.train", "is required: a file or dataset with a prompt column")
-        if not self.reward:
+        if self.env.multi_turn and ESTIMATOR_SPECS[self.advantage].greedy_baseline:
+            raise ConfigError("advantage", f"{self.advantage} needs a greedy completion's score, which multi-turn "
+                                           f"episodes (env.tools / env.factory) do not give; use grpo or rloo")
+        if not self.reward and not self.env.factory:
             raise ConfigError("reward", "is required: a reward-model folder, package.module:function "
                                         "or a .yaml/.json reward spec")
         if self.data.packing:
@@ -223,11 +232,15 @@ def _prompts(cfg: PPOConfig, tokenizer: Any, trainer: Trainer) -> list[dict]:
 def _check_episode_length(cfg: PPOConfig, longest_prompt: int) -> None:
     """Stop before sampling when prompt + completion can pass the policy's position limit."""
     limit, n = position_limit(cfg.model), cfg.sampling.max_new_tokens
+    if cfg.env.multi_turn:  # every token of an episode after the prompt, policy and environment ones
+        n = cfg.env.episode_tokens(n)
     if limit is not None and longest_prompt + n > limit:
-        raise ConfigError("sampling.max_new_tokens", f"the longest prompt ({longest_prompt} tokens) + max_new_tokens "
-                          f"({n}) = {longest_prompt + n} is above the position limit of {cfg.model.name_or_path}: "
-                          f"{limit} (max_position_embeddings); lower max_new_tokens to at most "
-                          f"{max(limit - longest_prompt, 0)} or shorten prompts with data.max_prompt_length")
+        key, what = ("env.max_tokens", "the episode's tokens") if cfg.env.multi_turn else \
+            ("sampling.max_new_tokens", "max_new_tokens")
+        raise ConfigError(key, f"the longest prompt ({longest_prompt} tokens) + {what} ({n}) = {longest_prompt + n} "
+                               f"is above the position limit of {cfg.model.name_or_path}: {limit} "
+                               f"(max_position_embeddings); lower {key} to at most {max(limit - longest_prompt, 0)} "
+                               f"or shorten prompts with data.max_prompt_length")
 
 
 # --------------------------------------------------------------------------- the loop
@@ -247,9 +260,10 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.model)
     prompts = _prompts(cfg, tokenizer, trainer)
     _check_episode_length(cfg, max(len(p["prompt_input_ids"]) for p in prompts))
-    env = single_turn(cfg.reward, device=str(device))
+    env = single_turn(cfg.reward, device=str(device)) if cfg.reward else SingleTurn(None)
     tracked = {name: single_turn(spec, device=str(device)) for name, spec in cfg.track.items()}
-    _check_tokenizers(cfg, tokenizer, [env.reward, *(t.reward for t in tracked.values())], trainer)
+    _check_tokenizers(cfg, tokenizer, [s.reward for s in [env, *tracked.values()] if s.reward is not None], trainer)
+    episodes = _multi_turn(cfg, tokenizer, env, device)  # None: one turn, scored by the reward
 
     # Step 3. Policy, frozen reference (a copy of the starting policy, or the LoRA policy with
     # adapters off), the critic for GAE; frozen models placed (or offloaded to the CPU).
@@ -287,8 +301,12 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         # (trainer.gathered: under FSDP the policy is gathered once for generation, whose
         # number of forward passes differs between processes; a no-op otherwise.)
         with trainer.accelerator.autocast(), trainer.gathered():
-            ro = engine.sample(tokenizer, [e["prompt"] for e in examples], [e["prompt_input_ids"] for e in examples],
-                               cfg.sampling, with_logps=how["keep_engine_logps"])
+            if episodes is not None:  # multi-turn: the environment answers each turn
+                ro = episodes(engine, examples, how["keep_engine_logps"])
+            else:
+                ro = engine.sample(tokenizer, [e["prompt"] for e in examples],
+                                   [e["prompt_input_ids"] for e in examples], cfg.sampling,
+                                   with_logps=how["keep_engine_logps"])
         times.append(time.perf_counter())
 
         # 5.2 scores (the environment's reward at the end of the episode), the EOS trick, tracked
@@ -303,6 +321,7 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
                               scoring=how["scoring"], packed=cfg.ppo.packed, device=device, home=m["home"])
         mask = ro.loss_mask.float()  # (B, T): the policy's own tokens
         is_weights, engine_metrics = _importance_weights(cfg, ro, ev, mask, how)
+        engine_metrics.update(ro.extra.get("metrics", {}))  # multi-turn: turns, tool calls and errors
 
         # 5.4 per-token KL and rewards, advantages (the estimator named), the loss mask.
         beta = kl_ctl.value
@@ -392,8 +411,11 @@ def _score(cfg: PPOConfig, trainer: Trainer, engine: RolloutEngine, tokenizer: A
     each like the prompts (rlhf.rewards)."""
     device, K = trainer.device, cfg.sampling.num_samples
     columns = row_columns([e["columns"] for e in examples], repeat=K)
-    with visiting(env.modules(), device, home):
-        raw = env.score(ro.prompts, ro.completions, columns).to(device).float()  # (B,)
+    if "rewards" in ro.extra:  # multi-turn: what the environment gave each episode
+        raw = ro.extra["rewards"].to(device).float()
+    else:
+        with visiting(env.modules(), device, home):
+            raw = env.score(ro.prompts, ro.completions, columns).to(device).float()  # (B,)
     scores = raw.clone()
     if cfg.ppo.missing_eos_penalty is not None:
         scores = torch.where(ro.ended, scores, scores - cfg.ppo.missing_eos_penalty)
@@ -412,6 +434,33 @@ def _score(cfg: PPOConfig, trainer: Trainer, engine: RolloutEngine, tokenizer: A
         if cfg.ppo.missing_eos_penalty is not None:
             greedy = torch.where(g.ended, greedy, greedy - cfg.ppo.missing_eos_penalty)
     return {"raw": raw, "scores": scores, "track": track, "greedy": greedy}
+
+
+def _multi_turn(cfg: PPOConfig, tokenizer: Any, env: SingleTurn, device: torch.device) -> Callable | None:
+    """Multi-turn episodes (env.tools or env.factory): a function (engine, examples, with_logps) ->
+    the Rollout of one episode per (prompt, sample), its loss mask on the policy's tokens only
+    (rlhf/envs/episodes.py); None for one-turn episodes."""
+    if not cfg.env.multi_turn:
+        return None
+    tools = load_tools(cfg.env.tools)
+    fmt = tool_format_for(tokenizer, cfg.env.tool_format)
+    factory = import_callable(cfg.env.factory, "environment factory (env.factory)") if cfg.env.factory else None
+    K, stops = cfg.sampling.num_samples, ["]"] if tools and fmt == "plain" else []  # a plain call ends its turn
+
+    def make(row: dict) -> Any:
+        return factory(row) if factory else ToolEnvironment(env.reward, tools, fmt, cfg.env.tool_timeout_s, tokenizer)
+
+    def rollout(engine: RolloutEngine, examples: list[dict], with_logps: bool) -> Rollout:
+        rows = [{"prompt": e["prompt"], "columns": e["columns"]} for e in examples for _ in range(K)]
+        ids = [e["prompt_input_ids"] for e in examples for _ in range(K)]
+        eps = run_episodes(engine, tokenizer, rows, ids, [make(r) for r in rows], cfg.sampling,
+                           max_turns=cfg.env.max_turns, max_tokens=cfg.env.episode_tokens(cfg.sampling.max_new_tokens),
+                           turn_stop_strings=stops, with_logps=with_logps)
+        ro = episodes_rollout(tokenizer, eps, K, device, with_logps=with_logps, version=engine.version)
+        ro.extra["metrics"] = episode_metrics(eps)
+        return ro
+
+    return rollout
 
 
 def _importance_weights(cfg: PPOConfig, ro: Rollout, ev: dict[str, Any], mask: torch.Tensor,
