@@ -233,3 +233,33 @@ def test_multi_turn_sampler_log_probs_equal_the_training_forward(tiny_llama):
     diff, ro = episode_logps_against_the_forward(BuiltinEngine(model), model, tok)
     print("max |Δ log-prob|:", diff)
     assert diff < 1e-4
+
+
+class ChatCharTokenizer(CharTokenizer, TemplateTokenizer):
+    """Characters as tokens, a Qwen-style template with a tool turn; EOS is the text '<|im_end|>'
+    sampled as one id (1)."""
+
+    eos_token = "<|im_end|>"
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.eos_token if i == EOS and not skip_special_tokens else chr(i) for i in ids
+                       if not (skip_special_tokens and i in (EOS, PAD)))
+
+
+def test_chat_format_episode_appends_the_templates_tool_turn():
+    """tool_format auto -> chat for a template that writes <tool_call>; the call turn ends at the
+    policy's EOS, then the template's own tool turn (separators included) is appended as exact ids."""
+    from rlhf.envs.episodes import tool_format_for
+
+    tok = ChatCharTokenizer()
+    tok.chat_template = tok.chat_template + "{# <tool_call> #}"
+    assert tool_format_for(tok, "auto") == "chat" and tool_format_for(CharTokenizer(), "auto") == "plain"
+    call = ids('<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>') + [EOS]
+    answer = ids("42") + [EOS]
+    envs = [ToolEnvironment(exact, {"calculator": FunctionTool(calculator)}, "chat", tokenizer=tok)]
+    engine = ScriptedEngine({"q": [call, answer]})
+    (ep,) = run_episodes(engine, tok, [{"prompt": "q", "columns": {"answer": "42"}}], [ids("q")], envs,
+                         SamplingConfig(max_new_tokens=99), max_turns=3, max_tokens=300)
+    obs = ids("\n<|im_start|>user\n<tool_response>\n42\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    assert ep.tokens == call + obs + answer and ep.policy == [1] * len(call) + [0] * len(obs) + [1] * len(answer)
+    assert (ep.reward, ep.tool_calls, ep.ended) == (1.0, 1, True)
