@@ -303,7 +303,12 @@ def policy_loss_fn(cfg: PolicyLossConfig, *, aggregation: Aggregation, placement
                    temperature: float, max_len: int) -> tuple[Callable, Callable]:
     """(loss_fn, units_fn) for :meth:`rlhf.train.trainer.Trainer.accumulate`: the policy loss
     ``cfg.loss`` names, + β·KL when the KL is in the loss, + the entropy bonus, + the value loss
-    when the model has a critic; ``units_fn`` counts a micro-batch's units of the aggregation."""
+    when the model has a critic; ``units_fn`` counts a micro-batch's units of the aggregation.
+
+    A POLICY_LOSSES entry is called as ``loss(logps, old_logps, advantages, mask, cfg.clip,
+    cfg.clip_high, aggregation=..., denominator=..., max_len=..., is_weights=...)`` (all (b, T)
+    but the scalars; ``is_weights`` may be None) and returns ``(loss, metrics)`` with at least
+    ``clip_fraction`` and ``approx_kl`` in the metrics, like ``ppo_clip_loss``."""
     policy_loss = POLICY_LOSSES[cfg.loss]
     clip_low, clip_high = resolve_clip(cfg.loss, cfg.clip, cfg.clip_high)  # null: the loss's own range
 

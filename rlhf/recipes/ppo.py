@@ -39,6 +39,7 @@ update in rlhf/ppo_update.py; this file only wires it. Run it with
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,9 @@ from rlhf.data.config import DataConfig
 from rlhf.data.errors import ENCODING, DataError
 from rlhf.data.load import load_records
 from rlhf.data.tokenize import encode_prompt
-from rlhf.envs import SingleTurn, Teacher, single_turn
+from rlhf.envs import EnvConfig, SingleTurn, Teacher, single_turn
+from rlhf.envs.episodes import ToolEnvironment, episode_metrics, episodes_rollout, run_episodes, tool_format_for
+from rlhf.envs.tools import load_tools
 from rlhf.losses.policy import POLICY_LOSS_SPECS, truncated_importance_weights
 from rlhf.masking import Aggregation, masked_mean
 from rlhf.models.config import ModelConfig
@@ -79,7 +82,7 @@ from rlhf.ppo_update import (
     update,
     visiting,
 )
-from rlhf.rewards import row_columns
+from rlhf.rewards import import_callable, row_columns
 from rlhf.rollout import Rollout, RolloutEngine, SamplingConfig, forward_engine, is_builtin, rollout_engine
 from rlhf.train.config import TrainConfig
 from rlhf.train.trainer import Trainer
@@ -116,7 +119,10 @@ class PPOConfig:
                                    "the default when the reward is one), 'policy' (a copy of the "
                                    "policy's trunk, new head), 'shared' (a value head on the policy's "
                                    "own trunk: no second model), or a checkpoint folder")
-    sampling: SamplingConfig = opt(factory=SamplingConfig, help="rollout sampling")
+    sampling: SamplingConfig = opt(factory=SamplingConfig, help="rollout sampling (multi-turn: per policy turn)")
+    env: EnvConfig = opt(factory=EnvConfig, help="the environment: one turn scored by the reward (default), or "
+                                                 "multi-turn episodes with tools or a custom environment "
+                                                 "(docs/environments.md)")
     kl: KLConfig = opt(factory=KLConfig, help="KL penalty to the reference")
     ppo: PolicyLossConfig = opt(factory=PolicyLossConfig, help="the policy update")
     offload: bool = opt(False, "keep the frozen models (reference, reward models, tracked ones) in CPU "
@@ -128,9 +134,15 @@ class PPOConfig:
     def validate(self) -> None:
         if not self.data.train:
             raise ConfigError("data.train", "is required: a file or dataset with a prompt column")
-        if not self.reward and not self.teacher:
-            raise ConfigError("reward", "is required (unless a teacher is set): a reward-model folder, "
-                                        "package.module:function or a .yaml/.json reward spec")
+        if self.env.multi_turn and ESTIMATOR_SPECS[self.advantage].greedy_baseline:
+            raise ConfigError("advantage", f"{self.advantage} needs a greedy completion's score, which multi-turn "
+                                           f"episodes (env.tools / env.factory) do not give; use grpo or rloo")
+        if self.env.multi_turn and self.ppo.dynamic_sampling:
+            raise ConfigError("ppo.dynamic_sampling", "is not available with multi-turn episodes (env.tools / "
+                                                      "env.factory) yet: set it to false")
+        if not self.reward and not self.teacher and not self.env.factory:
+            raise ConfigError("reward", "is required (unless a teacher or env.factory is set): a reward-model "
+                                        "folder, package.module:function or a .yaml/.json reward spec")
         if self.data.packing:
             raise ConfigError("data.packing", "does not apply to prompts (got true)")
         K = self.sampling.num_samples
@@ -240,11 +252,15 @@ def _prompts(cfg: PPOConfig, tokenizer: Any, trainer: Trainer) -> list[dict]:
 def _check_episode_length(cfg: PPOConfig, longest_prompt: int) -> None:
     """Stop before sampling when prompt + completion can pass the policy's position limit."""
     limit, n = position_limit(cfg.model), cfg.sampling.max_new_tokens
+    if cfg.env.multi_turn:  # every token of an episode after the prompt, policy and environment ones
+        n = cfg.env.episode_tokens(n)
     if limit is not None and longest_prompt + n > limit:
-        raise ConfigError("sampling.max_new_tokens", f"the longest prompt ({longest_prompt} tokens) + max_new_tokens "
-                          f"({n}) = {longest_prompt + n} is above the position limit of {cfg.model.name_or_path}: "
-                          f"{limit} (max_position_embeddings); lower max_new_tokens to at most "
-                          f"{max(limit - longest_prompt, 0)} or shorten prompts with data.max_prompt_length")
+        key, what = ("env.max_tokens", "the episode's tokens") if cfg.env.multi_turn else \
+            ("sampling.max_new_tokens", "max_new_tokens")
+        raise ConfigError(key, f"the longest prompt ({longest_prompt} tokens) + {what} ({n}) = {longest_prompt + n} "
+                               f"is above the position limit of {cfg.model.name_or_path}: {limit} "
+                               f"(max_position_embeddings); lower {key} to at most {max(limit - longest_prompt, 0)} "
+                               f"or shorten prompts with data.max_prompt_length")
 
 
 # --------------------------------------------------------------------------- the loop
@@ -268,7 +284,8 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     _check_episode_length(cfg, max(len(p["prompt_input_ids"]) for p in prompts))
     env = single_turn(cfg.reward, device=str(device)) if cfg.reward else SingleTurn(ZeroReward())
     tracked = {name: single_turn(spec, device=str(device)) for name, spec in cfg.track.items()}
-    _check_tokenizers(cfg, tokenizer, [env.reward, *(t.reward for t in tracked.values())], trainer)
+    _check_tokenizers(cfg, tokenizer, [s.reward for s in [env, *tracked.values()] if s.reward is not None], trainer)
+    episodes = _multi_turn(cfg, tokenizer, env, device)  # None: one turn, scored by the reward
 
     # Step 3. Policy, frozen reference (a copy of the starting policy, or the LoRA policy with
     # adapters off), the critic for GAE; frozen models placed (or offloaded to the CPU).
@@ -302,9 +319,11 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
         examples = [e for mb in micro for e in mb["examples"]]
         times = [time.perf_counter()]
 
-        # 5.1 rollout: K completions per prompt, consecutive (the group layout of rlhf.advantages);
-        # with ppo.dynamic_sampling, the groups whose K scores are all equal replaced (DAPO).
-        ro, examples, dyn = _rollout(cfg, trainer, engine, tokenizer, examples, prompts, env, m["home"], how, step)
+        # 5.1 rollout: K completions per prompt, consecutive (the group layout of rlhf.advantages),
+        # or multi-turn episodes where the environment answers each turn; with ppo.dynamic_sampling,
+        # the groups whose K scores are all equal replaced (DAPO).
+        ro, examples, dyn = _rollout(cfg, trainer, engine, tokenizer, examples, prompts, env, m["home"], how, step,
+                                     episodes)
         times.append(time.perf_counter())
 
         # 5.2 scores (the environment's reward at the end of the episode), the EOS trick and the
@@ -320,6 +339,7 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
                               scoring=how["scoring"], packed=cfg.ppo.packed, device=device, home=m["home"])
         mask = ro.loss_mask.float()  # (B, T): the policy's own tokens
         is_weights, engine_metrics = _importance_weights(cfg, ro, ev, mask, how)
+        engine_metrics.update(ro.extra.get("metrics", {}))  # multi-turn: turns, tool calls and errors
         bonus = _teacher_rewards(m["teacher"], trainer, ro, ev, mask, cfg, how, m["home"])  # distillation
 
         # 5.4 per-token KL and rewards, advantages (the estimator named), the loss mask.
@@ -414,8 +434,8 @@ def _engine(cfg: PPOConfig, trainer: Trainer, policy: nn.Module, tokenizer: Any)
 
 
 def _rollout(cfg: PPOConfig, trainer: Trainer, engine: RolloutEngine, tokenizer: Any, examples: list[dict],
-             pool: list[dict], env: SingleTurn, home: torch.device, how: dict[str, Any], step: int
-             ) -> tuple[Rollout, list[dict], DynamicRollout | None]:
+             pool: list[dict], env: SingleTurn, home: torch.device, how: dict[str, Any], step: int,
+             episodes: Callable | None = None) -> tuple[Rollout, list[dict], DynamicRollout | None]:
     """Step 5.1: the step's episodes, K per prompt. With ``ppo.dynamic_sampling`` the groups
     whose K scores are all equal are replaced by groups for prompts drawn from ``pool``, scored
     as they come (rlhf.objectives.dynamic_rollout); the examples then follow the new rows.
@@ -424,6 +444,8 @@ def _rollout(cfg: PPOConfig, trainer: Trainer, engine: RolloutEngine, tokenizer:
 
     def sample(exs: list[dict]) -> Rollout:
         with trainer.accelerator.autocast(), trainer.gathered():
+            if episodes is not None:  # multi-turn (rlhf/envs/episodes.py)
+                return episodes(engine, exs, how["keep_engine_logps"])
             return engine.sample(tokenizer, [e["prompt"] for e in exs], [e["prompt_input_ids"] for e in exs],
                                  cfg.sampling, with_logps=how["keep_engine_logps"])
 
@@ -458,6 +480,8 @@ def _score(cfg: PPOConfig, trainer: Trainer, engine: RolloutEngine, tokenizer: A
     each like the prompts (rlhf.rewards)."""
     device, K = trainer.device, cfg.sampling.num_samples
     columns = row_columns([e["columns"] for e in examples], repeat=K)
+    if raw is None and "rewards" in ro.extra:  # multi-turn: what the environment gave each episode
+        raw = ro.extra["rewards"].to(device).float()
     if raw is None:
         with visiting(env.modules(), device, home):
             raw = env.score(ro.prompts, ro.completions, columns).to(device).float()  # (B,)
@@ -488,6 +512,33 @@ def _teacher_rewards(teacher: Teacher | None, trainer: Trainer, ro: Rollout, ev:
         teacher_logps = teacher.logps(ro, cfg.sampling.temperature, cfg.train.eval_batch_size, how["scoring"],
                                       cfg.ppo.packed)
     return teacher.token_rewards(ev["old_logps"], teacher_logps, mask)
+
+
+def _multi_turn(cfg: PPOConfig, tokenizer: Any, env: SingleTurn, device: torch.device) -> Callable | None:
+    """Multi-turn episodes (env.tools or env.factory): a function (engine, examples, with_logps) ->
+    the Rollout of one episode per (prompt, sample), its loss mask on the policy's tokens only
+    (rlhf/envs/episodes.py); None for one-turn episodes."""
+    if not cfg.env.multi_turn:
+        return None
+    tools = load_tools(cfg.env.tools)
+    fmt = tool_format_for(tokenizer, cfg.env.tool_format)
+    factory = import_callable(cfg.env.factory, "environment factory (env.factory)") if cfg.env.factory else None
+    K, stops = cfg.sampling.num_samples, ["]"] if tools and fmt == "plain" else []  # a plain call ends its turn
+
+    def make(row: dict) -> Any:
+        return factory(row) if factory else ToolEnvironment(env.reward, tools, fmt, cfg.env.tool_timeout_s, tokenizer)
+
+    def rollout(engine: RolloutEngine, examples: list[dict], with_logps: bool) -> Rollout:
+        rows = [{"prompt": e["prompt"], "columns": e["columns"]} for e in examples for _ in range(K)]
+        ids = [e["prompt_input_ids"] for e in examples for _ in range(K)]
+        eps = run_episodes(engine, tokenizer, rows, ids, [make(r) for r in rows], cfg.sampling,
+                           max_turns=cfg.env.max_turns, max_tokens=cfg.env.episode_tokens(cfg.sampling.max_new_tokens),
+                           turn_stop_strings=stops, with_logps=with_logps)
+        ro = episodes_rollout(tokenizer, eps, K, device, with_logps=with_logps, version=engine.version)
+        ro.extra["metrics"] = episode_metrics(eps)
+        return ro
+
+    return rollout
 
 
 def _importance_weights(cfg: PPOConfig, ro: Rollout, ev: dict[str, Any], mask: torch.Tensor,
