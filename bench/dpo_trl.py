@@ -38,13 +38,14 @@ def main() -> int:
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--reference", choices=["cached", "online"], default="online")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--matmul-n", type=int, default=2048, help="size of the in-process matmul probe (MFU)")
     a = ap.parse_args()
 
     import torch
-    from datasets import load_dataset
 
     # Helpers shared with the rlhf child (no rlhf import: this runs in .venv-trl).
-    from dpo_vs_trl import _status, memory_report, reset_peak_rss, throughput
+    from _bench import _status, matmul_rate, memory_report, reset_peak_rss, throughput
+    from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
@@ -128,7 +129,8 @@ def main() -> int:
            "torch_threads": torch.get_num_threads(), "optim": cfg.optim,
            "bf16": cfg.bf16, "gradient_checkpointing": cfg.gradient_checkpointing,
            "gradient_checkpointing_in_model": bool(getattr(trainer.model, "is_activation_checkpointing", None)),
-           "dtype_of_weights": str(next(trainer.model.parameters()).dtype)}
+           "dtype_of_weights": str(next(trainer.model.parameters()).dtype),
+           "matmul_rate": matmul_rate(a.precision, a.matmul_n)}
     print(json.dumps(res))
     return 0
 
