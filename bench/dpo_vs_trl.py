@@ -43,7 +43,10 @@ step and per-step logging included; model load, tokenization, the reference prec
 1 excluded), the time to the end of step 1 (everything before, including the reference
 precompute), peak RSS of the whole process and peak RSS during steps 2..N (VmHWM reset after step
 1), the per-step losses and mean chosen log-probs, the load average before the run, and the model
-FLOPs utilisation against this machine's measured matmul FLOP/s (bench/mfu.py). Then, per model
+FLOPs utilisation against the matmul FLOP/s the run measured in its own process after training
+(``matmul_rate``: size, threads and its CPU share; no MFU where that probe or the run was
+unclean). Repeats are interleaved; per configuration the median of the clean repeats is
+reported and a ratio needs a clean repeat on both sides (bench/_bench.py). Then, per model
 and precision: speed and memory ratios, and whether the loss curves agree within noise (mean
 |loss_rlhf - loss_trl| against the mean step-to-step change of the loss). Prints one JSON object.
 """
@@ -71,6 +74,9 @@ PRESETS = {
     "20m": {"vocab_size": 8192, "hidden_size": 384, "num_layers": 6, "num_heads": 6},
 }
 
+
+# LoRA on both sides (--lora-r): these layers, alpha = 2r, no dropout (bench/dpo_trl.py reads it too).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # --------------------------------------------------------------------------- process helpers
 
@@ -158,7 +164,10 @@ def run_ours(a) -> dict:
         "train.weight_decay=0.0", "train.max_grad_norm=1.0", f"train.seed={a.seed}",
         "train.mixed_precision=" + ("bf16" if a.precision == "bf16" else "'no'"),  # YAML reads no as false
         f"train.eval_batch_size={a.ref_batch_size}", "train.log_every=1", "train.progress=false",
-        "train.save_model_in_checkpoints=false", "train.save_total_limit=1", "train.resume_from=none"])
+        "train.save_model_in_checkpoints=false", "train.save_total_limit=1", "train.resume_from=none",
+        *(["model.lora.enabled=true", f"model.lora.r={a.lora_r}", f"model.lora.alpha={2 * a.lora_r}",
+           "model.lora.dropout=0.0", "model.lora.target_modules=[" + ",".join(LORA_TARGETS) + "]"]
+          if a.lora_r else [])])
     t_train = time.perf_counter()
     train(cfg)
     t_end = time.perf_counter()
@@ -308,6 +317,8 @@ def mfu_figures(run: dict, step_tokens: list[int], step_lengths: list[list[int]]
     fat = sum(attention_flops(step_lengths[s], shape["num_layers"], shape["attn_dim"], online) for s in steps)
     out = {"model_tflops_per_s": round(f6n / dt / 1e12, 4), "flops_convention": "6N (+2N online ref) x real tokens",
            **mfu(f6n / dt, run.get("matmul_rate"))}
+    if not run.get("timing_clean"):
+        out.update(mfu=None, mfu_refused="the run itself was unclean (CPU share of threads below 0.9)")
     if out.get("mfu") is not None:
         out["mfu_with_attention"] = round((f6n + fat) / dt / run["matmul_rate"]["flops_per_s"], 4)
     return out
@@ -321,7 +332,7 @@ def prepare(a, preset: str, records, texts: Path) -> dict:
     from rlhf.train.trainer import epoch_order
 
     M = a.steps * a.batch_size
-    model_dir = build_model(a.work, preset, texts, a.max_length)
+    model_dir = a.model_dir if a.model_dir else build_model(a.work, preset, texts, a.max_length)
     tok = AutoTokenizer.from_pretrained(model_dir)
     shape = describe_model(str(model_dir))
     kept, why = select_pairs(records, tok, a.max_length, M)
@@ -345,7 +356,8 @@ def prepare(a, preset: str, records, texts: Path) -> dict:
                     + [len(x["rejected_ids"]) for x in seq[s * B:(s + 1) * B]] for s in range(a.steps)]
     step_tokens = [sum(ls) for ls in step_lengths]
     padded = [len(ls) * max(ls) for ls in step_lengths]
-    info = {"model_dir": str(model_dir), "preset": preset, **PRESETS[preset], **shape,
+    info = {"model_dir": str(model_dir), "preset": preset, **PRESETS.get(preset, {}), **shape,
+            "lora_r": a.lora_r,
             "pairs_used": M, "hh_rows_used": {"first": kept[0]["origin_row"], "last": kept[-1]["origin_row"]},
             "left_out_before_enough": why,
             "tokens_per_step_mean": round(sum(step_tokens) / len(step_tokens), 1),
@@ -372,7 +384,7 @@ def run_one(a, prep: dict, prec: str, ref: str, side: str, rep: int) -> dict:
               "--max-length", str(a.max_length), "--beta", str(a.beta), "--lr", str(a.lr),
               "--warmup-steps", str(a.warmup_steps), "--seed", str(a.seed),
               "--ref-batch-size", str(a.ref_batch_size), "--threads", str(a.threads),
-              "--precision", prec, "--reference", ref, "--matmul-n", str(a.matmul_n),
+              "--precision", prec, "--reference", ref, "--matmul-n", str(a.matmul_n), "--lora-r", str(a.lora_r),
               *(["--gradient-checkpointing"] if a.gradient_checkpointing else [])]
     if side == "trl":
         cmd = [str(REPO / ".venv-trl" / "bin" / "python"), str(HERE / "dpo_trl.py"),
@@ -386,7 +398,7 @@ def run_one(a, prep: dict, prec: str, ref: str, side: str, rep: int) -> dict:
     t_run = time.time()
     res = _child(cmd, {"HF_DATASETS_CACHE": str(run_dir / "hf-datasets-cache")})
     res.update(wall_s=round(time.time() - t_run, 1), loadavg_before=la, command=" ".join(cmd))
-    if "error" not in res:
+    if "error" not in res and not a.lora_r:  # (with LoRA, 6N counts weight gradients that are not made)
         res.update(mfu_figures(res, prep["step_tokens"], prep["step_lengths"], prep["shape"], ref == "online"))
     res.pop("stamps", None)
     if not a.keep_runs and "error" not in res:
@@ -423,6 +435,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="one quick check that the bench still runs (tiny model, fp32 cached, 2 steps, the rlhf "
                         "side, TRL too where .venv-trl exists); its timings are no figures")
     p.add_argument("--matmul-n", type=int, default=2048, help="size of the in-process matmul probe (MFU's denominator)")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="a model folder (with its tokenizer) to use instead of the presets (bench/real_shape.py)")
+    p.add_argument("--lora-r", type=int, default=0,
+                   help="train LoRA adapters of this rank on both sides (targets: attention and MLP projections, "
+                        "alpha 2r); 0 = all weights")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--beta", type=float, default=0.1)
@@ -489,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
                  "seed": a.seed, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                  "variant": str(a.variant) if a.variant else None,
                  "loadavg_start": loadavg(), "smoke": a.smoke, "models": {}}
-    for preset in a.models.split(","):
+    for preset in ([a.model_dir.name] if a.model_dir else a.models.split(",")):
         prep = prepare(a, preset, records, texts)
         print(json.dumps({"model": preset, **prep["info"]}), file=sys.stderr)
         configs = [(prec, ref, side) for prec in precisions for ref in references for side in sides]

@@ -471,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.smoke and not a.child:
-        a.algos, a.precisions, a.steps, a.repeats = "grpo,ppo", "fp32", 2, 1
+        if a.algos == "grpo,rloo,ppo":  # the default: GRPO and PPO cover both code paths
+            a.algos = "grpo,ppo"
+        a.precisions, a.steps, a.repeats = "fp32", 2, 1
         a.prompts_per_step, a.num_samples, a.ppo_prompts_per_step, a.max_new_tokens = 2, 2, 4, 8
         a.hidden_size, a.num_layers = 32, 1
         a.sides = "rlhf,trl" if trl_python(".venv-trl") and trl_python(".venv-trl-ppo") else "rlhf"

@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true",
                     help="one quick check that the bench still runs (fp32, 3 steps of 4 pairs, the rlhf side, TRL "
                          "too where .venv-trl exists); its timings are no figures")
+    ap.add_argument("--model-dir", type=Path, default=None,
+                    help="a causal LM folder (with tokenizer) both sides start from, instead of the tiny Llama "
+                         "(bench/real_shape.py); its scalar head is initialised alike on both sides")
     ap.add_argument("--data", type=Path, default=DATA, help="HH-RLHF file (default: the shared data folder)")
     ap.add_argument("--out", default=None, help="work folder (kept); the JSON goes to stdout and --json")
     ap.add_argument("--json", type=Path, default=None, help="also write the JSON here")
@@ -117,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     write(work / "train.jsonl", train_recs)
     write(work / "eval.jsonl", eval_recs)
     texts = [t for r in train_recs for t in (r.prompt + r.chosen, r.rejected)]
-    model_dir = make_tiny_checkpoint(work / "tiny-llama", "llama", texts, vocab_size=1024 if args.smoke else 4096,
-                                     hidden_size=128, num_layers=2, num_heads=4,
-                                     max_position_embeddings=args.max_length, seed=args.seed)
+    model_dir = args.model_dir or make_tiny_checkpoint(
+        work / "tiny-llama", "llama", texts, vocab_size=1024 if args.smoke else 4096, hidden_size=128, num_layers=2,
+        num_heads=4, max_position_embeddings=args.max_length, seed=args.seed)
     # The pairs TRL keeps (both prompt + response + EOS within max_length, as its filter counts),
     # so that rlhf can also be timed on exactly the same, shorter, pairs.
     from transformers import AutoTokenizer
@@ -170,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             row["speedup_same_pairs"] = ratio(row["ours_same"], row["trl"], "pairs_per_s")
             row["speedup_all_pairs"] = ratio(row["ours"], row["trl"], "pairs_per_s")
         results[prec] = row
-    out = {"bench": "rm_vs_trl", "max_length": args.max_length, "batch_size": args.batch_size,
+    out = {"bench": "rm_vs_trl", "model_dir": str(model_dir), "max_length": args.max_length,
+           "batch_size": args.batch_size,
            "torch_threads": args.threads, "loadavg_end": list(os.getloadavg()), "repeats": args.repeats,
            "log_every": args.log_every, "smoke": args.smoke, "epochs": args.epochs, "max_steps": args.max_steps,
            "bf16_max_steps": args.bf16_max_steps, "results": results, "wall_s": round(time.time() - t0, 1)}
