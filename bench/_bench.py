@@ -234,6 +234,8 @@ def summarize(runs: list[dict[str, Any]], rate_key: str, extra_keys: Sequence[st
     else:
         out["refused"] = (f"no clean repeat (CPU share of threads < {CLEAN_SHARE} in all {len(ok)}): "
                           "timing not reported")
+        for k in extra_keys:  # timing-derived too: no figure from an unclean run
+            out[k] = None
     mem = [r["peak_rss_mib"] for r in ok if r.get("peak_rss_mib") is not None]
     out["peak_rss_mib"] = median(mem)  # memory does not depend on CPU contention: all repeats
     # everything else (losses, shapes, splits) from the first successful repeat

@@ -117,6 +117,11 @@ def _completion_logps_at(model: Callable[..., Any], input_ids: torch.Tensor, pos
     row-major. With a model whose head can be split off (:func:`_head_split`) and more than
     CHUNK_ELEMENTS logits, the head runs in slices (:func:`chunked_head_logps`); else the model's
     logits at ``keep`` (:func:`_logits_at`)."""
+    from rlhf.models.load import ReferenceModel
+
+    if isinstance(model, ReferenceModel):  # its call sets no-grad, eval mode and adapters off: so here
+        with model.context() as module:
+            return _completion_logps_at(module, input_ids, position_ids, keep, targets, temperature, attention_mask)
     split = _head_split(model)
     n = int(keep.sum())
     if split is None or n * split[1].out_features <= CHUNK_ELEMENTS:

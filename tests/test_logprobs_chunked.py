@@ -128,6 +128,23 @@ def test_sequence_logps_chunked_equal_unchunked(llama, fn, monkeypatch):
     llama.zero_grad(set_to_none=True)
 
 
+def test_reference_model_runs_chunked_under_its_context(llama, monkeypatch):
+    """The reference wrapper (no grad, eval, adapters off) is unwrapped under its context, so the
+    reference pass at a real vocabulary does not hold the whole logits either."""
+    from rlhf.models.load import ReferenceModel
+
+    ref = ReferenceModel(llama, adapters_disabled=False)
+    batch = _batch()
+    want, _ = L.bucketed_sequence_logps(ref, batch)
+    monkeypatch.setattr(L, "CHUNK_ELEMENTS", 97 * 3)
+    calls = []
+    orig = L.chunked_head_logps
+    monkeypatch.setattr(L, "chunked_head_logps", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    got, _ = L.bucketed_sequence_logps(ref, batch)
+    assert calls and not got.requires_grad
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)  # measured: equal (as the test above)
+
+
 def test_wrapped_or_unlisted_models_are_not_split(llama):
     from transformers import GPT2Config, GPT2LMHeadModel
 
