@@ -209,7 +209,37 @@ def profile(a, model_dir: Path) -> dict:
                       "ops_total": sum(calls.values()),
                       "top_ops": [{"op": k, "calls": calls[k], "share": round(v / total, 3)} for k, v in top],
                       "note": "shares of self CPU time within one step: comparable under load, unlike seconds"}
+    out["rm_profile"] = _rm_profile(model_dir, batch)
     return out
+
+
+def _rm_profile(model_dir: Path, batch: dict) -> dict:
+    """The reward model's training forward + backward (packed rows, score at the last token) on the
+    same rows: top ops by self CPU time and the op count (per-op overhead is what fewer, larger ops
+    would save)."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf.models.load import packed_last_token_scores
+
+    rm = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32,
+                                                            attn_implementation="sdpa")
+
+    def step() -> None:
+        packed_last_token_scores(rm, batch["input_ids"], batch["attention_mask"]).sum().backward()
+        rm.zero_grad(set_to_none=True)
+
+    step()
+    with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    ka = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in ka)
+    top = sorted(ka, key=lambda e: -e.self_cpu_time_total)[:12]
+    return {"self_cpu_ms_total": round(total / 1e3, 1), "ops_total": sum(e.count for e in ka),
+            "top_ops": [{"op": e.key, "calls": e.count, "share": round(e.self_cpu_time_total / total, 3)}
+                        for e in top]}
 
 
 def main(argv: list[str] | None = None) -> int:
