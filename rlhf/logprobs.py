@@ -177,8 +177,19 @@ def forward_logps(model: Callable[..., Any], batch: dict[str, torch.Tensor], tem
     """
     from rlhf.data.collate import model_inputs
 
+    ids = batch["input_ids"]
+    split = None if return_logits else _head_split(model)
+    if split is not None and ids.numel() * split[1].out_features > CHUNK_ELEMENTS:
+        # The head in slices (chunked_head_logps): the (B, T, V) logits are never whole.
+        trunk, head = split
+        hidden = trunk(**model_inputs(batch)).last_hidden_state  # (B, T, H)
+        out = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+        lp = chunked_head_logps(hidden[:, :-1].reshape(-1, hidden.shape[-1]), head.weight,
+                                ids[:, 1:].reshape(-1), head.bias, temperature)
+        out[:, 1:] = lp.view(ids.shape[0], ids.shape[1] - 1)
+        return out
     logits = model(**model_inputs(batch)).logits  # (B, T, V)
-    logps = shifted_token_logps(logits, batch["input_ids"], temperature)
+    logps = shifted_token_logps(logits, ids, temperature)
     return (logps, logits) if return_logits else logps
 
 
