@@ -107,6 +107,10 @@ def _head_split(model: Callable[..., Any]) -> tuple[Any, torch.nn.Linear] | None
     trunk = getattr(inner, "model", None)
     if type(head) is not torch.nn.Linear or trunk is None:
         return None
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule) or isinstance(inner, FSDPModule) or isinstance(head, FSDPModule):
+        return None  # sharded: the root's forward gathers the head's weights; it is not bypassed
     return trunk, head
 
 
