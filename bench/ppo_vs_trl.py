@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     a.work.mkdir(parents=True, exist_ok=True)
     models = build_models(a)
     prompts = write_prompts(a)
-    out: dict = {"bench": "ppo_vs_trl", "argv": sys.argv[1:] if argv is None else argv,
+    out: dict = {"bench": "ppo_vs_trl", "smoke": a.smoke, "argv": sys.argv[1:] if argv is None else argv,
                  "model": describe(models["policy"]), "reward_model_for_ppo": str(models["reward_model"]),
                  "prompts_files": {k: str(v) for k, v in prompts.items()}, "steps": a.steps, "repeats": a.repeats,
                  "grpo_rloo": {"prompts_per_step": a.prompts_per_step, "num_samples": a.num_samples,
