@@ -59,6 +59,30 @@ def _accuracy(model_dir: str, eval_recs, max_length: int) -> dict:
             "mean_margin": round(float((c - r).mean()), 4)}
 
 
+def padded_over_real(tok, recs, batch_size: int, shuffles: int = 5) -> dict:
+    """Tokens TRL's padded batches hold per real token, on the pairs it keeps: each batch of B
+    pairs is 2B rows padded to its longest (random batches, as its shuffled sampler makes; the
+    mean over a few shuffles). rlhf packs the rows, so for the same per-token arithmetic this is
+    the most its packing can gain: a ratio above it needs faster arithmetic, not less of it."""
+    import random
+
+    lens = [(len(tok(r.prompt + r.chosen + tok.eos_token)["input_ids"]),
+             len(tok(r.prompt + r.rejected + tok.eos_token)["input_ids"])) for r in recs]
+    ratios = []
+    for seed in range(shuffles):
+        order = lens[:]
+        random.Random(seed).shuffle(order)
+        real = pad = 0
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            b = order[i:i + batch_size]
+            real += sum(c + j for c, j in b)
+            pad += 2 * batch_size * max(max(x) for x in b)
+        if real:
+            ratios.append(pad / real)
+    return {"trl_padded_over_real_tokens": round(sum(ratios) / len(ratios), 3) if ratios else None,
+            "shuffles": shuffles, "note": "the speed-up that packing alone gives at equal per-token arithmetic"}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
@@ -131,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     def fits(text: str) -> bool:
         return len(tok(text + tok.eos_token)["input_ids"]) <= args.max_length
 
-    write(work / "train_trl_kept.jsonl",
-          [r for r in train_recs if fits(r.prompt + r.chosen) and fits(r.prompt + r.rejected)])
+    kept = [r for r in train_recs if fits(r.prompt + r.chosen) and fits(r.prompt + r.rejected)]
+    write(work / "train_trl_kept.jsonl", kept)
+    padding = padded_over_real(tok, kept, args.batch_size)
     # Sides: ours on all pairs (truncating), ours on TRL's kept pairs (the like-for-like speed
     # pairing), TRL (drops the long pairs itself).
     # (a smoke run only the like-for-like pair: one rlhf child fewer)
@@ -180,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
            "batch_size": args.batch_size,
            "torch_threads": args.threads, "loadavg_end": list(os.getloadavg()), "repeats": args.repeats,
            "log_every": args.log_every, "smoke": args.smoke, "epochs": args.epochs, "max_steps": args.max_steps,
-           "bf16_max_steps": args.bf16_max_steps, "results": results, "wall_s": round(time.time() - t0, 1)}
+           "bf16_max_steps": args.bf16_max_steps, "packing_bound": padding, "results": results,
+           "wall_s": round(time.time() - t0, 1)}
     print(write_json(out, args.json, argv))
     if tmp is not None:
         tmp.cleanup()
