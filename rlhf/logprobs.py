@@ -51,7 +51,9 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor, temperature: float 
 # the log-prob of one token per position is wanted, the head can run on CHUNK_ELEMENTS-sized
 # slices of the rows: per slice the logits are made, reduced to (picked - logsumexp), dropped.
 # In training each slice is recomputed in the backward (activation checkpointing), so the whole
-# (n, V) never exists; the price is one more head forward (a third of the head's work).
+# (n, V) never exists; the price is one more head forward (a third of the head's work). A frozen
+# head (LoRA) needs no recompute: the gradient with respect to the hidden states is made per
+# slice in the forward (_FrozenHeadLogps), at the cost the whole-logits backward would pay.
 
 CHUNK_ELEMENTS = 1 << 23  # logits per slice (8M: 32 MiB in float32); fewer rows x V than this: one slice
 
@@ -59,6 +61,37 @@ CHUNK_ELEMENTS = 1 << 23  # logits per slice (8M: 32 MiB in float32); fewer rows
 def _head_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
                 temperature: float) -> torch.Tensor:
     return token_logps(torch.nn.functional.linear(hidden, weight, bias), targets, temperature)
+
+
+class _FrozenHeadLogps(torch.autograd.Function):
+    """Head slices for a frozen head (LoRA, or the head excluded from training): only ``hidden``
+    needs a gradient, and d log p(t | h) / dh = (W[t] - Σ_v p_v W_v) / temperature is an (n, H)
+    tensor the forward can make per slice from the slice's probabilities. The backward is then
+    one multiplication: no logits kept, none recomputed."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor, temperature: float, rows: int) -> torch.Tensor:
+        w32 = weight.float()
+        outs, grads = [], []
+        for i in range(0, hidden.shape[0], rows):
+            t = targets[i:i + rows]
+            logits = torch.nn.functional.linear(hidden[i:i + rows], weight, bias).float()
+            if temperature != 1.0:
+                logits = logits / temperature
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+            outs.append(logits.gather(-1, t.unsqueeze(-1)).squeeze(-1) - lse.squeeze(-1))
+            p = torch.exp(logits - lse)  # (r, V)
+            grads.append((w32[t] - p @ w32) / temperature)  # (r, H)
+        ctx.save_for_backward(torch.cat(grads))
+        ctx.hidden_dtype = hidden.dtype
+        return torch.cat(outs)
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outputs: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (dlogp_dh,) = ctx.saved_tensors
+        grad = grad_outputs[0]
+        return (grad.unsqueeze(-1) * dlogp_dh).to(ctx.hidden_dtype), None, None, None, None, None
 
 
 def chunked_head_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -72,8 +105,11 @@ def chunked_head_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torc
     rows = max(1, (chunk_elements or CHUNK_ELEMENTS) // max(1, V))
     if n <= rows:
         return _head_logps(hidden, weight, bias, targets, temperature)
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad
-                                        or (bias is not None and bias.requires_grad))
+    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    if torch.is_grad_enabled() and hidden.requires_grad and frozen:
+        out: torch.Tensor = _FrozenHeadLogps.apply(hidden, weight, bias, targets, temperature, rows)  # type: ignore[no-untyped-call]
+        return out
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or not frozen)
     parts = []
     for i in range(0, n, rows):
         h, t = hidden[i:i + rows], targets[i:i + rows]

@@ -46,6 +46,34 @@ def test_values_and_gradients_equal_the_whole_logits(chunk_elements, temp):
         torch.testing.assert_close(g.double(), x.grad.double(), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("temp", [1.0, 0.7])
+def test_frozen_head_gradient_made_in_the_forward(temp):
+    """A frozen head (LoRA): d log p / dh is made per slice in the forward; the same values and
+    gradient as the whole logits, and no (n, V) tensor survives into the backward."""
+    h, w, b, t, gout = _case(seed=2)
+    w.requires_grad_(False)
+    b.requires_grad_(False)
+    got = chunked_head_logps(h, w, t, b, temp, chunk_elements=50 * 8 + 7)
+    assert got.grad_fn is not None and "Frozen" in type(got.grad_fn).__name__
+    (got * gout).sum().backward()
+    g = h.grad.clone()
+    h.grad = None
+    want = _naive64(h, w, b, t, temp)
+    (want * gout.double()).sum().backward()
+    # measured max difference 5.5e-6 (values) and 8.6e-6 (gradient) against float64, both kernel
+    # sets; tolerances as for the trainable head
+    torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=0)
+    torch.testing.assert_close(g.double(), h.grad.double(), atol=1e-4, rtol=0)
+    n, V = 64, 512
+    h, w, b, t, gout = _case(n=n, V=V, H=8)
+    w.requires_grad_(False)
+    b.requires_grad_(False)
+    out = chunked_head_logps(h, w, t, b, chunk_elements=8 * V)
+    with _LargestOutput() as m:
+        (out * gout).sum().backward()
+    assert m.largest < n * V  # the backward makes nothing vocabulary-sized
+
+
 def test_no_grad_path_and_no_bias():
     h, w, _, t, _ = _case(bias=False, seed=1)
     with torch.no_grad():
@@ -126,6 +154,34 @@ def test_sequence_logps_chunked_equal_unchunked(llama, fn, monkeypatch):
     for p, g in zip(llama.parameters(), want_grad):
         torch.testing.assert_close(p.grad, g, atol=5e-6, rtol=0)
     llama.zero_grad(set_to_none=True)
+
+
+def test_frozen_head_model_equal_unchunked(llama, monkeypatch):
+    """The LoRA situation on a real (tiny) Llama: head and embeddings frozen, the layers trained."""
+    frozen = [llama.get_output_embeddings().weight, llama.get_input_embeddings().weight]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        batch = _batch()
+        want, _ = packed_sequence_logps(llama, batch)
+        want.sum().backward()
+        want_grad = [p.grad.clone() for p in llama.parameters() if p.requires_grad]
+        llama.zero_grad(set_to_none=True)
+        monkeypatch.setattr(L, "CHUNK_ELEMENTS", 97 * 3)
+        calls = []
+        orig = L._FrozenHeadLogps.apply
+        monkeypatch.setattr(L._FrozenHeadLogps, "apply", lambda *a: calls.append(1) or orig(*a))
+        got, _ = packed_sequence_logps(llama, batch)
+        assert calls, "the frozen-head path did not run"
+        got.sum().backward()
+        # measured max difference 0 (sums) and 6.3e-7 (gradients), both kernel sets
+        torch.testing.assert_close(got, want, atol=5e-6, rtol=0)
+        for p, g in zip([p for p in llama.parameters() if p.requires_grad], want_grad):
+            torch.testing.assert_close(p.grad, g, atol=5e-6, rtol=0)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        llama.zero_grad(set_to_none=True)
 
 
 def test_forward_logps_chunked_equal_unchunked(llama, monkeypatch):
