@@ -109,7 +109,8 @@ def test_rlhf_side_smoke(script):
 @pytest.mark.parametrize("script", sorted(s for s, (_, venv) in SMOKED.items() if venv))
 def test_trl_side_smoke(script):
     venv = SMOKED[script][1]
-    if not (REPO / venv / "bin" / "python").exists():
+    needed = [".venv-trl", venv] if venv != ".venv-trl" else [venv]  # PPO's pairings need both
+    if not all((REPO / v / "bin" / "python").exists() for v in needed):
         pytest.skip(f"no {venv}: the TRL side is smoked where it exists (bash bench/make_trl_venv.sh"
                     f"{'; bash bench/make_trl_ppo_venv.sh' if venv == '.venv-trl-ppo' else ''})")
     res = _smoke(script)
