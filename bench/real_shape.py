@@ -111,7 +111,8 @@ def pairings(a, model_dir: Path) -> dict:
     common = ["--threads", str(a.threads)] if a.threads else []
     smoke = ["--smoke"] if a.smoke else []
     out: dict = {}
-    for name, lora in (("dpo_full", 0), ("dpo_lora", 8)):
+    # (a smoke run skips DPO full: bench/dpo_vs_trl.py's own smoke covers that path, LoRA covers --model-dir)
+    for name, lora in (("dpo_full", 0), ("dpo_lora", 8))[1 if a.smoke else 0:]:
         r = _run([py, "bench/dpo_vs_trl.py", "--model-dir", str(model_dir), "--lora-r", str(lora),
                   "--precisions", "fp32", "--references", "cached", "--steps", str(a.steps),
                   "--repeats", str(a.repeats), "--batch-size", "4", "--max-length", str(a.max_length),
