@@ -38,13 +38,15 @@ def main() -> int:
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--reference", choices=["cached", "online"], default="online")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--matmul-n", type=int, default=2048, help="size of the in-process matmul probe (MFU)")
+    ap.add_argument("--lora-r", type=int, default=0, help="LoRA adapters of this rank (as dpo_vs_trl's rlhf side)")
     a = ap.parse_args()
 
     import torch
-    from datasets import load_dataset
 
     # Helpers shared with the rlhf child (no rlhf import: this runs in .venv-trl).
-    from dpo_vs_trl import _status, memory_report, reset_peak_rss, throughput
+    from _bench import _status, matmul_rate, memory_report, reset_peak_rss, throughput
+    from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
@@ -98,7 +100,14 @@ def main() -> int:
         dataloader_drop_last=True, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
         dataset_num_proc=None,
     )
-    trainer = Recorded(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[StepTimes()])
+    peft_config = None
+    if a.lora_r:  # the same adapters as the rlhf side: targets, alpha 2r, no dropout, no bias
+        from dpo_vs_trl import LORA_TARGETS
+        from peft import LoraConfig
+        peft_config = LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.0, bias="none",
+                                 target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
+    trainer = Recorded(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[StepTimes()],
+                       peft_config=peft_config)
 
     # Same tokens as rlhf: TRL's prepared dataset, cut as its collator cuts, against the expected ids.
     expected = [json.loads(x) for x in Path(a.expected_ids).read_text().splitlines()]
@@ -128,7 +137,8 @@ def main() -> int:
            "torch_threads": torch.get_num_threads(), "optim": cfg.optim,
            "bf16": cfg.bf16, "gradient_checkpointing": cfg.gradient_checkpointing,
            "gradient_checkpointing_in_model": bool(getattr(trainer.model, "is_activation_checkpointing", None)),
-           "dtype_of_weights": str(next(trainer.model.parameters()).dtype)}
+           "dtype_of_weights": str(next(trainer.model.parameters()).dtype),
+           "matmul_rate": matmul_rate(a.precision, a.matmul_n)}
     print(json.dumps(res))
     return 0
 

@@ -43,7 +43,10 @@ step and per-step logging included; model load, tokenization, the reference prec
 1 excluded), the time to the end of step 1 (everything before, including the reference
 precompute), peak RSS of the whole process and peak RSS during steps 2..N (VmHWM reset after step
 1), the per-step losses and mean chosen log-probs, the load average before the run, and the model
-FLOPs utilisation against this machine's measured matmul FLOP/s (bench/mfu.py). Then, per model
+FLOPs utilisation against the matmul FLOP/s the run measured in its own process after training
+(``matmul_rate``: size, threads and its CPU share; no MFU where that probe or the run was
+unclean). Repeats are interleaved; per configuration the median of the clean repeats is
+reported and a ratio needs a clean repeat on both sides (bench/_bench.py). Then, per model
 and precision: speed and memory ratios, and whether the loss curves agree within noise (mean
 |loss_rlhf - loss_trl| against the mean step-to-step change of the loss). Prints one JSON object.
 """
@@ -53,7 +56,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -73,46 +75,26 @@ PRESETS = {
 }
 
 
+# LoRA on both sides (--lora-r): these layers, alpha = 2r, no dropout (bench/dpo_trl.py reads it too).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 # --------------------------------------------------------------------------- process helpers
 
-
-def _status(field: str) -> int:
-    """A VmXXX field of /proc/self/status in KiB (0 where unavailable)."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def reset_peak_rss() -> float | None:
-    """Reset this process's peak RSS (VmHWM, which getrusage's ru_maxrss also reads) to its
-    current RSS (Linux: write 5 to /proc/self/clear_refs). Returns the peak before the reset in
-    MiB, or None where the reset is unavailable."""
-    before = _status("VmHWM") / 1024
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return before
-    except OSError:
-        return None
-
-
-def memory_report(peak_before_reset: float | None) -> dict:
-    """Peak RSS of the whole process, and since the reset (steps 2..N) when there was one."""
-    now = _status("VmHWM") / 1024 or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if peak_before_reset is None:
-        return {"peak_rss_mib": round(now, 1), "peak_rss_steps_2_to_n_mib": None}
-    return {"peak_rss_mib": round(max(now, peak_before_reset), 1), "peak_rss_steps_2_to_n_mib": round(now, 1)}
-
-
-def loadavg() -> list[float]:
-    try:
-        return [float(x) for x in open("/proc/loadavg").read().split()[:3]]
-    except OSError:
-        return []
+# Shared with the other benches and the TRL children (bench/_bench.py; re-exported here).
+from _bench import (  # noqa: E402
+    _status,
+    interleaved,
+    loadavg,
+    matmul_rate,
+    memory_report,
+    mfu,
+    ratio,
+    reset_peak_rss,
+    smoke_sides,
+    summarize,
+    throughput,
+    write_json,
+)
 
 
 def phase_timer(phase: dict[str, float]):
@@ -127,27 +109,6 @@ def phase_timer(phase: dict[str, float]):
                 phase[name] = phase.get(name, 0.0) + time.perf_counter() - t0
         return wrapper
     return timed
-
-
-def throughput(stamps: list[float], batch_size: int, cpu_stamps: list[float] | None = None,
-               threads: int = 1) -> dict:
-    """pairs/s from the end of step 1 to the end of the last step. With ``cpu_stamps`` (process
-    CPU time at the same moments) also CPU seconds per step and the share of ``threads`` cores the
-    process actually got: well below 1 means other jobs took the CPU and the timing is not clean."""
-    n = len(stamps)
-    if n < 2:
-        return {"pairs_per_s": None, "step_s_mean": None, "timed_steps": 0}
-    dt = stamps[-1] - stamps[0]
-    steps = [b - a for a, b in zip(stamps, stamps[1:])]
-    out = {"pairs_per_s": round((n - 1) * batch_size / dt, 3), "step_s_mean": round(dt / (n - 1), 4),
-           "step_s_min": round(min(steps), 4), "step_s_max": round(max(steps), 4), "timed_steps": n - 1}
-    if cpu_stamps and len(cpu_stamps) == n:
-        cpu = cpu_stamps[-1] - cpu_stamps[0]
-        out["cpu_s_per_step"] = round(cpu / (n - 1), 4)
-        out["cpu_share_of_threads"] = round(cpu / dt / max(1, threads), 3)
-        # Below 0.9 the process waited for cores held by other jobs: the timing is disturbed.
-        out["timing_clean"] = out["cpu_share_of_threads"] >= 0.9
-    return out
 
 
 # --------------------------------------------------------------------------- the rlhf side (child)
@@ -203,7 +164,10 @@ def run_ours(a) -> dict:
         "train.weight_decay=0.0", "train.max_grad_norm=1.0", f"train.seed={a.seed}",
         "train.mixed_precision=" + ("bf16" if a.precision == "bf16" else "'no'"),  # YAML reads no as false
         f"train.eval_batch_size={a.ref_batch_size}", "train.log_every=1", "train.progress=false",
-        "train.save_model_in_checkpoints=false", "train.save_total_limit=1", "train.resume_from=none"])
+        "train.save_model_in_checkpoints=false", "train.save_total_limit=1", "train.resume_from=none",
+        *(["model.lora.enabled=true", f"model.lora.r={a.lora_r}", f"model.lora.alpha={2 * a.lora_r}",
+           "model.lora.dropout=0.0", "model.lora.target_modules=[" + ",".join(LORA_TARGETS) + "]"]
+          if a.lora_r else [])])
     t_train = time.perf_counter()
     train(cfg)
     t_end = time.perf_counter()
@@ -217,7 +181,9 @@ def run_ours(a) -> dict:
            "to_end_of_step1_s": round(stamps[0] - t_train, 2) if stamps else None,
            "train_call_s": round(t_end - t_train, 2),
            "import_rss_mib": round(import_rss, 1), **memory_report(hwm["before"]),
-           "torch_threads": torch.get_num_threads(), **seen}
+           "torch_threads": torch.get_num_threads(), **seen,
+           # MFU's denominator, measured here: same process, same threads, after the run
+           "matmul_rate": matmul_rate(a.precision, a.matmul_n)}
     return res
 
 
@@ -335,9 +301,11 @@ def curve_agreement(a: list[float], b: list[float], first: int | None = None) ->
             "first_loss": [a[0], b[0]], "last_loss": [a[n - 1], b[n - 1]]}
 
 
-def mfu_figures(run: dict, step_tokens: list[int], step_lengths: list[list[int]], shape: dict, peak: dict,
-                precision: str, online: bool) -> dict:
-    """Model FLOP/s over steps 2..N (bench/mfu.py's convention) and its fraction of the peak."""
+def mfu_figures(run: dict, step_tokens: list[int], step_lengths: list[list[int]], shape: dict,
+                online: bool) -> dict:
+    """Model FLOP/s over steps 2..N (bench/mfu.py's convention) and its fraction of the matmul
+    rate the run measured in its own process (``matmul_rate``: size, threads and CPU share
+    stated); refused where that probe was unclean or missing."""
     from mfu import attention_flops, step_model_flops
 
     stamps = run.get("stamps") or []
@@ -347,10 +315,13 @@ def mfu_figures(run: dict, step_tokens: list[int], step_lengths: list[list[int]]
     steps = range(1, len(stamps))  # 0-based steps 2..N (step 1 is outside the window)
     f6n = sum(step_model_flops(shape["params_matmul"], step_tokens[s], online) for s in steps)
     fat = sum(attention_flops(step_lengths[s], shape["num_layers"], shape["attn_dim"], online) for s in steps)
-    p = peak[precision]["flops_per_s"]
-    return {"model_tflops_per_s": round(f6n / dt / 1e12, 4), "mfu": round(f6n / dt / p, 4),
-            "mfu_with_attention": round((f6n + fat) / dt / p, 4),
-            "peak_tflops_used": round(p / 1e12, 4), "flops_convention": "6N (+2N online ref) x real tokens"}
+    out = {"model_tflops_per_s": round(f6n / dt / 1e12, 4), "flops_convention": "6N (+2N online ref) x real tokens",
+           **mfu(f6n / dt, run.get("matmul_rate"))}
+    if not run.get("timing_clean"):
+        out.update(mfu=None, mfu_refused="the run itself was unclean (CPU share of threads below 0.9)")
+    if out.get("mfu") is not None:
+        out["mfu_with_attention"] = round((f6n + fat) / dt / run["matmul_rate"]["flops_per_s"], 4)
+    return out
 
 
 def prepare(a, preset: str, records, texts: Path) -> dict:
@@ -361,7 +332,7 @@ def prepare(a, preset: str, records, texts: Path) -> dict:
     from rlhf.train.trainer import epoch_order
 
     M = a.steps * a.batch_size
-    model_dir = build_model(a.work, preset, texts, a.max_length)
+    model_dir = a.model_dir if a.model_dir else build_model(a.work, preset, texts, a.max_length)
     tok = AutoTokenizer.from_pretrained(model_dir)
     shape = describe_model(str(model_dir))
     kept, why = select_pairs(records, tok, a.max_length, M)
@@ -385,7 +356,8 @@ def prepare(a, preset: str, records, texts: Path) -> dict:
                     + [len(x["rejected_ids"]) for x in seq[s * B:(s + 1) * B]] for s in range(a.steps)]
     step_tokens = [sum(ls) for ls in step_lengths]
     padded = [len(ls) * max(ls) for ls in step_lengths]
-    info = {"model_dir": str(model_dir), "preset": preset, **PRESETS[preset], **shape,
+    info = {"model_dir": str(model_dir), "preset": preset, **PRESETS.get(preset, {}), **shape,
+            "lora_r": a.lora_r,
             "pairs_used": M, "hh_rows_used": {"first": kept[0]["origin_row"], "last": kept[-1]["origin_row"]},
             "left_out_before_enough": why,
             "tokens_per_step_mean": round(sum(step_tokens) / len(step_tokens), 1),
@@ -399,7 +371,7 @@ def prepare(a, preset: str, records, texts: Path) -> dict:
             "step_tokens": step_tokens, "info": info}
 
 
-def run_one(a, prep: dict, prec: str, ref: str, side: str, peak: dict, rep: int) -> dict:
+def run_one(a, prep: dict, prec: str, ref: str, side: str, rep: int) -> dict:
     """One training run of ``side`` (rlhf, trl, or variant = ``--variant`` script) in a child process."""
     preset = prep["info"]["preset"]
     tag = f"{preset}-{prec}-{ref}-{side}-r{rep}"
@@ -412,7 +384,7 @@ def run_one(a, prep: dict, prec: str, ref: str, side: str, peak: dict, rep: int)
               "--max-length", str(a.max_length), "--beta", str(a.beta), "--lr", str(a.lr),
               "--warmup-steps", str(a.warmup_steps), "--seed", str(a.seed),
               "--ref-batch-size", str(a.ref_batch_size), "--threads", str(a.threads),
-              "--precision", prec, "--reference", ref,
+              "--precision", prec, "--reference", ref, "--matmul-n", str(a.matmul_n), "--lora-r", str(a.lora_r),
               *(["--gradient-checkpointing"] if a.gradient_checkpointing else [])]
     if side == "trl":
         cmd = [str(REPO / ".venv-trl" / "bin" / "python"), str(HERE / "dpo_trl.py"),
@@ -426,9 +398,8 @@ def run_one(a, prep: dict, prec: str, ref: str, side: str, peak: dict, rep: int)
     t_run = time.time()
     res = _child(cmd, {"HF_DATASETS_CACHE": str(run_dir / "hf-datasets-cache")})
     res.update(wall_s=round(time.time() - t_run, 1), loadavg_before=la, command=" ".join(cmd))
-    if "error" not in res:
-        res.update(mfu_figures(res, prep["step_tokens"], prep["step_lengths"], prep["shape"], peak, prec,
-                               ref == "online"))
+    if "error" not in res and not a.lora_r:  # (with LoRA, 6N counts weight gradients that are not made)
+        res.update(mfu_figures(res, prep["step_tokens"], prep["step_lengths"], prep["shape"], ref == "online"))
     res.pop("stamps", None)
     if not a.keep_runs and "error" not in res:
         import shutil
@@ -440,18 +411,9 @@ def run_one(a, prep: dict, prec: str, ref: str, side: str, peak: dict, rep: int)
 
 
 def merge_repeats(runs: list[dict]) -> dict:
-    """One entry per configuration: the fastest repeat's figures (the least disturbed by other jobs
-    on a shared machine), with every repeat's pairs/s and peak RSS kept beside them."""
-    ok = [r for r in runs if "error" not in r]
-    if not ok:
-        return runs[0]
-    best = dict(max(ok, key=lambda r: r.get("pairs_per_s") or 0))
-    if len(runs) > 1:
-        best["repeats"] = {"pairs_per_s": [r.get("pairs_per_s") for r in runs],
-                           "cpu_share_of_threads": [r.get("cpu_share_of_threads") for r in runs],
-                           "peak_rss_mib": [r.get("peak_rss_mib") for r in runs],
-                           "loadavg_before": [r.get("loadavg_before") for r in runs]}
-    return best
+    """One entry per configuration: medians over the CLEAN repeats (bench/_bench.summarize), every
+    repeat's pairs/s, CPU share and peak RSS kept beside them; no figure from unclean runs."""
+    return summarize(runs, "pairs_per_s", extra_keys=("mfu", "to_end_of_step1_s"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -466,8 +428,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="a script run like the rlhf child (same flags), e.g. rlhf with a patched function; "
                         "adds side 'variant' to the comparisons")
     p.add_argument("--steps", type=int, default=20, help="optimizer steps per run (pairs = steps x batch)")
-    p.add_argument("--repeats", type=int, default=1,
-                   help="run every configuration this many times, round robin; the fastest repeat is reported")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="run every configuration this many times, interleaved; the median of the clean "
+                        "repeats is reported (a ratio needs a clean repeat on both sides)")
+    p.add_argument("--smoke", action="store_true",
+                   help="one quick check that the bench still runs (tiny model, fp32 cached, 2 steps, the rlhf "
+                        "side, TRL too where .venv-trl exists); its timings are no figures")
+    p.add_argument("--matmul-n", type=int, default=2048, help="size of the in-process matmul probe (MFU's denominator)")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="a model folder (with its tokenizer) to use instead of the presets (bench/real_shape.py)")
+    p.add_argument("--lora-r", type=int, default=0,
+                   help="train LoRA adapters of this rank on both sides (targets: attention and MLP projections, "
+                        "alpha 2r); 0 = all weights")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--beta", type=float, default=0.1)
@@ -490,6 +462,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", help=argparse.SUPPRESS)
     p.add_argument("--reference", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.smoke and not a.child:
+        a.models, a.precisions, a.references, a.steps, a.repeats = "tiny", "fp32", "cached", 2, 1
+        a.batch_size, a.max_length, a.ref_batch_size, a.matmul_n, a.no_curves = 2, 128, 4, 128, True
+        a.sides = smoke_sides()
+        if a.work == Path("/tmp/dpo_vs_trl"):
+            import tempfile
+            a.work = Path(tempfile.mkdtemp(prefix="dpo_vs_trl-smoke-"))
     if a.warmup_steps is None:
         a.warmup_steps = max(1, round(0.1 * a.steps))
     if a.child:
@@ -504,7 +483,6 @@ def main(argv: list[str] | None = None) -> int:
     if not a.data.exists():
         raise SystemExit(f"{a.data} not found (the shared data folder sits beside the repo)")
     import torch
-    from mfu import machine_peak
 
     from rlhf.data.config import DataConfig
     from rlhf.data.load import load_train_eval
@@ -520,7 +498,6 @@ def main(argv: list[str] | None = None) -> int:
             for r in records:
                 f.write(json.dumps({"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected}) + "\n")
     precisions, references = a.precisions.split(","), a.references.split(",")
-    peak = machine_peak(precisions, sizes=(2048, 4096), repeats=5)
     out: dict = {"bench": "dpo_vs_trl", "argv": sys.argv[1:] if argv is None else argv, "data": a.data.name,
                  "rows_read": len(records) + sum(report.counts.values()), "records": len(records),
                  "steps": a.steps, "repeats": a.repeats, "batch_size": a.batch_size, "max_length": a.max_length,
@@ -528,15 +505,14 @@ def main(argv: list[str] | None = None) -> int:
                  "gradient_checkpointing": a.gradient_checkpointing, "ref_batch_size": a.ref_batch_size,
                  "seed": a.seed, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                  "variant": str(a.variant) if a.variant else None,
-                 "loadavg_start": loadavg(), "matmul_peak": peak, "models": {}}
-    for preset in a.models.split(","):
+                 "loadavg_start": loadavg(), "smoke": a.smoke, "models": {}}
+    for preset in ([a.model_dir.name] if a.model_dir else a.models.split(",")):
         prep = prepare(a, preset, records, texts)
         print(json.dumps({"model": preset, **prep["info"]}), file=sys.stderr)
         configs = [(prec, ref, side) for prec in precisions for ref in references for side in sides]
         raw: dict[str, list[dict]] = {f"{c[0]}/{c[1]}/{c[2]}": [] for c in configs}
-        for rep in range(a.repeats):
-            for prec, ref, side in configs:
-                raw[f"{prec}/{ref}/{side}"].append(run_one(a, prep, prec, ref, side, peak, rep))
+        for rep, (prec, ref, side) in interleaved(configs, a.repeats):
+            raw[f"{prec}/{ref}/{side}"].append(run_one(a, prep, prec, ref, side, rep))
         runs = {k: merge_repeats(v) for k, v in raw.items()}
         mrow = {**prep["info"], "runs": runs, "comparisons": compare(runs, precisions, references, sides)}
         if a.no_curves:
@@ -545,14 +521,13 @@ def main(argv: list[str] | None = None) -> int:
                 r.pop("chosen_logps", None)
         out["models"][preset] = mrow
     out["loadavg_end"] = loadavg()
-    # Measured again at the end (MFU above used the start's): how much the machine's state moved.
-    out["matmul_peak_end"] = machine_peak(precisions, sizes=(2048, 4096), repeats=5)
     out["wall_s"] = round(time.time() - t0, 1)
-    text = json.dumps(out, indent=1)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text + "\n")
-    print(text)
+    print(write_json(out, a.out, argv))
+    if a.smoke:
+        bad = [k for m in out["models"].values() for k, r in m["runs"].items() if r.get("error")]
+        if bad:
+            print(f"smoke: failed runs: {bad}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -562,14 +537,12 @@ def compare(runs: dict, precisions: list[str], references: list[str], sides: lis
 
     def pair(ours_key, trl_key):
         o, t = runs.get(ours_key), runs.get(trl_key)
-        if not o or not t or "error" in o or "error" in t:
+        if not o or not t:
             return None
-        row = {"rlhf": ours_key, "trl": trl_key,
-               "speedup_pairs_per_s": round(o["pairs_per_s"] / t["pairs_per_s"], 2)
-               if o.get("pairs_per_s") and t.get("pairs_per_s") else None,
-               "peak_rss_ratio": round(o["peak_rss_mib"] / t["peak_rss_mib"], 2),
-               "peak_rss_steps_ratio": round(o["peak_rss_steps_2_to_n_mib"] / t["peak_rss_steps_2_to_n_mib"], 2)
-               if o.get("peak_rss_steps_2_to_n_mib") and t.get("peak_rss_steps_2_to_n_mib") else None}
+        r = ratio(o, t, "pairs_per_s")
+        row = {"rlhf": ours_key, "trl": trl_key, "speedup_pairs_per_s": r["ratio"],
+               **({"refused": r["refused"]} if "refused" in r else {}),
+               "clean_repeats": r.get("clean_repeats"), "peak_rss_ratio": r.get("peak_rss_ratio")}
         if o.get("losses") and t.get("losses"):
             row["loss_curves"] = curve_agreement(o["losses"], t["losses"])
             row["chosen_logps_step1"] = [o["chosen_logps"][0], t["chosen_logps"][0]]

@@ -9,5 +9,7 @@ if [ ! -x .venv-trl/bin/python ]; then
 fi
 # Same torch and transformers as the main environment, so only the trainer differs.
 TRANSFORMERS=$(.venv/bin/python -c "import transformers; print(transformers.__version__)")
-.venv-trl/bin/pip install --quiet "torch==2.13.0" "trl==1.16.0" "transformers==${TRANSFORMERS}" psutil
+# peft too (the LoRA pairing, bench/dpo_vs_trl.py --lora-r), at the main environment's version.
+PEFT=$(.venv/bin/python -c "import peft; print(peft.__version__)")
+.venv-trl/bin/pip install --quiet "torch==2.13.0" "trl==1.16.0" "transformers==${TRANSFORMERS}" "peft==${PEFT}" psutil
 .venv-trl/bin/python -c "import torch, trl, transformers; print('torch', torch.__version__, 'trl', trl.__version__, 'transformers', transformers.__version__)"

@@ -118,11 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--model", default=None, help="a model folder: also print its parameter counts")
+    p.add_argument("--smoke", action="store_true", help="does it still run? (fp32, n = 64, one repeat; no figures)")
     a = p.parse_args(argv)
+    if a.smoke:
+        a.dtypes, a.sizes, a.repeats = "fp32", "64", 1
     import torch
     if a.threads:
         torch.set_num_threads(a.threads)
-    out = {"bench": "mfu_peak", "torch": torch.__version__,
+    out = {"bench": "mfu_peak", "smoke": a.smoke, "torch": torch.__version__,
            "peak": machine_peak(a.dtypes.split(","), [int(s) for s in a.sizes.split(",")], a.repeats)}
     if a.model:
         out["model"] = describe_model(a.model)

@@ -39,7 +39,9 @@ def main() -> int:
     ap.add_argument("--ppo-prompts-per-step", type=int, default=32)
     ap.add_argument("--num-samples", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=40)
-    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--max-length", type=int, default=128,
+                    help="prompt + completion limit: rlhf truncates prompts to it, TRL here does not, so a prompt "
+                         "that would need cutting is refused (the two sides would see different tokens)")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--beta", type=float, default=0.05)
     ap.add_argument("--epochs", type=int, default=1)
@@ -69,7 +71,8 @@ def main() -> int:
     gc.collect = collect
 
     import torch
-    from dpo_vs_trl import _status, memory_report, phase_timer, reset_peak_rss
+    from _bench import _status, memory_report, reset_peak_rss
+    from dpo_vs_trl import phase_timer
     from ppo_vs_trl import episode_rate
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -80,6 +83,13 @@ def main() -> int:
     tok = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="sdpa")
     prompts = [json.loads(x)["prompt"] for x in Path(a.prompts_file).read_text().splitlines()]
+    # --max-length: rlhf cuts a prompt so that prompt + max_new_tokens fits; nothing here would, so
+    # the run stops unless every prompt already fits (then both sides see the same tokens).
+    too_long = [p for p in prompts
+                if len(tok(p, add_special_tokens=False)["input_ids"]) + a.max_new_tokens > a.max_length]
+    if too_long:
+        raise SystemExit(f"{len(too_long)} prompts + {a.max_new_tokens} new tokens exceed --max-length "
+                         f"{a.max_length} (rlhf would truncate them, this TRL side cannot): raise --max-length")
     eos = tok.eos_token_id
     lengths: list[float] = []  # per rollout step: mean completion length (EOS included)
     eos_frac: list[float] = []

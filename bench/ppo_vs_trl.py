@@ -65,7 +65,19 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from dpo_vs_trl import _status, loadavg, memory_report, phase_timer, reset_peak_rss, throughput  # noqa: E402
+from _bench import (  # noqa: E402
+    _status,
+    interleaved,
+    loadavg,
+    memory_report,
+    ratio,
+    reset_peak_rss,
+    summarize,
+    throughput,
+    trl_python,
+    write_json,
+)
+from dpo_vs_trl import phase_timer  # noqa: E402
 
 VENVS = {"grpo": ".venv-trl", "rloo": ".venv-trl", "ppo": ".venv-trl-ppo"}
 MAKE_VENV = {".venv-trl": "bench/make_trl_venv.sh", ".venv-trl-ppo": "bench/make_trl_ppo_venv.sh"}
@@ -89,16 +101,24 @@ def episode_rate(stamps: list[float], episodes_per_step: int, cpu_stamps: list[f
 
 
 def run_ours(a) -> dict:
-    """One `rlhf ppo` run in this process, timed from outside (no library change): the recipe's
-    module-level names for sampling, the log-prob passes and the update are wrapped with timers."""
+    """One `rlhf ppo` run in this process, timed from outside (no library change). The stage is
+    found through the CLI's stage table and sampling through the engine seam (rlhf.engines), both
+    stable across refactors; the log-prob passes and the update are timed where the recipe's
+    module still has those names (``phases_untimed`` lists the ones it no longer has)."""
     t_start = time.perf_counter()
+    import importlib
+
     import torch
 
+    import rlhf.engines as E
     import rlhf.ppo_update as U
-    import rlhf.recipes.ppo as P
-    import rlhf.rollout.engines as E
     import rlhf.train.trainer as T
+    from rlhf.cli import STAGES
     from rlhf.config import load_config
+
+    stage = STAGES["ppo"]
+    config_cls, train = stage.load(stage.config), stage.load(stage.run)
+    P = importlib.import_module(train.__module__)
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -111,17 +131,35 @@ def run_ours(a) -> dict:
 
     timed = phase_timer(phase)
 
-    E.sample_builtin = timed("generate", E.sample_builtin)  # the built-in engine's sampler
-    U.rollout_values = timed("values", U.rollout_values)
-    orig_logps = U.rollout_logps
+    E.BuiltinEngine.sample = timed("generate", E.BuiltinEngine.sample)  # the engine seam
+    untimed = []
 
-    def rollout_logps(model, *args, **kw):  # the old-policy pass asks for the entropy, the reference's not
-        # (with ppo.old_logps=auto in fp32 the old-policy log-probs come from the sampler: no pass)
-        name = "old_logps" if kw.get("with_entropy") else "ref_logps"
-        return timed(name, orig_logps)(model, *args, **kw)
+    def home(*names):  # the first module that still has the name (the recipe, or its update module)
+        return next(((m, n) for n in names for m in (P, U) if hasattr(m, n)), (None, None))
 
-    U.rollout_logps = rollout_logps
-    P.update = timed("update", P.update)
+    mod, name = home("rollout_values")
+    if mod is not None:
+        setattr(mod, name, timed("values", getattr(mod, name)))
+    else:
+        untimed.append("values")
+    mod_l, _ = home("rollout_logps")
+    if mod_l is not None:
+        orig_logps = mod_l.rollout_logps
+
+        def rollout_logps(model, *args, **kw):  # the old-policy pass asks for the entropy, the reference's not
+            # (with ppo.old_logps=auto in fp32 the old-policy log-probs come from the sampler: no pass)
+            name = "old_logps" if kw.get("with_entropy") else "ref_logps"
+            return timed(name, orig_logps)(model, *args, **kw)
+
+        mod_l.rollout_logps = rollout_logps
+    else:
+        untimed += ["old_logps", "ref_logps"]
+    if hasattr(P, "update"):
+        P.update = timed("update", P.update)
+    elif hasattr(P, "_update"):
+        P._update = timed("update", P._update)
+    else:
+        untimed.append("update")
     orig_ckpt = T.Trainer.maybe_checkpoint
 
     def maybe_checkpoint(self, *args, **kw):  # called once at the end of every rollout step
@@ -136,7 +174,9 @@ def run_ours(a) -> dict:
     T.Trainer.maybe_checkpoint = maybe_checkpoint
     if a.fixed_length:
         # No episode ends before max_new_tokens: EOS is not a stop id (TRL: min_new_tokens).
-        import rlhf.rollout.sampler as S
+        S = importlib.import_module("rlhf.rollout.sampler")
+        if not hasattr(S, "eos_ids"):
+            raise SystemExit("--fixed-length: rlhf's sampler no longer has eos_ids to patch; bench needs updating")
         S.eos_ids = lambda tokenizer, model=None: [-1]
     prof = {}
     if a.profile_step:
@@ -206,16 +246,16 @@ def run_ours(a) -> dict:
     ]
     if algo == "ppo":
         overrides.append("value_model=reward")
-    cfg = load_config(P.PPOConfig, None, overrides)
+    cfg = load_config(config_cls, None, overrides)
     t_train = time.perf_counter()
-    P.train(cfg)
+    train(cfg)
     t_end = time.perf_counter()
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     metrics = [m for m in rows if "score" in m]
     n = len(metrics)
     episodes_per_step = prompts_per_step * K
     # Time split over steps 2..N (the timed window), seconds per step.
-    keys = ["generate", "old_logps", "ref_logps", "values", "update"]
+    keys = [k for k in ("generate", "old_logps", "ref_logps", "values", "update") if k not in untimed]
     timed_steps = split[1:] if len(split) > 1 else split
     per_step = {k: round(sum(s.get(k, 0.0) for s in timed_steps) / max(1, len(timed_steps)), 4) for k in keys}
     step_s = [b - a_ for a_, b in zip(stamps, stamps[1:])]
@@ -235,7 +275,7 @@ def run_ours(a) -> dict:
            "to_end_of_step1_s": round(stamps[0] - t_train, 2) if stamps else None,
            "train_call_s": round(t_end - t_train, 2),
            "import_rss_mib": round(import_rss, 1), **memory_report(hwm["before"]),
-           "torch_threads": torch.get_num_threads(), **seen}
+           "torch_threads": torch.get_num_threads(), **seen, "phases_untimed": untimed}
     if prof:
         res["profile"] = {"step": a.profile_step, **prof}
     return res
@@ -361,20 +401,9 @@ def run_one(a, models: dict, prompts: dict[str, Path], algo: str, prec: str, sid
 
 
 def merge_repeats(runs: list[dict]) -> dict:
-    """The fastest repeat's figures (the least disturbed on a shared machine), every repeat's
-    episodes/s, CPU share and peak RSS kept beside them."""
-    ok = [r for r in runs if "error" not in r]
-    if not ok:
-        return runs[0]
-    best = dict(max(ok, key=lambda r: r.get("episodes_per_s") or 0))
-    if len(runs) > 1:
-        best["repeats"] = {k: [r.get(k) for r in runs] for k in
-                           ("episodes_per_s", "episodes_per_cpu_s", "cpu_share_of_threads", "peak_rss_mib",
-                            "loadavg_before")}
-        cpu = [r["episodes_per_cpu_s"] for r in ok if r.get("episodes_per_cpu_s")]
-        if cpu:
-            best["episodes_per_cpu_s"] = max(cpu)  # the least disturbed repeat by this measure too
-    return best
+    """Medians over the CLEAN repeats (bench/_bench.summarize), every repeat's episodes/s, CPU
+    share and peak RSS kept beside them; no figure from an unclean run."""
+    return summarize(runs, "episodes_per_s", extra_keys=("episodes_per_cpu_s",))
 
 
 def compare(runs: dict, algos: list[str], precisions: list[str], sides: list[str]) -> dict:
@@ -383,23 +412,18 @@ def compare(runs: dict, algos: list[str], precisions: list[str], sides: list[str
         for algo in algos:
             for prec in precisions:
                 o, t = runs.get(f"{algo}/{prec}/{ours}"), runs.get(f"{algo}/{prec}/{theirs}")
-                if not o or not t or "error" in o or "error" in t:
+                if not o or not t:
                     continue
                 key = f"{algo}/{prec}" + ("" if ours == "rlhf" else f" [{ours}]") + \
                     ("" if theirs == "trl" else f" vs {theirs}")
+                r = ratio(o, t, "episodes_per_s")
+                rc = ratio(o, t, "episodes_per_cpu_s")
                 out[key] = {
-                    "speedup_episodes_per_s": round(o["episodes_per_s"] / t["episodes_per_s"], 2)
-                    if o.get("episodes_per_s") and t.get("episodes_per_s") else None,
-                    "speedup_episodes_per_cpu_s": round(o["episodes_per_cpu_s"] / t["episodes_per_cpu_s"], 2)
-                    if o.get("episodes_per_cpu_s") and t.get("episodes_per_cpu_s") else None,
-                    "timing_clean": [o.get("timing_clean"), t.get("timing_clean")],
-                    "peak_rss_ratio": round(o["peak_rss_mib"] / t["peak_rss_mib"], 2),
-                    "peak_rss_steps_ratio": round(o["peak_rss_steps_2_to_n_mib"] / t["peak_rss_steps_2_to_n_mib"], 2)
-                    if o.get("peak_rss_steps_2_to_n_mib") and t.get("peak_rss_steps_2_to_n_mib") else None,
+                    "speedup_episodes_per_s": r["ratio"], **({"refused": r["refused"]} if "refused" in r else {}),
+                    "speedup_episodes_per_cpu_s": rc["ratio"],
+                    "clean_repeats": r.get("clean_repeats"), "peak_rss_ratio": r.get("peak_rss_ratio"),
                     "response_length_mean": [o.get("response_length_mean"), t.get("response_length_mean")],
-                    "target_met": bool(o.get("episodes_per_s") and t.get("episodes_per_s")
-                                       and o["episodes_per_s"] >= 2 * t["episodes_per_s"]
-                                       and o["peak_rss_mib"] <= t["peak_rss_mib"]),
+                    "target_met": bool(r["ratio"] and r["ratio"] >= 2 and (r.get("peak_rss_ratio") or 9) <= 1),
                 }
     return out
 
@@ -414,7 +438,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", type=Path, default=None,
                    help="a script run like the rlhf child (same flags), e.g. rlhf with a patched function")
     p.add_argument("--steps", type=int, default=10, help="rollout steps per run (the first is not timed)")
-    p.add_argument("--repeats", type=int, default=1, help="round robin repeats; the fastest is reported")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="interleaved repeats; the median of the clean ones is reported")
+    p.add_argument("--smoke", action="store_true",
+                   help="one quick check that the bench still runs (GRPO and PPO, 2 steps of 4 episodes, 8 new "
+                        "tokens, the rlhf side, TRL too where its venvs exist); its timings are no figures")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads in every run (0 = torch's default)")
     p.add_argument("--prompts-per-step", type=int, default=8, help="GRPO / RLOO: prompts per rollout step")
     p.add_argument("--num-samples", type=int, default=4, help="GRPO / RLOO: completions per prompt")
@@ -451,6 +479,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
     p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.smoke and not a.child:
+        if a.algos == "grpo,rloo,ppo":  # the default: GRPO and PPO cover both code paths
+            a.algos = "grpo,ppo"
+        a.precisions, a.steps, a.repeats = "fp32", 2, 1
+        a.prompts_per_step, a.num_samples, a.ppo_prompts_per_step, a.max_new_tokens = 2, 2, 4, 8
+        a.hidden_size, a.num_layers = 32, 1
+        a.sides = "rlhf,trl" if trl_python(".venv-trl") and trl_python(".venv-trl-ppo") else "rlhf"
+        if a.work == Path("/tmp/ppo_vs_trl"):
+            import tempfile
+            a.work = Path(tempfile.mkdtemp(prefix="ppo_vs_trl-smoke-"))
     if a.child:
         print(json.dumps(run_ours(a)))
         return 0
@@ -470,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     a.work.mkdir(parents=True, exist_ok=True)
     models = build_models(a)
     prompts = write_prompts(a)
-    out: dict = {"bench": "ppo_vs_trl", "argv": sys.argv[1:] if argv is None else argv,
+    out: dict = {"bench": "ppo_vs_trl", "smoke": a.smoke, "argv": sys.argv[1:] if argv is None else argv,
                  "model": describe(models["policy"]), "reward_model_for_ppo": str(models["reward_model"]),
                  "prompts_files": {k: str(v) for k, v in prompts.items()}, "steps": a.steps, "repeats": a.repeats,
                  "grpo_rloo": {"prompts_per_step": a.prompts_per_step, "num_samples": a.num_samples,
@@ -484,9 +522,8 @@ def main(argv: list[str] | None = None) -> int:
                  "variant": str(a.variant) if a.variant else None, "loadavg_start": loadavg()}
     configs = [(algo, prec, side) for algo in algos for prec in precisions for side in sides]
     raw: dict[str, list[dict]] = {f"{c[0]}/{c[1]}/{c[2]}": [] for c in configs}
-    for rep in range(a.repeats):
-        for algo, prec, side in configs:
-            raw[f"{algo}/{prec}/{side}"].append(run_one(a, models, prompts, algo, prec, side, rep))
+    for rep, (algo, prec, side) in interleaved(configs, a.repeats):
+        raw[f"{algo}/{prec}/{side}"].append(run_one(a, models, prompts, algo, prec, side, rep))
     runs = {k: merge_repeats(v) for k, v in raw.items()}
     if a.profile_step and "rlhf" in sides:
         for algo in algos:
@@ -498,11 +535,13 @@ def main(argv: list[str] | None = None) -> int:
     out["comparisons"] = compare(runs, algos, precisions, sides)
     out["loadavg_end"] = loadavg()
     out["wall_s"] = round(time.time() - t0, 1)
-    text = json.dumps(out, indent=1)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text + "\n")
-    print(text)
+    print(write_json(out, a.out, argv))
+    if a.smoke:
+        bad = [k for k, r in runs.items() if r.get("error")]
+        if bad:
+            print(f"smoke: failed runs: {bad}: " + "; ".join(str(runs[k]["error"])[-400:] for k in bad),
+                  file=sys.stderr)
+            return 1
     return 0
 
 

@@ -27,6 +27,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
+sys.path.insert(0, str(REPO / "bench"))
+
+from _bench import memory_report, reset_peak_rss, throughput  # noqa: E402
 
 from rlhf.stats import wilson_interval as wilson  # noqa: E402
 
@@ -64,16 +67,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-steps", type=int, default=None, help="stop after N steps (speed runs)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=None, help="keep the run here (default: a temporary folder)")
+    ap.add_argument("--log-every", type=int, default=10,
+                    help="metrics every N steps (bench/rm_trl.py logs as often: equal logging on both sides)")
+    ap.add_argument("--max-pairs", type=int, default=None, help="use only the first N training pairs (smoke runs)")
     args = ap.parse_args(argv)
 
     import torch
 
+    import rlhf.train.trainer as T
     from rlhf.config import load_config
     from rlhf.data.config import DataConfig
     from rlhf.data.load import load_train_eval
     from rlhf.models.tiny import make_tiny_checkpoint
     from rlhf.recipes.rm import RMConfig, train
 
+    # Stamps (wall and CPU) at the end of every optimizer step, from outside the library.
+    stamps: list[float] = []
+    cpu_stamps: list[float] = []
+    hwm: dict[str, float | None] = {"before": None}
+    orig_optimize = T.Trainer.optimize
+
+    def optimize(self, *a, **kw):
+        out = orig_optimize(self, *a, **kw)
+        stamps.append(time.perf_counter())
+        cpu_stamps.append(time.process_time())
+        if len(stamps) == 1:
+            hwm["before"] = reset_peak_rss()
+        return out
+
+    T.Trainer.optimize = optimize
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -85,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     data_overrides = {"train": args.data, "eval_fraction": args.eval_fraction, "seed": args.seed,
                       "max_length": args.max_length, "chat_template": "none"}
     train_recs, eval_recs, report = load_train_eval(DataConfig(**data_overrides), "preference")
+    if args.max_pairs and not args.train_file:
+        import json as _json
+        args.train_file, args.eval_file = str(work / "train_head.jsonl"), str(work / "eval_head.jsonl")
+        for path, recs in ((args.train_file, train_recs[:args.max_pairs]),
+                           (args.eval_file, eval_recs[:max(8, args.max_pairs // 4)])):
+            with open(path, "w") as f:
+                for r in recs:
+                    f.write(_json.dumps({"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected}) + "\n")
 
     # Step 2. Tokenizer on the training text only, tiny model.
     texts = [t for r in train_recs for t in (r.prompt + r.chosen, r.rejected)]
@@ -106,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         f"train.batch_size={args.batch_size}", f"train.epochs={args.epochs}", f"train.lr={args.lr}",
         f"train.weight_decay={args.weight_decay}", "train.warmup_ratio=0.05", "train.scheduler=cosine",
         f"train.seed={args.seed}", "train.progress=false", "train.save_total_limit=1",
-        "train.save_model_in_checkpoints=false", "train.log_every=1",
+        "train.save_model_in_checkpoints=false", f"train.log_every={args.log_every}",
         f"train.mixed_precision={args.mixed_precision}", "model.gradient_checkpointing=false",
         *([f"train.max_steps={args.max_steps}"] if args.max_steps else [])])
     t_train = time.time()
@@ -114,14 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         s = train(cfg)
     train_wall = time.time() - t_train
 
-    # Throughput over the optimizer steps only: from the end of step 1 (compiled/warm) to the
-    # end of the second-to-last step (the last one's log includes the final evaluation).
-    recs = [json.loads(x) for x in (work / "rm" / "metrics.jsonl").read_text().splitlines()]
-    if len(recs) >= 3:
-        pairs = sum(r["pairs"] for r in recs[1:-1])
-        secs = recs[-2]["elapsed_s"] - recs[0]["elapsed_s"]
-    else:
-        pairs, secs = sum(r["pairs"] for r in recs), recs[-1]["elapsed_s"]
+    # Throughput over the optimizer steps only: from the end of step 1 (warm) to the end of the
+    # second-to-last step (bench/rm_trl.py's window), with the CPU share over the same window.
+    # (A last partial batch would make pairs per step uneven: the window leaves the last step out.)
+    window = slice(0, max(2, len(stamps) - 1))
+    rate = throughput(stamps[window], args.batch_size, cpu_stamps[window], torch.get_num_threads())
     n = s["eval_pairs"]
     k = round(s["eval_accuracy"] * n)
     lo, hi = wilson(k, n)
@@ -139,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         "length_baseline_full_file": round(length_baseline(train_recs + eval_recs), 4),
         "eval_margin": round(s["eval_margin"], 4), "eval_ece": round(s["eval_ece"], 4),
         "eval_loss": round(s["eval_loss"], 4),
-        "pairs_per_s": round(pairs / secs, 2) if secs > 0 else None,
+        **rate, "log_every": args.log_every,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **memory_report(hwm["before"]),
         "train_wall_s": round(train_wall, 1), "wall_s": round(time.time() - t0, 1),
         "final_model": str(work / "rm" / "final") if args.out else None,
         "torch_threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",

@@ -12,6 +12,10 @@ import json
 import resource
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import throughput  # noqa: E402
 
 
 def main() -> int:
@@ -27,6 +31,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--log-every", type=int, default=10, help="logging_steps (bench/rm_hh.py logs as often)")
     args = ap.parse_args()
 
     import torch
@@ -44,11 +49,13 @@ def main() -> int:
         model.score.weight.normal_(0.0, 1.0 / (model.config.hidden_size + 1) ** 0.5)
     ds = load_dataset("json", data_files=args.train, split="train")
 
-    times: dict[int, float] = {}
+    stamps: list[float] = []
+    cpu_stamps: list[float] = []
 
     class StepTimes(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
-            times[state.global_step] = time.time()
+            stamps.append(time.perf_counter())
+            cpu_stamps.append(time.process_time())
 
     cfg = RewardConfig(
         output_dir=args.out, max_length=args.max_length, per_device_train_batch_size=args.batch_size,
@@ -57,7 +64,7 @@ def main() -> int:
         max_grad_norm=1.0, seed=args.seed, data_seed=args.seed,
         bf16=args.bf16, gradient_checkpointing=False,  # both explicit: TRL defaults them to True
         disable_dropout=True, center_rewards_coefficient=None,
-        logging_steps=10, save_strategy="no", eval_strategy="no", report_to="none",
+        logging_steps=args.log_every, save_strategy="no", eval_strategy="no", report_to="none",
         dataloader_drop_last=True, use_cpu=not torch.cuda.is_available(), dataset_num_proc=None,
     )
     trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok,
@@ -66,15 +73,14 @@ def main() -> int:
     t0 = time.time()
     trainer.train()
     wall = time.time() - t0
-    steps = max(times)
-    if steps >= 3:
-        pairs_per_s = (steps - 2) * args.batch_size / (times[steps - 1] - times[1])
-    else:
-        pairs_per_s = steps * args.batch_size / wall
+    steps = len(stamps)
+    # steps 2..N-1, as bench/rm_hh.py: the end of step 1 to the end of the second-to-last step
+    window = slice(0, max(2, steps - 1))
+    rate = throughput(stamps[window], args.batch_size, cpu_stamps[window], torch.get_num_threads())
     trainer.save_model(f"{args.out}/final")
     tok.save_pretrained(f"{args.out}/final")
     print(json.dumps({"side": "trl", "trl_pairs_kept": kept, "pairs_in_file": len(ds), "steps": steps,
-                      "pairs_trained": steps * args.batch_size, "pairs_per_s": round(pairs_per_s, 2),
+                      "pairs_trained": steps * args.batch_size, **rate, "log_every": args.log_every,
                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                       "train_wall_s": round(wall, 1), "torch_threads": torch.get_num_threads()}))
     return 0

@@ -43,7 +43,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="does it still run? (2 prompts x 2, 4 tokens; no figures)")
     a = p.parse_args()
+    if a.smoke:
+        a.prompts, a.num_samples, a.max_new_tokens, a.repeats = 2, 2, 4, 1
     torch.set_num_threads(a.threads)
 
     from rlhf.models.config import ModelConfig
@@ -67,7 +70,8 @@ def main() -> None:
         prompts = make_prompts(a.prompts, seed=a.seed)
         ids = [tok(x, add_special_tokens=False)["input_ids"] for x in prompts]
 
-        out: dict = {"bench": "sampler", "argv": sys.argv[1:], "policy": str(a.policy or "tiny random llama"),
+        out: dict = {"bench": "sampler", "smoke": a.smoke, "argv": sys.argv[1:],
+                     "policy": str(a.policy or "tiny random llama"),
                      "rows": a.prompts * a.num_samples, "max_new_tokens": a.max_new_tokens,
                      "torch_threads": torch.get_num_threads(), "ms": {}}
         rollouts = {}

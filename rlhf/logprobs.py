@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from rlhf.models.lean import LeanLM
 
 __all__ = ["token_logps", "shifted_token_logps", "entropy_from_logits", "entropy_from_logp", "forward_logps",
-           "sequence_logps", "packed_completion_logits", "packed_sequence_logps", "bucketed_sequence_logps"]
+           "sequence_logps", "packed_completion_logits", "packed_sequence_logps", "bucketed_sequence_logps",
+           "chunked_head_logps", "CHUNK_ELEMENTS"]
 
 
 def token_logps(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -41,6 +42,136 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor, temperature: float 
         logits = logits / temperature
     picked = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
+
+
+# --------------------------------------------------------------------------- the head in chunks
+#
+# At a real vocabulary (49k-152k) the (n, V) logits of a batch's n predicted positions are the
+# largest tensor of a step, twice over in training (the logits and their gradient). When only
+# the log-prob of one token per position is wanted, the head can run on CHUNK_ELEMENTS-sized
+# slices of the rows: per slice the logits are made, reduced to (picked - logsumexp), dropped.
+# In training each slice is recomputed in the backward (activation checkpointing), so the whole
+# (n, V) never exists; the price is one more head forward (a third of the head's work). A frozen
+# head (LoRA) needs no recompute: the gradient with respect to the hidden states is made per
+# slice in the forward (_FrozenHeadLogps), at the cost the whole-logits backward would pay.
+
+CHUNK_ELEMENTS = 1 << 23  # logits per slice (8M: 32 MiB in float32); fewer rows x V than this: one slice
+
+
+def _head_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                temperature: float) -> torch.Tensor:
+    return token_logps(torch.nn.functional.linear(hidden, weight, bias), targets, temperature)
+
+
+class _FrozenHeadLogps(torch.autograd.Function):
+    """Head slices for a frozen head (LoRA, or the head excluded from training): only ``hidden``
+    needs a gradient, and d log p(t | h) / dh = (W[t] - Σ_v p_v W_v) / temperature is an (n, H)
+    tensor the forward can make per slice from the slice's probabilities. The backward is then
+    one multiplication: no logits kept, none recomputed."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor, temperature: float, rows: int) -> torch.Tensor:
+        w32 = weight.float()
+        outs, grads = [], []
+        for i in range(0, hidden.shape[0], rows):
+            t = targets[i:i + rows]
+            logits = torch.nn.functional.linear(hidden[i:i + rows], weight, bias).float()
+            if temperature != 1.0:
+                logits = logits / temperature
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+            outs.append(logits.gather(-1, t.unsqueeze(-1)).squeeze(-1) - lse.squeeze(-1))
+            p = torch.exp(logits - lse)  # (r, V)
+            grads.append((w32[t] - p @ w32) / temperature)  # (r, H)
+        ctx.save_for_backward(torch.cat(grads))
+        ctx.hidden_dtype = hidden.dtype
+        return torch.cat(outs)
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outputs: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (dlogp_dh,) = ctx.saved_tensors
+        grad = grad_outputs[0]
+        return (grad.unsqueeze(-1) * dlogp_dh).to(ctx.hidden_dtype), None, None, None, None, None
+
+
+def chunked_head_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                       bias: torch.Tensor | None = None, temperature: float = 1.0,
+                       chunk_elements: int | None = None) -> torch.Tensor:
+    """``token_logps(hidden @ weight.T + bias, targets, temperature)`` without ever holding the
+    whole (n, V) logits: rows in slices of about ``chunk_elements`` logits (default
+    :data:`CHUNK_ELEMENTS`), each slice recomputed in the backward when a gradient is needed.
+    hidden: (n, H); weight: (V, H); targets: (n,) long. Returns (n,) float32."""
+    n, V = hidden.shape[0], weight.shape[0]
+    rows = max(1, (chunk_elements or CHUNK_ELEMENTS) // max(1, V))
+    if n <= rows:
+        return _head_logps(hidden, weight, bias, targets, temperature)
+    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    if torch.is_grad_enabled() and hidden.requires_grad and frozen:
+        out: torch.Tensor = _FrozenHeadLogps.apply(hidden, weight, bias, targets, temperature, rows)  # type: ignore[no-untyped-call]
+        return out
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or not frozen)
+    parts = []
+    for i in range(0, n, rows):
+        h, t = hidden[i:i + rows], targets[i:i + rows]
+        if grad:
+            from torch.utils.checkpoint import checkpoint
+            parts.append(checkpoint(_head_logps, h, weight, bias, t, temperature, use_reentrant=False))
+        else:
+            parts.append(_head_logps(h, weight, bias, t, temperature))
+    return torch.cat(parts)
+
+
+_CHUNKABLE = frozenset({"llama", "mistral", "qwen2", "qwen3"})  # logits = lm_head(trunk(...)): nothing else
+
+
+def _head_split(model: Callable[..., Any]) -> tuple[Any, torch.nn.Linear] | None:
+    """(trunk, head) when ``model`` is a transformers (or peft-wrapped) causal LM whose logits are
+    exactly ``head(trunk(...).last_hidden_state)``: a listed architecture, a plain Linear head,
+    no logit scaling or soft-capping. None otherwise (wrappers such as the reference model, whose
+    call sets adapters and modes, included): the caller then asks the model for its logits."""
+    from rlhf.models.load import unwrap_model
+
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "get_output_embeddings"):
+        return None
+    inner: Any = unwrap_model(model)
+    cfg = getattr(inner, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in _CHUNKABLE:
+        return None
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) not in (None, 1, 1.0):
+        return None
+    head = inner.get_output_embeddings()
+    trunk = getattr(inner, "model", None)
+    if type(head) is not torch.nn.Linear or trunk is None:
+        return None
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule) or isinstance(inner, FSDPModule) or isinstance(head, FSDPModule):
+        return None  # sharded: the root's forward gathers the head's weights; it is not bypassed
+    return trunk, head
+
+
+def _completion_logps_at(model: Callable[..., Any], input_ids: torch.Tensor, position_ids: torch.Tensor,
+                         keep: torch.Tensor, targets: torch.Tensor, temperature: float,
+                         attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-probs (n,) float32 of ``targets`` (n,) predicted at the ``keep`` (R, W) positions,
+    row-major. With a model whose head can be split off (:func:`_head_split`) and more than
+    CHUNK_ELEMENTS logits, the head runs in slices (:func:`chunked_head_logps`); else the model's
+    logits at ``keep`` (:func:`_logits_at`)."""
+    from rlhf.models.load import ReferenceModel
+
+    if isinstance(model, ReferenceModel):  # its call sets no-grad, eval mode and adapters off: so here
+        with model.context() as module:
+            return _completion_logps_at(module, input_ids, position_ids, keep, targets, temperature, attention_mask)
+    split = _head_split(model)
+    n = int(keep.sum())
+    if split is None or n * split[1].out_features <= CHUNK_ELEMENTS:
+        return token_logps(_logits_at(model, input_ids, position_ids, keep, attention_mask), targets, temperature)
+    trunk, head = split
+    inputs = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}
+    if attention_mask is not None:
+        inputs["attention_mask"] = attention_mask
+    hidden = trunk(**inputs).last_hidden_state[keep]  # (n, H)
+    return chunked_head_logps(hidden, head.weight, targets, head.bias, temperature)
 
 
 def shifted_token_logps(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -86,8 +217,19 @@ def forward_logps(model: Callable[..., Any], batch: dict[str, torch.Tensor], tem
     """
     from rlhf.data.collate import model_inputs
 
+    ids = batch["input_ids"]
+    split = None if return_logits else _head_split(model)
+    if split is not None and ids.numel() * split[1].out_features > CHUNK_ELEMENTS:
+        # The head in slices (chunked_head_logps): the (B, T, V) logits are never whole.
+        trunk, head = split
+        hidden = trunk(**model_inputs(batch)).last_hidden_state  # (B, T, H)
+        out = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+        lp = chunked_head_logps(hidden[:, :-1].reshape(-1, hidden.shape[-1]), head.weight,
+                                ids[:, 1:].reshape(-1), head.bias, temperature)
+        out[:, 1:] = lp.view(ids.shape[0], ids.shape[1] - 1)
+        return out
     logits = model(**model_inputs(batch)).logits  # (B, T, V)
-    logps = shifted_token_logps(logits, batch["input_ids"], temperature)
+    logps = shifted_token_logps(logits, ids, temperature)
     return (logps, logits) if return_logits else logps
 
 
@@ -174,9 +316,14 @@ def packed_sequence_logps(model: Callable[..., Any], batch: dict[str, torch.Tens
     (``input_ids``, ``attention_mask``, ``completion_mask``), computed on its packed layout with
     logits only where a completion token is predicted (:func:`packed_completion_logits`).
     Differentiable."""
+    from rlhf.data.collate import PackedLayout
+
     ids, cm = batch["input_ids"], batch["completion_mask"]
-    layout, p_ids, targets, logits = packed_completion_logits(model, ids, batch["attention_mask"], cm, capacity)
-    lp = token_logps(logits, p_ids[targets], temperature)  # (n,) float32
+    layout = PackedLayout(batch["attention_mask"], capacity)
+    p_ids = layout.pack_ids(ids)  # (R, W)
+    targets = layout.pack(cm, 0).bool() & ~layout.starts  # nothing predicts a sequence's first token
+    lp = _completion_logps_at(model, p_ids, layout.position_ids, _predicting(targets), p_ids[targets],
+                              temperature)  # (n,) float32
     sums = torch.zeros(ids.shape[0], dtype=lp.dtype, device=lp.device).index_add(0, layout.sequence[targets], lp)
     return sums, cm.sum(-1)
 
@@ -201,8 +348,7 @@ def bucketed_sequence_logps(model: Callable[..., Any], batch: dict[str, torch.Te
             g_ids[k, :n], g_cm[k, :n], g_am[k, :n] = ids[i][am[i]], cm[i][am[i]].bool(), 1
         g_cm[:, 0] = False
         pos = (g_am.cumsum(-1) - 1).clamp(min=0)
-        logits = _logits_at(model, g_ids, pos, _predicting(g_cm), g_am)  # (n, V)
-        lp = token_logps(logits, g_ids[g_cm], temperature)
+        lp = _completion_logps_at(model, g_ids, pos, _predicting(g_cm), g_ids[g_cm], temperature, g_am)
         owner = rows.unsqueeze(-1).expand(-1, w)[g_cm]
         sums = sums.index_add(0, owner, lp)
     return sums, cm.sum(-1)
