@@ -274,10 +274,12 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     # Step 3. Policy, frozen reference (a copy of the starting policy, or the LoRA policy with
     # adapters off), the critic for GAE; frozen models placed (or offloaded to the CPU).
     m = _load_models(cfg, trainer, tokenizer, [env, *tracked.values()])
-    if m["reference"] is None:
-        trainer.print("[ppo] kl.beta=0 with a fixed β and nothing tracked: no reference model loaded, no reference "
-                      "pass; the KL to it is not measured (no 'kl' metric, final_kl null; kl.measure=true keeps it)")
     n = count_parameters(m["policy"])
+    if m["reference"] is None:  # (with LoRA the reference is the policy itself: only its pass is saved)
+        saved = "" if cfg.model.lora.enabled else f" ({n['total']:,} parameters not copied)"
+        trainer.print(f"[ppo] kl.beta=0 with a fixed β and nothing tracked: no reference model loaded{saved}, no "
+                      f"reference pass; the KL to it is not measured (no 'kl' metric, final_kl null; "
+                      f"kl.measure=true keeps it)")
     trainer.print(f"[ppo] policy {cfg.model.name_or_path}: {n['total']:,} parameters, {n['trainable']:,} "
                   f"trainable; advantage={cfg.advantage}, KL in the {placement} ({estimator}), "
                   f"{K} sample(s) per prompt")

@@ -305,18 +305,27 @@ def test_beta_zero_skips_the_reference_with_the_same_run(setup, tmp_path, monkey
     in the reward, the loss's KL term is skipped at β = 0), so the two runs do the same float
     operations in the same order: measured difference 0 (CPU kernels ATEN_CPU_CAPABILITY default
     and avx512), asserted exactly. The KL is then not measured: no 'kl' metric, final_kl null."""
+    import rlhf.ppo_update as ppo_update
     import rlhf.recipes.ppo as ppo_recipe
     from rlhf.report import write_report
 
-    calls = []
-    real = ppo_recipe.load_reference
+    calls, passes = [], {}
+    real, real_logps = ppo_recipe.load_reference, ppo_update.rollout_logps
     monkeypatch.setattr(ppo_recipe, "load_reference", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def counted_logps(model, *a, **k):  # (π_old comes from the sampler here: fp32, built-in engine)
+        passes[run] = passes.get(run, 0) + 1
+        return real_logps(model, *a, **k)
+
+    monkeypatch.setattr(ppo_update, "rollout_logps", counted_logps)
     common = ("advantage=grpo", "kl.beta=0", "train.max_steps=2", "ppo.epochs=1")
     summary = {}
-    for name, extra in (("skip", ()), ("kept", ("kl.measure=true",))):
-        summary[name] = train(setup(f"runs/{name}", *common, *extra))
+    for run, extra in (("skip", ()), ("kept", ("kl.measure=true",))):
+        summary[run] = train(setup(f"runs/{run}", *common, *extra))
     assert len(calls) == 1  # only the kl.measure run loaded a reference
-    assert "no reference model loaded, no reference pass" in capsys.readouterr().out
+    assert passes == {"kept": 2}  # one reference pass per step, none without the reference
+    out = capsys.readouterr().out
+    assert "no reference model loaded (" in out and "parameters not copied), no reference pass" in out
     skip, kept = _scores(tmp_path / "runs/skip"), _scores(tmp_path / "runs/kept")
     assert all("kl" not in r for r in skip) and all("kl" in r for r in kept)
     for a, b in zip(skip, kept, strict=True):
