@@ -112,3 +112,21 @@ def test_a_cache_with_other_state_is_not_shared(caplog):
         assert sampler._expand_cache(Odd(), cache, torch.tensor([0, 0])) is False
     lines = [r for r in caplog.records if "do not share its prefill" in r.getMessage()]
     assert len(lines) == 1 and "Odd" in lines[0].getMessage()
+    assert Odd in sampler._UNSHAREABLE  # later batches of this class skip the shared prefill
+    sampler._UNSHAREABLE.discard(Odd)
+
+
+def test_an_unshareable_cache_falls_back_to_the_unshared_prefill(models, monkeypatch):
+    """End to end: where the cache is not shareable the sampler prefills every row and draws the
+    same tokens (the probe's verdict is kept for the class: one shared try, then none)."""
+    model, tok = models["llama"]
+    cfg = SamplingConfig(max_new_tokens=6, num_samples=4, temperature=1.3, engine="transformers")
+    want, _ = _run(model, tok, cfg, False, monkeypatch)
+    monkeypatch.setattr(sampler, "_ROW_LAYERS", (type(None),))  # no layer type is known to be shareable
+    try:
+        got, n = _run(model, tok, cfg, True, monkeypatch)
+        assert type(model) in sampler._UNSHAREABLE
+    finally:
+        sampler._UNSHAREABLE.discard(type(model))
+    assert torch.equal(got.input_ids, want.input_ids)
+    assert n["rows"] == len(PROMPTS) + len(PROMPTS) * 4  # the one shared try, then every row

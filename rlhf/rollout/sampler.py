@@ -155,20 +155,20 @@ def _shared_rows(rows: list[list[int]]) -> tuple[list[int], list[int]] | None:
 # Cache layers known to hold nothing but per-row keys and values (plus scalar lengths): a row of
 # them can be copied to other rows. Filled on first use (transformers is imported lazily).
 _ROW_LAYERS: tuple[type, ...] = ()
-_UNSHARED_LOGGED: set[type] = set()
+_UNSHAREABLE: set[type] = set()  # model classes whose cache was found not shareable (said once each)
 
 
 def _expand_cache(model: nn.Module, cache: Any, index: torch.Tensor) -> bool:
     """Copy row ``index[i]`` of a prefilled DynamicCache to row i; False (cache untouched, said
-    once per model class) when a layer's state is not just per-row keys and values."""
+    once per model class, remembered) when a layer's state is not just per-row keys and values."""
     global _ROW_LAYERS
     if not _ROW_LAYERS:
         from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
         _ROW_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
     layers = getattr(cache, "layers", None)
     if not layers or any(type(layer) not in _ROW_LAYERS for layer in layers):
-        if type(model) not in _UNSHARED_LOGGED:
-            _UNSHARED_LOGGED.add(type(model))
+        if type(model) not in _UNSHAREABLE:
+            _UNSHAREABLE.add(type(model))
             kinds = sorted({type(layer).__name__ for layer in layers or []}) or ["no layers"]
             logger.warning("[sample] %s: its KV cache (%s) is not only per-row keys and values, so a prompt's "
                            "samples do not share its prefill (each row prefills its prompt)",
@@ -188,7 +188,7 @@ class _TransformersDecoder:
         self.model, self.attn, self.next_pos = model, attn, pos[:, -1] + 1
         self.cache, self.cache_kwarg = _new_cache(model), _cache_kwarg(model)
         self.prefill_rows = ids.shape[0]
-        if share is not None:
+        if share is not None and type(model) not in _UNSHAREABLE:
             first = torch.tensor(share[0], device=ids.device)
             index = torch.tensor(share[1], device=ids.device)
             out = model(input_ids=ids[first], attention_mask=attn[first], position_ids=pos[first], use_cache=True,
@@ -197,7 +197,8 @@ class _TransformersDecoder:
                 self.first = out.logits[:, -1].index_select(0, index)
                 self.prefill_rows = len(share[0])
                 return
-            self.cache = _new_cache(model)  # not shareable: the unshared prefill below
+            self.cache = _new_cache(model)  # not shareable: the unshared prefill below (the try counted too)
+            self.prefill_rows += len(share[0])
         out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
                     **{self.cache_kwarg: self.cache})
         self.first = out.logits[:, -1]
