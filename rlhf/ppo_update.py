@@ -40,7 +40,7 @@ from rlhf.models.packing import use_packed
 from rlhf.rollout import Rollout, rollout_logps, rollout_values, shift_values
 
 __all__ = ["KLConfig", "PolicyLossConfig", "PolicyAndValue", "shared_value_head", "visiting", "kl_controller",
-           "evaluate_rollout", "shape_advantages", "policy_loss_fn", "update", "explained_variance"]
+           "needs_reference", "evaluate_rollout", "shape_advantages", "policy_loss_fn", "update", "explained_variance"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,9 @@ class KLConfig:
     controller: str = opt("auto", "the β controller, by name (rlhf.kl.KL_CONTROLLERS): fixed, adaptive (needs "
                                   "target); auto = adaptive when target is set, else fixed",
                           choices=("auto", *KL_CONTROLLERS))
+    measure: bool = opt(False, "load the reference and log the KL to it even when nothing needs it; by default "
+                               "β = 0 with a fixed β and no tracked reward skips the reference (no copy, no "
+                               "pass) and the KL is not measured")
 
     def validate(self) -> None:
         if self.controller == "adaptive" and self.target is None:
@@ -141,6 +144,16 @@ class PolicyLossConfig:
                              "float rounding, less work when completion lengths differ; only where a "
                              "probe of the model class shows packing is exact (else padded rows, said "
                              "once: rlhf/models/packing.py)")
+
+def needs_reference(cfg: KLConfig, tracked: bool = False) -> bool:
+    """Whether the loop needs π_ref: for the KL penalty (β > 0), for the adaptive controller
+    (which steers the measured KL, starting from any β), and for the tracked rewards (``tracked``:
+    the over-optimisation plot of ``rlhf report`` sets them against the KL), and when asked
+    (``kl.measure``). Otherwise (β = 0 with a fixed controller) no reference is loaded and none
+    of its passes run: the KL is then not measured (not 0)."""
+    name = cfg.controller if cfg.controller != "auto" else ("adaptive" if cfg.target else "fixed")
+    return cfg.measure or cfg.beta > 0 or name != "fixed" or tracked
+
 
 def kl_controller(cfg: KLConfig) -> FixedKLController | AdaptiveKLController:
     """The β controller ``kl.controller`` names (auto: adaptive when ``kl.target`` is set)."""
@@ -246,7 +259,9 @@ def evaluate_rollout(ro: Rollout, *, policy: nn.Module, model: PolicyAndValue, r
                      sampler_logps: bool, scoring: str, packed: bool, device: torch.device,
                      home: torch.device) -> dict[str, Any]:
     """Old log-probs (+ entropy), reference log-probs and values of the rollout's actions, no
-    gradient. ``sampler_logps``: π_old's come from the sampler's own logits (``ro.logps``)."""
+    gradient. ``sampler_logps``: π_old's come from the sampler's own logits (``ro.logps``).
+    ``reference=None`` (the KL is not needed: :func:`needs_reference`): no reference pass, and
+    ``ref_logps`` is None."""
     with trainer.accelerator.autocast(), trainer.gathered():
         if sampler_logps:  # kept by the sampler (ppo.old_logps)
             old_logps, entropy = ro.logps, ro.entropy
@@ -254,6 +269,8 @@ def evaluate_rollout(ro: Rollout, *, policy: nn.Module, model: PolicyAndValue, r
             old_logps, entropy = rollout_logps(policy, ro, temperature, batch_size, with_entropy=True,
                                                engine=scoring, packed=packed)
         values = model.rollout_values(ro, batch_size)
+    if reference is None:
+        return {"old_logps": old_logps, "entropy": entropy, "ref_logps": None, "values": values}
     # (the reference is gathered for its own pass: the policy itself with LoRA, else its copy)
     with trainer.accelerator.autocast(), trainer.gathered(*ref_modules):
         with visiting(ref_modules, device, home):
@@ -270,10 +287,16 @@ def shape_advantages(advantage: str, ev: dict[str, Any], mask: torch.Tensor, sco
     ``token_bonus`` (B, T): a per-token reward from the environment (on-policy distillation's
     teacher), added where a KL penalty in the reward goes: per token, and summed per completion
     for the per-completion estimators. ``in_loss`` (B,): rows that stay in the loss (dynamic
-    sampling's informative groups)."""
+    sampling's informative groups). ``ev["ref_logps"]`` None (no reference: β = 0 and a fixed
+    controller) gives no KL in the reward and ``seq_kl`` None (not measured)."""
     spec = ESTIMATOR_SPECS[advantage]
-    kl_tok = kl_estimate(ev["old_logps"], ev["ref_logps"], estimator, mask)  # (B, T)
-    seq_kl = masked_sum(kl_k1(ev["old_logps"], ev["ref_logps"], mask), mask, dim=-1)  # (B,) log π/π_ref
+    if ev["ref_logps"] is None:
+        if beta > 0:
+            raise ValueError("shape_advantages: beta > 0 needs the reference's log-probs (ev['ref_logps'] is None)")
+        kl_tok, seq_kl = torch.zeros_like(mask), None
+    else:
+        kl_tok = kl_estimate(ev["old_logps"], ev["ref_logps"], estimator, mask)  # (B, T)
+        seq_kl = masked_sum(kl_k1(ev["old_logps"], ev["ref_logps"], mask), mask, dim=-1)  # (B,) log π/π_ref
     in_reward = placement == "reward" and beta > 0
     rewards = token_rewards(scores, kl_tok if in_reward else torch.zeros_like(kl_tok), mask, beta)
     if token_bonus is not None:
@@ -322,7 +345,7 @@ def policy_loss_fn(cfg: PolicyLossConfig, *, aggregation: Aggregation, placement
         ntok = mask.sum().double()
         out = {"pg_loss": loss.detach(), "ntok": ntok, "w_clip_fraction": pm["clip_fraction"] * ntok,
                "w_approx_kl": pm["approx_kl"] * ntok}
-        if placement == "loss" and kl_ctl.value > 0:
+        if placement == "loss" and kl_ctl.value > 0:  # (β > 0: ref_logps are there, needs_reference)
             kl_term, _ = kl_loss(logps, mb["ref_logps"], mask, kl_ctl.value, estimator, **agg)
             loss = loss + kl_term
         if cfg.entropy_coef > 0:

@@ -76,6 +76,7 @@ from rlhf.ppo_update import (
     evaluate_rollout,
     explained_variance,
     kl_controller,
+    needs_reference,
     policy_loss_fn,
     shape_advantages,
     shared_value_head,
@@ -291,6 +292,11 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     # adapters off), the critic for GAE; frozen models placed (or offloaded to the CPU).
     m = _load_models(cfg, trainer, tokenizer, [env, *tracked.values()])
     n = count_parameters(m["policy"])
+    if m["reference"] is None:  # (with LoRA the reference is the policy itself: only its pass is saved)
+        saved = "" if cfg.model.lora.enabled else f" ({n['total']:,} parameters not copied)"
+        trainer.print(f"[ppo] kl.beta=0 with a fixed β and nothing tracked: no reference model loaded{saved}, no "
+                      f"reference pass; the KL to it is not measured (no 'kl' metric, final_kl null; "
+                      f"kl.measure=true keeps it)")
     trainer.print(f"[ppo] policy {cfg.model.name_or_path}: {n['total']:,} parameters, {n['trainable']:,} "
                   f"trainable; advantage={cfg.advantage}, KL in the {placement} ({estimator}), "
                   f"{K} sample(s) per prompt")
@@ -305,7 +311,7 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     extra = getattr(trainer, "resume_extra", {}) or {}
     if "kl_controller" in extra:
         kl_ctl.load_state_dict(extra["kl_controller"])
-    history: list[dict[str, float]] = list(extra.get("history", []))
+    history: list[dict[str, Any]] = list(extra.get("history", []))
     loss_fn, units_fn = policy_loss_fn(cfg.ppo, aggregation=aggregation, placement=placement, estimator=estimator,
                                        kl_ctl=kl_ctl, temperature=cfg.sampling.temperature,
                                        max_len=cfg.sampling.max_new_tokens)
@@ -357,8 +363,10 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
 
         # 5.6 β for the next step; metrics (over all processes), samples, checkpoint.
         n_completions = float(trainer.reduce_sum(torch.tensor(float(len(ro)))))
-        mean_kl = float(trainer.reduce_sum(adv["seq_kl"].sum())) / n_completions
-        kl_ctl.update(mean_kl, int(n_completions))
+        # (None when there is no reference: not measured, and the fixed controller needs none)
+        mean_kl = None if adv["seq_kl"] is None else float(trainer.reduce_sum(adv["seq_kl"].sum())) / n_completions
+        if mean_kl is not None:
+            kl_ctl.update(mean_kl, int(n_completions))
         metrics = _metrics(trainer, ro, sc, ev, adv, mask, upd, engine_metrics, times, n_completions,
                            mean_kl, beta, env)
         if dyn is not None:
@@ -383,15 +391,17 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
 
 
 def _load_models(cfg: PPOConfig, trainer: Trainer, tokenizer: Any, envs: list[SingleTurn]) -> dict[str, Any]:
-    """Step 3: the policy, the reference (and its own modules, if any), the critic (a separate
+    """Step 3: the policy, the reference (None when nothing needs it) and its own modules, the critic (a separate
     model or a head on the policy), and ``home``, where frozen models live between passes."""
     device = trainer.device
     policy = load_causal_lm(cfg.model)
-    reference = load_reference(cfg.model, policy)
+    # No reference when nothing needs the KL (β = 0, fixed controller, nothing tracked): its
+    # weights are never copied and its pass never runs.
+    reference = load_reference(cfg.model, policy) if needs_reference(cfg.kl, bool(cfg.track)) else None
     # Offloading: the frozen models live on the CPU and visit the accelerator for their pass.
     offload = cfg.offload and device.type != "cpu" and not (trainer.sharded and cfg.train.fsdp.frozen == "shard")
     home = torch.device("cpu") if offload else device
-    ref_modules = [] if reference.shares_policy_weights else [reference.module]
+    ref_modules = [] if reference is None or reference.shares_policy_weights else [reference.module]
     teacher = Teacher(cfg.teacher, cfg.model, tokenizer, cfg.teacher_coef) if cfg.teacher else None
     for mod in ref_modules + [mod for env in envs for mod in env.modules()] + (teacher.modules() if teacher else []):
         if offload:
@@ -563,7 +573,9 @@ def _batch(ro: Rollout, ev: dict[str, Any], adv: dict[str, Any], is_weights: tor
     """The update's batch: the rollout's tokens, the loss mask and the per-token targets."""
     batch = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask,
              "position_ids": ro.position_ids, "mask": adv["loss_mask"], "old_logps": ev["old_logps"],
-             "ref_logps": ev["ref_logps"], "advantages": adv["advantages"]}
+             "advantages": adv["advantages"]}
+    if ev["ref_logps"] is not None:  # (absent without a reference: β = 0, the loss never reads it)
+        batch["ref_logps"] = ev["ref_logps"]
     if ev["values"] is not None:
         batch.update(old_values=ev["values"], returns=adv["returns"])
     if is_weights is not None:
@@ -573,8 +585,9 @@ def _batch(ro: Rollout, ev: dict[str, Any], adv: dict[str, Any], is_weights: tor
 
 def _metrics(trainer: Trainer, ro: Rollout, sc: dict[str, Any], ev: dict[str, Any], adv: dict[str, Any],
              mask: torch.Tensor, upd: dict[str, float], engine_metrics: dict[str, float], times: list[float],
-             n_completions: float, mean_kl: float, beta: float, env: SingleTurn) -> dict[str, Any]:
-    """One step's metrics, means over every process's completions."""
+             n_completions: float, mean_kl: float | None, beta: float, env: SingleTurn) -> dict[str, Any]:
+    """One step's metrics, means over every process's completions (no ``kl`` when ``mean_kl``
+    is None: not measured, without a reference)."""
     device, raw = trainer.device, sc["raw"]
 
     def mean(x: torch.Tensor, n: float = n_completions) -> float:
@@ -583,7 +596,7 @@ def _metrics(trainer: Trainer, ro: Rollout, sc: dict[str, Any], ev: dict[str, An
     t0, t_gen, t_score, t_update = times
     metrics = {
         "score": mean(raw), "score_std": float(raw.std()) if len(ro) > 1 else 0.0,
-        "kl": mean_kl, "beta": beta,
+        **({"kl": mean_kl} if mean_kl is not None else {}), "beta": beta,
         "entropy": float(masked_mean(ev["entropy"], mask)),
         "response_length": mean(ro.lengths), "eos_fraction": mean(ro.ended),
         **upd, **engine_metrics,
@@ -603,7 +616,7 @@ def _metrics(trainer: Trainer, ro: Rollout, sc: dict[str, Any], ev: dict[str, An
     return metrics
 
 
-def _summary(cfg: PPOConfig, n_prompts: int, placement: str, estimator: str, history: list[dict[str, float]],
+def _summary(cfg: PPOConfig, n_prompts: int, placement: str, estimator: str, history: list[dict[str, Any]],
              beta: float, last: dict[str, Any]) -> dict[str, Any]:
     tail = history[-max(1, len(history) // 10):]
     return {
@@ -611,7 +624,9 @@ def _summary(cfg: PPOConfig, n_prompts: int, placement: str, estimator: str, his
         "kl_estimator": estimator, "samples_per_prompt": cfg.sampling.num_samples,
         "initial_score": history[0]["score"] if history else None,
         "final_score": sum(h["score"] for h in tail) / len(tail) if tail else None,
-        "final_kl": sum(h["kl"] for h in tail) / len(tail) if tail else None,
+        # (null when the KL was not measured: no reference at β = 0, or a step without it)
+        "final_kl": (sum(h["kl"] for h in tail) / len(tail)
+                     if tail and all(h.get("kl") is not None for h in tail) else None),
         **{f"final_{k}": sum(h[k] for h in tail) / len(tail) for k in (tail[0] if tail else {})
            if k.startswith("track/")},
         "final_beta": beta,

@@ -19,10 +19,19 @@ behind the recipe's back), and it is lighter per token on small models. Tokens a
 inverse CDF (:func:`inverse_cdf`, one uniform number per row); Llama-family models decode
 through the lean forward of rlhf/models/lean.py (``SamplingConfig.engine``), the rest through
 the model's own forward with a DynamicCache.
+
+A prompt's K samples share its prefill: the distinct prompts of a batch are prefilled once and
+their KV cache (and first-token logits) copied to each of their rows (:func:`_shared_rows`), so
+a step prefills ``B/K`` prompts instead of ``B``. Each row attends to the same keys and values
+as when its prompt was prefilled on its own row, so the samples are those of the unshared prefill
+(tested: the same tokens under a seed, lean and transformers paths). A transformers cache that
+holds more than per-row keys and values (the cache classes of linear-attention or quantized
+layers) is not shared: such a model prefills every row, said once per class.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +43,8 @@ from rlhf.rollout.config import SamplingConfig
 from rlhf.rollout.episode import Rollout, assemble_rollout, end_of_completion, eos_ids
 
 __all__ = ["sample_builtin", "filter_logits", "inverse_cdf"]
+
+logger = logging.getLogger(__name__)
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
@@ -126,12 +137,68 @@ def _draw(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator 
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1), entropy_from_logp(logp)
 
 
-class _TransformersDecoder:
-    """Next-token logits through the model's own forward and a DynamicCache."""
+def _shared_rows(rows: list[list[int]]) -> tuple[list[int], list[int]] | None:
+    """The rows to prefill and, for each row, which of them holds its prompt: (first row of each
+    distinct prompt, (B,) index into those), or None when every prompt differs (nothing to share)."""
+    slot: dict[tuple[int, ...], int] = {}
+    first: list[int] = []
+    index = []
+    for i, r in enumerate(rows):
+        key = tuple(r)
+        if key not in slot:
+            slot[key] = len(first)
+            first.append(i)
+        index.append(slot[key])
+    return (first, index) if len(first) < len(rows) else None
 
-    def __init__(self, model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor):
+
+# Cache layers known to hold nothing but per-row keys and values (plus scalar lengths): a row of
+# them can be copied to other rows. Filled on first use (transformers is imported lazily).
+_ROW_LAYERS: tuple[type, ...] = ()
+_UNSHAREABLE: set[type] = set()  # model classes whose cache was found not shareable (said once each)
+
+
+def _expand_cache(model: nn.Module, cache: Any, index: torch.Tensor) -> bool:
+    """Copy row ``index[i]`` of a prefilled DynamicCache to row i; False (cache untouched, said
+    once per model class, remembered) when a layer's state is not just per-row keys and values."""
+    global _ROW_LAYERS
+    if not _ROW_LAYERS:
+        from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+        _ROW_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) not in _ROW_LAYERS for layer in layers):
+        if type(model) not in _UNSHAREABLE:
+            _UNSHAREABLE.add(type(model))
+            kinds = sorted({type(layer).__name__ for layer in layers or []}) or ["no layers"]
+            logger.warning("[sample] %s: its KV cache (%s) is not only per-row keys and values, so a prompt's "
+                           "samples do not share its prefill (each row prefills its prompt)",
+                           type(model).__name__, ", ".join(kinds))
+        return False
+    cache.batch_select_indices(index)
+    return True
+
+
+class _TransformersDecoder:
+    """Next-token logits through the model's own forward and a DynamicCache. With ``share``
+    (:func:`_shared_rows`) the distinct prompts are prefilled once and the cache copied to
+    their rows (the unshared prefill where the cache does not allow it: :func:`_expand_cache`)."""
+
+    def __init__(self, model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor,
+                 share: tuple[list[int], list[int]] | None = None):
         self.model, self.attn, self.next_pos = model, attn, pos[:, -1] + 1
         self.cache, self.cache_kwarg = _new_cache(model), _cache_kwarg(model)
+        self.prefill_rows = ids.shape[0]
+        if share is not None and type(model) not in _UNSHAREABLE:
+            first = torch.tensor(share[0], device=ids.device)
+            index = torch.tensor(share[1], device=ids.device)
+            out = model(input_ids=ids[first], attention_mask=attn[first], position_ids=pos[first], use_cache=True,
+                        **{self.cache_kwarg: self.cache})
+            if _expand_cache(model, self.cache, index):
+                self.first = out.logits[:, -1].index_select(0, index)
+                self.prefill_rows = len(share[0])
+                return
+            self.cache = _new_cache(model)  # not shareable: the unshared prefill below (the try counted too)
+            self.prefill_rows += len(share[0])
         out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
                     **{self.cache_kwarg: self.cache})
         self.first = out.logits[:, -1]
@@ -147,9 +214,12 @@ class _TransformersDecoder:
 
 class _LeanDecoder:
     """Next-token logits through :class:`rlhf.models.lean.LeanLM`: the cache, rotary tables and
-    padding bias of the whole episode are made once."""
+    padding bias of the whole episode are made once. With ``share`` (:func:`_shared_rows`) the
+    distinct prompts are prefilled once into their own cache, copied to their rows of the
+    episode's cache."""
 
-    def __init__(self, lean, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, max_new_tokens: int):
+    def __init__(self, lean, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, max_new_tokens: int,
+                 share: tuple[list[int], list[int]] | None = None):
         B, P = ids.shape
         T = P + max_new_tokens
         self.lean, self.P = lean, P
@@ -158,21 +228,39 @@ class _LeanDecoder:
         self.cache = lean.new_cache(B, T)
         keys = torch.cat([attn.bool(), torch.ones((B, max_new_tokens), dtype=torch.bool, device=ids.device)], 1)
         self.bias = lean.key_bias(keys)
-        hidden = lean.forward(ids, attn.bool(), self.cos[:, :P], self.sin[:, :P], self.cache)
-        self.first = lean.logits(hidden[:, -1])
+        if share is None:
+            self.prefill_rows = B
+            hidden = lean.forward(ids, attn.bool(), self.cos[:, :P], self.sin[:, :P], self.cache)
+            self.first = lean.logits(hidden[:, -1])
+            return
+        first = torch.tensor(share[0], device=ids.device)
+        index = torch.tensor(share[1], device=ids.device)
+        self.prefill_rows = len(share[0])
+        prompt_cache = lean.new_cache(len(share[0]), P)
+        hidden = lean.forward(ids[first], attn[first].bool(), self.cos[first, :P], self.sin[first, :P], prompt_cache)
+        for (k, v), (pk, pv) in zip(self.cache, prompt_cache):
+            k[:, :, :P] = pk.index_select(0, index)
+            v[:, :, :P] = pv.index_select(0, index)
+        self.first = lean.logits(hidden[:, -1]).index_select(0, index)
 
     def step(self, tok: torch.Tensor, t: int) -> torch.Tensor:
         c = self.P + t  # completion token t sits at column P + t
         return self.lean.decode_step(tok, c, self.cos[:, c], self.sin[:, c], self.cache, self.bias)
 
 
+# Rows prefilled by the built-in sampler since the process started (prompt rows run through the
+# model: a prompt shared by K samples counts once); tests and benches read it.
+PREFILL_COUNTS = {"rows": 0, "tokens": 0}
+
+
 @torch.no_grad()
 def _sample_chunk(model: nn.Module, prompt_ids: list[list[int]], pad_id: int, stop_ids: list[int],
                   cfg: SamplingConfig, greedy: bool, generator: torch.Generator | None,
-                  with_logps: bool = False) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None,
-                                                     torch.Tensor | None]:
+                  with_logps: bool = False, share_prompts: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None, torch.Tensor | None]:
     """Sample one completion per row. Returns (ids (B, P+L), attention (B, P+L), P, and with
-    ``with_logps`` the sampled tokens' log-probs and entropies (B, L), else None, None)."""
+    ``with_logps`` the sampled tokens' log-probs and entropies (B, L), else None, None).
+    ``share_prompts``: rows with the same prompt share one prefill (the same samples)."""
     from rlhf.data.collate import PromptCollator
     from rlhf.models.lean import lean_for
 
@@ -184,8 +272,12 @@ def _sample_chunk(model: nn.Module, prompt_ids: list[list[int]], pad_id: int, st
     P = ids.shape[1]
     stop = torch.tensor(stop_ids, device=device)
     lean = lean_for(model, P + cfg.max_new_tokens, cfg.engine)
-    decoder = (_LeanDecoder(lean, ids, attn, pos, cfg.max_new_tokens) if lean is not None
-               else _TransformersDecoder(model, ids, attn, pos))
+    share = _shared_rows(prompt_ids) if share_prompts else None
+    decoder: _LeanDecoder | _TransformersDecoder = (
+        _LeanDecoder(lean, ids, attn, pos, cfg.max_new_tokens, share) if lean is not None
+        else _TransformersDecoder(model, ids, attn, pos, share))
+    PREFILL_COUNTS["rows"] += decoder.prefill_rows
+    PREFILL_COUNTS["tokens"] += decoder.prefill_rows * P
     logits = decoder.first  # (B, V) distribution of the first completion token
     done = torch.zeros(B, dtype=torch.bool, device=device)
     new_tokens, new_attn, lps, ents = [], [], [], []

@@ -76,7 +76,8 @@ def test_large_beta_holds_the_policy_at_the_reference(setup, tmp_path):
     remains is the drift of noisy updates at a high learning rate)."""
     kls = {}
     for beta in (0.0, 5.0):
-        cfg = setup(f"beta{beta}", "advantage=rloo", f"kl.beta={beta}", "train.max_steps=8", "ppo.epochs=2")
+        cfg = setup(f"beta{beta}", "advantage=rloo", f"kl.beta={beta}", "train.max_steps=8", "ppo.epochs=2",
+                    "kl.measure=true")  # (at β = 0 the KL is measured only when asked)
         train(cfg)
         kls[beta] = _scores(tmp_path / f"beta{beta}")[-1]["kl"]
     assert kls[5.0] < 0.4 * kls[0.0], kls
@@ -295,3 +296,58 @@ def test_kl_controller_and_policy_loss_by_name(setup, overrides, name, beta):
     ctl = kl_controller(cfg.kl)
     assert type(ctl).__name__ == name and ctl.value == beta
     assert cfg.ppo.loss == "ppo_clip" and "ppo_clip" in POLICY_LOSSES
+
+
+def test_beta_zero_skips_the_reference_with_the_same_run(setup, tmp_path, monkeypatch, capsys):
+    """kl.beta = 0 with a fixed β: no reference is loaded and none of its passes run, and the run
+    is the one the reference would have given (kl.measure=true keeps the reference): the same
+    samples, losses and final weights. The reference's log-probs enter nothing at β = 0 (no KL
+    in the reward, the loss's KL term is skipped at β = 0), so the two runs do the same float
+    operations in the same order: measured difference 0 (CPU kernels ATEN_CPU_CAPABILITY default
+    and avx512), asserted exactly. The KL is then not measured: no 'kl' metric, final_kl null."""
+    import rlhf.ppo_update as ppo_update
+    import rlhf.recipes.ppo as ppo_recipe
+    from rlhf.report import write_report
+
+    calls, passes = [], {}
+    real, real_logps = ppo_recipe.load_reference, ppo_update.rollout_logps
+    monkeypatch.setattr(ppo_recipe, "load_reference", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def counted_logps(model, *a, **k):  # (π_old comes from the sampler here: fp32, built-in engine)
+        passes[run] = passes.get(run, 0) + 1
+        return real_logps(model, *a, **k)
+
+    monkeypatch.setattr(ppo_update, "rollout_logps", counted_logps)
+    common = ("advantage=grpo", "kl.beta=0", "train.max_steps=2", "ppo.epochs=1")
+    summary = {}
+    for run, extra in (("skip", ()), ("kept", ("kl.measure=true",))):
+        summary[run] = train(setup(f"runs/{run}", *common, *extra))
+    assert len(calls) == 1  # only the kl.measure run loaded a reference
+    assert passes == {"kept": 2}  # one reference pass per step, none without the reference
+    out = capsys.readouterr().out
+    assert "no reference model loaded (" in out and "parameters not copied), no reference pass" in out
+    skip, kept = _scores(tmp_path / "runs/skip"), _scores(tmp_path / "runs/kept")
+    assert all("kl" not in r for r in skip) and all("kl" in r for r in kept)
+    for a, b in zip(skip, kept, strict=True):
+        for key in ("score", "response_length", "loss", "entropy", "approx_kl", "clip_fraction"):
+            assert a[key] == b[key], key
+    wa, wb = _final_weights(tmp_path / "runs/skip"), _final_weights(tmp_path / "runs/kept")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert summary["skip"]["final_kl"] is None and summary["kept"]["final_kl"] is not None
+    assert summary["skip"]["final_score"] == summary["kept"]["final_score"]
+    html = write_report(tmp_path / "runs").read_text()  # rlhf report: a run without the KL draws
+    assert "Could not draw" not in html
+
+
+@pytest.mark.parametrize("overrides,needed", [
+    (["kl.beta=0"], False),
+    (["kl.beta=0", "kl.measure=true"], True),
+    (["kl.beta=0", "kl.target=1.0"], True),  # the adaptive controller steers the measured KL
+    (["kl.beta=0", "track={gold: ppo_toy_reward:e_fraction}"], True),  # report's over-optimisation plot
+    (["kl.beta=0.01"], True),
+])
+def test_which_runs_need_the_reference(setup, overrides, needed):
+    from rlhf.ppo_update import needs_reference
+
+    cfg = setup("ok", *overrides)
+    assert needs_reference(cfg.kl, bool(cfg.track)) is needed
