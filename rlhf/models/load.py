@@ -183,6 +183,8 @@ def _check_folder(folder: Path, what: str, need: str) -> None:
             raise ValueError(f"got a {type(settings).__name__}")
     except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise ModelError(f"{what}: {config}: not a valid JSON object ({' '.join(str(e).split())})") from None
+    if any(folder.glob("*.gguf")):
+        return  # a GGUF file holds its own config, tokenizer and weights: transformers reads it
     if need == "tokenizer":
         if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
             raise ModelError(f"{what}: {folder} has no tokenizer files (none of {', '.join(_TOKENIZER_FILES[:3])}, "
