@@ -188,6 +188,8 @@ def _reward_cases() -> list[tuple[str, list[str], str]]:
                   "did not return within 1 s"))
     cases.append(("ppo-reward-timeout-bad", _with(PPO, "reward=rewards/timeout_bad.yaml"), "timeout must be"))
     cases.append(("ppo-reward-spec-unknown-key", _with(PPO, "reward=rewards/spec_key.yaml"), "'timeuot'"))
+    cases.append(("ppo-reward-recipe-default", [a for a in PPO if not a.startswith("reward")],
+                  "runs/quickstart/rm/final"))  # the tiny recipe's reward model, not made here
     cases.append(("ppo-reward-missing", [a for a in PPO if not a.startswith("reward")] + ["reward="],
                   "reward: is required"))
     return cases
@@ -321,6 +323,8 @@ def _config_cases() -> list[tuple[str, list[str], str]]:
 def _output_cases() -> list[tuple[str, list[str], str]]:
     return [
         ("sft-output-is-file", _with(SFT, "output_dir=outfile"), "outfile"),
+        ("sft-output-under-file", _with(SFT, "output_dir=outfile/run"), "outfile"),
+        ("rm-output-is-file", _with(RM, "output_dir=outfile"), "outfile"),
         ("dpo-output-is-file", _with(DPO, "output_dir=outfile"), "outfile"),
         ("ppo-output-is-file", _with(PPO, "output_dir=outfile", "reward=rewards/ok.py:reward"), "outfile"),
     ]
@@ -343,7 +347,9 @@ def results(world, tmp_path_factory) -> dict[str, dict]:
            "COLUMNS": "200"}
     procs = []
     for k in range(WORKERS):
-        chunk = [{"id": cid, "argv": argv, "cwd": str(world)} for cid, argv, _ in CASES[k::WORKERS]]
+        # each case its own run folder: cases run in parallel, and two runs must not share one
+        chunk = [{"id": cid, "argv": [f"output_dir=runs/{cid}" if a.startswith("output_dir=runs/") else a
+                                      for a in argv], "cwd": str(world)} for cid, argv, _ in CASES[k::WORKERS]]
         (tmp / f"cases{k}.json").write_text(json.dumps(chunk))
         procs.append(subprocess.Popen([sys.executable, str(REPO / "tests" / "cli_batch.py"),
                                        str(tmp / f"cases{k}.json"), str(tmp / f"results{k}.json")],
