@@ -159,6 +159,10 @@ def test_disk_full_inside_safetensors_is_an_os_error(tmp_path):
                     tmp_path / "w.safetensors")
     assert isinstance(e, OSError) and e.errno == 28 and e.filename == str(tmp_path / "w.safetensors")
     assert as_os_error(ValueError("(os error 28)"), "x") is None
+    # torch.save's writer gives no errno: named as an I/O error (or ENOSPC on a full disk)
+    t = as_os_error(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"), tmp_path)
+    assert isinstance(t, OSError) and t.errno == 5 and t.filename == str(tmp_path)
+    assert "while torch.save wrote it" in t.strerror
 
 
 @pytest.mark.slow

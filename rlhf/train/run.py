@@ -160,6 +160,7 @@ def _fsync_parent(path: Path) -> None:
 
 
 _OS_ERROR = re.compile(r"\(os error (\d+)\)")
+_TORCH_WRITE_FAILED = ("inline_container", "PytorchStreamWriter failed", "file write failed")
 
 
 def as_os_error(e: BaseException, path: str | Path) -> OSError | None:
@@ -169,6 +170,19 @@ def as_os_error(e: BaseException, path: str | Path) -> OSError | None:
     line with its errno (ENOSPC, EFBIG, EDQUOT, EACCES...)."""
     if isinstance(e, OSError):
         return _name_path(e, Path(path))
+    if isinstance(e, RuntimeError) and any(k in str(e) for k in _TORCH_WRITE_FAILED):
+        # torch.save's C++ writer reports a failed write without its errno ("unexpected pos
+        # 704 vs 598"): a full disk when the disk is (nearly) full, else an I/O error, which
+        # covers a file-size limit or quota.
+        import errno as errno_mod
+        try:
+            full = shutil.disk_usage(Path(path) if Path(path).is_dir() else Path(path).parent).free < 1 << 20
+        except OSError:
+            full = False
+        code = errno_mod.ENOSPC if full else errno_mod.EIO
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        return OSError(code, f"{os.strerror(code)} while torch.save wrote it (disk full, quota or file-size "
+                             f"limit? torch says: {first})", str(path))
     m = _OS_ERROR.search(str(e)) if type(e).__name__ == "SafetensorError" else None
     if m is None:
         return None
