@@ -143,6 +143,9 @@ PPO = ["ppo", "--recipe", "tiny", "model.name_or_path=tiny", "data.train=prompts
 BON = ["best-of-n", "--recipe", "tiny", "model.name_or_path=tiny", "data.train=prompts.jsonl", "n=2",
        "pool_size=2", "sampling.max_new_tokens=4", "data.max_samples=2", "output_dir=runs/bon"]
 SCORE = ["score", "--data", "sft.jsonl"]
+RAFT = ["raft", "--recipe", "tiny", "model.name_or_path=tiny", "data.train=prompts.jsonl", "track={}", "rounds=1",
+        "samples_per_prompt=2", "prompts_per_round=2", "sampling.max_new_tokens=4", "sft.train.batch_size=2",
+        "output_dir=runs/raft"]
 
 
 def _with(base: list[str], *extra: str) -> list[str]:
@@ -183,6 +186,9 @@ def _reward_cases() -> list[tuple[str, list[str], str]]:
     for name in ("raises", "short", "nan", "strings", "syntax"):
         spec, expect = failures[name]
         cases.append((f"bon-reward-{name}", _with(BON, f"reward={spec}"), expect))
+    for name in ("raises", "nones"):
+        spec, expect = failures[name]
+        cases.append((f"raft-reward-{name}", _with(RAFT, f"reward={spec}"), expect))
     cases.append(("ppo-reward-hangs", _with(PPO, "reward=rewards/hangs.yaml"), "did not return within 1 s"))
     cases.append(("score-reward-hangs", [*SCORE, "--output", "o-hangs.jsonl", "--reward", "rewards/hangs.yaml"],
                   "did not return within 1 s"))

@@ -422,10 +422,12 @@ class RoundRun:
                     vals = call_reward(source, prompts[s:s + bs], completions[s:s + bs],
                                        **row_columns(rows[s:s + bs]))
                 except Exception as e:  # noqa: BLE001 - re-raised with the source and step named
-                    kind = NonFiniteError if isinstance(e, NonFiniteError) else RuntimeError
+                    from rlhf.rewards import RewardError
+                    # the reward layer's own errors stay what they are (the CLI prints them as one line)
+                    kind: type[Exception] = type(e) if isinstance(e, (NonFiniteError, RewardError)) else RuntimeError
+                    said = str(e) if kind is not RuntimeError else f"{type(e).__name__}: {e}"
                     raise kind(f"[{self.stage}] {where}: reward source {name} ({getattr(source, 'name', '?')}) "
-                                       f"failed on completions {s}..{min(s + bs, len(completions)) - 1}: "
-                                       f"{type(e).__name__}: {e}") from e
+                               f"failed on completions {s}..{min(s + bs, len(completions)) - 1}: {said}") from e
                 vals = [float(v) for v in (vals.tolist() if hasattr(vals, "tolist") else vals)]
                 if len(vals) != len(completions[s:s + bs]):
                     raise RuntimeError(f"[{self.stage}] {where}: reward source {name} returned {len(vals)} "

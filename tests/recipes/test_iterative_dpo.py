@@ -165,7 +165,8 @@ def test_bad_input_gives_clear_errors_and_leaves_nothing_half_written(setup):
     with pytest.raises(ConfigError, match="reward: .*cannot import"):
         train(_cfg(setup, "reward=nope:f"))
     assert not out.exists()
-    with pytest.raises(RuntimeError, match=r"round 1/2: reward source reward .*reward failed"):
+    from rlhf.rewards import RewardError
+    with pytest.raises(RewardError, match=r"round 1/2: reward source reward .*raised RuntimeError: reward failed"):
         train(_cfg(setup, "reward=idpo_rewards:boom"))
     assert not (out / "round-1").exists() and not (out / "summary.json").exists()
     # A constant reward ties every prompt: no pair, a clear error and no DPO run started...

@@ -260,7 +260,9 @@ def test_bad_input_gives_clear_errors_and_leaves_nothing_half_written(setup):
     with pytest.raises(ConfigError, match="track.gold: .*no callable"):
         train(_cfg(RAFTConfig, setup, "track={gold: 'rs_rewards:missing'}"))
     assert not out.exists()  # inputs are checked before the folder is created
-    with pytest.raises(RuntimeError, match=r"step 1/2 \(round-1\): reward source reward .*RuntimeError: reward failed"):
+    from rlhf.rewards import RewardError
+    with pytest.raises(RewardError, match=r"step 1/2 \(round-1\): reward source reward .*raised RuntimeError: "
+                                          r"reward failed"):
         train(_cfg(RAFTConfig, setup, "reward=rs_rewards:boom", "rounds=2"))
     assert not (out / "round-1").exists() and not (out / "summary.json").exists()
     # Nothing kept: a clear error, the round's samples saved but the round not finished...
