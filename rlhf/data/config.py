@@ -80,7 +80,8 @@ class DataConfig:
                                 "{human: user, gpt: assistant, ...}, e.g. {bot: assistant}")
     winner_columns: list[str] = opt(factory=list, help="pairwise format: the column(s) saying which "
                                     "of response_a/response_b won; several = annotators' votes "
-                                    "(majority, equal counts dropped as ties); default: winner")
+                                    "(the outcome a, b or tie with the most votes; no single most, "
+                                    "or most votes for tie = a tie, dropped); default: winner")
     winner_values: dict[str, list[Any]] = opt(factory=dict, help="pairwise format: {a: [...], b: [...], "
                                               "tie: [...]}, the values meaning response_a won, "
                                               "response_b won, a tie; default: 1/2, A/B, ... (see docs)")
