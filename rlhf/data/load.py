@@ -26,13 +26,14 @@ import logging
 import math
 import random
 import re
+from pathlib import Path
 from typing import Any, Literal, overload
 
 from rlhf.config import ConfigError
 from rlhf.data.config import DataConfig
 from rlhf.data.errors import NOT_KEPT, PROMPT_ONLY, BadRow, DataError, DropRow, SkipReport
 from rlhf.data.formats import CONVERTERS, FORMAT_FIELDS, RowSpec, detect_format, prepare_row, winner_key
-from rlhf.data.io import read_rows, rename_columns
+from rlhf.data.io import read_rows, rename_columns, source_kind
 from rlhf.data.records import (
     PreferenceRecord,
     PromptRecord,
@@ -345,17 +346,58 @@ def load_train_eval(cfg: DataConfig, kind: Kind) -> tuple[list[Any], list[Any] |
     """Train and eval records and one report covering both.
 
     Eval comes from, in order: ``cfg.eval`` (split ``cfg.eval_split`` or ``cfg.train_split``);
-    the train source's ``cfg.eval_split``; ``cfg.eval_fraction`` of the train rows (see
-    :func:`split_eval`; after ``max_samples``); otherwise there is no eval set (None).
+    the train source's ``cfg.eval_split`` where the source has splits (a hub dataset, a saved
+    DatasetDict, a folder of data files); ``cfg.eval_fraction`` of the train rows (see
+    :func:`split_eval`; after ``max_samples``; said in one line with the counts); otherwise there
+    is no eval set (None). An ``eval_split`` that a source with no splits (one file) cannot give,
+    with no ``eval_fraction`` to fall back on, is refused: reading the file again would evaluate
+    on the training rows. So is an eval source that is the training source itself.
     """
+    use_split = cfg.eval is None and cfg.eval_split is not None
+    if use_split and not _has_splits(cfg.train):
+        if cfg.eval_fraction <= 0:
+            raise DataError(cfg.train, None, "eval_split", f"a source with splits to read split "
+                            f"{cfg.eval_split!r} from (this is one file: evaluating on it would "
+                            "evaluate on the training rows); give data.eval (a held-out file), or "
+                            "data.eval_fraction (e.g. 0.05: a seeded part held out), or "
+                            "data.eval_split=null (no evaluation)")
+        use_split = False
+    if cfg.eval is not None and _same_source(cfg.eval, cfg.train) and (
+            not _has_splits(cfg.train) or (cfg.eval_split or cfg.train_split) == cfg.train_split):
+        raise DataError(cfg.eval, None, "eval", "held-out data, not the training source itself "
+                        f"(data.eval is data.train{'' if not _has_splits(cfg.train) else ', same split'}); "
+                        "give another file or split, or data.eval_fraction instead of data.eval")
     train, report = load_records(cfg, kind)
     ev: list[Record] | None = None
     if cfg.eval is not None:
         ev, r2 = load_records(cfg, kind, cfg.eval, cfg.eval_split or cfg.train_split)
         report.merge(r2)
-    elif cfg.eval_split is not None:
+    elif use_split:
+        assert cfg.eval_split is not None
         ev, r2 = load_records(cfg, kind, cfg.train, cfg.eval_split)
         report.merge(r2)
     elif cfg.eval_fraction > 0:
+        n = len(train)
         train, ev = split_eval(train, cfg.eval_fraction, cfg.seed)
+        why = f"{cfg.train} has no split {cfg.eval_split!r}: " if cfg.eval_split is not None else ""
+        say = log.warning if why else log.info
+        say("%sheld out %d of %d %s records for evaluation (data.eval_fraction=%g, data.seed=%d); "
+            "%d left to train on", why, len(ev), n, kind, cfg.eval_fraction, cfg.seed, len(train))
     return train, ev, report
+
+
+def _has_splits(source: str) -> bool:
+    """Whether ``source`` has named splits: not one file, nor one saved Dataset."""
+    kind = source_kind(source)
+    if kind == "file":
+        return False
+    if kind == "saved":
+        return (Path(source) / "dataset_dict.json").is_file()
+    return True
+
+
+def _same_source(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b

@@ -318,6 +318,47 @@ def test_eval_from_a_file_and_from_a_split(tmp_path):
     assert evs is None
 
 
+def test_eval_split_of_one_file_is_refused_or_falls_back_to_eval_fraction(tmp_path, caplog):
+    """Issue 22 item 1: data.eval_split on a local file was ignored and the file itself became the
+    eval set (train_examples 24 = eval_examples 24, no word). Now: refused in one line, or, with
+    data.eval_fraction, a seeded hold-out said in one line with its counts."""
+    import datasets
+    rows = [{"prompt": f"p{i}", "completion": "c"} for i in range(20)]
+    p = write(tmp_path, rows)
+    with pytest.raises(DataError) as e:
+        load_train_eval(DataConfig(train=str(p), eval_split="test"), "sft")
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: eval_split: a source with splits to read split 'test' from")
+    assert "data.eval_fraction" in msg and "\n" not in msg
+    with caplog.at_level("INFO", logger="rlhf.data"):
+        train, ev, _ = load_train_eval(DataConfig(train=str(p), eval_split="test", eval_fraction=0.25), "sft")
+    assert len(train) == 15 and len(ev) == 5
+    assert not {r.prompt for r in train} & {r.prompt for r in ev}
+    assert f"{p} has no split 'test': held out 5 of 20 sft records for evaluation" in caplog.text
+    # a single saved Dataset has no splits either
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "one"))
+    with pytest.raises(DataError, match="eval_split: a source with splits"):
+        load_train_eval(DataConfig(train=str(tmp_path / "one"), eval_split="test"), "sft")
+    # eval = the training file itself (by another spelling) is refused too
+    with pytest.raises(DataError, match="eval: held-out data, not the training source itself"):
+        load_train_eval(DataConfig(train=str(p), eval=str(tmp_path / "." / "d.jsonl")), "sft")
+
+
+def test_shipped_recipes_never_evaluate_on_their_training_file():
+    """A recipe with data.eval_split (a hub dataset's test split) also names eval_fraction, so
+    data.train=<your file> holds out rows instead of being refused or evaluating on training data."""
+    import yaml
+
+    from rlhf.configs import ROOT
+    checked = 0
+    for path in ROOT.glob("*/*.yaml"):
+        data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+        if data.get("eval_split") is not None and data.get("eval") is None:
+            assert data.get("eval_fraction", 0) > 0, path
+            checked += 1
+    assert checked >= 7
+
+
 def test_eval_fraction_needs_two_rows(tmp_path):
     p = write(tmp_path, [{"prompt": "a", "completion": "b"}])
     with pytest.raises(DataError, match="eval_fraction: at least 2 rows to hold some out"):
