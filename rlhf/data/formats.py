@@ -166,7 +166,10 @@ def _margin(data: dict) -> float | str | None:
             float(v)
         except ValueError:
             return v.strip()
-    return _number(v, "margin", NAN_MARGIN)
+    m = _number(v, "margin", NAN_MARGIN)
+    if math.isinf(m):  # a pair "infinitely better" is no margin a loss can use
+        raise BadRow(NAN_MARGIN, "margin", f"a finite number (got {v!r})")
+    return m
 
 
 def _same(a: Text, b: Text) -> bool:

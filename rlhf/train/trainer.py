@@ -19,7 +19,8 @@ that must be right once and identical everywhere:
   optimizer update; the schedule still advances); ``train.max_skipped_steps`` consecutive skips
   are tolerated, one more stops the run naming the step and the quantity. Weights are checked
   before every checkpoint and before final/, so the last checkpoint written is a good resume
-  point and final/ never holds NaN or inf.
+  point and final/ never holds NaN or inf. A run whose last updates were skipped publishes no
+  final/ (its weights are not a finished run's) and exits with one line.
 * **Resume fingerprint.** Resuming compares the resolved config with the folder's config.yaml
   (:func:`rlhf.train.guards.check_resume_config`).
 * **Sharding.** ``train.distributed: fsdp`` shards parameters, gradients and optimizer state with
@@ -491,7 +492,8 @@ class Trainer:
                 # trainer_state.json is written last: its presence marks the checkpoint complete.
                 write_json_atomic(tmp / "trainer_state.json", {
                     "step": step, "stage": self.stage, "total_steps": self.plan.total_steps,
-                    "num_processes": acc.num_processes, "extra": extra_state or {}})
+                    "num_processes": acc.num_processes, "skipped_in_a_row": self._skipped_in_a_row,
+                    "extra": extra_state or {}})
             except Exception as e:
                 shutil.rmtree(tmp, ignore_errors=True)
                 err = as_os_error(e, tmp)
@@ -530,7 +532,8 @@ class Trainer:
             assert self.plan is not None, "call setup() first"
             write_json_atomic(tmp / "trainer_state.json", {
                 "step": step, "stage": self.stage, "total_steps": self.plan.total_steps,
-                "num_processes": acc.num_processes, "distributed": "fsdp", "extra": extra_state or {}})
+                "num_processes": acc.num_processes, "distributed": "fsdp",
+                "skipped_in_a_row": self._skipped_in_a_row, "extra": extra_state or {}})
             sharding.fsync_dir(tmp)
             if path.exists():
                 shutil.rmtree(path)
@@ -573,6 +576,7 @@ class Trainer:
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state(rng["cuda"])
         self.start_step = int(state["step"])
+        self._skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
         self.resume_extra = state.get("extra", {})
 
     def _load_trainable(self, path: Path) -> None:
@@ -608,6 +612,16 @@ class Trainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         assert self.plan is not None, "call setup() first"
+        if self._skipped_in_a_row:
+            # The weights are finite but not a finished run's: the last updates never happened
+            # (lr=1e12 makes weights ~1e12 at step 1, then every loss non-finite). Not published.
+            n, last = self._skipped_in_a_row, self._last_good_checkpoint()
+            raise NonFiniteError(
+                f"[{self.stage}] the last {n} of {self.plan.total_steps} optimizer updates were skipped "
+                f"for a non-finite loss or gradient norm (within train.max_skipped_steps="
+                f"{self.cfg.max_skipped_steps}), so the run did not train to its end: final/ not "
+                "written" + (f" (the last checkpoint is {last})" if last else "")
+                + ". Lower train.lr, set train.max_grad_norm, or check the data and the reward.")
         summary = {"stage": self.stage, "steps": self.plan.total_steps,
                    "wall_time_s": round(time.time() - self._t0, 2), **summary}
         whole: contextlib.AbstractContextManager = contextlib.nullcontext()

@@ -274,7 +274,7 @@ def test_text_rating_labels_through_a_mapping(tmp_path):
                    {"prompt": "p2", "chosen": "a", "rejected": "c", "rating": "negligibly better"},
                    {"prompt": "p3", "chosen": "a", "rejected": "d", "rating": 2}], tmp_path / "t.jsonl")
     dcfg = DataConfig(train=str(path), chat_template="none", columns={"margin": "rating"})
-    records, report = load_records(dcfg, "preference")
+    records, report = load_records(dcfg, "preference", margin_labels=True)
     assert [r.margin for r in records] == ["Significantly better", "negligibly better", 2.0]
     mapping = {"significantly better": 1.0, "negligibly better": 0.0, "2": 0.5}
     got = _resolve_margins(records, RewardLossConfig(margin="mapping", margin_mapping=mapping), dcfg, report)
