@@ -220,7 +220,8 @@ def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
         say(f"rlhf {name}: config error: {e}")
         return 2
     except RunDirError as e:
-        say(f"rlhf {name}: error: {e}")
+        if e.echo:  # False on a torchrun rank > 0 told of rank 0's refusal (rlhf/train/trainer.py)
+            say(f"rlhf {name}: error: {e}")
         return 1
     except OSError as e:  # read-only, full, permission: every publish is atomic, so nothing is half-written
         if isinstance(e, _loaded_errors()):  # e.g. a model path that does not exist: its message says it all

@@ -58,6 +58,7 @@ from rlhf.train.run import (
     fsync_tree,
     list_checkpoints,
     prepare_output_dir,
+    release_run_lock,
     save_safetensors,
     write_json_atomic,
 )
@@ -135,17 +136,34 @@ class Trainer:
             cpu=not torch.cuda.is_available(),
         )
         acc = self.accelerator
-        # Every process inspects the folder (read-only), the main one creates it.
-        resume = prepare_output_dir(self.output_dir, cfg.resume_from) if acc.is_main_process else None
-        acc.wait_for_everyone()
-        if not acc.is_main_process:
-            resume = prepare_output_dir(self.output_dir, cfg.resume_from)
-        self.resume_path: Path | None = resume
+        # Only the main process decides about the folder (checks it, locks it, resumes or starts
+        # it); the others are told the outcome, so a refusal is one line from one process and no
+        # other process is left waiting at a barrier for a peer that exited (a gloo traceback).
+        resume: Path | None = None
+        decision: dict[str, Any] = {}
         if acc.is_main_process:
-            if resume is not None:  # refuse a changed config before config.yaml is rewritten
-                check_resume_config(self.output_dir, Path(resume).parent / "config.yaml", run_config, stage,
-                                    resumed_from=resume)
-            save_config(run_config, self.output_dir / "config.yaml")
+            try:
+                resume = prepare_output_dir(self.output_dir, cfg.resume_from)
+                if resume is not None:  # refuse a changed config before config.yaml is rewritten
+                    check_resume_config(self.output_dir, Path(resume).parent / "config.yaml", run_config,
+                                        stage, resumed_from=resume)
+                save_config(run_config, self.output_dir / "config.yaml")
+                decision = {"resume": None if resume is None else str(resume)}
+            except (RunDirError, OSError) as e:
+                if acc.num_processes == 1:
+                    raise
+                decision = {"error": str(e) if isinstance(e, RunDirError) else f"{e}"}
+                _share(acc, decision)
+                raise
+        decision = _share(acc, decision)
+        if "error" in decision:  # not the main process: say nothing, the main one said it
+            refused = RunDirError(decision["error"])
+            refused.echo = False
+            raise refused
+        if not acc.is_main_process and decision.get("resume"):
+            resume = Path(decision["resume"])
+        self.resume_path = resume
+        if acc.is_main_process:
             if cfg.report_to:
                 acc.init_trackers(stage, config=_flat(to_dict(run_config)))
         set_seed(cfg.seed)
@@ -646,10 +664,28 @@ class Trainer:
                        f"{self.output_dir / 'final'})")
             for msg in self._warnings.since(self._warn_start):
                 self.print(f"[{self.stage}] warning (repeated from above): {msg}")
+            release_run_lock(self.output_dir)
         if self.cfg.report_to:
             acc.end_training()
         acc.wait_for_everyone()
         return summary
+
+
+def _share(acc: Accelerator, obj: dict[str, Any]) -> dict[str, Any]:
+    """The main process's ``obj`` (JSON) on every process: a broadcast of its UTF-8 bytes as
+    tensors (no pickle, unlike ``broadcast_object_list``). One process: ``obj`` itself."""
+    if acc.num_processes == 1:
+        return obj
+    import torch.distributed as dist
+
+    device = acc.device
+    data = json.dumps(obj).encode() if acc.is_main_process else b""
+    n = torch.tensor([len(data)], dtype=torch.long, device=device)
+    dist.broadcast(n, src=0)
+    buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device) if acc.is_main_process
+           else torch.empty(int(n.item()), dtype=torch.uint8, device=device))
+    dist.broadcast(buf, src=0)
+    return cast(dict[str, Any], json.loads(bytes(buf.cpu().tolist()).decode()))
 
 
 def _grad_norm(model: torch.nn.Module) -> torch.Tensor:

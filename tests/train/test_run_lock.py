@@ -1,0 +1,117 @@
+"""One run per output folder (issue 22 item 5): a lock held for the run's life and dropped when
+its process dies, nothing written into a folder before it is known to be this run's, and under
+torchrun only rank 0 decides (a refused rerun is one line, with no rank-1 gloo traceback).
+
+Each test failed before the lock (noted per test)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlhf import cli
+from rlhf.train.run import RunDirError, acquire_run_lock, prepare_output_dir, release_run_lock
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def _holder(folder: Path) -> subprocess.Popen:
+    """Another process that takes the folder's lock (prepare_output_dir, as a run does) and waits."""
+    code = ("import sys, time; from rlhf.train.run import prepare_output_dir; "
+            "prepare_output_dir(sys.argv[1], 'auto'); print('locked', flush=True); time.sleep(600)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(folder)], env=_env(), stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "locked"
+    return p
+
+
+def _sft_args(tiny_llama, data, out, *extra) -> list[str]:
+    return [f"output_dir={out}", f"model.name_or_path={tiny_llama}", f"data.train={data['train']}",
+            "data.chat_template=none", "data.max_length=64", "data.max_samples=40", "train.batch_size=8",
+            "train.max_steps=2", "train.progress=false", "train.save_model_in_checkpoints=false", *extra]
+
+
+def _error_lines(capsys) -> list[str]:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return [x for x in err.splitlines() if x.startswith("rlhf ")]
+
+
+def test_a_second_run_into_a_locked_folder_is_refused_and_the_lock_dies_with_its_holder(
+        tiny_llama, instruction_data, tmp_path, capsys):
+    """Before: nothing stopped the second run (a duplicated metrics step, a misleading
+    `trainer_state.json: No such file`, a .tmp checkpoint left in a finished run)."""
+    out = tmp_path / "run"
+    holder = _holder(out)
+    try:
+        rc = cli.main(["sft", *_sft_args(tiny_llama, instruction_data, out)])
+        err = _error_lines(capsys)
+        assert rc == 1 and len(err) == 1, err
+        assert f"{out} is in use by another run (pid {holder.pid} holds its lock)" in err[0], err
+        assert list(out.iterdir()) == []  # nothing written by the refused run
+    finally:
+        holder.send_signal(signal.SIGKILL)  # no clean-up: the kernel drops the lock
+        holder.wait()
+    assert prepare_output_dir(out, "auto") is None  # not stale: taken at once
+    release_run_lock(out)
+
+
+def test_the_lock_is_reentrant_in_one_process_and_released(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    acquire_run_lock(d)
+    acquire_run_lock(d)  # the same process again (a resumed run in a notebook): fine
+    release_run_lock(d)
+    holder = _holder(d)  # another process can take it now
+    try:
+        with pytest.raises(RunDirError, match="in use by another run"):
+            acquire_run_lock(d)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_unrelated_folder_is_refused_before_anything_is_deleted_or_written(
+        tiny_llama, instruction_data, tmp_path, capsys):
+    """Before: a file with a debris-like name was deleted and config.yaml written, then refused."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "draft.tmp-99999999").write_text("mine too")  # the pattern of a killed run's temp file
+    (out / "config.yaml").write_text("learning: yes\n")  # someone else's config
+    before = {p.name: p.read_text() for p in out.iterdir()}
+    rc = cli.main(["sft", *_sft_args(tiny_llama, instruction_data, out)])
+    err = _error_lines(capsys)
+    assert rc == 1 and len(err) == 1, err
+    assert f"{out} is not empty and holds no rlhf run" in err[0] and "nothing was deleted" in err[0], err
+    assert {p.name: p.read_text() for p in out.iterdir()} == before
+
+
+@pytest.mark.slow
+def test_torchrun_refusal_is_one_line_from_rank_0(tiny_llama, instruction_data, tmp_path):
+    """torchrun x 2 into a finished run's folder: rank 0 refuses, rank 1 is told and exits
+    quietly. Before: rank 1 waited at a barrier for rank 0, which had exited, and added a gloo
+    traceback ("Connection closed by peer") to the one line."""
+    out = tmp_path / "done"
+    out.mkdir()
+    (out / "config.yaml").write_text(f"output_dir: {out}\n")
+    (out / "summary.json").write_text("{}")
+    t = time.time()
+    p = subprocess.run([str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2",
+                        "-m", "rlhf.cli", "sft", *_sft_args(tiny_llama, instruction_data, out)],
+                       env=_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert p.returncode != 0
+    lines = [x for x in p.stderr.splitlines() if x.startswith("rlhf sft")]
+    assert len(lines) == 1 and "already holds a finished run" in lines[0], p.stderr[-3000:]
+    assert "gloo" not in p.stderr.lower() and "Connection closed" not in p.stderr, p.stderr[-3000:]
+    assert time.time() - t < 300
