@@ -256,6 +256,8 @@ def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from rlhf.train.launcher import die_with_launcher
+    die_with_launcher()  # a torchrun worker dies with torchrun (kill -9 of it left orphans)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_top_help())
         return 0

@@ -126,6 +126,8 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, output_dir: str | Path, run_config: Any, stage: str):
+        from rlhf.train.launcher import die_with_launcher
+        die_with_launcher()  # under torchrun: this worker dies with its launcher
         self.cfg = cfg
         self.stage = stage
         self.output_dir = Path(output_dir)

@@ -115,3 +115,54 @@ def test_torchrun_refusal_is_one_line_from_rank_0(tiny_llama, instruction_data, 
     assert len(lines) == 1 and "already holds a finished run" in lines[0], p.stderr[-3000:]
     assert "gloo" not in p.stderr.lower() and "Connection closed" not in p.stderr, p.stderr[-3000:]
     assert time.time() - t < 300
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out += [int(x) for x in text]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie waiting for a reaper is dead
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_die_with_a_killed_torchrun(tiny_llama, instruction_data, tmp_path):
+    """Issue 22 item 6: `kill -9` of torchrun x 2 mid-run. Before: both workers ran on as orphans,
+    finished the run alone and wrote final/ (a rerun raced them). Now they die within seconds."""
+    out = tmp_path / "run"
+    p = subprocess.Popen([str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node",
+                          "2", "-m", "rlhf.cli", "sft",
+                          *_sft_args(tiny_llama, instruction_data, out, "train.max_steps=100000", "train.batch_size=2",
+                                     "data.max_samples=1000")],
+                         env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 300
+        while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip()):
+            assert p.poll() is None and time.time() < deadline, "the run ended or never logged a step"
+            time.sleep(0.5)
+        workers = _children(p.pid)
+        assert len(workers) == 2, workers
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        deadline = time.time() + 30
+        while any(_alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), "the workers outlived torchrun"
+        assert not (out / "final").exists() and not (out / "summary.json").exists()
+    finally:
+        if p.poll() is None:
+            workers += _children(p.pid)
+            p.kill()
+        for w in workers:  # orphans of a failed check: end them here
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
