@@ -165,9 +165,10 @@ def run(stage: str, model: Any = None, data: Any = None, *, tokenizer: Any = Non
             over[key] = value
     body = _merge(base, over)
     out = Path(body.get("output_dir") or cls.__dataclass_fields__["output_dir"].default)
-    from rlhf.train.run import RunDirError, is_finished
+    from rlhf.train.run import RunDirError, check_run_folder, is_finished
     if is_finished(out):
         raise RunDirError(f"{out} already holds a finished run (summary.json exists); choose another output_dir")
+    check_run_folder(out)  # an unrelated folder is refused before inputs/ is written into it
     inputs = out / "inputs"
     if model is not None:
         _set(body, "model.name_or_path", _save_model(model, tokenizer, inputs / "model"))

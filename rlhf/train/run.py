@@ -53,14 +53,20 @@ class RunDirError(RuntimeError):
     echo: bool = True
 
 
+# What rlhf writes into a run folder before its config.yaml: the notebook API's copies of
+# in-memory models and data (rlhf/api.py).
+_OWN = {"inputs"}
+
+
 def check_run_folder(output_dir: str | Path) -> None:
     """Refuse a folder that is not empty and holds no run (this module's ``config.yaml`` with
-    an ``output_dir`` key), before anything is deleted or written in it."""
+    an ``output_dir`` key; or only what rlhf writes before it, ``inputs/``), before anything
+    is deleted or written in it."""
     d = Path(output_dir)
     if not d.is_dir():
         return
     entries = sorted(p.name for p in d.iterdir())
-    if not entries or _is_run_config(d / "config.yaml"):
+    if _is_run_config(d / "config.yaml") or all(n in _OWN for n in entries):
         return
     shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
     raise RunDirError(f"{d} is not empty and holds no rlhf run (no run config.yaml; it holds {shown}): "
@@ -165,8 +171,8 @@ def prepare_output_dir(output_dir: str | Path, resume_from: str) -> Path | None:
     checks pass.
     """
     d = Path(output_dir)
-    check_run_folder(d)
     _refuse_finished(d)
+    check_run_folder(d)
     ckpt: Path | None = None
     if resume_from not in ("auto", "none"):
         ckpt = Path(resume_from)
