@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["RunDirError", "prepare_output_dir", "acquire_run_lock", "release_run_lock", "check_run_folder",
+           "check_pipeline_folder",
            "list_checkpoints", "latest_checkpoint",
            "as_os_error", "save_safetensors", "file_mode", "normalize_modes", "MetricsWriter",
            "write_json_atomic", "write_jsonl_atomic",
@@ -71,6 +72,20 @@ def check_run_folder(output_dir: str | Path) -> None:
     shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
     raise RunDirError(f"{d} is not empty and holds no rlhf run (no run config.yaml; it holds {shown}): "
                       "choose a new or empty output_dir (nothing was deleted or written there)")
+
+
+def check_pipeline_folder(output_dir: str | Path, stage_folders: list[str]) -> None:
+    """:func:`check_run_folder` for a pipeline's folder: accepted when new, empty, holding
+    ``pipeline.json``, or holding only its stage folders and temporary names."""
+    d = Path(output_dir)
+    if not d.is_dir() or (d / "pipeline.json").is_file():
+        return
+    entries = sorted(p.name for p in d.iterdir())
+    odd = [n for n in entries if n not in stage_folders and not _DEBRIS.match(n)]
+    if odd:
+        shown = ", ".join(odd[:5]) + (f", ... ({len(odd)} entries)" if len(odd) > 5 else "")
+        raise RunDirError(f"{d} is not empty and holds no rlhf pipeline (no pipeline.json; it holds {shown}): "
+                          "choose a new or empty output folder (nothing was deleted or written there)")
 
 
 def _is_run_config(path: Path) -> bool:

@@ -166,3 +166,18 @@ def test_workers_die_with_a_killed_torchrun(tiny_llama, instruction_data, tmp_pa
         for w in workers:  # orphans of a failed check: end them here
             if _alive(w):
                 os.kill(w, signal.SIGKILL)
+
+
+def test_a_pipeline_into_an_unrelated_folder_is_refused_before_anything_is_deleted(tmp_path):
+    """A pipeline folder must be new, empty, a pipeline's (pipeline.json) or hold only its stage
+    folders. Before: remove_debris deleted a file with a temporary-looking name there first."""
+    from rlhf.pipeline import run_pipeline
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "draft.tmp-99999999").write_text("mine too")
+    spec = {"output_dir": str(out), "stages": [{"name": "d", "type": "call", "args": {"function": "x:y"}}]}
+    with pytest.raises(RunDirError, match="is not empty and holds no rlhf pipeline"):
+        run_pipeline(spec)
+    assert sorted(p.name for p in out.iterdir()) == ["draft.tmp-99999999", "notes.txt"]
