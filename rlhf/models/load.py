@@ -618,7 +618,7 @@ def scalar_model_class(config: Any) -> Any:
         _GENERIC_SCALAR[causal] = type(name, (GenericForSequenceClassification, base), {
             # transformers' own module: its loader treats a class from any other module as custom
             # code and skips the trunk's _init_weights, leaving non-persistent buffers (Falcon-H1's
-            # mup_vector) as torch.empty garbage: scores of 1e26, a PPO value loss of 1e18.
+            # mup_vector) as torch.empty garbage (values ~3e26 here; the RM's first update non-finite).
             "__module__": causal.__module__, "base_model_prefix": base.base_model_prefix,
             "__doc__": f"{base.__name__}'s trunk and a scalar head (no transformers class for it)."})
     return _GENERIC_SCALAR[causal]

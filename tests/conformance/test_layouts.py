@@ -100,7 +100,7 @@ def test_reward_model_and_critic_load_and_score_padded_as_alone(arch, conformanc
                                                                  conformance_tokenizer):
     """rlhf rm's scalar model and PPO's critic (the same loader) for each type: its trunk computes
     the causal LM's hidden states (issue 22 item 7: Falcon-H1's trunk had torch.empty buffers,
-    scores ~1e26, a PPO value loss of 4e18), and the left-padded batch's last-token scores and
+    buffer values ~3e26, NaN scores on a padded batch), and the left-padded batch's last-token scores and
     per-token values equal each sequence's alone (fp32: measured <= 2e-6; 1e-5)."""
     from rlhf.data.collate import PromptCollator
     from rlhf.models.config import ModelConfig
