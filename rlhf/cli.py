@@ -216,6 +216,9 @@ def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
         except BaseException:
             _close_progress_bars()
             raise
+        finally:  # the run's folders are free once the command ends, however it ends
+            if "rlhf.train.run" in sys.modules:
+                sys.modules["rlhf.train.run"].release_all_run_locks()
     except ConfigError as e:  # a value only checkable at run time (a reward spec, a folder)
         say(f"rlhf {name}: config error: {e}")
         return 2

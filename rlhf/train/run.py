@@ -29,7 +29,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunDirError", "prepare_output_dir", "acquire_run_lock", "release_run_lock", "check_run_folder",
+__all__ = ["RunDirError", "prepare_output_dir", "acquire_run_lock", "release_run_lock", "release_all_run_locks",
+           "check_run_folder",
            "check_pipeline_folder",
            "list_checkpoints", "latest_checkpoint",
            "as_os_error", "save_safetensors", "file_mode", "normalize_modes", "MetricsWriter",
@@ -138,6 +139,13 @@ def release_run_lock(output_dir: str | Path) -> None:
     fd = _LOCKS.pop(str(Path(output_dir).resolve()), None)
     if fd is not None:
         os.close(fd)  # closing the last descriptor drops the flock
+
+
+def release_all_run_locks() -> None:
+    """Drop every lock this process holds: a command run in-process ended (the CLI calls this
+    after each stage or tool, whether it finished or failed), so its folders are free again."""
+    for key in list(_LOCKS):
+        os.close(_LOCKS.pop(key))
 
 
 def _lock_holder(d: Path) -> str | None:

@@ -181,3 +181,15 @@ def test_a_pipeline_into_an_unrelated_folder_is_refused_before_anything_is_delet
     with pytest.raises(RunDirError, match="is not empty and holds no rlhf pipeline"):
         run_pipeline(spec)
     assert sorted(p.name for p in out.iterdir()) == ["draft.tmp-99999999", "notes.txt"]
+
+
+def test_a_failed_in_process_run_frees_its_folder(tiny_llama, instruction_data, tmp_path, capsys):
+    """A command run in-process (a notebook, tests/cli_batch.py) that fails after taking the lock
+    releases it when the command ends: another process may then use the folder. Before the
+    release, the catalogue's parallel workers were refused 'in use by another run'."""
+    out = tmp_path / "run"
+    rc = cli.main(["sft", *_sft_args(tiny_llama, instruction_data, out, "train.lr=1e12")])
+    assert rc == 1 and "optimizer updates were skipped" in capsys.readouterr().err
+    holder = _holder(out)  # another process takes the lock (fails, reading '' not 'locked', if still held)
+    holder.kill()
+    holder.wait()
