@@ -192,7 +192,11 @@ def run(stage: str, model: Any = None, data: Any = None, *, tokenizer: Any = Non
     cfg = load_config(cls, None, [], base=body)
     from rlhf.console import quiet_third_party
     quiet_third_party()
-    summary = st.load(st.run)(cfg)
+    from rlhf.train.run import release_all_run_locks
+    try:
+        summary = st.load(st.run)(cfg)
+    finally:  # the folder is free again once the run ends, however it ends
+        release_all_run_locks()
     return _load_result(stage, out, dict(summary or {}))
 
 
