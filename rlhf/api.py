@@ -211,7 +211,7 @@ def run(stage: str, model: Any = None, data: Any = None, *, tokenizer: Any = Non
             over[key] = value
     body = _merge(base, over)
     out = Path(body.get("output_dir") or cls.__dataclass_fields__["output_dir"].default)
-    from rlhf.train.run import RunDirError, is_finished
+    from rlhf.train.run import RunDirError, check_run_folder, is_finished
     if overwrite and out.exists():
         _remove_run(out)
     if is_finished(out) and not resume:
@@ -219,6 +219,8 @@ def run(stage: str, model: Any = None, data: Any = None, *, tokenizer: Any = Non
                           f"or pass overwrite=True (train again) or resume=True (return it)")
     if not resume:
         _set(body, "train.resume_from", "none")
+    if not is_finished(out):
+        check_run_folder(out)  # an unrelated folder is refused before inputs/ is written into it
     inputs = out / "inputs"
     finished = is_finished(out)
     if finished:
@@ -266,7 +268,11 @@ def run(stage: str, model: Any = None, data: Any = None, *, tokenizer: Any = Non
         return _load_result(stage, out, json.loads((out / "summary.json").read_text()))
     from rlhf.console import quiet_third_party
     quiet_third_party()
-    summary = st.load(st.run)(cfg)
+    from rlhf.train.run import release_all_run_locks
+    try:
+        summary = st.load(st.run)(cfg)
+    finally:  # the folder is free again once the run ends, however it ends
+        release_all_run_locks()
     return _load_result(stage, out, dict(summary or {}))
 
 

@@ -437,11 +437,15 @@ def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
         except BaseException:
             _close_progress_bars()
             raise
+        finally:  # the run's folders are free once the command ends, however it ends
+            if "rlhf.train.run" in sys.modules:
+                sys.modules["rlhf.train.run"].release_all_run_locks()
     except ConfigError as e:  # a value only checkable at run time (a reward spec, a folder)
         say(f"rlhf {name}: config error: {e}")
         return 2
     except RunDirError as e:
-        say(f"rlhf {name}: error: {e}")
+        if e.echo:  # False on a torchrun rank > 0 told of rank 0's refusal (rlhf/train/trainer.py)
+            say(f"rlhf {name}: error: {e}")
         return 1
     except OSError as e:  # read-only, full, permission: every publish is atomic, so nothing is half-written
         if isinstance(e, _loaded_errors()):  # e.g. a model path that does not exist: its message says it all
@@ -476,6 +480,8 @@ def _run_guarded(name: str, fn: Callable[[], Any]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from rlhf.train.launcher import die_with_launcher
+    die_with_launcher()  # a torchrun worker dies with torchrun (kill -9 of it left orphans)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_top_help())
         return 0

@@ -39,7 +39,14 @@ from typing import Any
 
 from rlhf.config import ConfigError
 from rlhf.train.guards import check_path_component
-from rlhf.train.run import atomic_dir, is_finished, remove_debris, write_json_atomic
+from rlhf.train.run import (
+    acquire_run_lock,
+    atomic_dir,
+    check_pipeline_folder,
+    is_finished,
+    remove_debris,
+    write_json_atomic,
+)
 
 __all__ = ["PipelineError", "load_pipeline", "run_pipeline", "main", "STAGE_TYPES"]
 
@@ -200,7 +207,9 @@ def run_pipeline(spec: dict[str, Any] | str | Path, output_dir: str | Path | Non
                  only: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage not yet finished, in order. Returns the pipeline status dict."""
     out, stages = load_pipeline(spec, output_dir)
+    check_pipeline_folder(out, [s.output_dir.name for s in stages])  # before anything is deleted or written
     out.mkdir(parents=True, exist_ok=True)
+    acquire_run_lock(out)  # one pipeline per folder (each training stage also locks its own)
     remove_debris(out)  # a killed non-training stage's <name>.tmp-<pid>/, a torn pipeline.json write
     status_file = out / "pipeline.json"
     status: dict[str, Any] = {

@@ -130,7 +130,9 @@ class PolicyLossConfig:
                 "logits the sampler drew each token from (no extra forward pass; equal to a forward "
                 "pass up to float rounding, ~1e-6 in fp32); forward = a separate no-grad pass over the "
                 "rollout; auto = sampler in fp32 with the built-in engine, forward under bf16 (where the "
-                "KV-cache and the full forward round differently) or with another engine (vllm)")
+                "KV-cache and the full forward round differently) or with another engine (vllm); "
+                "sampler and auto become forward, said once, where a probe finds the model's cached "
+                "decoding is not its forward (rlhf/models/layouts.py)")
     tis: Literal["auto", "off", "token", "sequence"] = opt(
         "auto", "truncated importance sampling for the sampler/trainer mismatch (the tokens come from the "
                 "engine, π_old from the trainer's forward): weights π_old/π_sampler per token or per "

@@ -344,6 +344,12 @@ def test_catalogue_size():
     assert len({c[0] for c in CASES}) == len(CASES), "case ids must be unique"
 
 
+def _own_folder(cid: str, argv: list[str]) -> list[str]:
+    """Each case its own run folder: the cases run in parallel, and a second run into a folder
+    another process holds is refused (the run lock, rlhf/train/run.py)."""
+    return [f"output_dir=runs/{cid}" if a.startswith("output_dir=runs/") else a for a in argv]
+
+
 @pytest.fixture(scope="session")
 def results(world, tmp_path_factory) -> dict[str, dict]:
     """Every case, run by WORKERS interpreters in parallel."""
@@ -353,9 +359,7 @@ def results(world, tmp_path_factory) -> dict[str, dict]:
            "COLUMNS": "200"}
     procs = []
     for k in range(WORKERS):
-        # each case its own run folder: cases run in parallel, and two runs must not share one
-        chunk = [{"id": cid, "argv": [f"output_dir=runs/{cid}" if a.startswith("output_dir=runs/") else a
-                                      for a in argv], "cwd": str(world)} for cid, argv, _ in CASES[k::WORKERS]]
+        chunk = [{"id": cid, "argv": _own_folder(cid, argv), "cwd": str(world)} for cid, argv, _ in CASES[k::WORKERS]]
         (tmp / f"cases{k}.json").write_text(json.dumps(chunk))
         procs.append(subprocess.Popen([sys.executable, str(REPO / "tests" / "cli_batch.py"),
                                        str(tmp / f"cases{k}.json"), str(tmp / f"results{k}.json")],
@@ -391,7 +395,8 @@ def test_one_process_per_case(world):
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     ids = list(cases)
     for k in range(0, len(ids), 2):
-        procs = {cid: subprocess.Popen([sys.executable, "-m", "rlhf.cli", *cases[cid][0]], cwd=world, env=env,
+        procs = {cid: subprocess.Popen([sys.executable, "-m", "rlhf.cli", *_own_folder(cid, cases[cid][0])],
+                                       cwd=world, env=env,
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for cid in ids[k:k + 2]}
         for cid, p in procs.items():

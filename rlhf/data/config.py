@@ -35,9 +35,11 @@ class DataConfig:
     eval: str | None = opt(None, "evaluation data (same kinds of source as train); "
                                  "null: use eval_split or eval_fraction, or no evaluation")
     eval_split: str | None = opt(None, "split of the eval source (or of the train source when "
-                                       "eval is null) to evaluate on")
+                                       "eval is null) to evaluate on; a train source with no splits "
+                                       "(a local file) needs eval_fraction (else refused)")
     eval_fraction: float = opt(0.0, "fraction of the training rows held out for evaluation "
-                                    "(shuffled with seed) when neither eval nor eval_split is set",
+                                    "(shuffled with seed) when eval is not set and the train source "
+                                    "has no eval_split to read (none set, or a local file)",
                                ge=0.0, lt=1.0)
     seed: int = opt(0, "seed for the eval_fraction split")
     format: Format = opt("auto", "input format; auto detects it from the column names")
@@ -80,7 +82,8 @@ class DataConfig:
                                 "{human: user, gpt: assistant, ...}, e.g. {bot: assistant}")
     winner_columns: list[str] = opt(factory=list, help="pairwise format: the column(s) saying which "
                                     "of response_a/response_b won; several = annotators' votes "
-                                    "(majority, equal counts dropped as ties); default: winner")
+                                    "(the outcome a, b or tie with the most votes; no single most, "
+                                    "or most votes for tie = a tie, dropped); default: winner")
     winner_values: dict[str, list[Any]] = opt(factory=dict, help="pairwise format: {a: [...], b: [...], "
                                               "tie: [...]}, the values meaning response_a won, "
                                               "response_b won, a tie; default: 1/2, A/B, ... (see docs)")
@@ -95,10 +98,9 @@ class DataConfig:
         if self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
             raise ConfigError("max_prompt_length", f"must be < max_length={self.max_length} so that "
                               f"the completion keeps at least one token (got {self.max_prompt_length})")
-        if self.eval_fraction > 0 and (self.eval is not None or self.eval_split is not None):
-            raise ConfigError("eval_fraction", "give either eval/eval_split or eval_fraction, not "
-                              f"both (got eval_fraction={self.eval_fraction}, eval={self.eval!r}, "
-                              f"eval_split={self.eval_split!r})")
+        if self.eval_fraction > 0 and self.eval is not None:
+            raise ConfigError("eval_fraction", "give either eval or eval_fraction, not "
+                              f"both (got eval_fraction={self.eval_fraction}, eval={self.eval!r})")
         for canon, src in self.columns.items():
             if canon not in CANONICAL_FIELDS:
                 raise ConfigError(f"columns.{canon}", "keys are canonical field names, values the "

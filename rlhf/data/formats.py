@@ -166,7 +166,10 @@ def _margin(data: dict) -> float | str | None:
             float(v)
         except ValueError:
             return v.strip()
-    return _number(v, "margin", NAN_MARGIN)
+    m = _number(v, "margin", NAN_MARGIN)
+    if math.isinf(m):  # a pair "infinitely better" is no margin a loss can use
+        raise BadRow(NAN_MARGIN, "margin", f"a finite number (got {v!r})")
+    return m
 
 
 def _same(a: Text, b: Text) -> bool:
@@ -513,8 +516,10 @@ def _vote(v: Any, column: str, spec: RowSpec) -> str | None:
 
 def convert_pairwise(data: dict, notes: list[str], spec: RowSpec) -> PreferenceRecord:
     """Two responses and the column(s) saying which won. One column: its value; several
-    (annotators): the response with more votes, equal counts (tie votes included) are a tie.
-    A tie carries no preference: the row is dropped and counted (reason ``tie (row dropped)``)."""
+    (annotators): a plurality vote over three outcomes, a, b and tie: a response wins only with
+    more votes than the other response AND more than the tie votes, so (b, tie, tie) and
+    (a, b, tie) are ties. A tie carries no preference: the row is dropped and counted
+    (reason ``tie (row dropped)``)."""
     votes = []
     for col in spec.winner_columns:
         side = _vote(spec.lookup(data, col), col, spec)
@@ -523,8 +528,8 @@ def convert_pairwise(data: dict, notes: list[str], spec: RowSpec) -> PreferenceR
     if not votes:
         raise BadRow(MISSING, spec.winner_columns[0], "which response won (the winner column(s) "
                      f"{list(spec.winner_columns)} are all empty)")
-    a, b = votes.count("a"), votes.count("b")
-    if a == b:
+    a, b, tie = votes.count("a"), votes.count("b"), votes.count("tie")
+    if max(a, b) <= tie or a == b:  # tie votes are votes: no outcome ahead of the others = a tie
         raise DropRow(TIE_ROW)
     chosen, rejected = ("response_a", "response_b") if a > b else ("response_b", "response_a")
     row = {"prompt": data.get("prompt") if data.get("prompt") is not None else data.get("messages"),

@@ -26,13 +26,14 @@ import logging
 import math
 import random
 import re
+from pathlib import Path
 from typing import Any, Literal, overload
 
 from rlhf.config import ConfigError
 from rlhf.data.config import DataConfig
-from rlhf.data.errors import NOT_KEPT, PROMPT_ONLY, BadRow, DataError, DropRow, SkipReport
+from rlhf.data.errors import NOT_KEPT, PROMPT_ONLY, WRONG_TYPE, BadRow, DataError, DropRow, SkipReport
 from rlhf.data.formats import CONVERTERS, FORMAT_FIELDS, RowSpec, detect_format, prepare_row, winner_key
-from rlhf.data.io import read_rows, rename_columns
+from rlhf.data.io import read_rows, rename_columns, source_kind
 from rlhf.data.records import (
     PreferenceRecord,
     PromptRecord,
@@ -189,17 +190,25 @@ def _check_source(rows: list, fmt: str, cfg: DataConfig, spec: RowSpec, name: st
 # The kinds a recipe asks for by name come back as their record type (for the type checker).
 @overload
 def load_records(cfg: DataConfig, kind: Literal["preference"], source: str | None = ...,
-                 split: str | None = ...) -> tuple[list[PreferenceRecord], SkipReport]: ...
+                 split: str | None = ..., *, margin_labels: bool = ...
+                 ) -> tuple[list[PreferenceRecord], SkipReport]: ...
 @overload
 def load_records(cfg: DataConfig, kind: Literal["prompt"], source: str | None = ...,
-                 split: str | None = ...) -> tuple[list[PromptRecord], SkipReport]: ...
+                 split: str | None = ..., *, margin_labels: bool = ...
+                 ) -> tuple[list[PromptRecord], SkipReport]: ...
 @overload
 def load_records(cfg: DataConfig, kind: Kind, source: str | None = ...,
-                 split: str | None = ...) -> tuple[list[Record], SkipReport]: ...
-def load_records(cfg: DataConfig, kind: Kind, source: str | None = None,
-                 split: str | None = None) -> tuple[list[Any], SkipReport]:  # list[Any]: see the overloads
+                 split: str | None = ..., *, margin_labels: bool = ...
+                 ) -> tuple[list[Record], SkipReport]: ...
+def load_records(cfg: DataConfig, kind: Kind, source: str | None = None, split: str | None = None,
+                 *, margin_labels: bool = False) -> tuple[list[Any], SkipReport]:  # see the overloads
     """Records of ``kind`` from ``source`` (default ``cfg.train``), split ``split`` (default
     ``cfg.train_split``), at most ``cfg.max_samples`` of them, and the report of what was skipped.
+
+    A preference record's margin is a finite number; a text rating level ("significantly
+    better") is kept only with ``margin_labels`` (a reward model's ``loss.margin: mapping``
+    translates it), else the row is bad (``margin: a number (got 'big')``), also where the loss
+    ignores margins: a column that is not what it seems is never used silently.
 
     Raises :class:`DataError` when more than ``cfg.max_skip_fraction`` of the rows is bad.
     """
@@ -215,17 +224,18 @@ def load_records(cfg: DataConfig, kind: Kind, source: str | None = None,
         # file is not loaded for a 16-example debug run); when rows were skipped or dropped on
         # the way and the file has more, read it all.
         try:
-            out, report, n_rows = _load_records(cfg, kind, source, split, limit=cfg.max_samples)
+            out, report, n_rows = _load_records(cfg, kind, source, split, limit=cfg.max_samples,
+                                               margin_labels=margin_labels)
         except DataError:
             out, report, n_rows = [], SkipReport(), cfg.max_samples
         if len(out) >= cfg.max_samples or (out and n_rows < cfg.max_samples):
             return out, report
-    out, report, _ = _load_records(cfg, kind, source, split, limit=None)
+    out, report, _ = _load_records(cfg, kind, source, split, limit=None, margin_labels=margin_labels)
     return out, report
 
 
 def _load_records(cfg: DataConfig, kind: Kind, source: str, split: str,
-                  limit: int | None) -> tuple[list[Any], SkipReport, int]:
+                  limit: int | None, margin_labels: bool = False) -> tuple[list[Any], SkipReport, int]:
     """:func:`load_records` from the first ``limit`` rows (all: None); also returns how many
     rows were read."""
     report = SkipReport()
@@ -278,6 +288,12 @@ def _load_records(cfg: DataConfig, kind: Kind, source: str, split: str,
                 continue
         for reason in notes:
             report.note(reason, row.source, row.number)
+        if (not margin_labels and isinstance(native, PreferenceRecord)
+                and isinstance(native.margin, str)):
+            report.reject(BadRow(WRONG_TYPE, back.get("margin", "margin"), "a number (got the text "
+                                 f"{native.margin!r}; text rating levels need loss.margin: mapping "
+                                 "with loss.margin_mapping, in rlhf rm)"), row.source, row.number, cfg.strict)
+            continue
         native.origin = (row.source, row.number)
         recs = _to_kind(native, kind, report, cfg.sft_keep)
         if kind == "prompt":
@@ -342,25 +358,70 @@ def split_eval(records: list[Record], fraction: float, seed: int) -> tuple[list[
 
 
 @overload
-def load_train_eval(cfg: DataConfig, kind: Literal["preference"]
+def load_train_eval(cfg: DataConfig, kind: Literal["preference"], *, margin_labels: bool = ...
                     ) -> tuple[list[PreferenceRecord], list[PreferenceRecord] | None, SkipReport]: ...
 @overload
-def load_train_eval(cfg: DataConfig, kind: Kind) -> tuple[list[Record], list[Record] | None, SkipReport]: ...
-def load_train_eval(cfg: DataConfig, kind: Kind) -> tuple[list[Any], list[Any] | None, SkipReport]:
-    """Train and eval records and one report covering both.
+def load_train_eval(cfg: DataConfig, kind: Kind, *, margin_labels: bool = ...
+                    ) -> tuple[list[Record], list[Record] | None, SkipReport]: ...
+def load_train_eval(cfg: DataConfig, kind: Kind, *, margin_labels: bool = False
+                    ) -> tuple[list[Any], list[Any] | None, SkipReport]:
+    """Train and eval records and one report covering both (``margin_labels``: see
+    :func:`load_records`).
 
     Eval comes from, in order: ``cfg.eval`` (split ``cfg.eval_split`` or ``cfg.train_split``);
-    the train source's ``cfg.eval_split``; ``cfg.eval_fraction`` of the train rows (see
-    :func:`split_eval`; after ``max_samples``); otherwise there is no eval set (None).
+    the train source's ``cfg.eval_split`` where the source has splits (a hub dataset, a saved
+    DatasetDict, a folder of data files); ``cfg.eval_fraction`` of the train rows (see
+    :func:`split_eval`; after ``max_samples``; said in one line with the counts); otherwise there
+    is no eval set (None). An ``eval_split`` that a source with no splits (one file) cannot give,
+    with no ``eval_fraction`` to fall back on, is refused: reading the file again would evaluate
+    on the training rows. So is an eval source that is the training source itself.
     """
-    train, report = load_records(cfg, kind)
+    use_split = cfg.eval is None and cfg.eval_split is not None
+    if use_split and not _has_splits(cfg.train):
+        if cfg.eval_fraction <= 0:
+            raise DataError(cfg.train, None, "eval_split", f"a source with splits to read split "
+                            f"{cfg.eval_split!r} from (this is one file: evaluating on it would "
+                            "evaluate on the training rows); give data.eval (a held-out file), or "
+                            "data.eval_fraction (e.g. 0.05: a seeded part held out), or "
+                            "data.eval_split=null (no evaluation)")
+        use_split = False
+    if cfg.eval is not None and _same_source(cfg.eval, cfg.train) and (
+            not _has_splits(cfg.train) or (cfg.eval_split or cfg.train_split) == cfg.train_split):
+        raise DataError(cfg.eval, None, "eval", "held-out data, not the training source itself "
+                        f"(data.eval is data.train{'' if not _has_splits(cfg.train) else ', same split'}); "
+                        "give another file or split, or data.eval_fraction instead of data.eval")
+    train, report = load_records(cfg, kind, margin_labels=margin_labels)
     ev: list[Record] | None = None
     if cfg.eval is not None:
-        ev, r2 = load_records(cfg, kind, cfg.eval, cfg.eval_split or cfg.train_split)
+        ev, r2 = load_records(cfg, kind, cfg.eval, cfg.eval_split or cfg.train_split,
+                              margin_labels=margin_labels)
         report.merge(r2)
-    elif cfg.eval_split is not None:
-        ev, r2 = load_records(cfg, kind, cfg.train, cfg.eval_split)
+    elif use_split:
+        assert cfg.eval_split is not None
+        ev, r2 = load_records(cfg, kind, cfg.train, cfg.eval_split, margin_labels=margin_labels)
         report.merge(r2)
     elif cfg.eval_fraction > 0:
+        n = len(train)
         train, ev = split_eval(train, cfg.eval_fraction, cfg.seed)
+        why = f"{cfg.train} has no split {cfg.eval_split!r}: " if cfg.eval_split is not None else ""
+        say = log.warning if why else log.info
+        say("%sheld out %d of %d %s records for evaluation (data.eval_fraction=%g, data.seed=%d); "
+            "%d left to train on", why, len(ev), n, kind, cfg.eval_fraction, cfg.seed, len(train))
     return train, ev, report
+
+
+def _has_splits(source: str) -> bool:
+    """Whether ``source`` has named splits: not one file, nor one saved Dataset."""
+    kind = source_kind(source)
+    if kind == "file":
+        return False
+    if kind == "saved":
+        return (Path(source) / "dataset_dict.json").is_file()
+    return True
+
+
+def _same_source(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b

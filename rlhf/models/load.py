@@ -8,9 +8,12 @@ One code path for every model, whether it comes from a local folder or a hub id:
       -> LoRA adapters (peft)                                         # step 4
 
 Reward models and critics are "scalar models": ``AutoModelForSequenceClassification`` with one
-output, built from a causal-LM checkpoint; the trunk keeps the checkpoint's weights and the new
-head is drawn from N(0, 1/(d_model + 1)), the reward-head init of OpenAI's lm-human-preferences
-code (Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences").
+output, built from a causal-LM checkpoint; for a model type transformers has no such class for
+(Bamba, Falcon-H1, LFM2, Mamba, OLMoE, ...: 110 of 196 causal-LM types in transformers 5.24) the
+same thing is built from the type's own trunk (:func:`scalar_model_class`); the trunk keeps the
+checkpoint's weights and the new head is drawn from N(0, 1/(d_model + 1)), the reward-head init
+of OpenAI's lm-human-preferences code (Ziegler et al. 2019, "Fine-Tuning Language Models from
+Human Preferences").
 :func:`score_tokens` gives the head's output at every position (a critic's ``values``);
 :func:`score_last_token` gives it at the last real token of each sequence (a reward model's ``scores``).
 
@@ -59,6 +62,7 @@ __all__ = [
     "default_lora_targets",
     "init_scalar_head",
     "scalar_head",
+    "scalar_model_class",
     "positions_from_mask",
     "score_tokens",
     "score_last_token",
@@ -586,6 +590,42 @@ def scalar_head(model: nn.Module) -> nn.Module:
 _LM_HEADS = {"lm_head", "embed_out"}
 
 
+_GENERIC_SCALAR: dict[type, type] = {}
+
+
+def scalar_model_class(config: Any) -> Any:
+    """The class that loads a scalar model for ``config``: ``AutoModelForSequenceClassification``
+    where transformers has a sequence-classification class for the model type; else one built
+    here from the type's own pieces: transformers' ``GenericForSequenceClassification`` (the
+    trunk as ``AutoModel`` builds it, under the causal LM's ``base_model_prefix``, and a linear
+    ``score`` head) on the type's ``PreTrainedModel`` base. Its checkpoint keys are the causal
+    LM's trunk keys plus ``score.weight``, so it loads from a causal-LM checkpoint (the LM head
+    dropped) and from a scalar model it saved (``architectures: [<Type>ForScalarHead]``).
+    A configuration that is no causal LM raises ValueError saying so."""
+    from transformers.modeling_layers import GenericForSequenceClassification
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    if type(config) in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
+        return AutoModelForSequenceClassification
+    causal = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    if causal is None:
+        raise ValueError(f"model_type {getattr(config, 'model_type', type(config).__name__)!r} is neither a "
+                         "causal LM nor a sequence-classification model in this transformers version: a "
+                         "reward model or critic needs a causal-LM checkpoint (a folder with a "
+                         "*ForCausalLM config)")
+    if causal not in _GENERIC_SCALAR:
+        base: Any = next(c for c in causal.__mro__[1:] if isinstance(c, type)
+                         and issubclass(c, PreTrainedModel) and c is not PreTrainedModel)
+        name = causal.__name__.removesuffix("ForCausalLM") + "ForScalarHead"
+        _GENERIC_SCALAR[causal] = type(name, (GenericForSequenceClassification, base), {
+            # transformers' own module: its loader treats a class from any other module as custom
+            # code and skips the trunk's _init_weights, leaving non-persistent buffers (Falcon-H1's
+            # mup_vector) as torch.empty garbage (values ~3e26 here; the RM's first update non-finite).
+            "__module__": causal.__module__, "base_model_prefix": base.base_model_prefix,
+            "__doc__": f"{base.__name__}'s trunk and a scalar head (no transformers class for it)."})
+    return _GENERIC_SCALAR[causal]
+
+
 def load_scalar_model(
     cfg: ModelConfig,
     *,
@@ -593,7 +633,8 @@ def load_scalar_model(
     tokenizer: PreTrainedTokenizerBase | None = None,
     for_training: bool = True,
 ) -> nn.Module:
-    """A reward model or critic: ``AutoModelForSequenceClassification`` with ``num_labels=1``.
+    """A reward model or critic: ``AutoModelForSequenceClassification`` with ``num_labels=1``
+    (:func:`scalar_model_class`: a generic trunk + head for types without such a class).
 
     Built from any checkpoint of a causal LM (trunk weights kept, LM head dropped) or from a
     saved scalar model. ``init_head``: None (default) initialises the head with
@@ -615,7 +656,11 @@ def load_scalar_model(
     report_log.setLevel(logging.ERROR)
     try:
         with _attn_errors(cfg):
-            model, info = AutoModelForSequenceClassification.from_pretrained(
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(cfg.name_or_path, revision=cfg.revision,
+                                                trust_remote_code=cfg.trust_remote_code)
+            model, info = scalar_model_class(config).from_pretrained(
                 cfg.name_or_path, num_labels=1, output_loading_info=True, **_pretrained_kwargs(cfg))
     finally:
         report_log.setLevel(level)

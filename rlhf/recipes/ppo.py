@@ -436,6 +436,10 @@ def _engine(cfg: PPOConfig, trainer: Trainer, policy: nn.Module, tokenizer: Any)
     builtin = is_builtin(cfg.sampling.engine)
     fp32 = cfg.model.dtype == "fp32" and cfg.train.mixed_precision == "no"
     sampler_logps = cfg.ppo.old_logps == "sampler" or (cfg.ppo.old_logps == "auto" and fp32 and builtin)
+    if builtin:  # the sampler's left-padded, cached layouts probed against the full forward
+        from rlhf.models.layouts import check_rollout_layouts
+        sampler_logps = check_rollout_layouts(policy, sampler_logps)
+        sampler_logps = bool(trainer.reduce_sum(float(sampler_logps)) == trainer.accelerator.num_processes)
     tis = cfg.ppo.tis
     if tis == "auto":
         tis = "token" if not builtin and not sampler_logps else "off"

@@ -365,7 +365,9 @@ def train(cfg: RMConfig) -> dict[str, Any]:
     # Step 2. Data: pairwise rows, or ranked rows expanded to their pairs (ties skipped and
     # counted by the data layer); margins checked; pairs encoded and grouped by prompt.
     tokenizer = load_tokenizer(cfg.model)
-    train_records, eval_records, report = load_train_eval(cfg.data, "preference")
+    # Text rating levels are read for loss.margin mapping (and refused by name for column).
+    train_records, eval_records, report = load_train_eval(cfg.data, "preference",
+                                                          margin_labels=cfg.loss.margin != "none")
     train_records = _resolve_margins(train_records, cfg.loss, cfg.data, report)
     eval_records = _resolve_margins(eval_records or [], cfg.loss, cfg.data, report)
     per_prompt = cfg.loss.ranked_weighting == "per_prompt"

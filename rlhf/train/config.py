@@ -70,7 +70,8 @@ class TrainConfig:
                                              "rlhf.train.guards.SAFE_TO_CHANGE differ from the run's config.yaml "
                                              "(experts; recorded in resume_overrides.jsonl)")
     max_skipped_steps: int = opt(3, "optimizer updates in a row that may be skipped for a non-finite loss or "
-                                    "gradient norm; one more stops the run (0 = stop at the first)", ge=0)
+                                    "gradient norm; one more stops the run (0 = stop at the first); a run whose last "
+                                    "updates were skipped publishes no final/", ge=0)
     report_to: str | list[str] = opt(factory=list, help="trackers through accelerate: tensorboard, wandb, or a list of "
                                "both; TensorBoard writes to <output_dir>/<stage>/ (tensorboard --logdir <output_dir>)")
     progress: bool = opt(True, "show a progress bar with the live loss")

@@ -11,6 +11,12 @@ Layout of ``output_dir``::
 A finished run (summary.json present) is never overwritten: starting another run into the same
 folder is an error. An unfinished one (checkpoints, no summary) is resumed with
 ``train.resume_from=auto`` (the default).
+
+One run per folder: :func:`prepare_output_dir` takes an exclusive ``flock`` on the folder itself
+(no lock file), held until the process ends or :func:`release_run_lock`; the kernel drops it
+when the holder dies, even by ``kill -9``, so a lock can never be stale. A second run into the
+folder is refused naming the holder's pid. A folder that is not empty and holds no run
+(no config.yaml of one) is refused before anything is deleted or written in it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunDirError", "prepare_output_dir", "list_checkpoints", "latest_checkpoint",
+__all__ = ["RunDirError", "prepare_output_dir", "acquire_run_lock", "release_run_lock", "release_all_run_locks",
+           "check_run_folder",
+           "check_pipeline_folder",
+           "list_checkpoints", "latest_checkpoint",
            "as_os_error", "save_safetensors", "file_mode", "normalize_modes", "MetricsWriter",
            "write_json_atomic", "write_jsonl_atomic",
            "atomic_dir", "is_finished",
@@ -40,6 +49,118 @@ _DEBRIS = re.compile(r"^(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)$"
 
 class RunDirError(RuntimeError):
     """The output folder cannot be used as asked (finished run, or unfinished without resume)."""
+
+    #: False on the processes that did not decide (torchrun ranks > 0): the CLI prints nothing
+    #: there, so a refused run says its one line once (rank 0's).
+    echo: bool = True
+
+
+# What rlhf writes into a run folder before its config.yaml: the notebook API's copies of
+# in-memory models and data (rlhf/api.py).
+_OWN = {"inputs"}
+
+
+def check_run_folder(output_dir: str | Path) -> None:
+    """Refuse a folder that is not empty and holds no run (this module's ``config.yaml`` with
+    an ``output_dir`` key; or only what rlhf writes before it, ``inputs/``), before anything
+    is deleted or written in it."""
+    d = Path(output_dir)
+    if not d.is_dir():
+        return
+    entries = sorted(p.name for p in d.iterdir())
+    if _is_run_config(d / "config.yaml") or all(n in _OWN for n in entries):
+        return
+    shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+    raise RunDirError(f"{d} is not empty and holds no rlhf run (no run config.yaml; it holds {shown}): "
+                      "choose a new or empty output_dir (nothing was deleted or written there)")
+
+
+def check_pipeline_folder(output_dir: str | Path, stage_folders: list[str]) -> None:
+    """:func:`check_run_folder` for a pipeline's folder: accepted when new, empty, holding
+    ``pipeline.json``, or holding only its stage folders and temporary names."""
+    d = Path(output_dir)
+    if not d.is_dir() or (d / "pipeline.json").is_file():
+        return
+    entries = sorted(p.name for p in d.iterdir())
+    odd = [n for n in entries if n not in stage_folders and not _DEBRIS.match(n)]
+    if odd:
+        shown = ", ".join(odd[:5]) + (f", ... ({len(odd)} entries)" if len(odd) > 5 else "")
+        raise RunDirError(f"{d} is not empty and holds no rlhf pipeline (no pipeline.json; it holds {shown}): "
+                          "choose a new or empty output folder (nothing was deleted or written there)")
+
+
+def _is_run_config(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return False
+    return isinstance(data, dict) and "output_dir" in data
+
+
+_LOCKS: dict[str, int] = {}  # resolved folder -> the open descriptor holding its flock
+
+
+def acquire_run_lock(output_dir: str | Path) -> None:
+    """Take the folder's exclusive lock for this process (re-entrant within the process).
+
+    Raises :class:`RunDirError` naming the holder when another process has it. Where the file
+    system has no ``flock`` (some network mounts), says so once and goes on unlocked."""
+    d = Path(output_dir)
+    key = str(d.resolve())
+    if key in _LOCKS:
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return
+    fd = os.open(d, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = _lock_holder(d)
+        raise RunDirError(f"{d} is in use by another run ({holder or 'another process'} holds its lock): "
+                          "wait for it to end, or choose another output_dir (the lock goes with that "
+                          "process, even if it is killed)") from None
+    except OSError as e:
+        os.close(fd)
+        import logging
+        logging.getLogger("rlhf").warning("%s: no lock on the run folder (flock: %s): make sure no "
+                                          "other run writes into it", d, e.strerror)
+        return
+    _LOCKS[key] = fd
+
+
+def release_run_lock(output_dir: str | Path) -> None:
+    fd = _LOCKS.pop(str(Path(output_dir).resolve()), None)
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor drops the flock
+
+
+def release_all_run_locks() -> None:
+    """Drop every lock this process holds: a command run in-process ended (the CLI calls this
+    after each stage or tool, whether it finished or failed), so its folders are free again."""
+    for key in list(_LOCKS):
+        os.close(_LOCKS.pop(key))
+
+
+def _lock_holder(d: Path) -> str | None:
+    """``pid N`` of the process holding the folder's flock, from /proc/locks (Linux), if found."""
+    try:
+        st = os.stat(d)
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        f = line.split()
+        if len(f) >= 6 and f[1] == "FLOCK" and f[5] == want:
+            return f"pid {f[4]}"
+    return None
 
 
 def is_finished(output_dir: str | Path) -> bool:
@@ -67,30 +188,47 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 def prepare_output_dir(output_dir: str | Path, resume_from: str) -> Path | None:
     """Check the folder and return the checkpoint to resume from (or None for a fresh start).
 
-    Raises RunDirError for a finished run, or an unfinished one when resume_from='none'.
+    Raises RunDirError for a finished run, an unfinished one when resume_from='none', a folder
+    that holds something else (:func:`check_run_folder`) or one another run holds
+    (:func:`acquire_run_lock`, taken here and kept). Nothing is deleted or written before these
+    checks pass.
     """
     d = Path(output_dir)
-    if is_finished(d):
-        raise RunDirError(
-            f"{d} already holds a finished run (summary.json exists). Finished outputs are never "
-            f"overwritten: choose another output_dir, or delete this one yourself.")
+    _refuse_finished(d)
+    check_run_folder(d)
+    ckpt: Path | None = None
     if resume_from not in ("auto", "none"):
         ckpt = Path(resume_from)
         if not (ckpt / "trainer_state.json").is_file():
             raise RunDirError(f"train.resume_from={resume_from}: not a complete checkpoint "
                               f"(no trainer_state.json in it)")
-        return ckpt
     latest = latest_checkpoint(d)
     if latest is not None and resume_from == "none":
         raise RunDirError(
             f"{d} holds an unfinished run ({latest.name}). Pass train.resume_from=auto to continue "
             f"it, or choose another output_dir.")
+    d.mkdir(parents=True, exist_ok=True)
+    acquire_run_lock(d)
+    try:  # again under the lock: the run that held it may have just finished
+        _refuse_finished(d)
+    except RunDirError:
+        release_run_lock(d)
+        raise
+    if ckpt is not None:
+        return ckpt
+    latest = latest_checkpoint(d)
     remove_debris(d)
-    if latest is None and d.is_dir() and (d / "metrics.jsonl").exists():
+    if latest is None and (d / "metrics.jsonl").exists():
         # A run that died before its first checkpoint: nothing to resume, restart cleanly.
         (d / "metrics.jsonl").unlink()
-    d.mkdir(parents=True, exist_ok=True)
     return latest if resume_from == "auto" else None
+
+
+def _refuse_finished(d: Path) -> None:
+    if is_finished(d):
+        raise RunDirError(
+            f"{d} already holds a finished run (summary.json exists). Finished outputs are never "
+            f"overwritten: choose another output_dir, or delete this one yourself.")
 
 
 def _pid_alive(pid: int) -> bool:

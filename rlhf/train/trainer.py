@@ -19,7 +19,8 @@ that must be right once and identical everywhere:
   optimizer update; the schedule still advances); ``train.max_skipped_steps`` consecutive skips
   are tolerated, one more stops the run naming the step and the quantity. Weights are checked
   before every checkpoint and before final/, so the last checkpoint written is a good resume
-  point and final/ never holds NaN or inf.
+  point and final/ never holds NaN or inf. A run whose last updates were skipped publishes no
+  final/ (its weights are not a finished run's) and exits with one line.
 * **Resume fingerprint.** Resuming compares the resolved config with the folder's config.yaml
   (:func:`rlhf.train.guards.check_resume_config`).
 * **Sharding.** ``train.distributed: fsdp`` shards parameters, gradients and optimizer state with
@@ -59,6 +60,7 @@ from rlhf.train.run import (
     fsync_tree,
     list_checkpoints,
     prepare_output_dir,
+    release_run_lock,
     save_safetensors,
     write_json_atomic,
 )
@@ -143,6 +145,8 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, output_dir: str | Path, run_config: Any, stage: str):
+        from rlhf.train.launcher import die_with_launcher
+        die_with_launcher()  # under torchrun: this worker dies with its launcher
         self.cfg = cfg
         self.stage = stage
         self.output_dir = Path(output_dir)
@@ -153,17 +157,34 @@ class Trainer:
             cpu=not torch.cuda.is_available(),
         )
         acc = self.accelerator
-        # Every process inspects the folder (read-only), the main one creates it.
-        resume = prepare_output_dir(self.output_dir, cfg.resume_from) if acc.is_main_process else None
-        acc.wait_for_everyone()
-        if not acc.is_main_process:
-            resume = prepare_output_dir(self.output_dir, cfg.resume_from)
-        self.resume_path: Path | None = resume
+        # Only the main process decides about the folder (checks it, locks it, resumes or starts
+        # it); the others are told the outcome, so a refusal is one line from one process and no
+        # other process is left waiting at a barrier for a peer that exited (a gloo traceback).
+        resume: Path | None = None
+        decision: dict[str, Any] = {}
         if acc.is_main_process:
-            if resume is not None:  # refuse a changed config before config.yaml is rewritten
-                check_resume_config(self.output_dir, Path(resume).parent / "config.yaml", run_config, stage,
-                                    resumed_from=resume)
-            save_config(run_config, self.output_dir / "config.yaml")
+            try:
+                resume = prepare_output_dir(self.output_dir, cfg.resume_from)
+                if resume is not None:  # refuse a changed config before config.yaml is rewritten
+                    check_resume_config(self.output_dir, Path(resume).parent / "config.yaml", run_config,
+                                        stage, resumed_from=resume)
+                save_config(run_config, self.output_dir / "config.yaml")
+                decision = {"resume": None if resume is None else str(resume)}
+            except (RunDirError, OSError) as e:
+                if acc.num_processes == 1:
+                    raise
+                decision = {"error": str(e) if isinstance(e, RunDirError) else f"{e}"}
+                _share(acc, decision)
+                raise
+        decision = _share(acc, decision)
+        if "error" in decision:  # not the main process: say nothing, the main one said it
+            refused = RunDirError(decision["error"])
+            refused.echo = False
+            raise refused
+        if not acc.is_main_process and decision.get("resume"):
+            resume = Path(decision["resume"])
+        self.resume_path = resume
+        if acc.is_main_process:
             if cfg.report_to:
                 acc.init_trackers(stage, config=_flat(to_dict(run_config)))
         set_seed(cfg.seed)
@@ -515,7 +536,8 @@ class Trainer:
                 # trainer_state.json is written last: its presence marks the checkpoint complete.
                 write_json_atomic(tmp / "trainer_state.json", {
                     "step": step, "stage": self.stage, "total_steps": self.plan.total_steps,
-                    "num_processes": acc.num_processes, "extra": extra_state or {}})
+                    "num_processes": acc.num_processes, "skipped_in_a_row": self._skipped_in_a_row,
+                    "extra": extra_state or {}})
             except Exception as e:
                 shutil.rmtree(tmp, ignore_errors=True)
                 err = as_os_error(e, tmp)
@@ -554,7 +576,8 @@ class Trainer:
             assert self.plan is not None, "call setup() first"
             write_json_atomic(tmp / "trainer_state.json", {
                 "step": step, "stage": self.stage, "total_steps": self.plan.total_steps,
-                "num_processes": acc.num_processes, "distributed": "fsdp", "extra": extra_state or {}})
+                "num_processes": acc.num_processes, "distributed": "fsdp",
+                "skipped_in_a_row": self._skipped_in_a_row, "extra": extra_state or {}})
             sharding.fsync_dir(tmp)
             if path.exists():
                 shutil.rmtree(path)
@@ -597,6 +620,7 @@ class Trainer:
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state(rng["cuda"])
         self.start_step = int(state["step"])
+        self._skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
         self.resume_extra = state.get("extra", {})
 
     def _load_trainable(self, path: Path) -> None:
@@ -632,6 +656,16 @@ class Trainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         assert self.plan is not None, "call setup() first"
+        if self._skipped_in_a_row:
+            # The weights are finite but not a finished run's: the last updates never happened
+            # (lr=1e12 makes weights ~1e12 at step 1, then every loss non-finite). Not published.
+            n, last = self._skipped_in_a_row, self._last_good_checkpoint()
+            raise NonFiniteError(
+                f"[{self.stage}] the last {n} of {self.plan.total_steps} optimizer updates were skipped "
+                f"for a non-finite loss or gradient norm (within train.max_skipped_steps="
+                f"{self.cfg.max_skipped_steps}), so the run did not train to its end: final/ not "
+                "written" + (f" (the last checkpoint is {last})" if last else "")
+                + ". Lower train.lr, set train.max_grad_norm, or check the data and the reward.")
         summary = {"stage": self.stage, "steps": self.plan.total_steps,
                    "wall_time_s": round(time.time() - self._t0, 2), **summary}
         whole: contextlib.AbstractContextManager = contextlib.nullcontext()
@@ -656,10 +690,28 @@ class Trainer:
                        f"{self.output_dir / 'final'})")
             for msg in self._warnings.since(self._warn_start):
                 self.print(f"[{self.stage}] warning (repeated from above): {msg}")
+            release_run_lock(self.output_dir)
         if self.cfg.report_to:
             acc.end_training()
         acc.wait_for_everyone()
         return summary
+
+
+def _share(acc: Accelerator, obj: dict[str, Any]) -> dict[str, Any]:
+    """The main process's ``obj`` (JSON) on every process: a broadcast of its UTF-8 bytes as
+    tensors (no pickle, unlike ``broadcast_object_list``). One process: ``obj`` itself."""
+    if acc.num_processes == 1:
+        return obj
+    import torch.distributed as dist
+
+    device = acc.device
+    data = json.dumps(obj).encode() if acc.is_main_process else b""
+    n = torch.tensor([len(data)], dtype=torch.long, device=device)
+    dist.broadcast(n, src=0)
+    buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device) if acc.is_main_process
+           else torch.empty(int(n.item()), dtype=torch.uint8, device=device))
+    dist.broadcast(buf, src=0)
+    return cast(dict[str, Any], json.loads(bytes(buf.cpu().tolist()).decode()))
 
 
 def _grad_norm(model: torch.nn.Module) -> torch.Tensor:

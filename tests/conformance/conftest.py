@@ -53,6 +53,59 @@ ARCH_CONFIGS: dict[str, dict[str, Any]] = {
 }
 ARCHS = sorted(ARCH_CONFIGS)
 
+# Issue 22: mixture-of-experts, hybrid state-space / convolution / linear-attention, pure
+# state-space, and sliding-window types (tiny configs; transformers' pure-torch paths). Probed
+# for padded and cached layouts (rlhf/models/layouts.py), with a reward model and a critic each
+# (several have no ...ForSequenceClassification: rlhf.models.load.scalar_model_class).
+_MAMBA2 = dict(mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8, mamba_n_groups=1, mamba_chunk_size=16)
+EXTRA_CONFIGS: dict[str, dict[str, Any]] = {
+    # mixture of experts
+    "mixtral": dict(_LLAMA_LIKE, head_dim=HIDDEN // HEADS, num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": dict(_LLAMA_LIKE, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                      shared_expert_intermediate_size=32, use_sliding_window=False),
+    "qwen3_moe": dict(_LLAMA_LIKE, head_dim=HIDDEN // HEADS, num_experts=4, num_experts_per_tok=2,
+                      moe_intermediate_size=32),
+    "olmoe": dict(_LLAMA_LIKE, num_experts=4, num_experts_per_tok=2),
+    # sliding window smaller than the sequences (gemma2/3_text above alternate with full layers)
+    "mistral_swa": dict(_LLAMA_LIKE, head_dim=HIDDEN // HEADS, sliding_window=4),
+    # hybrids: attention + state-space / convolution / linear attention
+    "jamba": dict(_LLAMA_LIKE, num_experts=2, num_experts_per_tok=1, expert_layer_period=2, expert_layer_offset=1,
+                  attn_layer_period=2, attn_layer_offset=1, mamba_d_state=8, mamba_d_conv=4, mamba_expand=2,
+                  mamba_dt_rank=4, use_mamba_kernels=False),
+    "bamba": dict(_LLAMA_LIKE, **_MAMBA2, attn_layer_indices=[1]),
+    "falcon_h1": dict(_LLAMA_LIKE, head_dim=HIDDEN // HEADS, mamba_d_ssm=64, **_MAMBA2),
+    "granitemoehybrid": dict(_LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2, shared_intermediate_size=32,
+                             **_MAMBA2, layer_types=["mamba", "attention"]),
+    "lfm2": dict(_LLAMA_LIKE, layer_types=["conv", "full_attention"]),
+    "nemotron_h": dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                       num_key_value_heads=KV_HEADS, intermediate_size=FFN, max_position_embeddings=POSITIONS,
+                       head_dim=HIDDEN // HEADS, mamba_num_heads=4, mamba_head_dim=16, ssm_state_size=8,
+                       n_groups=1, chunk_size=16, hybrid_override_pattern="M*"),
+    "qwen3_next": dict(_LLAMA_LIKE, head_dim=HIDDEN // HEADS, linear_num_value_heads=4, linear_num_key_heads=2,
+                       linear_key_head_dim=8, linear_value_head_dim=8,
+                       layer_types=["linear_attention", "full_attention"], num_experts=4, num_experts_per_tok=2,
+                       moe_intermediate_size=32, shared_expert_intermediate_size=32, decoder_sparse_step=1),
+    "zamba2": dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                   num_key_value_heads=HEADS, intermediate_size=FFN, max_position_embeddings=POSITIONS,
+                   mamba_d_state=8, mamba_headdim=16, n_mamba_heads=4, mamba_ngroups=1,
+                   layers_block_type=["mamba", "hybrid"], hybrid_layer_ids=[1], chunk_size=16, use_mem_rope=False,
+                   num_mem_blocks=1, adapter_rank=4),
+    "recurrent_gemma": dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                            num_key_value_heads=1, intermediate_size=FFN, lru_width=HIDDEN, attention_window_size=16,
+                            block_types=["recurrent", "attention"], head_dim=HIDDEN // HEADS),
+    # state-space only
+    "mamba": dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, state_size=8, expand=2),
+    "mamba2": dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, state_size=8, expand=2, num_heads=4, head_dim=16,
+                   n_groups=1, chunk_size=16),
+    "falcon_mamba": dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, state_size=8, expand=2),
+}
+EXTRA_ARCHS = sorted(EXTRA_CONFIGS)
+# The model type of a conformance name that is a variant ("mistral_swa": mistral, window 4).
+MODEL_TYPE = {"mistral_swa": "mistral"}
+# Measured (tests/conformance/test_layouts.py): the sampler's cached decoding is not the full
+# forward for these (transformers 5.24, pure-torch path: off by 1.6 relative in the logits).
+CACHE_MISMATCH = {"mamba", "falcon_mamba"}
+
 # Architectures whose packed rows are NOT one sequence at a time (measured, see
 # rlhf/models/packing.py): OPT numbers positions from the attention mask, BLOOM takes ALiBi from it.
 NOT_PACKABLE = {"opt", "bloom"}
@@ -60,8 +113,9 @@ NOT_PACKABLE = {"opt", "bloom"}
 
 def build(arch: str, vocab_size: int, pad_id: int, eos_id: int, bos_id: int):
     """A tiny random ``arch`` causal LM, weights scaled by SCALE, in eval mode; RNG untouched."""
-    config = AutoConfig.for_model(arch, vocab_size=vocab_size, pad_token_id=pad_id, eos_token_id=eos_id,
-                                  bos_token_id=bos_id, **ARCH_CONFIGS[arch])
+    kwargs = ARCH_CONFIGS[arch] if arch in ARCH_CONFIGS else EXTRA_CONFIGS[arch]
+    config = AutoConfig.for_model(MODEL_TYPE.get(arch, arch), vocab_size=vocab_size, pad_token_id=pad_id,
+                                  eos_token_id=eos_id, bos_token_id=bos_id, **kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

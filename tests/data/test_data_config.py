@@ -30,7 +30,6 @@ def test_overrides_reach_nested_types():
     (["eval_fraction=1.0"], "eval_fraction", "must be < 1.0"),
     (["eval_fraction=-0.1"], "eval_fraction", "must be >= 0.0"),
     (["eval_fraction=0.1", "eval=test.jsonl"], "eval_fraction", "not both"),
-    (["eval_fraction=0.1", "eval_split=test"], "eval_fraction", "not both"),
     (["columns.question=prompt"], "columns.question", "allowed keys"),
     (["columns.prompt=q", "columns.completion=q"], "columns", "one source column"),
     (["format=tsv"], "format", "must be one of"),

@@ -114,21 +114,27 @@ def test_true_false_labels_must_be_given_a_meaning(tmp_path):
 
 
 def test_majority_of_annotator_votes_and_ties_dropped_and_counted(tmp_path):
+    # A tie vote is a vote (issue 22 item 2): a response wins only with more votes than the other
+    # response and than the tie votes; (b, tie, tie) once made b the chosen response.
     rows = [
         {"prompt": "p1", "response_a": "x", "response_b": "y", "v1": "A", "v2": "B", "v3": "B"},  # b 2:1
-        {"prompt": "p2", "response_a": "x", "response_b": "y", "v1": "A", "v2": "B", "v3": "tie"},  # 1:1 tie
-        {"prompt": "p3", "response_a": "x", "response_b": "y", "v1": "A", "v2": None, "v3": "tie"},  # a 1:0
+        {"prompt": "p2", "response_a": "x", "response_b": "y", "v1": "A", "v2": "B", "v3": "tie"},  # 1:1:1 tie
+        {"prompt": "p3", "response_a": "x", "response_b": "y", "v1": "A", "v2": None, "v3": "tie"},  # a 1 : tie 1
         {"prompt": "p4", "response_a": "x", "response_b": "y", "v1": "tie", "v2": "tie", "v3": "tie"},
+        {"prompt": "p5", "response_a": "x", "response_b": "y", "v1": "B", "v2": "tie", "v3": "tie"},  # tie 2:1
+        {"prompt": "p6", "response_a": "x", "response_b": "y", "v1": "A", "v2": "A", "v3": "tie"},  # a 2:1
+        {"prompt": "p7", "response_a": "x", "response_b": "y", "v1": "A", "v2": None, "v3": None},  # a 1:0
     ]
-    # Half of the rows are ties, far above max_skip_fraction: ties are not bad rows.
+    # Most rows are ties, far above max_skip_fraction: ties are not bad rows.
     recs, report, p = load(tmp_path, rows, "preference", winner_columns=["v1", "v2", "v3"])
-    assert recs == [PreferenceRecord("p1", "y", "x"), PreferenceRecord("p3", "x", "y")]
-    assert report.counts == {"tie (row dropped)": 2}
-    assert report.examples["tie (row dropped)"] == [(str(p), 2), (str(p), 4)]
+    assert recs == [PreferenceRecord("p1", "y", "x"), PreferenceRecord("p6", "x", "y"),
+                    PreferenceRecord("p7", "x", "y")]
+    assert report.counts == {"tie (row dropped)": 4}
+    assert report.examples["tie (row dropped)"] == [(str(p), n) for n in (2, 3, 4, 5)]
     assert report.bad_rows == 0
     # strict mode does not turn a tie into an error
     recs, _, _ = load(tmp_path, rows, "preference", winner_columns=["v1", "v2", "v3"], strict=True)
-    assert len(recs) == 2
+    assert len(recs) == 3
 
 
 def test_unknown_winner_value_names_row_and_column(tmp_path):

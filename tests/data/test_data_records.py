@@ -206,7 +206,8 @@ BAD = [
      "chosen: a non-empty string (got int)"),
     ("preference", {"prompt": "p", "chosen": "same ", "rejected": "same"}, "chosen identical to rejected",
      "rejected: a completion different from chosen (got the same text)"),
-    ("preference", {"prompt": "p", "chosen": "good", "rejected": "bad", "margin": float("nan")}, "NaN margin",
+    ("preference", {"prompt": "p", "chosen": "good", "rejected": "bad", "margin": float("nan")},
+     "NaN or infinite margin",
      "margin: a number (got NaN)"),
     ("hh", {"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: ho\n\nAssistant: b"},
      "no common prompt prefix",
@@ -316,6 +317,77 @@ def test_eval_from_a_file_and_from_a_split(tmp_path):
     assert train == [SFTRecord("a", "b")] and evs == [SFTRecord("c", "d")]
     train, evs, _ = load_train_eval(DataConfig(train=str(tr)), "sft")
     assert evs is None
+
+
+def test_margins_must_be_finite_numbers_unless_text_levels_are_asked_for(tmp_path):
+    """Issue 22 item 4: margins "big", "Infinity" (text), Infinity (JSON) and 'abc' in a CSV were
+    accepted silently where the loss ignores margins. Each is a bad row naming file, row, field."""
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1.5},
+            {"prompt": "p", "chosen": "a", "rejected": "c", "margin": "big"},
+            {"prompt": "p", "chosen": "a", "rejected": "d", "margin": "Infinity"},
+            {"prompt": "p", "chosen": "a", "rejected": "e", "margin": float("inf")}]
+    p = tmp_path / "m.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))  # json writes inf as Infinity
+    cfg = DataConfig(train=str(p), max_skip_fraction=1.0)
+    recs, report = load_records(cfg, "preference")
+    assert [r.margin for r in recs] == [1.5]
+    assert report.bad_rows == 3
+    for row, got in ((2, "a number (got the text 'big'"), (3, "a finite number (got 'Infinity')"),
+                     (4, "a finite number (got inf)")):
+        one = tmp_path / f"m{row}.jsonl"
+        one.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[row - 1]) + "\n")
+        with pytest.raises(DataError) as e:
+            load_records(DataConfig(train=str(one), strict=True), "preference")
+        assert str(e.value).startswith(f"{one}:2: margin: {got}"), str(e.value)
+    csv = tmp_path / "m.csv"
+    csv.write_text("prompt,chosen,rejected,score_gap\np,a,b,0.5\np,a,c,abc\n")
+    with pytest.raises(DataError) as e:
+        load_records(DataConfig(train=str(csv), strict=True, columns={"margin": "score_gap"}), "preference")
+    assert str(e.value).startswith(f"{csv}:3: score_gap: a number (got the text 'abc'")
+    # a reward model's loss.margin: mapping asks for text rating levels
+    recs, _ = load_records(DataConfig(train=str(p), max_skip_fraction=1.0), "preference", margin_labels=True)
+    assert [r.margin for r in recs] == [1.5, "big"]
+
+
+def test_eval_split_of_one_file_is_refused_or_falls_back_to_eval_fraction(tmp_path, caplog):
+    """Issue 22 item 1: data.eval_split on a local file was ignored and the file itself became the
+    eval set (train_examples 24 = eval_examples 24, no word). Now: refused in one line, or, with
+    data.eval_fraction, a seeded hold-out said in one line with its counts."""
+    import datasets
+    rows = [{"prompt": f"p{i}", "completion": "c"} for i in range(20)]
+    p = write(tmp_path, rows)
+    with pytest.raises(DataError) as e:
+        load_train_eval(DataConfig(train=str(p), eval_split="test"), "sft")
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: eval_split: a source with splits to read split 'test' from")
+    assert "data.eval_fraction" in msg and "\n" not in msg
+    with caplog.at_level("INFO", logger="rlhf.data"):
+        train, ev, _ = load_train_eval(DataConfig(train=str(p), eval_split="test", eval_fraction=0.25), "sft")
+    assert len(train) == 15 and len(ev) == 5
+    assert not {r.prompt for r in train} & {r.prompt for r in ev}
+    assert f"{p} has no split 'test': held out 5 of 20 sft records for evaluation" in caplog.text
+    # a single saved Dataset has no splits either
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "one"))
+    with pytest.raises(DataError, match="eval_split: a source with splits"):
+        load_train_eval(DataConfig(train=str(tmp_path / "one"), eval_split="test"), "sft")
+    # eval = the training file itself (by another spelling) is refused too
+    with pytest.raises(DataError, match="eval: held-out data, not the training source itself"):
+        load_train_eval(DataConfig(train=str(p), eval=str(tmp_path / "." / "d.jsonl")), "sft")
+
+
+def test_shipped_recipes_never_evaluate_on_their_training_file():
+    """A recipe with data.eval_split (a hub dataset's test split) also names eval_fraction, so
+    data.train=<your file> holds out rows instead of being refused or evaluating on training data."""
+    import yaml
+
+    from rlhf.configs import ROOT
+    checked = 0
+    for path in ROOT.glob("*/*.yaml"):
+        data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+        if data.get("eval_split") is not None and data.get("eval") is None:
+            assert data.get("eval_fraction", 0) > 0, path
+            checked += 1
+    assert checked >= 7
 
 
 def test_eval_fraction_needs_two_rows(tmp_path):

@@ -369,6 +369,64 @@ def test_scalar_model_keeps_the_trunk_and_inits_the_head(arch, tiny_checkpoint):
     assert rm.training  # for_training=True by default
 
 
+# Model types transformers 5.24 has no ...ForSequenceClassification for: a state-space model
+# (trunk "backbone") and a mixture-of-experts one (trunk "model").
+_NO_SEQ_CLS = {
+    "mamba": dict(hidden_size=32, num_hidden_layers=2, state_size=8, expand=2),
+    "olmoe": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=64, num_experts=4, num_experts_per_tok=2, max_position_embeddings=128),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(_NO_SEQ_CLS))
+def test_a_scalar_model_for_a_type_without_a_classification_class(arch, corpus, tmp_path):
+    """Issue 22 item 8: `rlhf rm` / PPO's critic on such a type was a raw `ValueError:
+    Unrecognized configuration class`. Now: the type's trunk with the checkpoint's weights and a
+    scalar head; its score equals head(trunk's final hidden state at the last token) computed on
+    the causal LM loaded by transformers; saved and loaded back, the same score."""
+    from transformers import AutoConfig
+
+    from rlhf.models.load import scalar_model_class, score_last_token
+    from rlhf.models.tiny import train_tokenizer
+
+    tok = train_tokenizer(corpus, 300, model_max_length=128)
+    config = AutoConfig.for_model(arch, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                                  eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, **_NO_SEQ_CLS[arch])
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    assert arch not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES  # else this test tests nothing
+    torch.manual_seed(0)
+    save_model(AutoModelForCausalLM.from_config(config), tok, tmp_path / "lm")
+    causal = AutoModelForCausalLM.from_pretrained(tmp_path / "lm").eval()
+    rm = load_scalar_model(_cfg(tmp_path / "lm"), tokenizer=tok, for_training=False)
+    assert type(rm) is scalar_model_class(config) and type(rm).__name__.endswith("ForScalarHead")
+    prefix = causal.base_model_prefix
+    trunk_lm, trunk_rm = getattr(causal, prefix).state_dict(), getattr(rm, prefix).state_dict()
+    assert trunk_lm.keys() == trunk_rm.keys() and all(torch.equal(trunk_lm[k], trunk_rm[k]) for k in trunk_lm)
+    d = config.hidden_size
+    head = scalar_head(rm)
+    assert head.weight.shape == (1, d)
+    assert abs(head.weight.std().item() * (d + 1) ** 0.5 - 1) < 4 / (2 * d) ** 0.5  # as for llama above
+    ids = torch.tensor([tok("the cat sat on the mat")["input_ids"]])
+    with torch.no_grad():
+        hidden = getattr(causal, prefix)(input_ids=ids).last_hidden_state[0, -1]  # (d,)
+        want = float(hidden.double() @ head.weight[0].double())
+        got = float(score_last_token(rm, ids, torch.ones_like(ids)))
+    assert got == pytest.approx(want, abs=1e-5)  # fp32 vs the same numbers summed in fp64
+    save_model(rm, tok, tmp_path / "rm")
+    again = load_scalar_model(_cfg(tmp_path / "rm"), tokenizer=tok, for_training=False)
+    assert torch.equal(scalar_head(again).weight, head.weight)
+    with torch.no_grad():
+        assert float(score_last_token(again, ids, torch.ones_like(ids))) == got
+
+
+def test_a_config_that_is_no_causal_lm_is_one_clear_error():
+    from transformers import ViTConfig
+
+    from rlhf.models.load import scalar_model_class
+    with pytest.raises(ValueError, match="model_type 'vit' is neither a causal LM nor a sequence-classification"):
+        scalar_model_class(ViTConfig())
+
+
 def test_scalar_model_pad_id_comes_from_the_tokenizer(tiny_checkpoint, tmp_path):
     """A checkpoint with no pad id anywhere (like many base models): the tokenizer falls back
     to pad = eos, and the scalar model's config must carry that id."""

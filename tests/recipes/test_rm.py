@@ -274,7 +274,7 @@ def test_text_rating_labels_through_a_mapping(tmp_path):
                    {"prompt": "p2", "chosen": "a", "rejected": "c", "rating": "negligibly better"},
                    {"prompt": "p3", "chosen": "a", "rejected": "d", "rating": 2}], tmp_path / "t.jsonl")
     dcfg = DataConfig(train=str(path), chat_template="none", columns={"margin": "rating"})
-    records, report = load_records(dcfg, "preference")
+    records, report = load_records(dcfg, "preference", margin_labels=True)
     assert [r.margin for r in records] == ["Significantly better", "negligibly better", 2.0]
     mapping = {"significantly better": 1.0, "negligibly better": 0.0, "2": 0.5}
     got = _resolve_margins(records, RewardLossConfig(margin="mapping", margin_mapping=mapping), dcfg, report)
@@ -376,3 +376,16 @@ def test_bad_ranked_rows_are_counted_skips_or_strict_errors(tiny_llama, tmp_path
     assert s["train_prompts"] == 6 and s["train_pairs"] == 5 * 3 + 2
     with pytest.raises(DataError, match=rf"{path.name}:3: responses: a list of at least 2 responses"):
         _tiny_rm_run(tiny_llama, path, tmp_path / "strict", "data.strict=true")
+
+
+def test_margin_column_that_skips_every_update_publishes_nothing(tiny_llama, tmp_path):
+    """Issue 22 item 4: with loss.margin=column and margins the loss cannot use (1e39 overflows
+    float32 to inf: every pair loss is inf), every update was skipped within
+    train.max_skipped_steps and an untrained reward model was published with exit 0."""
+    from rlhf.train.guards import NonFiniteError
+
+    rows = [dict(r, margin=1e39) for r in _synthetic_pairs(16, 0)]
+    path = _write(rows, tmp_path / "m.jsonl")
+    with pytest.raises(NonFiniteError, match=r"\[rm\] the last 2 of 2 optimizer updates were skipped"):
+        _tiny_rm_run(tiny_llama, path, tmp_path / "rm", "loss.margin=column")
+    assert not (tmp_path / "rm" / "final").exists() and not (tmp_path / "rm" / "summary.json").exists()

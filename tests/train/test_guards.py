@@ -106,6 +106,31 @@ def test_consecutive_non_finite_steps_stop_the_run_naming_step_and_quantity(tmp_
     assert [s for s, _ in list_checkpoints(tmp_path / "toy")] == [1]
 
 
+def test_a_run_whose_last_updates_were_skipped_publishes_no_final(tmp_path):
+    """Issue 22 item 4: the last updates skipped within max_skipped_steps: finish() refuses (one
+    line naming the count) and writes neither final/ nor summary.json; the count is kept in the
+    checkpoint so that a rerun resuming from it refuses too. Failed before: final/ published."""
+    tr, model, data = _toy(tmp_path, max_steps=4, max_skipped_steps=3)
+    for step, micro in tr.steps(data, _collate):
+        tr.optimize(micro, _units, _loss(None if step < 3 else "loss"))
+        tr.maybe_checkpoint(step)
+    with pytest.raises(NonFiniteError, match=r"\[toy\] the last 2 of 4 optimizer updates were skipped .* "
+                                             r"final/ not written \(the last checkpoint is .*checkpoint-4\)"):
+        tr.finish(None, {})
+    out = tmp_path / "toy"
+    assert not (out / "final").exists() and not (out / "summary.json").exists()
+    assert json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["skipped_in_a_row"] == 2
+    tr2, _, data2 = _toy(tmp_path, max_steps=4, max_skipped_steps=3)  # resumes from checkpoint-4
+    assert tr2.start_step == 4 and list(tr2.steps(data2, _collate)) == []
+    with pytest.raises(NonFiniteError, match="the last 2 of 4"):
+        tr2.finish(None, {})
+    # a good last update clears the count: a run that recovered publishes
+    tr3, _, data3 = _toy(tmp_path / "ok", max_steps=4)
+    for step, micro in tr3.steps(data3, _collate):
+        tr3.optimize(micro, _units, _loss("loss" if step == 2 else None))
+    assert tr3._skipped_in_a_row == 0
+
+
 def test_weights_with_nan_are_never_checkpointed(tmp_path):
     """A NaN weight (e.g. an overflow in an update whose gradient was finite) makes
     save_checkpoint raise and write nothing, so the last good checkpoint stays the resume point.
@@ -145,6 +170,17 @@ def test_a_diverging_sft_run_stops_with_one_line_and_publishes_nothing(tiny_llam
     err = _error_lines(capsys)
     assert rc == 1
     assert len(err) == 1 and "non-finite loss" in err[0] and "step 3:" in err[0], err
+    assert not (out / "final").exists() and not (out / "summary.json").exists()
+
+
+def test_lr_1e12_does_not_exit_0_with_garbage(tiny_llama, instruction_data, tmp_path, capsys):
+    """Issue 22 item 4: `train.lr=1e12 train.max_steps=4` exited 0 publishing weights around 1e12
+    (the later updates skipped as non-finite within max_skipped_steps=3). Now exit 1, one line."""
+    out = tmp_path / "sft"
+    rc = cli.main(["sft", *_sft_cfg_args(tiny_llama, instruction_data, out, "train.lr=1e12")])
+    err = _error_lines(capsys)
+    assert rc == 1, err
+    assert len(err) == 1 and "optimizer updates were skipped" in err[0] and "final/ not written" in err[0], err
     assert not (out / "final").exists() and not (out / "summary.json").exists()
 
 
