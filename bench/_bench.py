@@ -37,7 +37,7 @@ CLEAN_SHARE = 0.9  # a run whose process got less than this share of its threads
 
 __all__ = ["CLEAN_SHARE", "cpu_model", "meta", "throughput", "CpuWindow", "interleaved", "median", "summarize",
            "ratio", "matmul_rate", "mfu", "write_json", "reset_peak_rss", "memory_report", "loadavg",
-           "trl_python", "smoke_sides"]
+           "trl_python", "smoke_sides", "StepStamps"]
 
 
 # --------------------------------------------------------------------------- machine and command
@@ -192,6 +192,30 @@ class CpuWindow:
     def record(self) -> dict[str, Any]:
         return {"wall_s": round(self.wall_s, 4), "cpu_s": round(self.cpu_s, 4),
                 "cpu_share_of_threads": round(self.share, 3), "timing_clean": self.clean}
+
+
+class StepStamps:
+    """Wall and process CPU time at the end of every optimizer step, stamped from outside the
+    library by wrapping ``trainer_cls.optimize`` (rlhf.train.trainer.Trainer); the peak RSS is
+    reset after step 1 and the peak before that reset kept in ``peak_before`` (for
+    :func:`memory_report`)."""
+
+    def __init__(self, trainer_cls: Any):
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.peak_before: float | None = None
+        orig = trainer_cls.optimize
+        stamps = self
+
+        def optimize(trainer: Any, *args: Any, **kw: Any) -> Any:
+            out = orig(trainer, *args, **kw)
+            stamps.wall.append(time.perf_counter())
+            stamps.cpu.append(time.process_time())
+            if len(stamps.wall) == 1:
+                stamps.peak_before = reset_peak_rss()
+            return out
+
+        trainer_cls.optimize = optimize
 
 
 # --------------------------------------------------------------------------- repeats and ratios

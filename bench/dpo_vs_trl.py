@@ -82,6 +82,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 # Shared with the other benches and the TRL children (bench/_bench.py; re-exported here).
 from _bench import (  # noqa: E402
+    StepStamps,
     _status,
     interleaved,
     loadavg,
@@ -89,7 +90,6 @@ from _bench import (  # noqa: E402
     memory_report,
     mfu,
     ratio,
-    reset_peak_rss,
     smoke_sides,
     summarize,
     throughput,
@@ -126,20 +126,8 @@ def run_ours(a) -> dict:
     if a.threads:
         torch.set_num_threads(a.threads)
     import_rss = _status("VmRSS") / 1024
-    stamps: list[float] = []
-    cpu_stamps: list[float] = []
-    hwm = {"before": None}
-    orig = T.Trainer.optimize
-
-    def optimize(self, *args, **kw):  # time stamp at the end of every optimizer step
-        out = orig(self, *args, **kw)
-        stamps.append(time.perf_counter())
-        cpu_stamps.append(time.process_time())
-        if len(stamps) == 1:
-            hwm["before"] = reset_peak_rss()
-        return out
-
-    T.Trainer.optimize = optimize
+    step_stamps = StepStamps(T.Trainer)  # time stamp at the end of every optimizer step
+    stamps, cpu_stamps = step_stamps.wall, step_stamps.cpu
     seen = {}
     orig_setup = T.Trainer.setup
 
@@ -180,7 +168,7 @@ def run_ours(a) -> dict:
            "import_s": round(t_train - t_start, 2),
            "to_end_of_step1_s": round(stamps[0] - t_train, 2) if stamps else None,
            "train_call_s": round(t_end - t_train, 2),
-           "import_rss_mib": round(import_rss, 1), **memory_report(hwm["before"]),
+           "import_rss_mib": round(import_rss, 1), **memory_report(step_stamps.peak_before),
            "torch_threads": torch.get_num_threads(), **seen,
            # MFU's denominator, measured here: same process, same threads, after the run
            "matmul_rate": matmul_rate(a.precision, a.matmul_n)}

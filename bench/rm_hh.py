@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 sys.path.insert(0, str(REPO / "bench"))
 
-from _bench import memory_report, reset_peak_rss, throughput  # noqa: E402
+from _bench import StepStamps, memory_report, throughput  # noqa: E402
 
 from rlhf.stats import wilson_interval as wilson  # noqa: E402
 
@@ -82,20 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf.recipes.rm import RMConfig, train
 
     # Stamps (wall and CPU) at the end of every optimizer step, from outside the library.
-    stamps: list[float] = []
-    cpu_stamps: list[float] = []
-    hwm: dict[str, float | None] = {"before": None}
-    orig_optimize = T.Trainer.optimize
-
-    def optimize(self, *a, **kw):
-        out = orig_optimize(self, *a, **kw)
-        stamps.append(time.perf_counter())
-        cpu_stamps.append(time.process_time())
-        if len(stamps) == 1:
-            hwm["before"] = reset_peak_rss()
-        return out
-
-    T.Trainer.optimize = optimize
+    step_stamps = StepStamps(T.Trainer)
+    stamps, cpu_stamps = step_stamps.wall, step_stamps.cpu
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -168,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_loss": round(s["eval_loss"], 4),
         **rate, "log_every": args.log_every,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        **memory_report(hwm["before"]),
+        **memory_report(step_stamps.peak_before),
         "train_wall_s": round(train_wall, 1), "wall_s": round(time.time() - t0, 1),
         "final_model": str(work / "rm" / "final") if args.out else None,
         "torch_threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from rlhf.advantages import DynamicSample, dynamic_sample
+from rlhf.data.collate import position_ids_from_mask
 from rlhf.losses.policy import overlong_penalty
 from rlhf.rewards import RewardSource
 from rlhf.rollout.episode import Rollout
@@ -79,7 +80,7 @@ def concat_rollouts(parts: Sequence[tuple[Rollout, Sequence[int]]], pad_id: int,
     attention = attention[:, :width]
     return Rollout(
         input_ids=input_ids[:, :width], attention_mask=attention,
-        position_ids=(attention.cumsum(-1) - 1).clamp(min=0), completion_mask=completion[:, :width],
+        position_ids=position_ids_from_mask(attention), completion_mask=completion[:, :width],
         ended=torch.cat([ro.ended[list(rows)] for ro, rows in parts]), prompt_width=P,
         prompts=[ro.prompts[i] for ro, rows in parts for i in rows],
         completions=[ro.completions[i] for ro, rows in parts for i in rows], group_size=group_size,

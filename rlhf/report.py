@@ -934,10 +934,15 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, title: 
         "<h2>Sample responses</h2>", samples_table(run.policies), _training_samples(run.stages),
         "<h2>Configs</h2>", configs or _note("Skipped: no stage folder holds a config.yaml."),
     ]
+    return _write_page(out / "report.html", title, parts)
+
+
+def _write_page(path: Path, title: str, parts: list[str]) -> Path:
+    """One self-contained HTML page at ``path``, written to a hidden temporary file first and
+    renamed, so that a reader never sees half a page."""
     doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
            f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
-    path = out / "report.html"
-    tmp = path.with_name(".report.html.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(doc, encoding="utf-8")
     tmp.replace(path)
     return path
@@ -986,13 +991,7 @@ def write_comparison(run_a: str | Path, run_b: str | Path, out_dir: str | Path |
              if rows else _note("No policy is evaluated under the same reward in both runs."),
              "<h2>Time per stage</h2>",
              _table(["stage", f"A: {na}", f"B: {nb}"], stage_rows) if stage_rows else _note("No stage in common.")]
-    doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-           f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
-    path = out / "compare.html"
-    tmp = path.with_name(".compare.html.tmp")
-    tmp.write_text(doc, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return _write_page(out / "compare.html", title, parts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,3 +76,20 @@ def test_write_json_header(B, tmp_path):
     m = d["meta"]
     assert m["date_utc"].endswith("Z") and m["cpu_model"] and m["cpu_count"]
     assert m["command"].endswith("--threads 1")
+
+
+def test_step_stamps_wrap_optimize(B, monkeypatch):
+    """StepStamps stamps wall and CPU time after every optimize() call, returns its result, and
+    resets the peak RSS once, after the first step (the value before the reset is kept)."""
+    resets = []
+    monkeypatch.setattr(B, "reset_peak_rss", lambda: resets.append(1) or 123.0)
+
+    class Trainer:
+        def optimize(self, x):
+            return x + 1
+
+    st = B.StepStamps(Trainer)
+    assert st.peak_before is None and st.wall == []
+    assert [Trainer().optimize(i) for i in range(3)] == [1, 2, 3]
+    assert len(st.wall) == len(st.cpu) == 3 and st.wall == sorted(st.wall) and st.cpu == sorted(st.cpu)
+    assert st.peak_before == 123.0 and resets == [1]

@@ -308,8 +308,7 @@ def gspo_loss(
     adv = _sequence_advantages(advantages, mask, "gspo_loss")  # (B,)
     old_logps = old_logps.detach()
     log_ratio = _masked(logps - old_logps, mask)  # (B, T), 0 on padding
-    n_tok = mask.sum(-1).to(log_ratio.dtype).clamp(min=1)  # (B,)
-    seq_ratio = torch.exp(log_ratio.sum(-1) / n_tok)  # (B,) s_i
+    seq_ratio = torch.exp(masked_mean(log_ratio, mask, dim=-1))  # (B,) s_i
     lo = -float("inf") if clip_low is None else 1.0 - clip_low
     hi = float("inf") if clip_high is None else 1.0 + clip_high
     adv = adv.to(seq_ratio.dtype)

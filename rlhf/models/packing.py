@@ -18,7 +18,7 @@ to within float rounding of the model's dtype (see :func:`tolerance`). The verdi
 it returns False, with ONE logged line per class naming the model type and the measured
 difference, where packing would be wrong, and the caller runs the padded batch instead.
 
-tests/models/test_conformance.py keeps the probe honest: for every architecture of the
+tests/conformance/test_conformance.py keeps the probe honest: for every architecture of the
 conformance suite, the probe's verdict must match an independent float64 comparison of packed
 and one-sequence-at-a-time log-probs.
 """

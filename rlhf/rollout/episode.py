@@ -124,7 +124,7 @@ def assemble_rollout(tokenizer: Any, rows_prompt: list[Any], rows_ids: list[list
     ``rows_ids[i]`` (left-padded to the widest prompt) then ``completions_tok[i]`` (its sampled
     ids, cut at EOS / a stop string, right-padded). ``logps`` / ``entropy``: per row, a 1-D
     tensor holding at least that row's completion length of values (the first n are used)."""
-    from rlhf.data.collate import _pad
+    from rlhf.data.collate import _pad, position_ids_from_mask
 
     pad = tokenizer.pad_token_id
     P = max(len(p) for p in rows_ids)
@@ -146,7 +146,7 @@ def assemble_rollout(tokenizer: Any, rows_prompt: list[Any], rows_ids: list[list
 
     return Rollout(
         input_ids=input_ids.to(device), attention_mask=attention.to(device),
-        position_ids=(attention.cumsum(-1) - 1).clamp(min=0).to(device),
+        position_ids=position_ids_from_mask(attention).to(device),
         completion_mask=comp_mask.to(device), ended=torch.tensor(ended, device=device),
         prompt_width=P, prompts=list(rows_prompt), completions=texts, group_size=group_size,
         logps=grid(logps) if logps is not None else None, entropy=grid(entropy) if entropy is not None else None)

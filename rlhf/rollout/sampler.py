@@ -307,15 +307,8 @@ def sample_builtin(model: nn.Module, tokenizer: Any, prompts: Sequence[Any], pro
            generator: torch.Generator | None = None, with_logps: bool = False) -> Rollout:
     """The built-in sampler (``sampling.engine`` auto / lean / transformers): ``num_samples``
     (default ``cfg.num_samples``) completions for each prompt. Call it through
-    :func:`rlhf.rollout.sample`, which hands other engines' names to their engine.
-
-    ``prompts`` are the original prompts (text or messages; handed to reward sources as is) and
-    ``prompt_ids`` their token ids as the policy sees them (rlhf.data.tokenize.encode_prompt).
-    The model is put in eval mode for sampling and its previous mode restored. ``greedy``
-    takes the argmax at each step (ReMax's baseline; pass ``num_samples=1``, since every
-    greedy sample of a prompt is the same). ``with_logps`` also keeps each action's log-prob and
-    entropy from the sampler's own logits (``Rollout.logps`` / ``Rollout.entropy``).
-    """
+    :func:`rlhf.rollout.sample`, which hands other engines' names to their engine; the arguments
+    are described there."""
     if len(prompts) != len(prompt_ids):
         raise ValueError(f"sample: {len(prompts)} prompts but {len(prompt_ids)} prompt_ids")
     if not prompts:

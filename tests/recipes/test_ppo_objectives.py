@@ -48,11 +48,23 @@ def _rows(out_dir) -> list[dict]:
 
 
 @pytest.mark.parametrize("loss", ["gspo", "cispo"])
-def test_policy_loss_by_name_runs_and_logs(setup, tmp_path, loss):
-    """Two steps with ppo.loss=<name>: finite losses and the loss's metrics. The first update of
-    a step starts at ratio 1, so every ratio metric is about 1 and GSPO's tiny clip range still
-    lets the first minibatch through (clip_fraction < 1 on average over the two epochs)."""
+def test_policy_loss_by_name_runs_and_logs(setup, tmp_path, monkeypatch, loss):
+    """Two steps with ppo.loss=<name>: the named loss is the one called, with its own clip range
+    (ppo.clip left null), finite losses and the loss's metrics. The first update of a step starts
+    at ratio 1, so every ratio metric is about 1 and GSPO's tiny clip range still lets the first
+    minibatch through (clip_fraction < 1 on average over the two epochs)."""
+    from rlhf.losses.policy import POLICY_LOSS_SPECS, POLICY_LOSSES
+
+    real, clips = POLICY_LOSSES[loss], []
+
+    def spy(logps, old_logps, advantages, mask, clip_low, clip_high, **kw):
+        clips.append((clip_low, clip_high))
+        return real(logps, old_logps, advantages, mask, clip_low, clip_high, **kw)
+
+    monkeypatch.setitem(POLICY_LOSSES, loss, spy)
     summary = train(setup(loss, f"ppo.loss={loss}", "train.max_steps=2"))
+    spec = POLICY_LOSS_SPECS[loss]
+    assert clips and set(clips) == {(spec.clip_low, spec.clip_high)}
     rows = _rows(tmp_path / loss)
     assert len(rows) == 2 and summary["last_step"]
     for r in rows:

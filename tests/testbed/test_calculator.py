@@ -47,6 +47,5 @@ def test_grpo_with_the_tool_beats_sft(tmp_path):
     stages["grpo"]["config"]["train"].update(max_steps=25, progress=False)
     run_pipeline(spec)
     res = json.loads((tmp_path / "calc" / "eval" / "results.json").read_text())
-    print(res)
-    assert res["grpo"]["tool_use"] >= 0.85
-    assert res["grpo"]["success"] >= res["sft"]["success"] + 0.1
+    assert res["grpo"]["tool_use"] >= 0.85, res
+    assert res["grpo"]["success"] >= res["sft"]["success"] + 0.1, res
