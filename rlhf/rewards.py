@@ -399,7 +399,7 @@ def load_reward_source(spec: str | dict | RewardSource, *, device: str | None = 
 
         s = str(spec)
         p = Path(os.path.expanduser(s))
-        if p.is_dir():
+        if p.is_dir() or (p.is_file() and p.suffix.lower() == ".gguf"):  # .gguf: rlhf.models.gguf
             return ModelReward(p, device=device)
         if p.is_file() and p.suffix in (".yaml", ".yml", ".json"):
             return load_reward_source(_read_spec_file(p), device=device)
