@@ -702,8 +702,10 @@ def _slice(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torc
 def _log_samples(trainer: Trainer, step: int, ro: Rollout, scores: torch.Tensor,
                  track: dict[str, torch.Tensor], n: int) -> None:
     """A few prompts and completions with their scores, in the console and in metrics.jsonl."""
+    from rlhf.data.records import readable  # chat prompts as "role: content" lines
+
     rows: list[dict[str, Any]] = [
-        {"prompt": str(ro.prompts[i]), "completion": ro.completions[i], "score": round(float(scores[i]), 4),
+        {"prompt": readable(ro.prompts[i]), "completion": ro.completions[i], "score": round(float(scores[i]), 4),
          **{k: round(float(v[i]), 4) for k, v in track.items()}}
         for i in range(0, len(ro), max(1, ro.group_size))][:n]
     if trainer.metrics is not None:
