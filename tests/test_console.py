@@ -77,3 +77,17 @@ def test_a_run_prints_one_line_per_logged_step_no_hf_bars_and_repeats_warnings(t
     finally:
         report_log.removeHandler(handler)
     assert not [r for r in records if "LOAD REPORT" in r.getMessage()]
+
+
+def test_pass_progress_shows_rate_and_eta_and_can_be_off(capsys):
+    from rlhf.console import pass_progress
+
+    with pass_progress("dpo: reference log-probs", 4, unit="example") as bar:
+        for _ in range(4):
+            bar.update(1)
+    err = capsys.readouterr().err
+    # tqdm redraws at most once a second: the first draw shows the count, the ETA slot (<) and the rate
+    assert "dpo: reference log-probs" in err and "/4 [" in err and "<" in err and "example/s" in err
+    with pass_progress("x", 4, enabled=False) as bar:
+        bar.update(4)
+    assert capsys.readouterr().err == ""

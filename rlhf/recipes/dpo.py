@@ -194,14 +194,19 @@ def compute_reference_logps(trainer: Trainer, ref: ReferenceModel, examples: lis
     mode computes for the same example. Computed on the main process (the others read the cache
     file it writes).
     """
+    from rlhf.console import pass_progress
+
     out: dict[str, list[torch.Tensor]] = {k: [] for k in _reference_keys(loss)}
     bs = trainer.cfg.eval_batch_size
-    for k in range(0, len(examples), bs):
-        batch = trainer.to_device(collate(examples[k:k + bs]))
-        with trainer.accelerator.autocast():
-            vals = _reference_batch_logps(ref, batch, loss)
-        for name, v in vals.items():
-            out[name].append(v.float().cpu())
+    with pass_progress(f"{trainer.stage}: reference log-probs", len(examples), unit="example",
+                       enabled=trainer.cfg.progress and len(examples) > bs) as bar:
+        for k in range(0, len(examples), bs):
+            batch = trainer.to_device(collate(examples[k:k + bs]))
+            with trainer.accelerator.autocast():
+                vals = _reference_batch_logps(ref, batch, loss)
+            for name, v in vals.items():
+                out[name].append(v.float().cpu())
+            bar.update(len(examples[k:k + bs]))
     return {k: torch.cat(v) if v else torch.zeros(0) for k, v in out.items()}
 
 
