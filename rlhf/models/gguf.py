@@ -82,12 +82,16 @@ def locate(path: str | os.PathLike[str]) -> Path:
                     f"Python package {parts[0]!r})")
 
 
+def _complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
 def gguf_folder(path: str | os.PathLike[str]) -> Path:
     """The safetensors folder for the .gguf file ``path`` (see :func:`locate`): converted on first
     use, then cached."""
     src = locate(path)
     out = cache_root() / _sha256(src)[:16]
-    if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
+    if _complete(out):
         return out
     try:
         import gguf  # noqa: F401  - transformers' reader needs it
@@ -134,8 +138,10 @@ def _convert(src: Path, out: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "SOURCE").write_text(f"{src}\n")
+        if _complete(out):
+            return  # another process converted the same file meanwhile: keep its folder
         if out.exists():
-            shutil.rmtree(out)
+            shutil.rmtree(out)  # a folder left incomplete (the rename below is the only writer)
         tmp.rename(out)
     finally:
         if tmp.exists():
