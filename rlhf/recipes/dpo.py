@@ -64,7 +64,7 @@ from rlhf.config import ConfigError, opt
 from rlhf.data.collate import PadCollator, PreferenceCollator
 from rlhf.data.config import DataConfig
 from rlhf.data.load import load_train_eval
-from rlhf.data.tokenize import encode_records
+from rlhf.data.tokenize import encode_records, rendering_summary
 from rlhf.logprobs import BUCKET
 from rlhf.logprobs import sequence_logps as _sequence_logps
 from rlhf.losses.preference import PREFERENCE_LOSSES, add_nll_term, is_paired, kto_reference_point, needs_reference
@@ -538,6 +538,7 @@ def train(cfg: DPOConfig) -> dict[str, Any]:
     eval_ex = _encode(eval_records or [], tokenizer, cfg.data, report)
     if report.counts:
         trainer.print(report.summary())
+    trainer.print(f"[dpo] {rendering_summary(train_records, tokenizer, cfg.data)}")
     pad_id, side = tokenizer.pad_token_id, cfg.data.padding_side
     if paired:
         base_collate: Callable = PreferenceCollator(pad_id, side)

@@ -373,6 +373,8 @@ def _prompts(cfg: PPOConfig, tokenizer: Any, trainer: Trainer) -> list[dict]:
                         f"{len(records)} were\n{report.summary()}")
     if report.skipped_rows or report.truncated:
         trainer.print(f"[ppo] {report.summary()}")
+    from rlhf.data.tokenize import rendering_summary
+    trainer.print(f"[ppo] {rendering_summary(records, tokenizer, cfg.data)}")
     if not out:
         raise ConfigError("data.train", f"no usable prompts in {cfg.data.train}")
     return out
