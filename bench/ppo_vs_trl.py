@@ -94,7 +94,9 @@ def run_ours(a) -> dict:
     t_start = time.perf_counter()
     import torch
 
+    import rlhf.ppo_update as U
     import rlhf.recipes.ppo as P
+    import rlhf.rollout.engines as E
     import rlhf.train.trainer as T
     from rlhf.config import load_config
 
@@ -109,17 +111,17 @@ def run_ours(a) -> dict:
 
     timed = phase_timer(phase)
 
-    P.sample = timed("generate", P.sample)
-    P.rollout_values = timed("values", P.rollout_values)
-    orig_logps = P.rollout_logps
+    E.sample_builtin = timed("generate", E.sample_builtin)  # the built-in engine's sampler
+    U.rollout_values = timed("values", U.rollout_values)
+    orig_logps = U.rollout_logps
 
     def rollout_logps(model, *args, **kw):  # the old-policy pass asks for the entropy, the reference's not
         # (with ppo.old_logps=auto in fp32 the old-policy log-probs come from the sampler: no pass)
         name = "old_logps" if kw.get("with_entropy") else "ref_logps"
         return timed(name, orig_logps)(model, *args, **kw)
 
-    P.rollout_logps = rollout_logps
-    P._update = timed("update", P._update)
+    U.rollout_logps = rollout_logps
+    P.update = timed("update", P.update)
     orig_ckpt = T.Trainer.maybe_checkpoint
 
     def maybe_checkpoint(self, *args, **kw):  # called once at the end of every rollout step
@@ -134,8 +136,8 @@ def run_ours(a) -> dict:
     T.Trainer.maybe_checkpoint = maybe_checkpoint
     if a.fixed_length:
         # No episode ends before max_new_tokens: EOS is not a stop id (TRL: min_new_tokens).
-        import rlhf.rollout as R
-        R.eos_ids = lambda tokenizer, model=None: [-1]
+        import rlhf.rollout.sampler as S
+        S.eos_ids = lambda tokenizer, model=None: [-1]
     prof = {}
     if a.profile_step:
         # torch profile of rollout step ``profile_step`` (from the end of the previous step to its end).

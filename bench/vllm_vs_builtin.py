@@ -63,12 +63,12 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # stdout carries the JSON only
 
-    from rlhf.engines.vllm import VLLMEngine, import_vllm, trainer_logps
     from rlhf.losses.policy import truncated_importance_weights
     from rlhf.models.config import ModelConfig
     from rlhf.models.load import load_causal_lm, load_tokenizer
     from rlhf.models.tiny import make_tiny_checkpoint
     from rlhf.rollout import SamplingConfig, rollout_logps, sample
+    from rlhf.rollout.vllm import VLLMEngine, import_vllm, trainer_logps
     from rlhf.testbed.reviews import make_prompts, make_sft_records
 
     tmp = tempfile.mkdtemp(prefix="bench-vllm-")

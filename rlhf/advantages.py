@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
 
 import torch
 
-from rlhf.masking import last_index, masked_whiten
+from rlhf.masking import Aggregation, last_index, masked_whiten
 
 __all__ = [
     "gae",
@@ -30,7 +31,13 @@ __all__ = [
     "reinforce_pp_advantages",
     "remax_advantages",
     "informative_groups",
+    "degenerate_groups",
+    "DynamicSample",
+    "dynamic_sample",
     "token_rewards",
+    "distillation_rewards",
+    "Estimator",
+    "ESTIMATOR_SPECS",
     "ESTIMATORS",
     "CRITIC_ESTIMATORS",
     "compute_advantages",
@@ -205,17 +212,146 @@ def informative_groups(scores: torch.Tensor, group_size: int, tol: float = 0.0) 
     return spread > tol
 
 
-# Critic-free estimators and GAE, by name. All take keyword arguments with the names above;
-# :func:`compute_advantages` passes each one the inputs it declares.
-ESTIMATORS: dict[str, Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]] = {
-    "gae": gae,
-    "grpo": grpo_advantages,
-    "dr_grpo": functools.partial(grpo_advantages, scale="none"),
-    "rloo": rloo_advantages,
-    "reinforce_pp": reinforce_pp_advantages,
-    "remax": remax_advantages,
+@torch.no_grad()
+def degenerate_groups(scores: torch.Tensor, group_size: int, tol: float = 0.0) -> torch.Tensor:
+    """(G,) bool: True for groups whose scores are all equal (within ``tol``): the groups DAPO's
+    dynamic sampling replaces. The complement of :func:`informative_groups`."""
+    return ~informative_groups(scores, group_size, tol)
+
+
+G = TypeVar("G")
+
+
+@dataclass(frozen=True)
+class DynamicSample(Generic[G]):
+    """What :func:`dynamic_sample` gathered. ``groups`` / ``scores`` / ``informative`` are
+    aligned, ``num_groups`` long: the informative groups in the order they were drawn, then (only
+    when the retries ran out) degenerate groups to complete the batch, ``informative`` False.
+
+    ``draws`` calls of the sampler (1 + ``retries``), ``sampled`` groups drawn in all,
+    ``replaced`` degenerate groups left out, ``surplus`` informative groups drawn beyond
+    the batch and left out, ``filled`` = the batch is all informative."""
+
+    groups: list[G]
+    scores: list[torch.Tensor]
+    informative: list[bool]
+    draws: int
+    retries: int
+    sampled: int
+    replaced: int
+    surplus: int
+
+    @property
+    def filled(self) -> bool:
+        return all(self.informative)
+
+
+def dynamic_sample(
+    sample_groups: Callable[[int], tuple[Sequence[G], torch.Tensor]],
+    num_groups: int,
+    group_size: int,
+    max_retries: int,
+    tol: float = 0.0,
+) -> DynamicSample[G]:
+    """DAPO's dynamic sampling (Yu et al. 2025, §3.2, Algorithm 1 line 6-8): fill a batch of
+    ``num_groups`` groups whose scores are not all equal, drawing more groups to replace the
+    degenerate ones (all correct or all wrong: zero group-relative advantage, no gradient).
+
+    ``sample_groups(n)`` draws groups for (at least) ``n`` fresh prompts and returns them with
+    their scores, (m * group_size,) with the usual consecutive layout; asking for fewer than
+    needed is allowed (m >= 1), more is kept only up to ``num_groups``. It is called once, then
+    again for the missing groups at most ``max_retries`` times. When the retries run out the
+    batch is completed with degenerate groups (flagged, so the caller can leave them out of the
+    loss), so its size is always ``num_groups``: the paper samples until full, which can take
+    unbounded time on a task the policy always solves or always fails.
+    """
+    if num_groups < 1 or group_size < 1 or max_retries < 0:
+        raise ValueError(f"dynamic_sample: need num_groups >= 1, group_size >= 1, max_retries >= 0 "
+                         f"(got {num_groups}, {group_size}, {max_retries})")
+    kept: list[tuple[G, torch.Tensor]] = []
+    spare: list[tuple[G, torch.Tensor]] = []
+    draws = sampled = surplus = 0
+    while len(kept) < num_groups and draws <= max_retries:
+        groups, scores = sample_groups(num_groups - len(kept))
+        draws += 1
+        groups = list(groups)
+        if not groups or scores.numel() != len(groups) * group_size:
+            raise ValueError(f"dynamic_sample: the sampler returned {len(groups)} group(s) with {scores.numel()} "
+                             f"score(s); expected at least one group and {group_size} scores per group")
+        sampled += len(groups)
+        ok = informative_groups(scores, group_size, tol).tolist()
+        for i, (group, good) in enumerate(zip(groups, ok)):
+            entry = (group, scores[i * group_size:(i + 1) * group_size])
+            if not good:
+                spare.append(entry)
+            elif len(kept) < num_groups:
+                kept.append(entry)
+            else:
+                surplus += 1
+    fill = spare[:num_groups - len(kept)]
+    return DynamicSample(
+        groups=[g for g, _ in kept + fill], scores=[s for _, s in kept + fill],
+        informative=[True] * len(kept) + [False] * len(fill),
+        draws=draws, retries=draws - 1, sampled=sampled, replaced=len(spare) - len(fill), surplus=surplus,
+    )
+
+
+@torch.no_grad()
+def distillation_rewards(student_logps: torch.Tensor, teacher_logps: torch.Tensor,
+                         mask: torch.Tensor) -> torch.Tensor:
+    """On-policy distillation's per-token reward (Agarwal et al. 2024, GKD; Lu & Thinking Machines
+    2025, "On-Policy Distillation"): on tokens the STUDENT sampled,
+
+        r_t = log π_teacher(y_t | y_<t) - log π_student(y_t | y_<t)
+
+    the negative of the k1 estimator of the reverse KL, so the return Σ_t r_t of a completion
+    has expectation -KL(π_student‖π_teacher) over the student's samples: maximising it is
+    mode-seeking reverse-KL distillation, and the teacher grades every token, not just the end.
+    student_logps, teacher_logps, mask: (B, T); returns (B, T) in float32 or wider, detached,
+    0 off the mask (padding may hold -inf log-probs)."""
+    dtype = torch.promote_types(torch.promote_types(student_logps.dtype, teacher_logps.dtype), torch.float32)
+    diff = teacher_logps.detach().to(dtype) - student_logps.detach().to(dtype)
+    return torch.where(mask.bool(), diff, torch.zeros_like(diff))
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """An advantage estimator and the settings the PPO-family loop reads from it: adding one is
+    one entry of :data:`ESTIMATOR_SPECS`.
+
+    ``fn`` takes keyword arguments with the names above (:func:`compute_advantages` passes each
+    the inputs it declares); ``critic``: needs a value model (and returns the critic's returns);
+    ``min_group``: samples per prompt its baseline needs; ``kl_placement``: where ``kl.placement:
+    auto`` puts the KL penalty (``reward``: -β·KL per token; ``loss``: β·KL in the loss);
+    ``aggregation``: what ``ppo.aggregation: auto`` reduces the loss with; ``whiten``: advantages
+    are whitened over the batch when ``ppo.whiten_advantages`` (the group estimators normalise
+    their own way); ``greedy_baseline``: needs the score of a greedy completion per prompt;
+    ``per_token``: its advantages vary along a completion (a sequence-level loss such as GSPO
+    cannot take them)."""
+
+    fn: Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
+    critic: bool = False
+    min_group: int = 1
+    kl_placement: Literal["reward", "loss"] = "reward"
+    aggregation: Aggregation = "token_mean"
+    whiten: bool = False
+    greedy_baseline: bool = False
+    per_token: bool = False
+
+
+# Critic-free estimators and GAE, by name.
+ESTIMATOR_SPECS: dict[str, Estimator] = {
+    "gae": Estimator(gae, critic=True, whiten=True, per_token=True),
+    "grpo": Estimator(grpo_advantages, min_group=2, kl_placement="loss"),
+    "dr_grpo": Estimator(functools.partial(grpo_advantages, scale="none"), min_group=2, kl_placement="loss",
+                         aggregation="constant"),
+    "rloo": Estimator(rloo_advantages, min_group=2),
+    "reinforce_pp": Estimator(reinforce_pp_advantages, per_token=True),
+    "remax": Estimator(remax_advantages, greedy_baseline=True),
 }
-CRITIC_ESTIMATORS = frozenset({"gae"})  # the ones that need a value model
+ESTIMATORS: dict[str, Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]] = {
+    name: spec.fn for name, spec in ESTIMATOR_SPECS.items()}
+CRITIC_ESTIMATORS = frozenset(name for name, spec in ESTIMATOR_SPECS.items() if spec.critic)
 
 
 def compute_advantages(name: str, **inputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -134,8 +134,8 @@ def run(stage: str, model: Any = None, data: Any = None, *, tokenizer: Any = Non
     """Run the training stage ``stage`` (a CLI stage name) in this process; see the module doc."""
     import yaml
 
-    from rlhf.cli import STAGES
     from rlhf.config import ConfigError, load_config, to_dict
+    from rlhf.stages import STAGES
 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
@@ -212,7 +212,7 @@ def _stage_function(stage: str) -> Callable[..., Result]:
 
 
 def _stage_names() -> list[str]:
-    from rlhf.cli import STAGES
+    from rlhf.stages import STAGES
     return list(STAGES)
 
 

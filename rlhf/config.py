@@ -18,7 +18,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -325,10 +325,7 @@ def load_config(cls: type, path: str | Path | None = None,
         path = Path(path)
         if not path.is_file():
             raise ConfigError("", f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError("", f"{path}: not valid YAML: {e}") from None
+        loaded = read_yaml(path, ConfigError)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -338,6 +335,28 @@ def load_config(cls: type, path: str | Path | None = None,
     cfg = from_dict(cls, data)
     _validate_tree(cfg, "")
     return cfg
+
+
+def yaml_error_line(path: str | Path, e: Exception) -> str:
+    """A YAML syntax error as one line: ``file:line:column: not valid YAML (problem)``
+    (PyYAML's own message spans several lines with a drawing of the spot)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+    problem = getattr(e, "problem", None) or getattr(e, "context", None) or " ".join(str(e).split())
+    return f"{path}{where}: not valid YAML ({problem})"
+
+
+def read_yaml(path: str | Path, error: Callable[..., Exception] | None = None) -> Any:
+    """``yaml.safe_load`` of a UTF-8 file; a syntax or encoding error raises ``error(message)``
+    (ConfigError: ``error("", message)``) with one line naming the file and the spot."""
+    path = Path(path)
+    make = (lambda m: ConfigError("", m)) if error is None or error is ConfigError else error
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise make(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r})") from None
+    except yaml.YAMLError as e:
+        raise make(yaml_error_line(path, e)) from None
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

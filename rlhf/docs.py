@@ -19,8 +19,8 @@ HELP_PATH = Path(__file__).resolve().parent / "_stage_help.json"
 
 
 def render() -> str:
-    from rlhf.cli import STAGES
     from rlhf.config import reference_markdown
+    from rlhf.stages import STAGES
 
     classes = {name: st.load(st.config) for name, st in STAGES.items()}
     return reference_markdown(classes) + "\n"
@@ -28,8 +28,8 @@ def render() -> str:
 
 def render_help() -> str:
     """``{stage: format_help(config class)}`` as JSON text, for ``rlhf <stage> --help``."""
-    from rlhf.cli import STAGES
     from rlhf.config import format_help
+    from rlhf.stages import STAGES
 
     return json.dumps({name: format_help(st.load(st.config)) for name, st in STAGES.items()},
                       indent=1, ensure_ascii=False) + "\n"

@@ -166,7 +166,7 @@ class RewardJudge(Judge):
 
     def judge_pairs(self, prompts: Sequence[Any], completions_a: Sequence[Any],
                     completions_b: Sequence[Any], *, allow_unusable: bool = False) -> Judgement:
-        from rlhf.label import preference_probability
+        from rlhf.stats import preference_probability
 
         ra, rb = self.scores(prompts, completions_a, completions_b)
         tau = self.temperature

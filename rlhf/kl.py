@@ -89,6 +89,11 @@ class FixedKLController:
             raise ValueError(f"FixedKLController: beta must be >= 0 (got {beta})")
         self.value = float(beta)
 
+    @classmethod
+    def build(cls, beta: float, target: float | None = None, horizon: float = 10000.0) -> FixedKLController:
+        """From the ``kl`` settings (every controller takes the same three; a fixed β uses one)."""
+        return cls(beta)
+
     def update(self, current_kl: float | torch.Tensor, n_steps: int) -> float:
         return self.value
 
@@ -118,6 +123,13 @@ class AdaptiveKLController:
         self.target = float(target)
         self.horizon = float(horizon)
 
+    @classmethod
+    def build(cls, beta: float, target: float | None = None, horizon: float = 10000.0) -> AdaptiveKLController:
+        """From the ``kl`` settings; ``target`` is required."""
+        if target is None:
+            raise ValueError("AdaptiveKLController: a target KL is required")
+        return cls(beta, target, horizon)
+
     def update(self, current_kl: float | torch.Tensor, n_steps: int) -> float:
         error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)  # clipped proportional error
         self.value *= 1.0 + error * n_steps / self.horizon
@@ -132,4 +144,5 @@ class AdaptiveKLController:
         self.horizon = float(state.get("horizon", self.horizon))
 
 
-KL_CONTROLLERS: dict[str, type] = {"fixed": FixedKLController, "adaptive": AdaptiveKLController}
+KL_CONTROLLERS: dict[str, type[FixedKLController] | type[AdaptiveKLController]] = {
+    "fixed": FixedKLController, "adaptive": AdaptiveKLController}

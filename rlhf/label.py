@@ -24,16 +24,10 @@ from typing import Any
 
 import torch
 
+from rlhf.stats import preference_probability
+
 __all__ = ["preference_probability", "bradley_terry_labels", "sample_pairs", "label_pairs", "split_rows",
            "label_stage"]
-
-
-def preference_probability(r_a: float, r_b: float, temperature: float) -> float:
-    """Bradley–Terry: P(a ≻ b) = σ((r_a − r_b)/τ), computed without overflow; τ > 0."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (got {temperature!r})")
-    z = (r_a - r_b) / temperature
-    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
 def bradley_terry_labels(scores_a: Sequence[float], scores_b: Sequence[float], temperature: float,

@@ -61,7 +61,7 @@ class StageSpec:
 
 
 def _training_stages() -> dict[str, Any]:
-    from rlhf.cli import STAGES
+    from rlhf.stages import STAGES
     return STAGES
 
 
@@ -83,9 +83,7 @@ def _resolve(value: Any, dirs: dict[str, Path], where: str) -> Any:
 def load_pipeline(spec: dict[str, Any] | str | Path, output_dir: str | Path | None = None
                   ) -> tuple[Path, list[StageSpec]]:
     """Read and check a pipeline (a YAML file or a dict). Returns (output_dir, stages)."""
-    import yaml
-
-    from rlhf.config import load_config
+    from rlhf.config import load_config, read_yaml
 
     source = "<pipeline>"
     if not isinstance(spec, dict):
@@ -93,7 +91,7 @@ def load_pipeline(spec: dict[str, Any] | str | Path, output_dir: str | Path | No
         path = Path(spec)
         if not path.is_file():
             raise PipelineError(f"{path}: no such pipeline file")
-        spec = yaml.safe_load(path.read_text()) or {}
+        spec = read_yaml(path, PipelineError) or {}
     if not isinstance(spec, dict) or not isinstance(spec.get("stages"), list) or not spec["stages"]:
         raise PipelineError(f"{source}: expected a mapping with a non-empty 'stages' list")
     unknown = set(spec) - {"output_dir", "stages", "description"}

@@ -45,8 +45,24 @@ import torch
 
 from rlhf.masking import masked_whiten
 
-__all__ = ["RewardSource", "ModelReward", "CallableReward", "WeightedSum", "SafetyGated",
-           "load_reward_source", "import_callable", "row_columns", "accepted_columns", "call_reward"]
+__all__ = ["RewardSource", "ModelReward", "CallableReward", "WeightedSum", "SafetyGated", "RewardError",
+           "load_reward_source", "import_callable", "row_columns", "accepted_columns", "call_reward",
+           "DEFAULT_TIMEOUT_S"]
+
+# A Python reward function that has not returned after this many seconds (per call: one batch of
+# completions) stops the run with a message; ``{"type": "callable", ..., "timeout": s}`` sets
+# another limit, 0 none.
+DEFAULT_TIMEOUT_S = 600.0
+
+
+class RewardError(ValueError):
+    """A reward source that cannot be loaded or whose output is unusable. Its message is one line
+    for the user, naming the source (and the file and line of a function that raised); the CLI
+    prints it without a traceback, in every stage and in ``rlhf score`` alike."""
+
+# What the rm stage writes beside a reward model (rlhf/recipes/rm.py): the score statistics that
+# ``normalize=True`` reads.
+REWARD_STATS_FILE = "reward_stats.json"
 
 
 class RewardSource:
@@ -65,7 +81,19 @@ class RewardSource:
     @staticmethod
     def _check_inputs(prompts: Sequence[Any], completions: Sequence[Any]) -> None:
         if len(prompts) != len(completions):
-            raise ValueError(f"reward source: got {len(prompts)} prompts but {len(completions)} completions")
+            raise RewardError(f"reward source: got {len(prompts)} prompts but {len(completions)} completions")
+
+
+def _one_line(e: BaseException) -> str:
+    """``Type: message (file:line)``: an exception from the user's code as one line, with the
+    innermost frame that raised it (the user's line, not rlhf's)."""
+    import traceback
+
+    msg = " ".join(str(e).split()) or "(no message)"
+    here = os.path.dirname(os.path.abspath(__file__))  # rlhf's own frames are not the user's line
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(here + os.sep)]
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames and not isinstance(e, SyntaxError) else ""
+    return f"{type(e).__name__}: {msg}{where}"
 
 
 def _is_file_ref(mod_name: str) -> bool:
@@ -76,12 +104,12 @@ def _import_file(path_str: str, ref: str, what: str) -> Any:
     """A module from a .py file (no PYTHONPATH needed); its own folder is importable from it."""
     path = Path(os.path.expanduser(path_str))
     if not path.is_file():
-        raise ValueError(f"{what} {ref!r}: no such file {path_str!r} (relative paths start from the "
+        raise RewardError(f"{what} {ref!r}: no such file {path_str!r} (relative paths start from the "
                          f"current directory, {os.getcwd()})")
     name = f"rlhf_user_{path.stem}_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise ValueError(f"{what} {ref!r}: cannot load {path_str!r} as Python")
+        raise RewardError(f"{what} {ref!r}: cannot load {path_str!r} as Python")
     import sys
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod  # dataclasses and pickling look the module up by name
@@ -93,7 +121,7 @@ def _import_file(path_str: str, ref: str, what: str) -> Any:
         spec.loader.exec_module(mod)  # this RUNS the file: see the module doc
     except Exception as e:
         del sys.modules[name]
-        raise ValueError(f"{what} {ref!r}: running {path_str!r} raised {type(e).__name__}: {e}") from e
+        raise RewardError(f"{what} {ref!r}: running {path_str!r} raised {_one_line(e)}") from e
     finally:
         if added:
             sys.path.remove(folder)
@@ -104,13 +132,13 @@ def import_callable(ref: str, what: str = "reward function") -> Callable:
     """``package.module:attr`` or ``path/to/file.py:attr`` -> the object, with errors that say
     what was expected. Importing a module or loading a file runs its code."""
     if ref.count(":") != 1:
-        raise ValueError(f"{what} {ref!r}: expected 'package.module:function' or 'path/to/file.py:function'")
+        raise RewardError(f"{what} {ref!r}: expected 'package.module:function' or 'path/to/file.py:function'")
     mod_name, attr = ref.split(":")
     if _is_file_ref(mod_name):
         mod = _import_file(mod_name, ref, what)
         fn = getattr(mod, attr, None)
         if fn is None or not callable(fn):
-            raise ValueError(f"{what} {ref!r}: file {mod_name!r} has no callable {attr!r}")
+            raise RewardError(f"{what} {ref!r}: file {mod_name!r} has no callable {attr!r}")
         return fn
     try:
         mod = importlib.import_module(mod_name)
@@ -118,10 +146,10 @@ def import_callable(ref: str, what: str = "reward function") -> Callable:
         hint = ""
         if Path(mod_name.replace(".", "/") + ".py").is_file():
             hint = f"; to load the file in this folder, write '{mod_name.replace('.', '/')}.py:{attr}'"
-        raise ValueError(f"{what} {ref!r}: cannot import module {mod_name!r} ({e}){hint}") from None
+        raise RewardError(f"{what} {ref!r}: cannot import module {mod_name!r} ({e}){hint}") from None
     fn = getattr(mod, attr, None)
     if fn is None or not callable(fn):
-        raise ValueError(f"{what} {ref!r}: module {mod_name!r} has no callable {attr!r}")
+        raise RewardError(f"{what} {ref!r}: module {mod_name!r} has no callable {attr!r}")
     return fn
 
 
@@ -198,7 +226,6 @@ class ModelReward(RewardSource):
         from rlhf.data.config import DataConfig
         from rlhf.models.config import ModelConfig
         from rlhf.models.load import load_scalar_model, load_tokenizer
-        from rlhf.recipes.rm import REWARD_STATS_FILE
 
         self.path = Path(path)  # a folder, or a hub id (then there is no reward_stats.json to read)
         self.name = f"model:{path}"
@@ -211,7 +238,7 @@ class ModelReward(RewardSource):
         self.data_cfg = DataConfig(**enc)
         self.normalize = normalize
         if normalize and (self.info.get("mean") is None or not self.info.get("std")):
-            raise ValueError(f"{self.path}: normalize=True needs reward statistics (mean and std > 0) "
+            raise RewardError(f"{self.path}: normalize=True needs reward statistics (mean and std > 0) "
                              f"in {REWARD_STATS_FILE}; train with stats.source set, or normalize=False")
         mcfg = ModelConfig(name_or_path=str(path), dtype=dtype)
         self.tokenizer = load_tokenizer(mcfg)
@@ -270,30 +297,80 @@ class CallableReward(RewardSource):
 
     The row columns passed are those ``fn`` names as parameters, or all with ``**kwargs``
     (:func:`accepted_columns`, inspected once). Its output is checked: one finite number per
-    completion, else a ValueError naming the function and the index.
+    completion, else a RewardError naming the function and the index.
     """
 
-    def __init__(self, fn: Callable | str):
+    def __init__(self, fn: Callable | str, *, timeout: float | None = DEFAULT_TIMEOUT_S):
         self.name = fn if isinstance(fn, str) else getattr(fn, "__qualname__", repr(fn))
         self.fn = import_callable(fn) if isinstance(fn, str) else fn
         self.accepts = accepted_columns(self.fn)
+        if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
+                                    or not timeout >= 0):
+            raise RewardError(f"reward function {self.name}: timeout must be a number of seconds >= 0 "
+                              f"(0: none), got {timeout!r}")
+        self.timeout = float(timeout or 0)
+
+    def _call(self, prompts: list[Any], completions: list[Any], kwargs: dict[str, list[Any]]) -> Any:
+        """``fn(...)``, any exception it raises turned into a RewardError naming the function and
+        the line; with a timeout, run in a daemon thread so that a function that never returns
+        stops the run with a message (the thread is left behind; the process exits)."""
+        if not self.timeout:
+            try:
+                return self.fn(prompts, completions, **kwargs)
+            except Exception as e:
+                raise RewardError(f"reward function {self.name} raised {_one_line(e)}") from e
+        import threading
+
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["value"] = self.fn(prompts, completions, **kwargs)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                box["error"] = e
+
+        worker = threading.Thread(target=target, name=f"reward:{self.name}", daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        if worker.is_alive():
+            raise RewardError(f"reward function {self.name} did not return within {self.timeout:g} s "
+                              f"(for {len(completions)} completions); fix it, or raise the limit with "
+                              f"{{type: callable, function: {self.name}, timeout: SECONDS}} (0: no limit)")
+        if "error" in box:
+            err = box["error"]
+            if not isinstance(err, Exception):
+                raise err
+            raise RewardError(f"reward function {self.name} raised {_one_line(err)}") from err
+        return box.get("value")
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: list[Any]) -> torch.Tensor:
         self._check_inputs(prompts, completions)
         for k, v in columns.items():
             if len(v) != len(prompts):
-                raise ValueError(f"reward function {self.name}: column {k!r} has {len(v)} values for "
-                                 f"{len(prompts)} prompts")
+                raise RewardError(f"reward function {self.name}: column {k!r} has {len(v)} values for "
+                                  f"{len(prompts)} prompts")
         kwargs = columns if self.accepts is None else {k: v for k, v in columns.items() if k in self.accepts}
-        values = list(self.fn(list(prompts), list(completions), **kwargs))
+        out = self._call(list(prompts), list(completions), kwargs)
+        if torch.is_tensor(out):
+            out = out.reshape(-1).tolist() if out.dim() <= 1 else out
+        if out is None or isinstance(out, (str, bytes, dict)) or not hasattr(out, "__len__"):
+            raise RewardError(f"reward function {self.name}: returned {_short(out)}; expected a list of "
+                              f"one number per completion ({len(prompts)} here)")
+        values = list(out)
         if len(values) != len(prompts):
-            raise ValueError(f"reward function {self.name}: returned {len(values)} values for "
-                             f"{len(prompts)} completions (expected one number each)")
+            raise RewardError(f"reward function {self.name}: returned {len(values)} values for "
+                              f"{len(prompts)} completions (expected one number each)")
         for i, v in enumerate(values):
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) or (torch.is_tensor(v) and v.numel() == 1)
             if not ok or not math.isfinite(float(v)):
-                raise ValueError(f"reward function {self.name}: value {i} is {v!r}; expected a finite number")
+                raise RewardError(f"reward function {self.name}: value {i} is {_short(v)}; expected a finite "
+                                  f"number (completion {str(completions[i])[:60]!r})")
         return torch.tensor([float(v) for v in values], dtype=torch.float32)
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class WeightedSum(RewardSource):
@@ -301,12 +378,12 @@ class WeightedSum(RewardSource):
 
     def __init__(self, sources: Sequence[RewardSource], weights: Sequence[float] | None = None):
         if not sources:
-            raise ValueError("a sum of reward sources needs at least one source")
+            raise RewardError("a sum of reward sources needs at least one source")
         weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
         if not all(math.isfinite(w) for w in weights):
-            raise ValueError(f"a sum of reward sources: weights must be finite numbers (got {weights})")
+            raise RewardError(f"a sum of reward sources: weights must be finite numbers (got {weights})")
         if len(weights) != len(sources):
-            raise ValueError(f"a sum of reward sources: {len(sources)} sources but {len(weights)} weights")
+            raise RewardError(f"a sum of reward sources: {len(sources)} sources but {len(weights)} weights")
         self.sources, self.weights = list(sources), weights
         self.name = "sum(" + ", ".join(f"{w}*{s.name}" for s, w in zip(self.sources, weights)) + ")"
 
@@ -341,9 +418,9 @@ class SafetyGated(RewardSource):
                  scale: Literal["sigmoid", "probability"] = "sigmoid", whiten_logit: bool = False,
                  eps: float = 1e-6):
         if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"safety threshold is a probability in [0, 1] (got {threshold})")
+            raise RewardError(f"safety threshold is a probability in [0, 1] (got {threshold})")
         if scale not in ("sigmoid", "probability"):
-            raise ValueError(f"scale must be 'sigmoid' or 'probability' (got {scale!r})")
+            raise RewardError(f"scale must be 'sigmoid' or 'probability' (got {scale!r})")
         self.helpfulness, self.safety = helpfulness, safety
         self.threshold, self.scale, self.whiten_logit, self.eps = threshold, scale, whiten_logit, eps
         self.unsafe_prompts = import_callable(unsafe_prompts, "unsafe-prompt flagger") \
@@ -357,7 +434,7 @@ class SafetyGated(RewardSource):
         if self.scale == "sigmoid":
             return torch.sigmoid(scores)
         if bool(((scores < 0) | (scores > 1)).any()):
-            raise ValueError(f"{which} scores must be probabilities in [0, 1] with scale='probability' "
+            raise RewardError(f"{which} scores must be probabilities in [0, 1] with scale='probability' "
                              f"(got min {float(scores.min()):.4g}, max {float(scores.max()):.4g})")
         return scores
 
@@ -371,7 +448,7 @@ class SafetyGated(RewardSource):
         if self.unsafe_prompts is not None:
             flags = list(self.unsafe_prompts(list(prompts)))
             if len(flags) != len(prompts):
-                raise ValueError(f"unsafe-prompt flagger returned {len(flags)} flags for {len(prompts)} prompts")
+                raise RewardError(f"unsafe-prompt flagger returned {len(flags)} flags for {len(prompts)} prompts")
             use_safety |= torch.tensor([bool(f) for f in flags])
         return torch.where(use_safety, p_s, p_h), use_safety
 
@@ -388,15 +465,29 @@ class SafetyGated(RewardSource):
 
 
 def _read_spec_file(path: Path) -> Any:
-    text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
-        import yaml
-        return yaml.safe_load(text)
-    return json.loads(text)
+        from rlhf.config import read_yaml
+        return read_yaml(path, lambda m: RewardError(f"reward spec {m}"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise RewardError(f"reward spec {path}: not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise RewardError(f"reward spec {path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
 
 
 def load_reward_source(spec: str | dict | RewardSource, *, device: str | None = None) -> RewardSource:
-    """Build a :class:`RewardSource` from a spec (see the module doc)."""
+    """Build a :class:`RewardSource` from a spec (see the module doc). A spec that cannot be
+    used raises :class:`RewardError` (one line)."""
+    try:
+        return _load_reward_source(spec, device=device)
+    except ValueError as e:
+        if type(e) is ValueError:  # subclasses (RewardError, HubError, DataError) say enough already
+            raise RewardError(str(e)) from e
+        raise
+
+
+def _load_reward_source(spec: str | dict | RewardSource, *, device: str | None = None) -> RewardSource:
     if isinstance(spec, RewardSource):
         return spec
     if isinstance(spec, (str, os.PathLike)):
@@ -407,16 +498,16 @@ def load_reward_source(spec: str | dict | RewardSource, *, device: str | None = 
         if p.is_dir() or (p.is_file() and p.suffix.lower() == ".gguf"):  # .gguf: rlhf.models.gguf
             return ModelReward(p, device=device)
         if p.is_file() and p.suffix in (".yaml", ".yml", ".json"):
-            return load_reward_source(_read_spec_file(p), device=device)
+            return _load_reward_source(_read_spec_file(p), device=device)
         if s.count(":") == 1 and ("/" not in s or _is_file_ref(s.split(":")[0])):
             return CallableReward(s)  # package.module:function or path/to/file.py:function
         if is_hub_id(s):
             return ModelReward(s, device=device)  # fails in one line when the Hub is unreachable
-        raise ValueError(f"reward source {s!r}: expected a reward-model folder or hub id, a .yaml/.json "
+        raise RewardError(f"reward source {s!r}: expected a reward-model folder or hub id, a .yaml/.json "
                          "spec file, 'package.module:function' or 'path/to/file.py:function' (no such "
                          "folder or file)")
     if not isinstance(spec, dict):
-        raise ValueError(f"reward source: expected a string or a mapping (got {type(spec).__name__})")
+        raise RewardError(f"reward source: expected a string or a mapping (got {type(spec).__name__})")
     spec = dict(spec)
     kind = spec.pop("type", None)
     try:
@@ -426,14 +517,18 @@ def load_reward_source(spec: str | dict | RewardSource, *, device: str | None = 
             # kwargs bind data the function needs besides (prompts, completions), e.g. the
             # reference answers of a verifiable task (rlhf/verifiers.py).
             fn, kwargs = spec.pop("function"), spec.pop("kwargs", None) or {}
+            timeout = spec.pop("timeout", DEFAULT_TIMEOUT_S)
+            if spec:
+                raise RewardError(f"reward source of type 'callable': unknown key(s) {sorted(spec)}; "
+                                  "expected function, kwargs, timeout")
             if kwargs:
                 import functools
                 name = fn if isinstance(fn, str) else getattr(fn, "__qualname__", repr(fn))
                 bound = functools.partial(import_callable(fn) if isinstance(fn, str) else fn, **kwargs)
-                source = CallableReward(bound)
+                source = CallableReward(bound, timeout=timeout)
                 source.name = name
                 return source
-            return CallableReward(fn)
+            return CallableReward(fn, timeout=timeout)
         if kind == "sum":
             return WeightedSum([load_reward_source(s, device=device) for s in spec.pop("sources")],
                                spec.pop("weights", None))
@@ -441,7 +536,7 @@ def load_reward_source(spec: str | dict | RewardSource, *, device: str | None = 
             return SafetyGated(load_reward_source(spec.pop("helpfulness"), device=device),
                                load_reward_source(spec.pop("safety"), device=device), **spec)
     except KeyError as e:
-        raise ValueError(f"reward source of type {kind!r}: missing key {e.args[0]!r}") from None
+        raise RewardError(f"reward source of type {kind!r}: missing key {e.args[0]!r}") from None
     except TypeError as e:
-        raise ValueError(f"reward source of type {kind!r}: {e}") from None
-    raise ValueError(f"reward source: unknown type {kind!r}; expected model, callable, sum or safety_gated")
+        raise RewardError(f"reward source of type {kind!r}: {e}") from None
+    raise RewardError(f"reward source: unknown type {kind!r}; expected model, callable, sum or safety_gated")

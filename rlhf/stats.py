@@ -1,10 +1,11 @@
-"""Small statistics used to report results honestly (intervals, not bare point estimates)."""
+"""Small statistics used to report results honestly (intervals, not bare point estimates), and
+the Bradley–Terry preference probability (judges and labelling share it)."""
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["wilson_interval", "student_t_cdf", "student_t_quantile", "mean_interval"]
+__all__ = ["wilson_interval", "student_t_cdf", "student_t_quantile", "mean_interval", "preference_probability"]
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -100,3 +101,11 @@ def _betacf(a: float, b: float, x: float) -> float:
         if abs(d * c - 1.0) < 1e-15:
             break
     return h
+
+
+def preference_probability(r_a: float, r_b: float, temperature: float) -> float:
+    """Bradley–Terry: P(a ≻ b) = σ((r_a − r_b)/τ), computed without overflow; τ > 0."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (got {temperature!r})")
+    z = (r_a - r_b) / temperature
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))

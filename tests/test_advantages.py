@@ -264,3 +264,17 @@ def test_reinforce_pp_global_normalisation_across_processes_equals_one_batch():
     torch.testing.assert_close(torch.cat([a, b]), whole, rtol=0, atol=1e-12)
     local = reinforce_pp_advantages(rewards[:3], mask[:3], gamma=0.9)
     assert (local - whole[:3]).abs().max() > 0.1
+
+
+def test_estimator_settings_live_beside_the_estimator():
+    """ESTIMATOR_SPECS is the one table: ESTIMATORS and CRITIC_ESTIMATORS are read from it, and
+    it holds what the PPO loop used to hard-code per name."""
+    from rlhf.advantages import ESTIMATOR_SPECS
+
+    assert {n: s.fn for n, s in ESTIMATOR_SPECS.items()} == ESTIMATORS
+    assert CRITIC_ESTIMATORS == {"gae"}
+    assert {n for n, s in ESTIMATOR_SPECS.items() if s.min_group >= 2} == {"grpo", "dr_grpo", "rloo"}
+    assert {n for n, s in ESTIMATOR_SPECS.items() if s.kl_placement == "loss"} == {"grpo", "dr_grpo"}
+    assert {n for n, s in ESTIMATOR_SPECS.items() if s.aggregation != "token_mean"} == {"dr_grpo"}
+    assert {n for n, s in ESTIMATOR_SPECS.items() if s.whiten} == {"gae"}
+    assert {n for n, s in ESTIMATOR_SPECS.items() if s.greedy_baseline} == {"remax"}

@@ -73,7 +73,11 @@ def test_yaml_booleans_map_back_to_string_choices(tmp_path):
 def test_bad_yaml_file(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("inner: [unclosed\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:2:1: not valid YAML \(expected ',' or '\]'") as e:
+        load_config(Outer, f)
+    assert "\n" not in str(e.value)  # one line, not PyYAML's drawing of the spot
+    f.write_bytes(b"inner: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not UTF-8 text \(byte 10"):
         load_config(Outer, f)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(Outer, tmp_path / "missing.yaml")

@@ -1,4 +1,4 @@
-"""The sampler's draw (rlhf/rollout.py): ``inverse_cdf`` worked by hand, and ``_draw`` (one token
+"""The sampler's draw (rlhf/rollout/sampler.py): ``inverse_cdf`` worked by hand, and ``_draw`` (one token
 per row by inverse-CDF, plus its log-prob and entropy) against softmax frequencies and the
 scoring functions of rlhf.logprobs."""
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from rlhf.logprobs import entropy_from_logits, token_logps
-from rlhf.rollout import SamplingConfig, _draw, inverse_cdf
+from rlhf.rollout import SamplingConfig, inverse_cdf
+from rlhf.rollout.sampler import _draw
 
 
 def _icdf(weights: list[float], us: list[float], dtype=torch.float32) -> list[int]:

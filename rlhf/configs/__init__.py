@@ -43,18 +43,27 @@ def list_recipes(stage: str | None = None) -> dict[str, list[str]]:
 
 
 def recipe_path(stage: str, name: str) -> Path:
-    """The shipped file for ``name`` (``tiny``, or ``sft/tiny`` naming the folder itself)."""
+    """The shipped file for ``name`` (``tiny``, or ``sft/tiny`` naming the folder itself).
+    ``--recipe`` takes names only: a name that leads outside the shipped configs (``../x``,
+    ``/abs/path``) is refused; a file of your own is given as the config argument instead."""
+    if name.startswith(("/", "~", ".")) or ".." in name.split("/") or name.count("/") > 1 or "\\" in name:
+        raise RecipeNotFound(f"{name!r} is a path, and --recipe takes the name of a recipe shipped with rlhf "
+                             f"(`rlhf recipes` lists them); to run your own file give it as the config: "
+                             f"rlhf {stage} {name} [key=value ...]")
     if "/" in name:
         folder, name = name.split("/", 1)
     else:
         folder = _folder(stage)
+    given = name
     name = name.removesuffix(".yaml")
     path = ROOT / folder / f"{name}.yaml"
     if not path.is_file():
         have = list_recipes(folder).get(folder, [])
         listing = ", ".join(have) if have else "none"
+        own = (f"; {given} is a file here: give it as the config instead (rlhf {stage} {given})"
+               if Path(given).is_file() else "")
         raise RecipeNotFound(f"no recipe {name!r} for {folder.replace('_', '-')} (shipped: {listing}); "
-                             f"`rlhf recipes` lists them all")
+                             f"`rlhf recipes` lists them all{own}")
     return path
 
 

@@ -54,6 +54,9 @@ class DataConfig:
         "right", "which side of a too-long completion is cut: right keeps the START")
     completion_only_loss: bool = opt(True, "train only on completion tokens (false: on every "
                                            "token but the first)")
+    assistant_turns: Literal["last", "all"] = opt(
+        "last", "chat conversations in SFT: last = train on the final assistant turn only (earlier "
+                "ones are context); all = train on every assistant turn")
     packing: bool = opt(False, "pack several SFT examples into each row of max_length tokens")
     padding_side: Literal["right", "left"] = opt("right", "pad training batches on this side")
     chat_template: Literal["auto", "default", "none"] = opt(

@@ -37,6 +37,7 @@ __all__ = [
     "TIE_ROW",
     "NOT_KEPT",
     "CONTINUES",
+    "PROMPT_ONLY",
     "PAIR_REASONS",
     "DROP_REASONS",
     "DropRow",
@@ -70,6 +71,9 @@ IDENTICAL_RESPONSES = "identical responses (pair skipped)"
 PAIR_REASONS = frozenset({TIE, IDENTICAL_RESPONSES})
 # Notes: the row is kept, but looks unusual enough that the user should know.
 CONTINUES = "completion holds further dialogue turns (kept)"
+# PPO's prompts from a file of pairs: a row whose pair is unusable (a tie, identical responses)
+# still has a good prompt, which is kept.
+PROMPT_ONLY = "prompt kept, its responses unusable"
 
 
 class DataError(ValueError):

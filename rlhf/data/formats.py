@@ -356,6 +356,8 @@ def convert_prompt(data: dict, notes: list[str]) -> PromptRecord:
 
 # --------------------------------------------------------------------------- row preparation
 
+# The roles chat templates know; any other role must be mapped to one (data.roles).
+CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 # Role names used by published chat data -> the roles chat templates know.
 DEFAULT_ROLES = {
     "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
@@ -437,6 +439,11 @@ class RowSpec:
         role = m[rk]
         out = {k: v for k, v in m.items() if k not in (rk, ck)}
         out["role"] = self.roles.get(role.lower(), role) if isinstance(role, str) else role
+        if isinstance(role, str) and out["role"] not in CHAT_ROLES and out["role"] not in self.roles.values():
+            # A role the mapping does not know (ShareGPT's function_call/observation, a typo) would
+            # reach the chat template as is: refuse the row, saying how to map it.
+            raise BadRow(BAD_MESSAGES, name, f"messages whose roles data.roles maps to chat roles (got role "
+                         f"{role!r}; map it, e.g. data.roles={{{role}: user}}, or fix the data)")
         out["content"] = m[ck]
         return out
 

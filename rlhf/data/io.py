@@ -24,7 +24,7 @@ import csv
 import gzip
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,9 +154,11 @@ def json_reason(e: json.JSONDecodeError, line: str) -> str:
 
 
 def _read_jsonl_lines(lines: Iterable[tuple[int, str]], name: str, strict: bool,
-                      report: SkipReport) -> list[Row]:
-    rows = []
+                      report: SkipReport, limit: int | None = None) -> list[Row]:
+    rows: list[Row] = []
     for number, line in lines:
+        if limit is not None and len(rows) >= limit:
+            break  # lines is a generator over the open file: nothing after this is read
         if not line.strip():
             continue  # blank lines (a trailing newline, spacing) are not rows
         report.rows_read += 1
@@ -176,6 +178,9 @@ def _read_jsonl_lines(lines: Iterable[tuple[int, str]], name: str, strict: bool,
             report.skip(MALFORMED, name, number, str(err))
             continue
         rows.append(Row(name, number, obj))
+    close = getattr(lines, "close", None)
+    if close is not None:
+        close()  # a generator stopped early: close its file now
     return rows
 
 
@@ -229,12 +234,19 @@ def _csv_cell(v: str | None) -> Any:
     return v
 
 
-def _read_csv(path: Path, name: str, report: SkipReport, encoding: str) -> list[Row]:
-    rows = []
-    with io.StringIO(_read_text(path, name, encoding), newline="") as f:
+def _read_csv(path: Path, name: str, report: SkipReport, encoding: str, limit: int | None = None) -> list[Row]:
+    rows: list[Row] = []
+    if limit is None:
+        f: io.TextIOBase = io.StringIO(_read_text(path, name, encoding), newline="")
+    else:  # read lazily, only as far as needed; undecodable bytes are still named by line
+        bom = "utf-8-sig" if encoding.lower().replace("-", "").replace("_", "") == "utf8" else encoding
+        f = io.TextIOWrapper(_open_binary(path), encoding=bom, newline="")  # type: ignore[type-var]
+    with f:
         reader = csv.DictReader(f)
         start = 2  # the header is line 1; line_num is the reader's line *after* a row
-        for record in reader:
+        for record in _decoding(reader, path, name, encoding):
+            if limit is not None and len(rows) >= limit:
+                break
             report.rows_read += 1
             data = {k: _csv_cell(v) for k, v in record.items() if k is not None}
             rows.append(Row(name, start, data))
@@ -242,13 +254,27 @@ def _read_csv(path: Path, name: str, report: SkipReport, encoding: str) -> list[
     return rows
 
 
+def _decoding(reader: Iterable[dict], path: Path, name: str, encoding: str) -> Iterator[dict]:
+    """The reader's records; a decoding error met while streaming is reported at its line, as
+    :func:`_read_text` does for a whole file."""
+    try:
+        yield from reader
+    except UnicodeDecodeError:
+        _read_text(path, name, encoding)  # raises the DataError naming line and column
+        raise
+
+
 def _read_parquet(path: Path, name: str, columns: list[str] | None, report: SkipReport) -> list[Row]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema_names = pq.read_schema(path).names
-    cols = [c for c in columns if c in schema_names] if columns is not None else None
-    # to_pylist gives Python lists/floats (pandas would give numpy arrays for list columns).
-    table = pq.read_table(path, columns=cols)
+    try:
+        schema_names = pq.read_schema(path).names
+        cols = [c for c in columns if c in schema_names] if columns is not None else None
+        # to_pylist gives Python lists/floats (pandas would give numpy arrays for list columns).
+        table = pq.read_table(path, columns=cols)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(name, None, "file", f"a readable Parquet file ({' '.join(str(e).split())})") from None
     rows = [Row(name, i, d) for i, d in enumerate(table.to_pylist(), 1)]
     report.rows_read += len(rows)
     return rows
@@ -286,15 +312,31 @@ def _read_datasets(source: str, kind: str, split: str, columns: list[str] | None
 
 
 def read_rows(source: str, split: str = "train", *, columns: list[str] | None = None,
-              strict: bool = False, report: SkipReport | None = None, encoding: str = "utf-8") -> list[Row]:
+              strict: bool = False, report: SkipReport | None = None, encoding: str = "utf-8",
+              limit: int | None = None) -> list[Row]:
     """All rows of ``source`` (file, saved dataset folder or hub id; see the module doc).
 
     ``split`` matters only for hub ids and saved DatasetDicts. ``columns`` (when given) is the
     set of column names that may be used; other columns are not read where the format allows
     (parquet, datasets). Malformed lines are skipped into ``report`` or raise in strict mode.
     ``encoding`` decodes text files; bytes that do not decode name their line and column.
+    ``limit``: stop after that many rows where the format is read line by line (JSON Lines,
+    CSV): the rest of the file is not read at all (``data.max_samples`` on a large file);
+    other formats return every row.
     """
     report = report if report is not None else SkipReport()
+    rows = _read_rows(source, split, columns, strict, report, encoding, limit)
+    if not rows and report.counts:
+        # Every row was there but unreadable: say why, not that the source is empty.
+        why = "; ".join(f"{n} {reason}" for reason, n in report.counts.items())
+        first = next(iter(report.details.values()), "")
+        raise DataError(source, None, "rows", f"at least one readable row: all {report.rows_read} were skipped "
+                        f"({why}){f'; the first: {first}' if first else ''}")
+    return rows
+
+
+def _read_rows(source: str, split: str, columns: list[str] | None, strict: bool, report: SkipReport,
+               encoding: str, limit: int | None) -> list[Row]:
     if not source:
         raise DataError("<data>", None, "source", "a file path, save_to_disk folder or hub id (got an empty string)")
     kind = source_kind(source)
@@ -303,11 +345,11 @@ def read_rows(source: str, split: str = "train", *, columns: list[str] | None = 
         suffix = _suffix(path)
         if suffix in (".jsonl", ".ndjson"):
             return _read_jsonl_lines(_decoded_lines(path, source, encoding, strict, report), source,
-                                     strict, report)
+                                     strict, report, limit)
         if suffix == ".json":
             return _read_json(path, source, strict, report, encoding)
         if suffix == ".csv":
-            return _read_csv(path, source, report, encoding)
+            return _read_csv(path, source, report, encoding, limit)
         if suffix == ".parquet":
             return _read_parquet(path, source, columns, report)
         raise DataError(source, None, "file", f"a file ending in {', '.join(FILE_SUFFIXES)} "

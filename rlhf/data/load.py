@@ -30,7 +30,7 @@ from typing import Any, Literal, overload
 
 from rlhf.config import ConfigError
 from rlhf.data.config import DataConfig
-from rlhf.data.errors import NOT_KEPT, BadRow, DataError, DropRow, SkipReport
+from rlhf.data.errors import NOT_KEPT, PROMPT_ONLY, BadRow, DataError, DropRow, SkipReport
 from rlhf.data.formats import CONVERTERS, FORMAT_FIELDS, RowSpec, detect_format, prepare_row, winner_key
 from rlhf.data.io import read_rows, rename_columns
 from rlhf.data.records import (
@@ -66,6 +66,20 @@ _ID_NAME = re.compile(r"(^|_)(id|idx|index|uuid|hash)$", re.IGNORECASE)
 # Bookkeeping that rides along with chosen/rejected (written by rlhf label / iterative DPO, and
 # UltraFeedback's scores): it agrees with the pair, it is not a label the format forgot.
 _PAIR_BOOKKEEPING = frozenset({"score_chosen", "score_rejected", "flipped", "position_consistent"})
+
+
+def _prompt_only(data: dict, spec: RowSpec, fmt: str) -> Record | None:
+    """The prompt of a row whose responses were refused, when the format names the prompt in
+    its own field (not HH, where the prompt is the shared start of the two texts); else None."""
+    if fmt == "hh":
+        return None
+    try:
+        prepared = prepare_row(data, spec, fmt)
+        if prepared.get("prompt") is None and fmt in ("messages", "conversational_preference"):
+            return None  # the prompt is cut from the conversation, which was refused
+        return CONVERTERS["prompt"](prepared, [])
+    except (BadRow, DropRow):
+        return None
 
 
 def _to_kind(rec: Record, kind: str, report: SkipReport, keep: str) -> list[Record]:
@@ -194,10 +208,28 @@ def load_records(cfg: DataConfig, kind: Kind, source: str | None = None,
     if not source:
         raise ConfigError("data.train", "no data source set: give a .jsonl/.json/.parquet/.csv file, "
                           "a save_to_disk folder or a hub dataset id")
+    if cfg.max_samples is not None:
+        # Read only as many rows as records are wanted (JSON Lines and CSV stop there: a large
+        # file is not loaded for a 16-example debug run); when rows were skipped or dropped on
+        # the way and the file has more, read it all.
+        try:
+            out, report, n_rows = _load_records(cfg, kind, source, split, limit=cfg.max_samples)
+        except DataError:
+            out, report, n_rows = [], SkipReport(), cfg.max_samples
+        if len(out) >= cfg.max_samples or (out and n_rows < cfg.max_samples):
+            return out, report
+    out, report, _ = _load_records(cfg, kind, source, split, limit=None)
+    return out, report
+
+
+def _load_records(cfg: DataConfig, kind: Kind, source: str, split: str,
+                  limit: int | None) -> tuple[list[Any], SkipReport, int]:
+    """:func:`load_records` from the first ``limit`` rows (all: None); also returns how many
+    rows were read."""
     report = SkipReport()
     # Every column is read: the unused ones are checked (nothing silently ignored) and, for
     # prompts, passed on to reward functions.
-    rows = read_rows(source, split, strict=cfg.strict, report=report, encoding=cfg.encoding)
+    rows = read_rows(source, split, strict=cfg.strict, report=report, encoding=cfg.encoding, limit=limit)
     renames = rename_columns(rows, cfg.columns, source)
     name = rows[0].source if rows else source
     template_cols = ("prompt",) if cfg.prompt_template is not None else ()
@@ -226,12 +258,19 @@ def load_records(cfg: DataConfig, kind: Kind, source: str | None = None,
         notes: list[str] = []
         try:
             native = convert(prepare_row(row.data, spec, fmt), notes)
-        except BadRow as bad:
-            report.reject(bad, row.source, row.number, cfg.strict)
-            continue
-        except DropRow as drop:
-            report.skip(drop.reason, row.source, row.number)
-            continue
+        except (BadRow, DropRow) as failure:
+            # Prompts from a file of responses (PPO on preference data): what is wrong with the
+            # responses (a tie, identical texts) does not make the prompt unusable.
+            prompt_only = _prompt_only(row.data, spec, fmt) if kind == "prompt" else None
+            if prompt_only is not None:
+                native = prompt_only
+                notes.append(PROMPT_ONLY)
+            elif isinstance(failure, BadRow):
+                report.reject(failure, row.source, row.number, cfg.strict)
+                continue
+            else:
+                report.skip(failure.reason, row.source, row.number)
+                continue
         for reason in notes:
             report.note(reason, row.source, row.number)
         native.origin = (row.source, row.number)
@@ -245,6 +284,8 @@ def load_records(cfg: DataConfig, kind: Kind, source: str | None = None,
         if cfg.max_samples is not None and len(out) >= cfg.max_samples:
             del out[cfg.max_samples:]
             break
+    if limit is not None and len(out) < limit and len(rows) >= limit:
+        return out, report, len(rows)  # short of records and the source may have more: read it all
     report.records = len(out)
     n_bad, considered = report.bad_rows, bad_before + seen
     if considered and n_bad / considered > cfg.max_skip_fraction:
@@ -259,7 +300,7 @@ def load_records(cfg: DataConfig, kind: Kind, source: str | None = None,
         log.warning("%s (%s, %s records): %s", name, fmt, kind, report.summary())
     else:
         log.info("%s (%s, %s records): %s", name, fmt, kind, report.summary())
-    return out, report
+    return out, report, len(rows)
 
 
 def load_prompts(source: str, limit: int | None = None) -> list[Any]:

@@ -11,7 +11,8 @@ is used in error messages and to keep every record of one row on the same side o
 train/eval split. It does not take part in equality.
 
 The entry points that produce records from a source (``load_records``, ``load_train_eval``)
-live in :mod:`rlhf.data.load` and are re-exported here and from :mod:`rlhf.data`.
+live in :mod:`rlhf.data.load` and are re-exported from :mod:`rlhf.data` (not from here: records
+are the layer below the loaders).
 """
 
 from __future__ import annotations
@@ -184,11 +185,3 @@ class PromptRecord:
 
 
 Record = SFTRecord | PreferenceRecord | RankedRecord | UnpairedRecord | PromptRecord
-
-
-def __getattr__(name: str):  # re-export the loaders without an import cycle
-    if name in ("load_records", "load_train_eval"):
-        from rlhf.data import load
-
-        return getattr(load, name)
-    raise AttributeError(name)

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rlhf.data.config import DataConfig
@@ -71,6 +71,7 @@ __all__ = [
     "encode_unpaired",
     "encode_prompt",
     "encode_records",
+    "encode_records_aligned",
     "truncate",
     "rendering_summary",
 ]
@@ -264,9 +265,74 @@ def _encode_pair(record: Any, prompt: Text, completions: list[Text], tokenizer: 
 def encode_sft(record: SFTRecord, tokenizer: Any, cfg: DataConfig,
                report: SkipReport | None = None) -> dict[str, list[int]]:
     """``{"input_ids": [...], "completion_mask": [...]}`` (equal lengths, <= max_length).
-    With ``report``, truncation is counted there (so for every encoder)."""
+    With ``report``, truncation is counted there (so for every encoder). With
+    ``cfg.assistant_turns == "all"`` the assistant turns inside a chat prompt are targets too
+    (:func:`_prompt_turn_mask`)."""
     p, (c,) = _encode_pair(record, record.prompt, [record.completion], tokenizer, cfg, report)
-    return _join(record, p, c, cfg)
+    out = _join(record, p, c, cfg)
+    if (cfg.assistant_turns == "all" and cfg.completion_only_loss and isinstance(record.prompt, list)
+            and any(isinstance(m, dict) and m.get("role") == "assistant" for m in record.prompt)):
+        full = _prompt_turn_mask(record, record.prompt, tokenizer, cfg)
+        # the prompt may have been cut to its budget: keep the mask of the ids that were kept
+        kept = full[len(full) - len(p):] if cfg.prompt_truncation == "left" else full[:len(p)]
+        mask = kept + out["completion_mask"][len(p):]
+        mask[0] = 0  # nothing predicts the first token
+        out["completion_mask"] = mask
+    return out
+
+
+def _prompt_turn_mask(record: Any, msgs: list[Message], tokenizer: Any, cfg: DataConfig) -> list[int]:
+    """For ``assistant_turns: all``: a 0/1 mask over the (untruncated) prompt ids of a chat
+    record, 1 on each assistant turn's tokens (its content and the end-of-turn EOS the template
+    writes, as for the final turn), 0 elsewhere (role headers, other turns).
+
+    A turn's text is where the rendering of the conversation up to and including that turn
+    extends the rendering up to it with the generation prompt. The prompt is tokenized piece by
+    piece (headers, turns) and the pieces must give exactly the ids the whole prompt gives, so
+    the mask marks the very tokens trained on; a template or tokenizer where they differ (a
+    token spanning a turn boundary, a template that does not render prefixes as prefixes) is
+    refused for the record."""
+    template = resolve_chat_template(tokenizer, cfg)
+
+    def text(ms: list[Message], gen: bool) -> str:
+        return tokenizer.apply_chat_template(ms, chat_template=template, tokenize=False, add_generation_prompt=gen)
+
+    try:
+        whole = text(msgs, True)
+        pieces: list[tuple[str, int]] = []
+        pos = 0
+        for j, m in enumerate(msgs):
+            if m.get("role") != "assistant":
+                continue
+            before, through = text(msgs[:j], True), text(msgs[:j + 1], False)
+            if not (through.startswith(before) and whole.startswith(through) and len(before) >= pos):
+                raise _fail(record, "prompt", "assistant_turns: all needs a chat template that renders each "
+                            "conversation prefix as a prefix of the whole; this one does not")
+            end = len(through)
+            eos = tokenizer.eos_token
+            if eos and eos in through[len(before):]:  # as for the final turn: up to its EOS
+                end = len(before) + through[len(before):].rindex(eos) + len(eos)
+            pieces += [(whole[pos:len(before)], 0), (whole[len(before):end], 1)]
+            pos = end
+        pieces.append((whole[pos:], 0))
+    except DataError:
+        raise
+    except Exception as e:  # jinja errors are about the row
+        raise _fail(record, "prompt", f"messages the chat template accepts (it raised: {e})") from None
+    ids: list[int] = []
+    mask: list[int] = []
+    for piece, flag in pieces:
+        piece_ids = _ids(tokenizer, piece)
+        ids += piece_ids
+        mask += [flag] * len(piece_ids)
+    prefix = _auto_prefix(tokenizer)
+    if prefix and ids[: len(prefix)] != prefix:
+        ids, mask = prefix + ids, [0] * len(prefix) + mask
+    if ids != _prompt_ids(tokenizer, whole):
+        raise _fail(record, "prompt", "assistant_turns: all needs turn boundaries that tokenize on their own; "
+                    "with this tokenizer a token spans a boundary, so the turns' tokens are not known "
+                    "(use assistant_turns: last)")
+    return mask
 
 
 def encode_preference(record: PreferenceRecord, tokenizer: Any, cfg: DataConfig,
@@ -339,7 +405,16 @@ def encode_records(records: list[Record], tokenizer: Any, cfg: DataConfig,
     ``report`` (reason ``cannot be tokenized``); more than ``cfg.max_skip_fraction`` of them
     raises. Truncation is counted in ``report`` and logged once.
     """
-    out = []
+    return [e for e in encode_records_aligned(records, tokenizer, cfg, report) if e is not None]
+
+
+def encode_records_aligned(records: Sequence[Record], tokenizer: Any, cfg: DataConfig,
+                           report: SkipReport | None = None) -> list[dict[str, Any] | None]:
+    """:func:`encode_records` with one entry per record, None where the record was skipped:
+    for callers that keep each encoding linked to its record (DPO's origins, the reward
+    model's groups). The skip rule and the truncation line apply once to the whole list, as
+    for every stage (encoding record by record made one bad record "100% skipped")."""
+    out: list[dict[str, Any] | None] = []
     skipped: list[DataError] = []
     trunc_before = {k: list(v) for k, v in report.truncated.items()} if report is not None else {}
     n_trunc_before = report.truncated_examples if report is not None else 0
@@ -353,6 +428,7 @@ def encode_records(records: list[Record], tokenizer: Any, cfg: DataConfig,
         except DataError as e:
             if cfg.strict:
                 raise
+            out.append(None)
             skipped.append(e)
             if report is not None:
                 report.skip(e.reason or ENCODING, e.file, e.row, str(e))
@@ -362,7 +438,8 @@ def encode_records(records: list[Record], tokenizer: Any, cfg: DataConfig,
                         f"to be skipped at tokenization (data.max_skip_fraction), but {len(skipped)} "
                         f"of {len(records)} ({len(skipped) / len(records):.1%}) were; the first: {first}")
     if report is not None and report.truncated != trunc_before:
-        new = SkipReport(encoded=len(out), truncated_examples=report.truncated_examples - n_trunc_before)
+        new = SkipReport(encoded=len(out) - len(skipped),
+                         truncated_examples=report.truncated_examples - n_trunc_before)
         for part, (n, tok, mx) in report.truncated.items():
             n0, tok0, _ = trunc_before.get(part, [0, 0, 0])
             if n > n0:

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 
 from rlhf.config import from_dict, opt
-from rlhf.engines.config import EngineName, VLLMConfig
 from rlhf.eval.metrics import distinct_n, mean_stderr, sequence_kl, win_rate
+from rlhf.rollout.config import EngineName, VLLMConfig
 
 __all__ = ["SamplingConfig", "sample_completions", "completion_logps", "evaluate", "format_table",
            "json_safe"]
@@ -66,11 +66,11 @@ def sample_completions(model: Any, tokenizer: Any, prompts: Sequence[Any], sampl
     and the best-of-n recipe.
 
     Returns one dict per (prompt, sample), samples of one prompt consecutive, with the keys of
-    :func:`rlhf.tools.generate.generate`: prompt, completion, ended_with_eos, num_tokens,
+    :func:`rlhf.rollout.rows.generate`: prompt, completion, ended_with_eos, num_tokens,
     prompt_ids, completion_ids (the exact sampled ids, EOS included when it ended).
     ``progress(k)`` is called after each batch with the number of prompts it held.
     """
-    from rlhf.tools.generate import generate
+    from rlhf.rollout.rows import generate
 
     rows: list[dict] = []
     bs = sampling.batch_size

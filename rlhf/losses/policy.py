@@ -1,5 +1,6 @@
-"""Policy-gradient losses for the online stage: PPO clipped surrogate, clipped value loss,
-entropy bonus, and the KL-in-loss penalty of GRPO.
+"""Policy-gradient losses for the online stage: PPO clipped surrogate and the objectives that
+followed it (GSPO's sequence-level ratio, CISPO's clipped importance weight, DAPO's overlong
+penalty), clipped value loss, entropy bonus, and the KL-in-loss penalty of GRPO.
 
 All inputs are per-token (B, T) tensors aligned with the completion ``mask`` (1 = a sampled
 completion token). Each function builds a per-token loss and reduces it through
@@ -16,14 +17,16 @@ metrics (micro-batch means over masked tokens, for logging only).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from rlhf.kl import kl_estimate, kl_k3
 from rlhf.masking import Aggregation, aggregate, masked_mean
 
-__all__ = ["ppo_clip_loss", "value_loss", "entropy_bonus", "kl_loss", "truncated_importance_weights",
-           "POLICY_LOSSES"]
+__all__ = ["ppo_clip_loss", "gspo_loss", "cispo_loss", "overlong_penalty", "value_loss", "entropy_bonus",
+           "kl_loss", "truncated_importance_weights", "PolicyLossSpec", "POLICY_LOSS_SPECS", "POLICY_LOSSES",
+           "resolve_clip"]
 
 Metrics = dict[str, torch.Tensor]
 
@@ -247,5 +250,195 @@ def truncated_importance_weights(
     return w, metrics
 
 
-# One clipped-surrogate variant today; new ones (e.g. dual-clip, sequence-level ratios) go here.
-POLICY_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, Metrics]]] = {"ppo_clip": ppo_clip_loss}
+
+
+def _sequence_advantages(advantages: torch.Tensor, mask: torch.Tensor, who: str) -> torch.Tensor:
+    """(B,) per-completion advantages from (B,) or from (B, T) constant over each row's masked
+    tokens (what :func:`rlhf.advantages.compute_advantages` gives for a sequence-level estimator).
+    A (B, T) that varies inside a row (GAE, REINFORCE++) has no single sequence advantage: refused."""
+    advantages = advantages.detach()
+    if advantages.dim() == 1:
+        return advantages
+    per_row = masked_mean(advantages, mask, dim=-1)  # (B,)
+    spread = _masked(advantages - per_row[:, None], mask).abs().amax() if advantages.numel() else None
+    if spread is not None and float(spread) > 1e-5 * max(1.0, float(_masked(advantages, mask).abs().amax())):
+        raise ValueError(f"{who}: needs one advantage per completion (a sequence-level estimator such as grpo, "
+                         f"dr_grpo, rloo or remax), but the per-token advantages vary inside a completion "
+                         f"(by up to {float(spread):.3g})")
+    return per_row
+
+
+def gspo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float | None = 3e-4,
+    clip_high: float | None = 4e-4,
+    aggregation: Aggregation = "sequence_mean",
+    denominator: torch.Tensor | float | None = None,
+    max_len: int | None = None,
+    is_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Metrics]:
+    """GSPO, Group Sequence Policy Optimization (Zheng et al. 2025, eq. 5-7), as a loss; SCALAR.
+
+        s_i = exp( (1/|y_i|) Σ_t (log π(y_i,t) - log π_old(y_i,t)) )     one ratio per sequence
+        loss_i = max(-A_i s_i, -A_i clip(s_i, 1 - ε_low, 1 + ε_high))
+
+    The importance ratio is the length-normalised (geometric mean) ratio of the whole completion
+    and is clipped per sequence, so a completion is kept or dropped as a whole. Its gradient
+    where the unclipped term is active is -A_i s_i (1/|y_i|) Σ_t ∇log π(y_i,t): every token of a
+    sequence carries the same weight (PPO weighs each token by its own ratio). Because the ratio
+    is a mean of log-ratios, the paper's clip range is tiny: ε_low = 3e-4, ε_high = 4e-4 (the
+    defaults; None means no bound on that side).
+
+    Each sequence's loss is placed on each of its tokens and reduced by
+    ``aggregate(·, mask, aggregation, ...)``: the default ``sequence_mean`` is the paper's mean
+    over sequences (with micro-batches: pass the global number of sequences as ``denominator``);
+    ``token_mean`` would weigh each sequence by its length instead.
+
+    logps (with grad), old_logps (detached here), mask: (B, T); advantages (B,), or (B, T)
+    constant over each completion's tokens (else ValueError). ``is_weights`` (B, T), detached:
+    per-token multipliers as in :func:`ppo_clip_loss` (use level=sequence weights here).
+
+    Metrics: ``clip_fraction`` (fraction of completions whose clipped term is active),
+    ``approx_kl`` (token-level k3 estimate of KL(π_old‖π), as in :func:`ppo_clip_loss`) and
+    ``ratio`` (mean s_i over completions).
+    """
+    adv = _sequence_advantages(advantages, mask, "gspo_loss")  # (B,)
+    old_logps = old_logps.detach()
+    log_ratio = _masked(logps - old_logps, mask)  # (B, T), 0 on padding
+    n_tok = mask.sum(-1).to(log_ratio.dtype).clamp(min=1)  # (B,)
+    seq_ratio = torch.exp(log_ratio.sum(-1) / n_tok)  # (B,) s_i
+    lo = -float("inf") if clip_low is None else 1.0 - clip_low
+    hi = float("inf") if clip_high is None else 1.0 + clip_high
+    adv = adv.to(seq_ratio.dtype)
+    pg_unclipped = -adv * seq_ratio
+    pg_clipped = -adv * torch.clamp(seq_ratio, lo, hi)
+    per_seq = torch.maximum(pg_unclipped, pg_clipped)  # (B,)
+    per_token = _masked(per_seq[:, None].expand_as(log_ratio), mask)  # (B, T)
+    if is_weights is not None:
+        per_token = per_token * _masked(is_weights.detach(), mask)
+    loss = aggregate(per_token, mask, aggregation, denominator=denominator, max_len=max_len)
+    with torch.no_grad():
+        rows = (mask.sum(-1) > 0).to(seq_ratio.dtype)  # (B,) completions with tokens
+        metrics = {
+            "clip_fraction": masked_mean((pg_clipped > pg_unclipped).to(seq_ratio.dtype), rows),
+            "approx_kl": masked_mean(kl_k3(old_logps, logps.detach(), mask), mask),
+            "ratio": masked_mean(seq_ratio.detach(), rows),
+        }
+    return loss, metrics
+
+
+def cispo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float | None = None,
+    clip_high: float | None = 5.0,
+    aggregation: Aggregation = "token_mean",
+    denominator: torch.Tensor | float | None = None,
+    max_len: int | None = None,
+    is_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Metrics]:
+    """CISPO, Clipped IS-weight Policy Optimization (MiniMax-M1, MiniMax 2025, eq. 4), as a loss; SCALAR.
+
+        r̂_t = clip(r_t, 1 - ε_low, 1 + ε_high),    r_t = π(a_t|s_t) / π_old(a_t|s_t)
+        loss_t = -sg(r̂_t) · A_t · log π(a_t|s_t)
+
+    A REINFORCE loss with a clipped, stop-gradient importance weight: the gradient of each token
+    is -r̂_t A_t ∇log π(a_t|s_t), so every token keeps contributing, also those whose ratio left
+    the trust region (PPO's clip zeroes their gradient; the paper's point is that the rare
+    "fork" tokens it drops are the ones reflective reasoning needs); clipping only bounds the
+    weight. The paper puts no lower bound (ε_low = None, the default) and tunes the upper one;
+    the default ε_high = 5 is such a loose cap. The loss value itself is Σ r̂ A log π, not an
+    estimate of the surrogate: only its gradient is meaningful.
+
+    Token-level normalisation (the paper's 1/Σ_i|o_i|) is ``aggregation="token_mean"``, the
+    default. logps (with grad), old_logps (detached), mask: (B, T); advantages (B, T) or (B,).
+    ``is_weights`` as in :func:`ppo_clip_loss`. Metrics: ``clip_fraction`` (tokens whose weight
+    was clipped), ``approx_kl`` (k3 of KL(π_old‖π)), ``ratio`` (mean r_t, unclipped).
+    """
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]
+    advantages = _masked(advantages.detach().expand_as(logps), mask)  # (B, T)
+    old_logps = old_logps.detach()
+    ratio = torch.exp(_masked(logps.detach() - old_logps, mask))  # (B, T), no gradient: sg(r)
+    lo = 0.0 if clip_low is None else 1.0 - clip_low
+    hi = float("inf") if clip_high is None else 1.0 + clip_high
+    weight = torch.clamp(ratio, lo, hi)
+    per_token = -weight * advantages * _masked(logps, mask)
+    if is_weights is not None:
+        per_token = per_token * _masked(is_weights.detach(), mask)
+    loss = aggregate(per_token, mask, aggregation, denominator=denominator, max_len=max_len)
+    with torch.no_grad():
+        metrics = {
+            "clip_fraction": masked_mean((weight != ratio).to(ratio.dtype), mask),
+            "approx_kl": masked_mean(kl_k3(old_logps, logps.detach(), mask), mask),
+            "ratio": masked_mean(ratio, mask),
+        }
+    return loss, metrics
+
+
+def overlong_penalty(lengths: torch.Tensor, max_len: int, cache: int) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13): a length-dependent reward in [-1, 0].
+
+        0                              |y| <= L_max - L_cache
+        ((L_max - L_cache) - |y|) / L_cache    L_max - L_cache < |y| <= L_max   (linear, 0 to -1)
+        -1                             |y| > L_max
+
+    ``lengths`` (B,) completion lengths in tokens; ``max_len`` = L_max; ``cache`` = L_cache
+    (0 <= cache <= max_len; 0 gives a step: 0 up to L_max, -1 beyond). Returns a float tensor
+    (B,), added to the score (times a coefficient) by the caller.
+    """
+    if not 0 <= cache <= max_len:
+        raise ValueError(f"overlong_penalty: need 0 <= cache <= max_len (got cache={cache}, max_len={max_len})")
+    n = lengths.detach().to(torch.promote_types(lengths.dtype, torch.float32))
+    over = n > max_len
+    if cache == 0:
+        return torch.where(over, -torch.ones_like(n), torch.zeros_like(n))
+    soft = ((max_len - cache) - n) / cache  # > 0 below the window, -1 at L_max
+    return torch.where(over, -torch.ones_like(n), soft.clamp(max=0.0))
+
+
+@dataclass(frozen=True)
+class PolicyLossSpec:
+    """A policy loss and the settings that go with it.
+
+    ``fn`` has :func:`ppo_clip_loss`'s signature ``(logps, old_logps, advantages, mask, clip_low,
+    clip_high, aggregation=, denominator=, max_len=, is_weights=)``. ``clip_low`` / ``clip_high``
+    / ``aggregation`` are its defaults (the paper's); ``sequence_advantages`` says that it needs
+    one advantage per completion (a group or ReMax estimator, not GAE or REINFORCE++)."""
+
+    fn: Callable[..., tuple[torch.Tensor, Metrics]]
+    clip_low: float | None
+    clip_high: float | None
+    aggregation: Aggregation
+    sequence_advantages: bool
+    summary: str
+
+
+POLICY_LOSS_SPECS: dict[str, PolicyLossSpec] = {
+    "ppo_clip": PolicyLossSpec(ppo_clip_loss, 0.2, None, "token_mean", False,
+                               "PPO's clipped surrogate, per-token ratio (clip_high > clip gives DAPO's clip-higher)"),
+    "gspo": PolicyLossSpec(gspo_loss, 3e-4, 4e-4, "sequence_mean", True,
+                           "GSPO: one length-normalised ratio per completion, clipped per completion"),
+    "cispo": PolicyLossSpec(cispo_loss, None, 5.0, "token_mean", False,
+                            "CISPO: REINFORCE with a clipped stop-gradient IS weight; no token dropped"),
+}
+# The policy losses by name (all with ppo_clip_loss's signature); their settings in POLICY_LOSS_SPECS.
+POLICY_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, Metrics]]] = {
+    name: spec.fn for name, spec in POLICY_LOSS_SPECS.items()}
+
+
+def resolve_clip(name: str, clip: float | None, clip_high: float | None) -> tuple[float | None, float | None]:
+    """(ε_low, ε_high) for policy loss ``name`` from the config's ``clip`` / ``clip_high``, where
+    None takes the loss's own setting (POLICY_LOSS_SPECS); ppo_clip's ε_high defaults to its
+    ε_low (symmetric PPO)."""
+    if name not in POLICY_LOSS_SPECS:
+        raise ValueError(f"unknown policy loss {name!r}; expected one of {', '.join(POLICY_LOSS_SPECS)}")
+    spec = POLICY_LOSS_SPECS[name]
+    low = spec.clip_low if clip is None else clip
+    high = clip_high if clip_high is not None else (spec.clip_high if spec.clip_high is not None else low)
+    return low, high

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
 import os
@@ -151,21 +152,134 @@ def _resolve_gguf(cfg: ModelConfig) -> ModelConfig:
                    tokenizer=None if cfg.tokenizer is None else resolve(cfg.tokenizer))
 
 
-def _check_source(name_or_path: str, what: str) -> None:
-    """Fail early, naming the path, when something that is clearly a path does not exist, or
-    when a hub id cannot be fetched (:func:`_check_hub`).
+class ModelError(ValueError):
+    """A local model folder that cannot be loaded (no config, no tokenizer, corrupt or missing
+    weights, an unknown model type). Its message is one line naming the folder or file; the CLI
+    prints it without a traceback."""
+
+
+class ModelNotFound(ModelError, FileNotFoundError):
+    """A model path that does not exist (or is a file): a ModelError that is also the
+    FileNotFoundError callers may expect."""
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                    "spiece.model", "vocab.txt", "tiktoken.model")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
+
+
+def _did_you_mean(path: str) -> str:
+    """``; did you mean 'runs/tiny'?`` from the folders beside a mistyped path (or '')."""
+    import difflib
+
+    p = Path(os.path.expanduser(path))
+    parent = p.parent if str(p.parent) else Path(".")
+    try:
+        names = [c.name for c in parent.iterdir() if c.is_dir()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(p.name, names, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f"; did you mean {str(p.with_name(close[0]))!r}?"
+
+
+def _check_folder(folder: Path, what: str, need: str) -> None:
+    """A local folder has what ``need`` ("model" or "tokenizer") reads, else one line saying what
+    is missing or broken, naming the file: transformers' own errors blame unrelated things (a
+    missing tokenizer reads as 'install sentencepiece or tiktoken'; a corrupt weights file as a
+    safetensors header error without the file name)."""
+    config = folder / "config.json"
+    try:
+        settings = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+        if not isinstance(settings, dict):
+            raise ValueError(f"got a {type(settings).__name__}")
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ModelError(f"{what}: {config}: not a valid JSON object ({' '.join(str(e).split())})") from None
+    if need == "tokenizer":
+        if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+            raise ModelError(f"{what}: {folder} has no tokenizer files (none of {', '.join(_TOKENIZER_FILES[:3])}, "
+                             f"...); copy them from the model it was trained from, or set model.tokenizer "
+                             f"to a folder that has them")
+        return
+    if not config.is_file():
+        raise ModelError(f"{what}: {folder} has no config.json, so it is not a model checkpoint folder "
+                         f"(expected one written by rlhf or save_pretrained)")
+    model_type = settings.get("model_type")
+    from transformers import CONFIG_MAPPING
+
+    if not model_type:
+        raise ModelError(f"{what}: {config} has no model_type")
+    if model_type not in CONFIG_MAPPING and "auto_map" not in settings:  # auto_map: remote code decides
+        import transformers
+        raise ModelError(f"{what}: {config}: model_type {model_type!r} is not known to the installed "
+                         f"transformers {transformers.__version__} (a newer release may add it; "
+                         f"trust_remote_code is off)")
+    files = [f for f in folder.iterdir() if f.is_file()]
+    if not any(f.name.endswith(_WEIGHT_SUFFIXES) for f in files):
+        raise ModelError(f"{what}: {folder} has no weights file (model.safetensors or similar)")
+    for f in sorted(files):
+        if f.suffix == ".safetensors":
+            _check_safetensors(f, what)
+
+
+def _check_safetensors(path: Path, what: str) -> None:
+    """The header of a safetensors file parses and its tensors fit in the file (cheap: the
+    header and the file size only; the data is not read)."""
+    import struct
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            if size < 8:
+                raise ValueError(f"{size} bytes, shorter than a header")
+            n = struct.unpack("<Q", f.read(8))[0]
+            if 8 + n > size:
+                raise ValueError(f"the header claims {n} bytes, the file has {size}")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end > size:
+            raise ValueError(f"truncated: the tensors need {8 + n + end} bytes, the file has {size}")
+    except (ValueError, KeyError, TypeError, IndexError, struct.error) as e:
+        raise ModelError(f"{what}: {path}: corrupt or truncated weights file ({e}); copy or download it "
+                         f"again") from None
+
+
+def _check_source(name_or_path: str, what: str, need: str = "model") -> None:
+    """Fail early, naming the path, when something that is clearly a path does not exist, when
+    a local folder lacks what ``need`` reads (:func:`_check_folder`), or when a hub id cannot be
+    fetched (:func:`_check_hub`).
 
     A missing folder would otherwise be sent to the hub as a repo id and fail with an
     unrelated network error.
     """
     p = os.path.expanduser(name_or_path)
+    first = name_or_path.split("/", 1)[0]
+    # A path, not a hub id: it starts like one, has several parts, or its first part is a local
+    # folder (runs/tinyy when runs/ exists).
     looks_like_path = (name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
-                       or os.sep != "/" and os.sep in name_or_path)
+                       or os.sep != "/" and os.sep in name_or_path
+                       or "/" in name_or_path and bool(first) and os.path.isdir(first))
     if looks_like_path and not os.path.isdir(p):
-        raise FileNotFoundError(f"{what}: no such folder {name_or_path!r} (expected a local "
-                                f"checkpoint folder or a hub id such as 'org/name')")
-    if not os.path.isdir(p) and is_hub_id(name_or_path):
-        _check_hub(name_or_path, what)
+        what_is = "a file, not a folder" if os.path.isfile(p) else "no such folder"
+        raise ModelNotFound(f"{what}: {what_is}: {name_or_path!r} (expected a local checkpoint folder "
+                                f"or a hub id such as 'org/name'){_did_you_mean(name_or_path)}")
+    if os.path.isdir(p):
+        _check_folder(Path(p), what, need)
+    elif os.path.isfile(p):
+        raise ModelNotFound(f"{what}: {name_or_path!r} is a file; expected a checkpoint folder or a hub id")
+    elif is_hub_id(name_or_path):
+        try:
+            _check_hub(name_or_path, what)
+        except HubError as e:
+            hint = _did_you_mean(name_or_path)
+            if not hint:
+                raise
+            # A near-miss of a local folder is a typo far more often than a hub id.
+            raise HubError(f"{what}: no such folder {name_or_path!r}{hint} (as a hub id it cannot be loaded "
+                           f"either: {str(e).split(': no such folder, and as a hub id ', 1)[-1]})") from None
 
 
 def _pretrained_kwargs(cfg: ModelConfig) -> dict[str, Any]:
@@ -343,7 +457,7 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     """
     cfg = _resolve_gguf(cfg)
     source = cfg.tokenizer_path
-    _check_source(source, "model.tokenizer" if cfg.tokenizer else "model.name_or_path")
+    _check_source(source, "model.tokenizer" if cfg.tokenizer else "model.name_or_path", need="tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(
         source,
         revision=cfg.revision if cfg.tokenizer is None else None,
@@ -713,15 +827,24 @@ def save_model(
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        if _is_peft(model):
-            # peft / transformers methods: nn.Module.__getattr__ is typed Tensor | Module.
-            model.get_base_model().save_pretrained(  # type: ignore[operator]
-                tmp, state_dict=_merged_state_dict(model))
-            model.save_pretrained(tmp / "adapter")  # type: ignore[operator]
-        else:
-            model.save_pretrained(tmp)  # type: ignore[operator]
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        try:
+            if _is_peft(model):
+                # peft / transformers methods: nn.Module.__getattr__ is typed Tensor | Module.
+                model.get_base_model().save_pretrained(  # type: ignore[operator]
+                    tmp, state_dict=_merged_state_dict(model))
+                model.save_pretrained(tmp / "adapter")  # type: ignore[operator]
+            else:
+                model.save_pretrained(tmp)  # type: ignore[operator]
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        except Exception as e:  # a full disk inside safetensors: an OSError naming the folder
+            from rlhf.train.run import as_os_error
+            err = as_os_error(e, out_dir)
+            if err is None:
+                raise
+            raise err from None
+        from rlhf.train.run import normalize_modes
+        normalize_modes(tmp)  # weights as readable as the config beside them (safetensors writes 0600)
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
             out_dir.rename(old)

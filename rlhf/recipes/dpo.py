@@ -58,13 +58,12 @@ from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from rlhf.config import ConfigError, opt
 from rlhf.data.collate import PadCollator, PreferenceCollator
 from rlhf.data.config import DataConfig
 from rlhf.data.load import load_train_eval
-from rlhf.data.tokenize import encode_records, rendering_summary
+from rlhf.data.tokenize import encode_records_aligned, rendering_summary
 from rlhf.logprobs import BUCKET
 from rlhf.logprobs import sequence_logps as _sequence_logps
 from rlhf.losses.preference import PREFERENCE_LOSSES, add_nll_term, is_paired, kto_reference_point, needs_reference
@@ -78,7 +77,7 @@ from rlhf.models.load import (
     load_tokenizer,
 )
 from rlhf.train.config import TrainConfig
-from rlhf.train.run import RunDirError
+from rlhf.train.run import RunDirError, save_safetensors
 from rlhf.train.trainer import Trainer
 
 __all__ = ["DPOConfig", "train", "sequence_logps", "compute_reference_logps", "OnlineReference", "evaluate",
@@ -241,8 +240,8 @@ def _load_or_build_cache(trainer: Trainer, cfg: DPOConfig, ref: ReferenceModel |
             for field, t in compute_reference_logps(trainer, ref, exs, collate, cfg.loss).items():
                 tensors[f"{split}/{field}"] = t.contiguous()
         tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp),
-                  metadata={"fingerprint": fp, "loss_family": "kto" if cfg.loss == "kto" else "paired"})
+        save_safetensors(tensors, tmp,
+                         metadata={"fingerprint": fp, "loss_family": "kto" if cfg.loss == "kto" else "paired"})
         tmp.replace(path)
         trainer.print(f"[dpo] reference log-probs of {sum(len(v[0]) for v in splits.values())} examples "
                       f"cached in {path}")
@@ -305,11 +304,12 @@ class _KTOCollator:
 def _encode(records: list, tokenizer, cfg: DataConfig, report) -> list[dict]:
     """Encode record by record, keeping each example's origin (file, row) for pairing in eval."""
     out = []
-    for rec in records:
-        enc = encode_records([rec], tokenizer, cfg, report)
-        if enc:
-            enc[0]["origin"] = list(rec.origin) if rec.origin else None
-            out.append(enc[0])
+    # One call for all records: the skip rule (data.max_skip_fraction) and the truncation line
+    # apply to the run, not to each record.
+    for rec, enc in zip(records, encode_records_aligned(records, tokenizer, cfg, report)):
+        if enc is not None:
+            enc["origin"] = list(rec.origin) if rec.origin else None
+            out.append(enc)
     return out
 
 

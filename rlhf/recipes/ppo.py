@@ -8,52 +8,53 @@ ends at EOS or the length limit, and the reward arrives at the end:
     r_T = r_T + score(prompt, completion)    on the last one
 
 Named objects in the loop: the **policy** π (trained), the frozen **reference** π_ref (the
-policy's starting point; with LoRA, the policy with adapters disabled), the **reward** source
-(a reward model, a Python function or a combination: rlhf/rewards.py) and, for
-``advantage=gae``, the **value model** V (the critic, trained with the policy).
+policy's starting point; with LoRA, the policy with adapters disabled), the **environment**
+(rlhf/envs: today the reward source, a reward model, a Python function or a combination
+(rlhf/rewards.py), as an environment of one step) and, for ``advantage=gae``, the **value
+model** V (the critic, trained with the policy).
 
 Each training step is one iteration of:
 
-    1. rollout      sample K completions per prompt with the rollout engine (rlhf/engines:
-                    the built-in sampler of rlhf/rollout.py, or vLLM synced after each update)
-    2. score        the reward source scores each completion; the EOS trick penalises
-                    completions cut at the length limit
+    1. rollout      sample K completions per prompt with the rollout engine (rlhf/rollout: the
+                    built-in sampler, or vLLM synced after each update)
+    2. score        the environment scores each completion; the EOS trick penalises
+                    completions cut at the length limit, DAPO's overlong penalty long ones
+                    (with ppo.dynamic_sampling, prompts whose K scores are all equal are
+                    replaced by fresh ones, sampled and scored: DAPO)
     3. evaluate     log-probs of the sampled tokens under π (the "old" policy) and π_ref, and
-                    V(s_t), at the sampling temperature, without gradient
-    4. rewards      per-token KL (k1/k2/k3) and the per-token rewards above
-    5. advantages   one pure function chosen by name (rlhf/advantages.py)
-    6. update       ``ppo.epochs`` passes over the batch in ``ppo.num_minibatches`` minibatches,
-                    each one optimizer step on the clipped surrogate (+ clipped value loss,
-                    + KL in the loss for GRPO, + entropy bonus), exact gradient accumulation
-    7. β            the KL controller (fixed, or Ziegler et al.'s adaptive one) sees the KL
+                    V(s_t), at the sampling temperature, without gradient; with a ``teacher``
+                    (on-policy distillation), its log-probs give a per-token reward
+    4. advantages   per-token KL (k1/k2/k3) and rewards, then one estimator chosen by name
+                    (rlhf/advantages.py: its settings live beside it)
+    5. update       ``ppo.epochs`` passes over the batch in ``ppo.num_minibatches`` minibatches,
+                    each one optimizer step on the policy loss named by ``ppo.loss`` (+ clipped
+                    value loss, + KL in the loss for GRPO, + entropy bonus), exact accumulation
+    6. β            the KL controller named by ``kl.controller`` sees the KL
 
-The math lives in rlhf/losses/policy.py, rlhf/advantages.py, rlhf/kl.py and rlhf/masking.py;
-this file only wires it. Run it with ``rlhf ppo --recipe tiny [key=value ...]``.
+The math lives in rlhf/losses/policy.py, rlhf/advantages.py, rlhf/kl.py and rlhf/masking.py, the
+update in rlhf/ppo_update.py; this file only wires it. Run it with
+``rlhf ppo --recipe tiny [key=value ...]``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from rlhf.advantages import CRITIC_ESTIMATORS, compute_advantages, informative_groups, token_rewards
+from rlhf.advantages import CRITIC_ESTIMATORS, ESTIMATOR_SPECS
 from rlhf.config import ConfigError, opt
-from rlhf.data.collate import PackedLayout
 from rlhf.data.config import DataConfig
 from rlhf.data.errors import ENCODING, DataError
 from rlhf.data.load import load_records
 from rlhf.data.tokenize import encode_prompt
-from rlhf.engines import forward_engine, is_builtin, rollout_engine
-from rlhf.kl import AdaptiveKLController, FixedKLController, kl_estimate, kl_k1
-from rlhf.logprobs import entropy_from_logits, shifted_token_logps
-from rlhf.losses.policy import entropy_bonus, kl_loss, ppo_clip_loss, truncated_importance_weights, value_loss
-from rlhf.masking import count_units, masked_mean, masked_sum, masked_var, masked_whiten
+from rlhf.envs import SingleTurn, Teacher, single_turn
+from rlhf.losses.policy import POLICY_LOSS_SPECS, truncated_importance_weights
+from rlhf.masking import Aggregation, masked_mean
 from rlhf.models.config import ModelConfig
 from rlhf.models.load import (
     count_parameters,
@@ -62,91 +63,31 @@ from rlhf.models.load import (
     load_scalar_model,
     load_tokenizer,
     position_limit,
-    score_tokens,
 )
-from rlhf.models.packing import use_packed
 from rlhf.models.vocab import reward_model_tokenizers, vocabulary_difference
-from rlhf.rewards import call_reward, load_reward_source, row_columns
-from rlhf.rollout import Rollout, SamplingConfig, rollout_logps, rollout_values, shift_values
+from rlhf.objectives import DynamicRollout, ZeroReward, dynamic_rollout, shaped_scores
+from rlhf.ppo_update import (
+    KLConfig,
+    PolicyAndValue,
+    PolicyLossConfig,
+    evaluate_rollout,
+    explained_variance,
+    kl_controller,
+    policy_loss_fn,
+    shape_advantages,
+    shared_value_head,
+    update,
+    visiting,
+)
+from rlhf.rewards import row_columns
+from rlhf.rollout import Rollout, RolloutEngine, SamplingConfig, forward_engine, is_builtin, rollout_engine
 from rlhf.train.config import TrainConfig
 from rlhf.train.trainer import Trainer
 
 __all__ = ["shared_value_head", "visiting", "PPOConfig", "KLConfig", "PolicyLossConfig", "PolicyAndValue", "train"]
 
-AdvantageName = Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "remax"]
-GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")  # need K >= 2 samples per prompt
-
-
-@dataclass(frozen=True)
-class KLConfig:
-    beta: float = opt(0.05, "weight β of the KL penalty to the reference (the initial β when "
-                            "target is set); 0 = no penalty", ge=0)
-    estimator: Literal["auto", "k1", "k2", "k3"] = opt(
-        "auto", "per-token KL estimator (Schulman 2020); auto = k1 in the reward (PPO, "
-                "InstructGPT), k3 in the loss (GRPO)")
-    placement: Literal["auto", "reward", "loss"] = opt(
-        "auto", "reward: r_t -= β·KL_t (PPO); loss: β·KL added to the policy loss (GRPO); "
-                "auto = loss for grpo/dr_grpo, reward otherwise")
-    target: float | None = opt(None, "adaptive β (Ziegler et al. 2019): the KL per completion "
-                                     "(nats) to steer towards; null = fixed β", gt=0)
-    horizon: float = opt(10000.0, "adaptive β: horizon in completions (larger = slower changes)", gt=0)
-
-    def resolved(self, advantage: str) -> tuple[str, str]:
-        """(placement, estimator) with the autos filled in."""
-        placement = self.placement
-        if placement == "auto":
-            placement = "loss" if advantage in ("grpo", "dr_grpo") else "reward"
-        estimator = self.estimator
-        if estimator == "auto":
-            estimator = "k3" if placement == "loss" else "k1"
-        return placement, estimator
-
-
-@dataclass(frozen=True)
-class PolicyLossConfig:
-    epochs: int = opt(2, "passes over each rollout batch (PPO epochs)", gt=0)
-    num_minibatches: int = opt(1, "optimizer steps per epoch: the rollout batch is cut into this "
-                                  "many minibatches", gt=0)
-    clip: float = opt(0.2, "ε of the clipped surrogate: the ratio is clipped to [1-ε, 1+ε_high]", gt=0, lt=1)
-    clip_high: float | None = opt(None, "ε_high (DAPO's clip-higher); null = clip", gt=0)
-    vf_coef: float = opt(0.1, "weight of the value loss (advantage=gae)", ge=0)
-    vf_clip: float | None = opt(0.2, "clip the value update to ±this around the rollout value; "
-                                     "null = unclipped squared error", gt=0)
-    gamma: float = opt(1.0, "discount γ (GAE, REINFORCE++)", ge=0, le=1)
-    lam: float = opt(0.95, "GAE λ", ge=0, le=1)
-    whiten_rewards: bool = opt(False, "scale the per-token rewards of a batch to unit variance "
-                                      "(not shifted) before GAE")
-    whiten_advantages: bool = opt(True, "normalise GAE advantages over the batch to mean 0, std 1 "
-                                        "(the group estimators normalise their own way)")
-    entropy_coef: float = opt(0.0, "weight of the entropy bonus (0 = off)", ge=0)
-    target_kl: float | None = opt(None, "stop a step's updates early when the approximate KL "
-                                        "between the old and the updated policy passes this", gt=0)
-    aggregation: Literal["auto", "token_mean", "sequence_mean", "constant"] = opt(
-        "auto", "how per-token losses are reduced: token_mean (DAPO), sequence_mean (GRPO paper), "
-                "constant (Dr. GRPO: sum / max_new_tokens); auto = constant for dr_grpo, else token_mean")
-    missing_eos_penalty: float | None = opt(None, "the EOS trick: subtract this from the score of a "
-                                                  "completion cut at max_new_tokens; null = off", ge=0)
-    drop_uninformative_groups: bool = opt(False, "leave out of the loss the prompts whose K samples "
-                                                 "all scored the same (DAPO dynamic sampling, simplified)")
-    old_logps: Literal["auto", "sampler", "forward"] = opt(
-        "auto", "where π_old's log-probs (the ratio's denominator, the KL) come from: sampler = the "
-                "logits the sampler drew each token from (no extra forward pass; equal to a forward "
-                "pass up to float rounding, ~1e-6 in fp32); forward = a separate no-grad pass over the "
-                "rollout; auto = sampler in fp32 with the built-in engine, forward under bf16 (where the "
-                "KV-cache and the full forward round differently) or with another engine (vllm)")
-    tis: Literal["auto", "off", "token", "sequence"] = opt(
-        "auto", "truncated importance sampling for the sampler/trainer mismatch (the tokens come from the "
-                "engine, π_old from the trainer's forward): weights π_old/π_sampler per token or per "
-                "completion (rlhf.losses.policy.truncated_importance_weights); auto = token when "
-                "sampling.engine=vllm and π_old comes from the forward, else off")
-    tis_cap: float = opt(2.0, "the importance weights' cap C (Yao et al. 2025 use 2)", gt=0)
-    tis_mode: Literal["truncate", "mask"] = opt(
-        "truncate", "truncate: w = min(ρ, C); mask: w = ρ, or 0 where ρ > C (drop the outliers)")
-    packed: bool = opt(True, "run the update's forward and the no-grad passes over the rollout on packed "
-                             "rows (sequences back to back, no padding after EOS): the same numbers up to "
-                             "float rounding, less work when completion lengths differ; only where a "
-                             "probe of the model class shows packing is exact (else padded rows, said "
-                             "once: rlhf/models/packing.py)")
+# (kept for imports written before the estimators' settings moved to rlhf.advantages.ESTIMATOR_SPECS)
+GROUP_ESTIMATORS = tuple(name for name, spec in ESTIMATOR_SPECS.items() if spec.min_group >= 2)
 
 
 @dataclass(frozen=True)
@@ -161,11 +102,16 @@ class PPOConfig:
                                                        "max_steps / epochs count rollout steps")
     reward: str = opt("", "reward source: a reward-model folder, package.module:function, or a "
                           ".yaml/.json spec file (sums, safety gating): see docs/reward-models.md")
-    advantage: AdvantageName = opt("gae", "gae (PPO with a critic), grpo, dr_grpo, rloo, "
-                                          "reinforce_pp (REINFORCE++), remax")
+    advantage: str = opt("gae", "the advantage estimator, by name (rlhf.advantages.ESTIMATOR_SPECS, where each "
+                                "one's settings live): gae = PPO with a critic, reinforce_pp = REINFORCE++",
+                         choices=tuple(ESTIMATOR_SPECS))
     track: dict[str, str] = opt(factory=dict, help="extra reward sources scored on every rollout and "
                                                    "logged as track/<name> but not optimised, e.g. "
                                                    "{gold: my_pkg.gold:reward} to watch over-optimisation")
+    teacher: str = opt("", "on-policy distillation: a model folder with the policy's tokenizer; on each "
+                           "sampled token the policy gets teacher_coef·(log π_teacher - log π) as reward "
+                           "(reverse KL to the teacher); with a teacher, reward may be left empty")
+    teacher_coef: float = opt(1.0, "weight of the teacher's per-token reward", gt=0)
     value_model: str = opt("auto", "the critic (advantage=gae): 'reward' (a copy of the reward model; "
                                    "the default when the reward is one), 'policy' (a copy of the "
                                    "policy's trunk, new head), 'shared' (a value head on the policy's "
@@ -182,18 +128,27 @@ class PPOConfig:
     def validate(self) -> None:
         if not self.data.train:
             raise ConfigError("data.train", "is required: a file or dataset with a prompt column")
-        if not self.reward:
-            raise ConfigError("reward", "is required: a reward-model folder, package.module:function "
-                                        "or a .yaml/.json reward spec")
+        if not self.reward and not self.teacher:
+            raise ConfigError("reward", "is required (unless a teacher is set): a reward-model folder, "
+                                        "package.module:function or a .yaml/.json reward spec")
         if self.data.packing:
             raise ConfigError("data.packing", "does not apply to prompts (got true)")
         K = self.sampling.num_samples
-        if self.advantage in GROUP_ESTIMATORS and K < 2:
-            raise ConfigError("sampling.num_samples", f"must be >= 2 for advantage={self.advantage}: "
-                                                      f"the baseline comes from the other samples of "
-                                                      f"the same prompt (got {K})")
+        if K < ESTIMATOR_SPECS[self.advantage].min_group:
+            raise ConfigError("sampling.num_samples", f"must be >= {ESTIMATOR_SPECS[self.advantage].min_group} "
+                                                      f"for advantage={self.advantage}: the baseline comes from "
+                                                      f"the other samples of the same prompt (got {K})")
         if self.ppo.drop_uninformative_groups and K < 2:
             raise ConfigError("ppo.drop_uninformative_groups", f"needs sampling.num_samples >= 2 (got {K})")
+        if self.ppo.dynamic_sampling and K < 2:
+            raise ConfigError("ppo.dynamic_sampling", f"needs sampling.num_samples >= 2 (got {K})")
+        if POLICY_LOSS_SPECS[self.ppo.loss].sequence_advantages and ESTIMATOR_SPECS[self.advantage].per_token:
+            raise ConfigError("ppo.loss", f"{self.ppo.loss} needs one advantage per completion, but "
+                                          f"advantage={self.advantage} gives one per token; use grpo, dr_grpo, "
+                                          f"rloo or remax")
+        if self.ppo.overlong_cache is not None and self.ppo.overlong_cache > self.sampling.max_new_tokens:
+            raise ConfigError("ppo.overlong_cache", f"must be at most sampling.max_new_tokens = "
+                                                    f"{self.sampling.max_new_tokens} (got {self.ppo.overlong_cache})")
         if self.ppo.tis in ("token", "sequence") and self.ppo.old_logps == "sampler":
             raise ConfigError("ppo.tis", f"{self.ppo.tis} needs π_old from the trainer's forward, but "
                                          f"ppo.old_logps=sampler takes it from the sampler (every weight "
@@ -208,93 +163,6 @@ class PPOConfig:
 
 
 # --------------------------------------------------------------------------- models
-
-
-class PolicyAndValue(nn.Module):
-    """The trained modules of the loop in one container, so one optimizer, one checkpoint and
-    one distributed wrapper cover both: ``policy`` (a causal LM) and the critic, either
-    ``value`` (a separate scalar model) or ``value_head`` (a linear head on the policy's own
-    final hidden states: ``value_model: shared``), or neither (the critic-free estimators).
-    ``forward`` returns logits (B, T, V) and the critic's values aligned with actions (B, T)
-    (rlhf.rollout.shift_values) or None."""
-
-    def __init__(self, policy: nn.Module, value: nn.Module | None = None, value_head: nn.Module | None = None,
-                 packed: bool = False):
-        super().__init__()
-        if value is not None and value_head is not None:
-            raise ValueError("a separate value model or a shared value head, not both")
-        self.policy = policy
-        self.value = value
-        self.value_head = value_head
-        self.packed = packed
-
-    def forward(self, input_ids, attention_mask, position_ids):
-        """With ``packed`` the models run on the batch's packed layout (rlhf.data.collate.
-        PackedLayout: sequences back to back, no padding) and the outputs are unpacked to the
-        padded (B, T) layout (logits 0 on padding; values are read at t - 1, see shift_values):
-        the same numbers up to float rounding."""
-        layout = None
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-        if use_packed(self.packed, self.policy, self.value):
-            layout = PackedLayout(attention_mask)
-            inputs = {"input_ids": layout.pack_ids(input_ids), "attention_mask": None,
-                      "position_ids": layout.position_ids}
-
-        def unpacked(x: torch.Tensor) -> torch.Tensor:
-            return x if layout is None else layout.unpack(x)
-
-        shared = self.value_head is not None
-        out = self.policy(**inputs, use_cache=False, output_hidden_states=shared)
-        values = None
-        if self.value_head is not None:  # the last entry of hidden_states is the final (normed) one the LM head reads
-            values = shift_values(unpacked(self.value_head(out.hidden_states[-1]).squeeze(-1).float()))
-        elif self.value is not None:
-            values = shift_values(unpacked(score_tokens(self.value, **inputs).float()))
-        return unpacked(out.logits), values
-
-    @torch.no_grad()
-    def rollout_values(self, rollout: Rollout, batch_size: int) -> torch.Tensor | None:
-        """The critic's V(s_t) for every action of a rollout (B, T), without gradient."""
-        if self.value is not None:
-            return rollout_values(self.value, rollout, batch_size, packed=self.packed)
-        if self.value_head is None:
-            return None
-        was_training = self.training
-        self.eval()
-        try:
-            return torch.cat([self(**rollout.model_inputs(slice(s, s + batch_size)))[1]
-                              for s in range(0, len(rollout), batch_size)])
-        finally:
-            self.train(was_training)
-
-
-def shared_value_head(policy: nn.Module) -> nn.Linear:
-    """A scalar head for the policy's final hidden states, initialised as the reward model's
-    (N(0, 1/sqrt(d_model + 1)), bias 0), in the policy's dtype and on its device."""
-    from rlhf.models.load import unwrap_model
-
-    p = next(policy.parameters())
-    d = unwrap_model(policy).config.hidden_size
-    head = nn.Linear(d, 1)
-    nn.init.normal_(head.weight, std=1.0 / (d + 1) ** 0.5)
-    nn.init.zeros_(head.bias)
-    return head.to(device=p.device, dtype=p.dtype)
-
-
-@contextlib.contextmanager
-def visiting(modules: list[nn.Module], device: torch.device, home: torch.device):
-    """Model offloading: ``modules`` move to ``device`` for the block and back ``home`` after
-    it (even if it raises). Nothing moves when the two are the same device."""
-    if device == home or not modules:
-        yield
-        return
-    for m in modules:
-        m.to(device)
-    try:
-        yield
-    finally:
-        for m in modules:
-            m.to(home)
 
 
 def _value_source(cfg: PPOConfig) -> str:
@@ -342,16 +210,7 @@ def _load_value_model(cfg: PPOConfig, tokenizer: Any) -> tuple[nn.Module, str]:
     return model, src
 
 
-# --------------------------------------------------------------------------- the reward signal
-
-
-def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 - Var(R - V) / Var(R) over completion tokens: 1 = the critic predicts returns exactly."""
-    var_r = masked_var(returns, mask)
-    return float(1 - masked_var(returns - values, mask) / var_r) if float(var_r) > 0 else float("nan")
-
-
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- prompts
 
 
 def _prompts(cfg: PPOConfig, tokenizer: Any, trainer: Trainer) -> list[dict]:
@@ -390,38 +249,137 @@ def _check_episode_length(cfg: PPOConfig, longest_prompt: int) -> None:
                           f"{max(limit - longest_prompt, 0)} or shorten prompts with data.max_prompt_length")
 
 
+# --------------------------------------------------------------------------- the loop
+
+
 def train(cfg: PPOConfig) -> dict[str, Any]:
-    # Step 1. Open the run: output folder checks, resolved config.yaml, accelerator, seed.
+    # Step 1. Open the run: output folder checks, resolved config.yaml, accelerator, seed; the
+    # estimator's settings (rlhf.advantages.ESTIMATOR_SPECS) fill the autos.
     trainer = Trainer(cfg.train, cfg.output_dir, cfg, stage="ppo")
     device = trainer.device
     placement, estimator = cfg.kl.resolved(cfg.advantage)
-    aggregation = cfg.ppo.aggregation
-    if aggregation == "auto":
-        aggregation = "constant" if cfg.advantage == "dr_grpo" else "token_mean"
-    temperature = cfg.sampling.temperature
+    spec = ESTIMATOR_SPECS[cfg.advantage]
+    loss_agg = POLICY_LOSS_SPECS[cfg.ppo.loss].aggregation  # auto: the loss's own (gspo), else the estimator's
+    aggregation: Aggregation = (cfg.ppo.aggregation if cfg.ppo.aggregation != "auto"
+                                else loss_agg if loss_agg != "token_mean" else spec.aggregation)
     K = cfg.sampling.num_samples
 
-    # Step 2. Prompts (the states), and the reward source.
+    # Step 2. Prompts (the states), and the environment: the reward source as one step (rlhf/envs).
     tokenizer = load_tokenizer(cfg.model)
     prompts = _prompts(cfg, tokenizer, trainer)
     _check_episode_length(cfg, max(len(p["prompt_input_ids"]) for p in prompts))
-    reward = load_reward_source(cfg.reward, device=str(device))
-    tracked = {name: load_reward_source(spec, device=str(device)) for name, spec in cfg.track.items()}
-    _check_tokenizers(cfg, tokenizer, [reward, *tracked.values()], trainer)
+    env = single_turn(cfg.reward, device=str(device)) if cfg.reward else SingleTurn(ZeroReward())
+    tracked = {name: single_turn(spec, device=str(device)) for name, spec in cfg.track.items()}
+    _check_tokenizers(cfg, tokenizer, [env.reward, *(t.reward for t in tracked.values())], trainer)
 
     # Step 3. Policy, frozen reference (a copy of the starting policy, or the LoRA policy with
-    # adapters off), and the critic for GAE.
+    # adapters off), the critic for GAE; frozen models placed (or offloaded to the CPU).
+    m = _load_models(cfg, trainer, tokenizer, [env, *tracked.values()])
+    n = count_parameters(m["policy"])
+    trainer.print(f"[ppo] policy {cfg.model.name_or_path}: {n['total']:,} parameters, {n['trainable']:,} "
+                  f"trainable; advantage={cfg.advantage}, KL in the {placement} ({estimator}), "
+                  f"{K} sample(s) per prompt")
+
+    # Step 4. Optimizer over policy (+ critic), schedule over every minibatch update, resume; the
+    # β controller (restored too), the loss, and the rollout engine.
+    model = trainer.setup(PolicyAndValue(m["policy"], m["value"], m["value_head"], packed=cfg.ppo.packed),
+                          num_examples=len(prompts), updates_per_step=cfg.ppo.epochs * cfg.ppo.num_minibatches)
+    trainer.export = lambda m: m.policy  # type: ignore[assignment,return-value]  # final/ holds the policy only
+    inner = trainer.accelerator.unwrap_model(model)
+    kl_ctl = kl_controller(cfg.kl)
+    extra = getattr(trainer, "resume_extra", {}) or {}
+    if "kl_controller" in extra:
+        kl_ctl.load_state_dict(extra["kl_controller"])
+    history: list[dict[str, float]] = list(extra.get("history", []))
+    loss_fn, units_fn = policy_loss_fn(cfg.ppo, aggregation=aggregation, placement=placement, estimator=estimator,
+                                       kl_ctl=kl_ctl, temperature=cfg.sampling.temperature,
+                                       max_len=cfg.sampling.max_new_tokens)
+    engine, how = _engine(cfg, trainer, inner.policy, tokenizer)
+    # Batch statistics (whitening, REINFORCE++'s normalisation) over every process's rollouts.
+    global_sum = trainer.reduce_sum if trainer.accelerator.num_processes > 1 else None
+
+    # Step 5. The loop: one rollout and its updates per step.
+    last: dict[str, Any] = {}
+    for step, micro in trainer.steps(prompts, lambda xs: {"examples": xs}):
+        examples = [e for mb in micro for e in mb["examples"]]
+        times = [time.perf_counter()]
+
+        # 5.1 rollout: K completions per prompt, consecutive (the group layout of rlhf.advantages);
+        # with ppo.dynamic_sampling, the groups whose K scores are all equal replaced (DAPO).
+        ro, examples, dyn = _rollout(cfg, trainer, engine, tokenizer, examples, prompts, env, m["home"], how, step)
+        times.append(time.perf_counter())
+
+        # 5.2 scores (the environment's reward at the end of the episode), the EOS trick and the
+        # overlong penalty, tracked rewards, and ReMax's greedy baseline.
+        sc = _score(cfg, trainer, engine, tokenizer, examples, ro, env, tracked, m["home"],
+                    raw=dyn.raw_scores if dyn is not None else None)
+        times.append(time.perf_counter())
+
+        # 5.3 log-probs of the sampled tokens under π and π_ref; values; the engine's mismatch.
+        ev = evaluate_rollout(ro, policy=inner.policy, model=inner, reference=m["reference"],
+                              ref_modules=m["ref_modules"], trainer=trainer, temperature=cfg.sampling.temperature,
+                              batch_size=cfg.train.eval_batch_size, sampler_logps=how["sampler_logps"],
+                              scoring=how["scoring"], packed=cfg.ppo.packed, device=device, home=m["home"])
+        mask = ro.loss_mask.float()  # (B, T): the policy's own tokens
+        is_weights, engine_metrics = _importance_weights(cfg, ro, ev, mask, how)
+        bonus = _teacher_rewards(m["teacher"], trainer, ro, ev, mask, cfg, how, m["home"])  # distillation
+
+        # 5.4 per-token KL and rewards, advantages (the estimator named), the loss mask.
+        beta = kl_ctl.value
+        adv = shape_advantages(cfg.advantage, ev, mask, sc["scores"], beta=beta, placement=placement,
+                               estimator=estimator, cfg=cfg.ppo, group_size=K, greedy_scores=sc["greedy"],
+                               reduce=global_sum, token_bonus=bonus,
+                               in_loss=dyn.informative if dyn is not None else None)
+
+        # 5.5 the update: epochs x minibatches optimizer steps; the engine then samples the next
+        # step from the updated policy (checked, or an error).
+        upd = update(trainer, _batch(ro, ev, adv, is_weights), loss_fn, units_fn, cfg.ppo, cfg.train.grad_accum)
+        engine_metrics.update({f"engine/{k}": v for k, v in engine.sync(inner.policy).items()})
+        times.append(time.perf_counter())
+
+        # 5.6 β for the next step; metrics (over all processes), samples, checkpoint.
+        n_completions = float(trainer.reduce_sum(torch.tensor(float(len(ro)))))
+        mean_kl = float(trainer.reduce_sum(adv["seq_kl"].sum())) / n_completions
+        kl_ctl.update(mean_kl, int(n_completions))
+        metrics = _metrics(trainer, ro, sc, ev, adv, mask, upd, engine_metrics, times, n_completions,
+                           mean_kl, beta, env)
+        if dyn is not None:
+            metrics.update(dyn.metrics)
+        if bonus is not None:  # k1 estimate of KL(π‖π_teacher) per completion
+            metrics["teacher_kl"] = -float(trainer.reduce_sum(bonus.sum())) / m["teacher"].coef / n_completions
+        history.append({"step": step, "score": metrics["score"], "kl": mean_kl,
+                        **{k: metrics[k] for k in sc["track"]}})
+        trainer.log(step, metrics)
+        if trainer.is_main and (step % cfg.sample_every == 0 or step == 1) and cfg.num_log_samples:
+            _log_samples(trainer, step, ro, sc["raw"], sc["track"], cfg.num_log_samples)
+        last = metrics
+        trainer.maybe_checkpoint(step, tokenizer, extra_state={"kl_controller": kl_ctl.state_dict(),
+                                                               "history": history})
+    engine.close()
+
+    # Step 6. The policy goes to final/; the summary compares the first and last steps.
+    return trainer.finish(tokenizer, _summary(cfg, len(prompts), placement, estimator, history, kl_ctl.value, last))
+
+
+# --------------------------------------------------------------------------- the steps' parts
+
+
+def _load_models(cfg: PPOConfig, trainer: Trainer, tokenizer: Any, envs: list[SingleTurn]) -> dict[str, Any]:
+    """Step 3: the policy, the reference (and its own modules, if any), the critic (a separate
+    model or a head on the policy), and ``home``, where frozen models live between passes."""
+    device = trainer.device
     policy = load_causal_lm(cfg.model)
     reference = load_reference(cfg.model, policy)
     # Offloading: the frozen models live on the CPU and visit the accelerator for their pass.
     offload = cfg.offload and device.type != "cpu" and not (trainer.sharded and cfg.train.fsdp.frozen == "shard")
     home = torch.device("cpu") if offload else device
     ref_modules = [] if reference.shares_policy_weights else [reference.module]
-    for m in ref_modules + reward.modules() + [m for src in tracked.values() for m in src.modules()]:
+    teacher = Teacher(cfg.teacher, cfg.model, tokenizer, cfg.teacher_coef) if cfg.teacher else None
+    for mod in ref_modules + [mod for env in envs for mod in env.modules()] + (teacher.modules() if teacher else []):
         if offload:
-            m.to(home)
+            mod.to(home)
         else:
-            trainer.place_frozen(m)
+            trainer.place_frozen(mod)
     value = value_head = None
     if cfg.advantage in CRITIC_ESTIMATORS and _value_source(cfg) == "shared":
         value_head = shared_value_head(policy)
@@ -429,276 +387,187 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     elif cfg.advantage in CRITIC_ESTIMATORS:
         value, value_src = _load_value_model(cfg, tokenizer)
         trainer.print(f"[ppo] value model initialised from {value_src}")
-    n = count_parameters(policy)
-    trainer.print(f"[ppo] policy {cfg.model.name_or_path}: {n['total']:,} parameters, {n['trainable']:,} "
-                  f"trainable; advantage={cfg.advantage}, KL in the {placement} ({estimator}), "
-                  f"{K} sample(s) per prompt")
+    return {"policy": policy, "reference": reference, "ref_modules": ref_modules, "home": home,
+            "value": value, "value_head": value_head, "teacher": teacher}
 
-    # Step 4. Optimizer over policy (+ critic), schedule over every minibatch update, resume.
-    updates = cfg.ppo.epochs * cfg.ppo.num_minibatches
-    model = trainer.setup(PolicyAndValue(policy, value, value_head, packed=cfg.ppo.packed), num_examples=len(prompts),
-                          updates_per_step=updates)
-    trainer.export = lambda m: m.policy  # type: ignore[assignment,return-value]  # final/ holds the policy only
-    inner = trainer.accelerator.unwrap_model(model)
-    kl_ctl = (AdaptiveKLController(cfg.kl.beta, cfg.kl.target, cfg.kl.horizon) if cfg.kl.target
-              else FixedKLController(cfg.kl.beta))
-    extra = getattr(trainer, "resume_extra", {}) or {}
-    if "kl_controller" in extra:
-        kl_ctl.load_state_dict(extra["kl_controller"])
-    history: list[dict[str, float]] = list(extra.get("history", []))
 
-    # Batch statistics (whitening, REINFORCE++'s normalisation) over every process's rollouts.
-    global_sum = trainer.reduce_sum if trainer.accelerator.num_processes > 1 else None
-
-    # The rollout engine (rlhf/engines): the built-in sampler over the policy's own weights, or
-    # vLLM with a copy of them, synced after every update (5.6).
+def _engine(cfg: PPOConfig, trainer: Trainer, policy: nn.Module, tokenizer: Any) -> tuple[RolloutEngine, dict]:
+    """The rollout engine (rlhf/rollout: the built-in sampler over the policy's own weights, or
+    vLLM with a copy, synced after every update) and where π_old's log-probs come from: the
+    sampler's logits unless rounding would make them differ (bf16) or another engine drew the
+    tokens; then the trainer recomputes them, and truncated importance sampling corrects for the
+    engine's distribution (ppo.tis)."""
     if not is_builtin(cfg.sampling.engine) and trainer.accelerator.num_processes > 1:
         raise ConfigError("sampling.engine", f"{cfg.sampling.engine} with more than one training process is not "
                                              f"supported yet (each process would start its own engine)")
-    engine = rollout_engine(inner.policy, tokenizer, cfg.sampling)
+    if cfg.ppo.dynamic_sampling and trainer.accelerator.num_processes > 1:
+        raise ConfigError("ppo.dynamic_sampling", "with more than one training process is not supported yet (the "
+                                                  "processes would run different numbers of sampling rounds, and "
+                                                  "their collective calls would not match)")
+    engine = rollout_engine(policy, tokenizer, cfg.sampling)
     builtin = is_builtin(cfg.sampling.engine)
-    scoring = forward_engine(cfg.sampling.engine)
-
-    # π_old's log-probs from the sampler's logits unless rounding would make them differ (bf16)
-    # or another engine drew the tokens: then the trainer recomputes them, and truncated
-    # importance sampling corrects for the engine's distribution (ppo.tis).
     fp32 = cfg.model.dtype == "fp32" and cfg.train.mixed_precision == "no"
     sampler_logps = cfg.ppo.old_logps == "sampler" or (cfg.ppo.old_logps == "auto" and fp32 and builtin)
     tis = cfg.ppo.tis
     if tis == "auto":
         tis = "token" if not builtin and not sampler_logps else "off"
-    keep_engine_logps = sampler_logps or not builtin or tis != "off"
+    return engine, {"sampler_logps": sampler_logps, "tis": tis, "scoring": forward_engine(cfg.sampling.engine),
+                    "keep_engine_logps": sampler_logps or not builtin or tis != "off"}
 
-    def evaluate_batch(ro: Rollout) -> dict[str, torch.Tensor]:
-        """Step 3: old log-probs (+ entropy), reference log-probs and values, no gradient."""
-        bs = cfg.train.eval_batch_size
+
+def _rollout(cfg: PPOConfig, trainer: Trainer, engine: RolloutEngine, tokenizer: Any, examples: list[dict],
+             pool: list[dict], env: SingleTurn, home: torch.device, how: dict[str, Any], step: int
+             ) -> tuple[Rollout, list[dict], DynamicRollout | None]:
+    """Step 5.1: the step's episodes, K per prompt. With ``ppo.dynamic_sampling`` the groups
+    whose K scores are all equal are replaced by groups for prompts drawn from ``pool``, scored
+    as they come (rlhf.objectives.dynamic_rollout); the examples then follow the new rows.
+    (trainer.gathered: under FSDP the policy is gathered once for generation, whose number of
+    forward passes differs between processes; a no-op otherwise.)"""
+
+    def sample(exs: list[dict]) -> Rollout:
         with trainer.accelerator.autocast(), trainer.gathered():
-            if sampler_logps:  # kept by the sampler (ppo.old_logps)
-                old_logps, entropy = ro.logps, ro.entropy
-            else:
-                old_logps, entropy = rollout_logps(inner.policy, ro, temperature, bs, with_entropy=True,
-                                                   engine=scoring, packed=cfg.ppo.packed)
-            values = inner.rollout_values(ro, bs)
-        # (the reference is gathered for its own pass: the policy itself with LoRA, else its copy)
-        with trainer.accelerator.autocast(), trainer.gathered(*ref_modules):
-            with visiting(ref_modules, device, home):
-                ref_logps = rollout_logps(reference, ro, temperature, bs, engine=scoring,
-                                          packed=cfg.ppo.packed)
-        return {"old_logps": old_logps, "entropy": entropy, "ref_logps": ref_logps, "values": values}
+            return engine.sample(tokenizer, [e["prompt"] for e in exs], [e["prompt_input_ids"] for e in exs],
+                                 cfg.sampling, with_logps=how["keep_engine_logps"])
 
-    def loss_fn(m: nn.Module, mb: dict[str, torch.Tensor], denom: torch.Tensor):
-        logits, values = m(mb["input_ids"], mb["attention_mask"], mb["position_ids"])
-        logps = shifted_token_logps(logits, mb["input_ids"], temperature)  # (b, T)
-        mask = mb["mask"]
-        agg: dict[str, Any] = {"aggregation": aggregation, "denominator": denom, "max_len": cfg.sampling.max_new_tokens}
-        loss, pm = ppo_clip_loss(logps, mb["old_logps"], mb["advantages"], mask, cfg.ppo.clip,
-                                 cfg.ppo.clip_high, **agg, is_weights=mb.get("is_weights"))
-        ntok = mask.sum().double()
-        out = {"pg_loss": loss.detach(), "ntok": ntok, "w_clip_fraction": pm["clip_fraction"] * ntok,
-               "w_approx_kl": pm["approx_kl"] * ntok}
-        if placement == "loss" and kl_ctl.value > 0:
-            kl_term, _ = kl_loss(logps, mb["ref_logps"], mask, kl_ctl.value, estimator, **agg)
-            loss = loss + kl_term
-        if cfg.ppo.entropy_coef > 0:
-            ent = torch.zeros_like(logps)
-            ent[:, 1:] = entropy_from_logits(logits[:, :-1], temperature)
-            bonus, _ = entropy_bonus(ent, mask, cfg.ppo.entropy_coef, **agg)
-            loss = loss + bonus
-        if values is not None:
-            vl, vm = value_loss(values, mb["old_values"], mb["returns"], mask, cfg.ppo.vf_clip, **agg)
-            loss = loss + cfg.ppo.vf_coef * vl
-            out.update(value_loss=vl.detach(), w_value_clip_fraction=vm["clip_fraction"] * ntok)
-        return loss, out
+    if not cfg.ppo.dynamic_sampling:
+        return sample(examples), examples, None
 
-    def units_fn(mb: dict[str, torch.Tensor]) -> torch.Tensor:
-        return count_units(mb["mask"], aggregation)
+    def score(r: Rollout, exs: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        with visiting(env.modules(), trainer.device, home):
+            raw = env.score(r.prompts, r.completions, row_columns([e["columns"] for e in exs],
+                                                                  repeat=cfg.sampling.num_samples))
+        raw = raw.to(trainer.device).float()
+        return raw, _shaped(cfg, raw, r)
 
-    # Step 5. The loop: one rollout and its updates per step.
-    last: dict[str, Any] = {}
-    for step, micro in trainer.steps(prompts, lambda xs: {"examples": xs}):
-        examples = [e for mb in micro for e in mb["examples"]]
-        t0 = time.perf_counter()
+    dyn = dynamic_rollout(examples, pool, sample, score, tokenizer.pad_token_id, cfg.sampling.num_samples,
+                          cfg.ppo.dynamic_sampling_retries, seed=cfg.train.seed * 1_000_003 + step)
+    return dyn.rollout, dyn.examples, dyn
 
-        # 5.1 rollout: K completions per prompt, consecutive (the group layout of rlhf.advantages).
-        # (trainer.gathered: under FSDP the policy is gathered once for generation, whose
-        # number of forward passes differs between processes; a no-op otherwise.)
+
+def _shaped(cfg: PPOConfig, raw: torch.Tensor, ro: Rollout) -> torch.Tensor:
+    """The score the advantage sees: the EOS trick and DAPO's overlong penalty applied."""
+    return shaped_scores(raw, ro.ended, ro.lengths, missing_eos_penalty=cfg.ppo.missing_eos_penalty,
+                         overlong_cache=cfg.ppo.overlong_cache, overlong_coef=cfg.ppo.overlong_coef,
+                         max_len=cfg.sampling.max_new_tokens)
+
+
+def _score(cfg: PPOConfig, trainer: Trainer, engine: RolloutEngine, tokenizer: Any, examples: list[dict],
+           ro: Rollout, env: SingleTurn, tracked: dict[str, SingleTurn], home: torch.device,
+           raw: torch.Tensor | None = None) -> dict[str, Any]:
+    """Step 5.2: the environment's scores (raw, unless given: dynamic sampling scored them
+    already; and shaped: the EOS trick, the overlong penalty), the tracked rewards and, for
+    ReMax, the scores of greedy completions. The prompts' other row columns go along, K times
+    each like the prompts (rlhf.rewards)."""
+    device, K = trainer.device, cfg.sampling.num_samples
+    columns = row_columns([e["columns"] for e in examples], repeat=K)
+    if raw is None:
+        with visiting(env.modules(), device, home):
+            raw = env.score(ro.prompts, ro.completions, columns).to(device).float()  # (B,)
+    scores = _shaped(cfg, raw, ro)
+    track = {}
+    for k, src in tracked.items():
+        with visiting(src.modules(), device, home):
+            track[f"track/{k}"] = src.score(ro.prompts, ro.completions, columns).float()
+    greedy = None
+    if ESTIMATOR_SPECS[cfg.advantage].greedy_baseline:  # ReMax: the score of the greedy completion
         with trainer.accelerator.autocast(), trainer.gathered():
-            ro = engine.sample(tokenizer, [e["prompt"] for e in examples],
-                               [e["prompt_input_ids"] for e in examples], cfg.sampling, with_logps=keep_engine_logps)
-        t_gen = time.perf_counter()
+            g = engine.sample(tokenizer, [e["prompt"] for e in examples], [e["prompt_input_ids"] for e in examples],
+                              cfg.sampling, greedy=True, num_samples=1)
+        with visiting(env.modules(), device, home):
+            greedy = env.score(g.prompts, g.completions, row_columns([e["columns"] for e in examples]))
+            greedy = _shaped(cfg, greedy.to(device).float(), g)
+    return {"raw": raw, "scores": scores, "track": track, "greedy": greedy}
 
-        # 5.2 scores (the environment's reward at the end of the episode) and the EOS trick. The
-        # prompts' other row columns go along, K times each like the prompts (rlhf.rewards).
-        columns = row_columns([e["columns"] for e in examples], repeat=K)
-        with visiting(reward.modules(), device, home):
-            raw_scores = call_reward(reward, ro.prompts, ro.completions, **columns).to(device).float()  # (B,)
-        scores = raw_scores.clone()
-        if cfg.ppo.missing_eos_penalty is not None:
-            scores = torch.where(ro.ended, scores, scores - cfg.ppo.missing_eos_penalty)
-        track_scores = {}
-        for k, src in tracked.items():
-            with visiting(src.modules(), device, home):
-                track_scores[f"track/{k}"] = call_reward(src, ro.prompts, ro.completions, **columns).float()
-        greedy_scores = None
-        if cfg.advantage == "remax":  # the baseline: the score of the greedy completion
-            with trainer.accelerator.autocast(), trainer.gathered():
-                greedy = engine.sample(tokenizer, [e["prompt"] for e in examples],
-                                       [e["prompt_input_ids"] for e in examples], cfg.sampling, greedy=True,
-                                       num_samples=1)
-            with visiting(reward.modules(), device, home):
-                greedy_scores = call_reward(reward, greedy.prompts, greedy.completions,
-                                            **row_columns([e["columns"] for e in examples])).to(device).float()
-            if cfg.ppo.missing_eos_penalty is not None:
-                greedy_scores = torch.where(greedy.ended, greedy_scores, greedy_scores - cfg.ppo.missing_eos_penalty)
-        t_score = time.perf_counter()
 
-        # 5.3 log-probs of the sampled tokens under π and π_ref; values.
-        ev = evaluate_batch(ro)
-        mask = ro.completion_mask.float()  # (B, T)
-        engine_metrics: dict[str, float] = {}
-        is_weights = None
-        if ro.logps is not None and not sampler_logps:  # the engine's and the trainer's log-probs
-            w, tm = truncated_importance_weights(ev["old_logps"], ro.logps, mask, cfg.ppo.tis_cap,
-                                                 "sequence" if tis == "sequence" else "token", cfg.ppo.tis_mode)
-            is_weights = w if tis != "off" else None
-            engine_metrics = {"engine/mismatch_kl": float(tm["mismatch_kl"]),
-                              "engine/mismatch_k1": float(tm["mismatch_k1"])}
-            if is_weights is not None:
-                engine_metrics.update({"engine/capped_fraction": float(tm["capped_fraction"]),
-                                       "engine/is_weight": float(tm["weight"])})
+def _teacher_rewards(teacher: Teacher | None, trainer: Trainer, ro: Rollout, ev: dict[str, Any], mask: torch.Tensor,
+                     cfg: PPOConfig, how: dict[str, Any], home: torch.device) -> torch.Tensor | None:
+    """On-policy distillation (``teacher``): the teacher's log-probs of the student's own
+    actions, at the sampling temperature, make the per-token reward (rlhf/envs/teacher.py)."""
+    if teacher is None:
+        return None
+    with trainer.accelerator.autocast(), trainer.gathered(*teacher.modules()), \
+            visiting(teacher.modules(), trainer.device, home):
+        teacher_logps = teacher.logps(ro, cfg.sampling.temperature, cfg.train.eval_batch_size, how["scoring"],
+                                      cfg.ppo.packed)
+    return teacher.token_rewards(ev["old_logps"], teacher_logps, mask)
 
-        # 5.4 per-token KL and rewards.
-        beta = kl_ctl.value
-        kl_tok = kl_estimate(ev["old_logps"], ev["ref_logps"], estimator, mask)  # (B, T)
-        seq_kl = masked_sum(kl_k1(ev["old_logps"], ev["ref_logps"], mask), mask, dim=-1)  # (B,) log π/π_ref
-        in_reward = placement == "reward" and beta > 0
-        rewards = token_rewards(scores, kl_tok if in_reward else torch.zeros_like(kl_tok), mask, beta)
-        if cfg.ppo.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=global_sum)
-        # Per-completion estimators see the score minus the completion's total KL penalty.
-        seq_scores = scores - beta * masked_sum(kl_tok, mask, dim=-1) if in_reward else scores
 
-        # 5.5 advantages (and returns for the critic, taken before whitening).
-        advantages, returns = compute_advantages(
-            cfg.advantage, rewards=rewards, values=ev["values"], mask=mask, scores=seq_scores,
-            greedy_scores=greedy_scores, group_size=K, gamma=cfg.ppo.gamma, lam=cfg.ppo.lam, reduce=global_sum)
-        if cfg.advantage == "gae" and cfg.ppo.whiten_advantages:
-            advantages = masked_whiten(advantages, mask, reduce=global_sum)
-        loss_mask = mask
-        if cfg.ppo.drop_uninformative_groups:
-            keep = informative_groups(scores, K).repeat_interleave(K).float()  # (B,)
-            loss_mask = mask * keep[:, None]
+def _importance_weights(cfg: PPOConfig, ro: Rollout, ev: dict[str, Any], mask: torch.Tensor,
+                        how: dict[str, Any]) -> tuple[torch.Tensor | None, dict[str, float]]:
+    """Truncated importance weights π_old / π_engine (ppo.tis) and the mismatch metrics, when the
+    engine's log-probs were kept and π_old came from the trainer's forward."""
+    if ro.logps is None or how["sampler_logps"]:
+        return None, {}
+    tis = how["tis"]
+    w, tm = truncated_importance_weights(ev["old_logps"], ro.logps, mask, cfg.ppo.tis_cap,
+                                         "sequence" if tis == "sequence" else "token", cfg.ppo.tis_mode)
+    is_weights = w if tis != "off" else None
+    metrics = {"engine/mismatch_kl": float(tm["mismatch_kl"]), "engine/mismatch_k1": float(tm["mismatch_k1"])}
+    if is_weights is not None:
+        metrics.update({"engine/capped_fraction": float(tm["capped_fraction"]),
+                        "engine/is_weight": float(tm["weight"])})
+    return is_weights, metrics
 
-        # 5.6 the update: epochs x minibatches optimizer steps.
-        batch = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask,
-                 "position_ids": ro.position_ids, "mask": loss_mask, "old_logps": ev["old_logps"],
-                 "ref_logps": ev["ref_logps"], "advantages": advantages}
-        if ev["values"] is not None:
-            batch.update(old_values=ev["values"], returns=returns)
-        if is_weights is not None:
-            batch["is_weights"] = is_weights
-        upd = _update(trainer, batch, loss_fn, units_fn, cfg)
-        # The engine samples the next step from the updated policy (checked, or an error).
-        engine_metrics.update({f"engine/{k}": v for k, v in engine.sync(inner.policy).items()})
-        t_update = time.perf_counter()
 
-        # 5.7 β for the next step.
-        n_completions = float(trainer.reduce_sum(torch.tensor(float(len(ro)))))
-        mean_kl = float(trainer.reduce_sum(seq_kl.sum())) / n_completions
-        kl_ctl.update(mean_kl, int(n_completions))
+def _batch(ro: Rollout, ev: dict[str, Any], adv: dict[str, Any], is_weights: torch.Tensor | None
+           ) -> dict[str, torch.Tensor]:
+    """The update's batch: the rollout's tokens, the loss mask and the per-token targets."""
+    batch = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask,
+             "position_ids": ro.position_ids, "mask": adv["loss_mask"], "old_logps": ev["old_logps"],
+             "ref_logps": ev["ref_logps"], "advantages": adv["advantages"]}
+    if ev["values"] is not None:
+        batch.update(old_values=ev["values"], returns=adv["returns"])
+    if is_weights is not None:
+        batch["is_weights"] = is_weights
+    return batch
 
-        # Metrics (over all processes).
-        def mean(x: torch.Tensor, n: float = n_completions) -> float:
-            return float(trainer.reduce_sum(x.float().sum())) / n
 
-        metrics = {
-            "score": mean(raw_scores), "score_std": float(raw_scores.std()) if len(ro) > 1 else 0.0,
-            "kl": mean_kl, "beta": beta,
-            "entropy": float(masked_mean(ev["entropy"], mask)),
-            "response_length": mean(ro.lengths), "eos_fraction": mean(ro.ended),
-            **upd, **engine_metrics,
-            "time_generate_s": round(t_gen - t0, 3), "time_score_s": round(t_score - t_gen, 3),
-            "time_update_s": round(t_update - t_score, 3),
-            "episodes_per_s": round(n_completions / max(t_update - t0, 1e-9), 3),
-        }
-        norm = (getattr(reward, "mean", None), getattr(reward, "std", None))
-        if norm[0] is not None and norm[1]:
-            metrics["score_normalized"] = (metrics["score"] - norm[0]) / norm[1]
-        if ev["values"] is not None:
-            assert returns is not None  # the critic's estimator returns them
-            metrics["explained_variance"] = _explained_variance(ev["values"], returns, mask)
-        if greedy_scores is not None:
-            metrics["greedy_score"] = mean(greedy_scores) * len(ro) / len(greedy_scores)
-        for k, v in track_scores.items():
-            metrics[k] = mean(v.to(device))
-        history.append({"step": step, "score": metrics["score"], "kl": mean_kl,
-                        **{k: metrics[k] for k in track_scores}})
-        trainer.log(step, metrics)
-        if trainer.is_main and (step % cfg.sample_every == 0 or step == 1) and cfg.num_log_samples:
-            _log_samples(trainer, step, ro, raw_scores, track_scores, cfg.num_log_samples)
-        last = metrics
-        trainer.maybe_checkpoint(step, tokenizer, extra_state={"kl_controller": kl_ctl.state_dict(),
-                                                               "history": history})
+def _metrics(trainer: Trainer, ro: Rollout, sc: dict[str, Any], ev: dict[str, Any], adv: dict[str, Any],
+             mask: torch.Tensor, upd: dict[str, float], engine_metrics: dict[str, float], times: list[float],
+             n_completions: float, mean_kl: float, beta: float, env: SingleTurn) -> dict[str, Any]:
+    """One step's metrics, means over every process's completions."""
+    device, raw = trainer.device, sc["raw"]
 
-    engine.close()
+    def mean(x: torch.Tensor, n: float = n_completions) -> float:
+        return float(trainer.reduce_sum(x.float().sum())) / n
 
-    # Step 6. The policy goes to final/; the summary compares the first and last steps.
+    t0, t_gen, t_score, t_update = times
+    metrics = {
+        "score": mean(raw), "score_std": float(raw.std()) if len(ro) > 1 else 0.0,
+        "kl": mean_kl, "beta": beta,
+        "entropy": float(masked_mean(ev["entropy"], mask)),
+        "response_length": mean(ro.lengths), "eos_fraction": mean(ro.ended),
+        **upd, **engine_metrics,
+        "time_generate_s": round(t_gen - t0, 3), "time_score_s": round(t_score - t_gen, 3),
+        "time_update_s": round(t_update - t_score, 3),
+        "episodes_per_s": round(n_completions / max(t_update - t0, 1e-9), 3),
+    }
+    if env.mean is not None and env.std:
+        metrics["score_normalized"] = (metrics["score"] - env.mean) / env.std
+    if ev["values"] is not None:
+        assert adv["returns"] is not None  # the critic's estimator returns them
+        metrics["explained_variance"] = explained_variance(ev["values"], adv["returns"], mask)
+    if sc["greedy"] is not None:
+        metrics["greedy_score"] = mean(sc["greedy"]) * len(ro) / len(sc["greedy"])
+    for k, v in sc["track"].items():
+        metrics[k] = mean(v.to(device))
+    return metrics
+
+
+def _summary(cfg: PPOConfig, n_prompts: int, placement: str, estimator: str, history: list[dict[str, float]],
+             beta: float, last: dict[str, Any]) -> dict[str, Any]:
     tail = history[-max(1, len(history) // 10):]
-    summary = {
-        "prompts": len(prompts), "advantage": cfg.advantage, "kl_placement": placement,
-        "kl_estimator": estimator, "samples_per_prompt": K,
+    return {
+        "prompts": n_prompts, "advantage": cfg.advantage, "kl_placement": placement,
+        "kl_estimator": estimator, "samples_per_prompt": cfg.sampling.num_samples,
         "initial_score": history[0]["score"] if history else None,
         "final_score": sum(h["score"] for h in tail) / len(tail) if tail else None,
         "final_kl": sum(h["kl"] for h in tail) / len(tail) if tail else None,
         **{f"final_{k}": sum(h[k] for h in tail) / len(tail) for k in (tail[0] if tail else {})
            if k.startswith("track/")},
-        "final_beta": kl_ctl.value,
+        "final_beta": beta,
         "last_step": {k: v for k, v in last.items() if isinstance(v, (int, float))},
     }
-    return trainer.finish(tokenizer, summary)
-
-
-def _update(trainer: Trainer, batch: dict[str, torch.Tensor], loss_fn, units_fn, cfg: PPOConfig) -> dict[str, float]:
-    """``ppo.epochs`` passes over the rollout batch, ``ppo.num_minibatches`` optimizer steps each;
-    a minibatch is split into ``train.grad_accum`` micro-batches with the exact global denominator.
-    Returns the metrics averaged over the updates that ran."""
-    B = batch["input_ids"].shape[0]
-    mb_size = B // cfg.ppo.num_minibatches
-    micro_size = mb_size // cfg.train.grad_accum
-    totals: dict[str, float] = {}
-    n_updates, planned = 0, cfg.ppo.epochs * cfg.ppo.num_minibatches
-    stop = False
-    for _epoch in range(cfg.ppo.epochs):
-        order = torch.randperm(B, device=batch["input_ids"].device)
-        for k in range(cfg.ppo.num_minibatches):
-            rows = order[k * mb_size:(k + 1) * mb_size]
-            micro = [_slice(batch, rows[j:j + micro_size]) for j in range(0, mb_size, micro_size)]
-            m = trainer.accumulate(micro, units_fn, loss_fn)
-            m.update(trainer.optimizer_step())
-            ntok = max(m.pop("ntok"), 1.0)
-            for key in [k_ for k_ in m if k_.startswith("w_")]:
-                m[key[2:]] = m.pop(key) / ntok
-            m.pop("units", None)
-            for key, v in m.items():
-                totals[key] = totals.get(key, 0.0) + v
-            n_updates += 1
-            if cfg.ppo.target_kl is not None and m["approx_kl"] > cfg.ppo.target_kl:
-                stop = True
-                break
-        if stop:
-            break
-    for _ in range(planned - n_updates):  # keep the LR schedule aligned with the planned updates
-        trainer.scheduler.step()
-    out = {k: v / n_updates for k, v in totals.items()}
-    out["updates"] = n_updates
-    return out
-
-
-def _slice(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Rows of the rollout batch, with the columns no selected row uses cut away."""
-    used = batch["attention_mask"][rows].bool().any(0).nonzero().flatten()
-    cols = slice(int(used[0]), int(used[-1]) + 1)
-    return {k: v[rows][:, cols] if v.dim() == 2 else v[rows] for k, v in batch.items()}
 
 
 def _log_samples(trainer: Trainer, step: int, ro: Rollout, scores: torch.Tensor,

@@ -43,7 +43,7 @@ from rlhf.data.config import DataConfig
 from rlhf.data.errors import MISSING, DataError, SkipReport
 from rlhf.data.load import load_records, load_train_eval
 from rlhf.data.records import PreferenceRecord
-from rlhf.data.tokenize import encode_records, rendering_summary
+from rlhf.data.tokenize import encode_records, encode_records_aligned, rendering_summary
 from rlhf.losses.reward import (
     bradley_terry_loss,
     expected_calibration_error,
@@ -60,6 +60,7 @@ from rlhf.models.load import (
     score_last_token,
 )
 from rlhf.models.packing import use_packed
+from rlhf.rewards import REWARD_STATS_FILE  # the file ModelReward reads
 from rlhf.train.config import TrainConfig
 from rlhf.train.trainer import Trainer
 
@@ -67,7 +68,6 @@ __all__ = ["RMConfig", "RewardLossConfig", "RewardStatsConfig", "train", "build_
            "GroupCollator", "score_sequences", "evaluate_pairs", "reward_statistics",
            "ENCODING_FIELDS", "REWARD_STATS_FILE"]
 
-REWARD_STATS_FILE = "reward_stats.json"
 # The DataConfig fields that decide how (prompt, completion) becomes token ids; stored with the
 # model so that scoring later reproduces training's encoding.
 ENCODING_FIELDS = ("max_length", "max_prompt_length", "prompt_truncation", "completion_truncation",
@@ -202,15 +202,14 @@ def build_groups(records: list[PreferenceRecord], tokenizer: Any, data_cfg: Data
     A pairwise row is a group of one pair; a ranked row of K responses is one group of its
     K(K-1)/2 pairs (ties already skipped by the data layer). With ``per_prompt=False`` every
     pair is its own group. Pairs that cannot be tokenised are skipped as ``encode_records``
-    does (one record at a time, so each encoding stays linked to its row).
+    does (:func:`encode_records_aligned`: each encoding stays linked to its row).
     """
     groups: dict[Any, list[dict]] = {}
-    for i, rec in enumerate(records):
-        enc = encode_records([rec], tokenizer, data_cfg, report)
-        if not enc:
+    for i, (rec, enc) in enumerate(zip(records, encode_records_aligned(records, tokenizer, data_cfg, report))):
+        if enc is None:
             continue
         key = (rec.origin if rec.origin is not None else ("", i)) if per_prompt else i
-        groups.setdefault(key, []).append(enc[0])
+        groups.setdefault(key, []).append(enc)
     return list(groups.values())
 
 

@@ -12,7 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "read_prompts", "generate"]
+__all__ = ["main", "read_prompts"]
+
+
+def __getattr__(name: str) -> Any:
+    """``generate`` moved to rlhf.rollout.rows; importable from here still (lazily: ``rlhf
+    generate --help`` imports no torch)."""
+    if name == "generate":
+        from rlhf.rollout.rows import generate
+        return generate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -20,11 +29,22 @@ def read_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"rlhf generate: --prompts {path}: no such file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise SystemExit(f"rlhf generate: {path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); convert "
+                         f"the file to UTF-8") from None
     if path.suffix == ".txt":
-        return [line for line in path.read_text().splitlines() if line.strip()]
+        return [line for line in text.splitlines() if line.strip()]
     out = []
-    rows = (json.loads(path.read_text()) if path.suffix == ".json"
-            else [line for line in path.read_text().splitlines() if line.strip()])
+    try:
+        rows = json.loads(text) if path.suffix == ".json" else [line for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"rlhf generate: {path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(rows, list):
+        raise SystemExit(f"rlhf generate: {path}: expected a list of objects with a 'prompt' field")
     for i, row in enumerate(rows, 1):
         try:
             rec = row if isinstance(row, dict) else json.loads(row)
@@ -33,51 +53,6 @@ def read_prompts(path: str | Path) -> list[str]:
         if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), (str, list)):
             raise SystemExit(f"rlhf generate: {path}:{i}: prompt: expected a string or a message list")
         out.append(rec["prompt"])
-    return out
-
-
-def generate(model, tokenizer, prompts: list, *, data_cfg=None, max_new_tokens: int = 64,
-             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, num_samples: int = 1,
-             batch_size: int = 8, seed: int = 0, engine: str = "auto", vllm: Any = None) -> list[dict]:
-    """Sample ``num_samples`` completions per prompt (temperature 0 = greedy). Returns one dict
-    per (prompt, sample), samples of one prompt consecutive: prompt, completion, ended_with_eos,
-    num_tokens (EOS not counted), prompt_ids, completion_ids (the exact sampled ids, EOS
-    included when it ended). ``batch_size`` counts prompts per batch. ``engine`` / ``vllm``: the
-    rollout engine (rlhf.rollout.SamplingConfig.engine; ``vllm`` samples through rlhf.engines).
-
-    Sampling is :func:`rlhf.rollout.sample`, the project's one sampler (the one PPO uses), with
-    its own seeded generator: the global torch RNG is left alone.
-    """
-    import torch
-
-    from rlhf.data.config import DataConfig
-    from rlhf.data.records import PromptRecord
-    from rlhf.data.tokenize import encode_prompt
-    from rlhf.engines.config import VLLMConfig
-    from rlhf.rollout import SamplingConfig, eos_ids, sample
-
-    data_cfg = data_cfg or DataConfig()
-    encoded = [encode_prompt(PromptRecord(prompt=p), tokenizer, data_cfg)["prompt_input_ids"] for p in prompts]
-    greedy = temperature <= 0
-    cfg = SamplingConfig(num_samples=num_samples, max_new_tokens=max_new_tokens,
-                         temperature=1.0 if greedy else temperature, top_p=top_p, top_k=top_k,
-                         batch_size=batch_size * num_samples, engine=engine,  # type: ignore[arg-type]  # a str from the caller
-                         vllm=vllm or VLLMConfig())
-    stops = set(eos_ids(tokenizer, model))
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    for start in range(0, len(encoded), batch_size):
-        part, ids = prompts[start:start + batch_size], encoded[start:start + batch_size]
-        ro = sample(model, tokenizer, part, ids, cfg, greedy=greedy, num_samples=num_samples,
-                    generator=generator)
-        P = ro.prompt_width
-        for i in range(len(ro)):
-            completion_ids = ro.input_ids[i, P:][ro.completion_mask[i, P:].bool()].tolist()
-            ended = bool(ro.ended[i])
-            eos_at_end = ended and bool(completion_ids) and completion_ids[-1] in stops
-            out.append({"prompt": ro.prompts[i], "completion": ro.completions[i], "ended_with_eos": ended,
-                        "num_tokens": len(completion_ids) - int(eos_at_end),
-                        "prompt_ids": ids[i // num_samples], "completion_ids": completion_ids})
     return out
 
 
@@ -135,6 +110,7 @@ def main(argv: list[str]) -> int:
     from rlhf.data.records import readable
     from rlhf.models.config import ModelConfig
     from rlhf.models.load import load_causal_lm, load_tokenizer
+    from rlhf.rollout.rows import generate
 
     mcfg = ModelConfig(name_or_path=a.model, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
     tok = load_tokenizer(mcfg)

@@ -1,6 +1,6 @@
 """What keeps garbage out of a run folder: non-finite numbers, silently changed resumes, paths.
 
-* :class:`NonFiniteError` and :func:`check_finite`: a tensor (weights before they are published,
+* :class:`NonFiniteError` and :func:`check_finite` (rlhf/train/finite.py): a tensor (weights before they are published,
   rewards as a source returns them) holding NaN or inf is an error that names the tensor and
   the first bad position, never something written to disk.
 * :data:`SAFE_TO_CHANGE`, :func:`config_changes` and :func:`check_resume_config`: the resume
@@ -19,42 +19,13 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
+from rlhf.train.finite import NonFiniteError, check_finite, check_finite_tensors
 
 __all__ = ["NonFiniteError", "check_finite", "check_finite_tensors", "SAFE_TO_CHANGE", "config_changes",
            "check_resume_config", "override_requested", "check_path_component", "OVERRIDES_FILE"]
-
-
-class NonFiniteError(RuntimeError):
-    """A loss, gradient norm, reward or weight is NaN or infinite; nothing was published."""
-
-
-def check_finite(t: torch.Tensor, what: str) -> None:
-    """Raise :class:`NonFiniteError` naming ``what``, the first bad position and its value."""
-    if t.is_floating_point() or t.is_complex():
-        t = t.detach()
-        # Fast path: a NaN or inf anywhere makes the sum non-finite; a finite sum proves all
-        # are finite (one read of the tensor, no mask). An overflowing sum of finite values
-        # falls through to the exact element check.
-        acc = torch.float64 if t.dtype == torch.float64 else torch.float32
-        if t.numel() == 0 or bool(torch.isfinite(t.sum(dtype=acc if not t.is_complex() else None))):
-            return
-        bad = ~torch.isfinite(t)
-        if bool(bad.any()):
-            idx = tuple(int(i) for i in bad.nonzero()[0])
-            pos = idx[0] if len(idx) == 1 else idx
-            raise NonFiniteError(f"{what}: {int(bad.sum())} of {t.numel()} values are not finite "
-                                 f"(first at index {pos}: {float(t[idx].float())})")
-
-
-def check_finite_tensors(tensors: Iterable[tuple[str, torch.Tensor]], where: str) -> None:
-    """Every named tensor finite, else :class:`NonFiniteError` naming the first bad one."""
-    for name, t in tensors:
-        check_finite(t, f"{where}: tensor {name}")
 
 
 # --------------------------------------------------------------------------- resume fingerprint

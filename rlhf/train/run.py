@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["RunDirError", "prepare_output_dir", "list_checkpoints", "latest_checkpoint",
-           "MetricsWriter", "write_json_atomic", "write_jsonl_atomic", "atomic_dir", "is_finished",
+           "as_os_error", "save_safetensors", "file_mode", "normalize_modes", "MetricsWriter",
+           "write_json_atomic", "write_jsonl_atomic",
+           "atomic_dir", "is_finished",
            "publish_model", "remove_debris", "fsync_tree", "append_jsonl_durable"]
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -157,6 +159,60 @@ def _fsync_parent(path: Path) -> None:
             raise
 
 
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def as_os_error(e: BaseException, path: str | Path) -> OSError | None:
+    """An I/O failure reported by safetensors' Rust writer (``SafetensorError: Error while
+    serializing: I/O error: No space left on device (os error 28)``, not an OSError) as the
+    OSError it is, naming ``path``; None for any other error. The CLI prints an OSError as one
+    line with its errno (ENOSPC, EFBIG, EDQUOT, EACCES...)."""
+    if isinstance(e, OSError):
+        return _name_path(e, Path(path))
+    m = _OS_ERROR.search(str(e)) if type(e).__name__ == "SafetensorError" else None
+    if m is None:
+        return None
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code), str(path))
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (0o644 with the usual 022;
+    0o600 with 077). Every file a run writes gets it: safetensors' writer alone would create its
+    files 0600 while config and tokenizer files are 0644."""
+    try:
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+def normalize_modes(folder: str | Path) -> None:
+    """Give every ``*.safetensors`` file under ``folder`` :func:`file_mode` (see there)."""
+    mode = file_mode()
+    for f in Path(folder).rglob("*.safetensors"):
+        if f.is_file() and not f.is_symlink() and (f.stat().st_mode & 0o777) != mode:
+            os.chmod(f, mode)
+
+
+def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file`` whose I/O failures (a full disk, a file-size limit) are
+    raised as OSErrors naming the file (:func:`as_os_error`), and whose file gets the mode of
+    every other output file (:func:`file_mode`)."""
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except Exception as e:
+        err = as_os_error(e, path)
+        if err is None:
+            raise
+        raise err from None
+    os.chmod(path, file_mode())
+
+
 def _name_path(e: OSError, path: Path) -> OSError:
     """OSErrors from write()/fsync() carry no file name: attach the one being written."""
     if e.filename is None:
@@ -276,7 +332,7 @@ def check_folder_weights(folder: str | Path) -> None:
     finite, read one tensor at a time; else NonFiniteError naming the file and tensor."""
     from safetensors import safe_open
 
-    from rlhf.train.guards import check_finite
+    from rlhf.train.finite import check_finite
 
     d = Path(folder)
     for f in sorted(d.glob("*.safetensors")) + sorted(d.glob("adapter/*.safetensors")):

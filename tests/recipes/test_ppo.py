@@ -198,6 +198,11 @@ def test_shared_critic_trains_checkpoints_and_resumes(setup, tmp_path, crash_run
     (["reward="], "reward"),
     (["ppo.num_minibatches=3"], "ppo.num_minibatches"),
     (["ppo.drop_uninformative_groups=true", "sampling.num_samples=1"], "ppo.drop_uninformative_groups"),
+    (["advantage=nope"], "advantage"),  # names come from the registries
+    (["ppo.loss=nope"], "ppo.loss"),
+    (["kl.controller=nope"], "kl.controller"),
+    (["kl.controller=adaptive"], "kl.controller"),  # needs kl.target
+    (["kl.controller=fixed", "kl.target=1.0"], "kl.target"),  # the target would be ignored
 ])
 def test_config_errors_name_the_field(setup, overrides, field):
     with pytest.raises(ConfigError) as e:
@@ -273,3 +278,20 @@ def test_reward_sources_list_the_models_they_run(tmp_path):
     assert fn.modules() == []
     assert WeightedSum([r1, fn, r2]).modules() == [r1.model, r2.model]
     assert SafetyGated(r1, r2, threshold=0.15).modules() == [r1.model, r2.model]
+
+
+@pytest.mark.parametrize("overrides,name,beta", [
+    ([], "FixedKLController", 0.05),
+    (["kl.target=1.0"], "AdaptiveKLController", 0.05),  # auto: adaptive when a target is set
+    (["kl.controller=adaptive", "kl.target=2.0", "kl.beta=0.1"], "AdaptiveKLController", 0.1),
+    (["kl.controller=fixed", "kl.beta=0.3"], "FixedKLController", 0.3),
+])
+def test_kl_controller_and_policy_loss_by_name(setup, overrides, name, beta):
+    """kl.controller picks from rlhf.kl.KL_CONTROLLERS, ppo.loss from rlhf.losses.policy.POLICY_LOSSES."""
+    from rlhf.losses.policy import POLICY_LOSSES
+    from rlhf.ppo_update import kl_controller
+
+    cfg = setup("ok", "kl.beta=0.05", *overrides)
+    ctl = kl_controller(cfg.kl)
+    assert type(ctl).__name__ == name and ctl.value == beta
+    assert cfg.ppo.loss == "ppo_clip" and "ppo_clip" in POLICY_LOSSES
