@@ -101,6 +101,17 @@ def collect(runs: Path, seeds: list[int], steps: int, out: Path) -> dict:
         "seeds_asked": seeds, "seeds_done": done, "partial": len(done) < len(seeds) or base is None,
         "cpu": f"{os.cpu_count()} cores shared with other jobs; nice 19, OMP_NUM_THREADS=1",
     }
+    progress = {}
+    for s in seeds:  # the training curve so far (a partial result says how far it got)
+        path = runs / f"seed{s}" / "metrics.jsonl"
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+        rows = [r for r in rows if "score" in r]
+        if rows:
+            progress[str(s)] = {"last_step": rows[-1]["step"],
+                                "train_reward_by_step": [round(r["score"], 4) for r in rows],
+                                "kl_by_step": [round(r.get("kl", float("nan")), 4) for r in rows],
+                                "elapsed_s": rows[-1].get("elapsed_s")}
+    result["training_progress"] = progress
     if base is None:
         return result
     result["base_accuracy"] = sum(base) / len(base)

@@ -48,6 +48,10 @@ def grpo_lines(r: dict | None) -> list[str]:
     elif r.get("partial"):
         lines.append(f"  - Seeds finished: {len(r.get('seeds_done', []))} of {len(r.get('seeds_asked', []))}; "
                      f"no after-training number yet.")
+    for s, p in (r.get("training_progress") or {}).items():
+        if s not in (r.get("per_seed") or {}):
+            lines.append(f"  - Seed {s} in progress: step {p['last_step']} of {r['steps']}; training reward (mean "
+                         f"over its 32 samples) by step {p['train_reward_by_step']}, KL by step {p['kl_by_step']}.")
     return lines
 
 
