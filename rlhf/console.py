@@ -17,7 +17,8 @@ import math
 import os
 from typing import Any
 
-__all__ = ["quiet_third_party", "step_line", "bar_postfix", "KEY_METRICS", "WarningCollector", "warnings_collector"]
+__all__ = ["quiet_third_party", "step_line", "bar_postfix", "KEY_METRICS", "WarningCollector", "warnings_collector",
+           "pass_progress"]
 
 # (metric key, label) in the order shown; a step shows those it has. Chosen so that each stage
 # shows what tells whether it works: the loss; rewards (proxy "reward", hidden "gold") and the KL
@@ -129,3 +130,15 @@ def warnings_collector() -> WarningCollector:
         _COLLECTOR = WarningCollector(echo=not log.hasHandlers())
         log.addHandler(_COLLECTOR)
     return _COLLECTOR
+
+
+def pass_progress(desc: str, total: int, unit: str = "seq", enabled: bool = True) -> Any:
+    """A progress bar with rate and ETA (tqdm) for a long pass outside the training loop: the
+    cached reference pass, evaluation, a reward model scoring many sequences. Call ``update(n)``
+    after each batch and ``close()`` at the end (or use it as a context manager). Disabled (a
+    no-op bar) when ``enabled`` is false or there is nothing to count; cleared when done, so a
+    finished pass leaves no line behind."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled or total <= 0, leave=False,
+                dynamic_ncols=True, mininterval=1.0)

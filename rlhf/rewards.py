@@ -273,11 +273,16 @@ class ModelReward(RewardSource):
         self._check_inputs(prompts, completions)
         seqs = self.encode(prompts, completions)
         collate = PadCollator(self.tokenizer.pad_token_id, self.data_cfg.padding_side)
+        from rlhf.console import pass_progress
+
         out = []
-        for k in range(0, len(seqs), self.batch_size):
-            b = {n: t.to(self.device) for n, t in collate(seqs[k:k + self.batch_size]).items()}
-            out.append(score_last_token(self.model, b["input_ids"], b["attention_mask"],
-                                        b["position_ids"]).float().cpu())
+        # A pass of many batches (scoring a file, best-of-n) shows rate and ETA; a PPO step's few do not.
+        with pass_progress(f"scoring with {self.name}", len(seqs), enabled=len(seqs) > 8 * self.batch_size) as bar:
+            for k in range(0, len(seqs), self.batch_size):
+                b = {n: t.to(self.device) for n, t in collate(seqs[k:k + self.batch_size]).items()}
+                out.append(score_last_token(self.model, b["input_ids"], b["attention_mask"],
+                                            b["position_ids"]).float().cpu())
+                bar.update(len(seqs[k:k + self.batch_size]))
         scores = torch.cat(out) if out else torch.zeros(0)  # (N,)
         _check_finite_rewards(self.name, scores, prompts, completions)
         if self.normalize:
@@ -490,7 +495,7 @@ def _load_reward_source(spec: str | dict | RewardSource, *, device: str | None =
 
         s = str(spec)
         p = Path(os.path.expanduser(s))
-        if p.is_dir():
+        if p.is_dir() or (p.is_file() and p.suffix.lower() == ".gguf"):  # .gguf: rlhf.models.gguf
             return ModelReward(p, device=device)
         if p.is_file() and p.suffix in (".yaml", ".yml", ".json"):
             return _load_reward_source(_read_spec_file(p), device=device)

@@ -114,3 +114,21 @@ def test_quiet_third_party_drops_noise_only(monkeypatch, caplog):
         for log in (tp, tok):
             log.removeHandler(keep)
     assert got == ["something else"], got
+
+
+def test_pass_progress_shows_rate_and_eta_and_can_be_off(capsys, monkeypatch):
+    from rlhf.console import pass_progress
+
+    # A CLI test earlier in this process may have set TQDM_DISABLE (quiet_third_party: stderr is not a
+    # terminal under pytest); tqdm reads it as its default.
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+
+    with pass_progress("dpo: reference log-probs", 4, unit="example") as bar:
+        for _ in range(4):
+            bar.update(1)
+    err = capsys.readouterr().err
+    # tqdm redraws at most once a second: the first draw shows the count, the ETA slot (<) and the rate
+    assert "dpo: reference log-probs" in err and "/4 [" in err and "<" in err and "example/s" in err
+    with pass_progress("x", 4, enabled=False) as bar:
+        bar.update(4)
+    assert capsys.readouterr().err == ""

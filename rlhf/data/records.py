@@ -32,6 +32,7 @@ __all__ = [
     "PromptRecord",
     "Record",
     "is_conversational",
+    "readable",
 ]
 
 Message = dict[str, Any]  # {"role": str, "content": str}
@@ -42,6 +43,15 @@ Origin = tuple[str, int] | None
 def is_conversational(*texts: Any) -> bool:
     """True when any of ``texts`` is a list of chat messages (rather than a plain string)."""
     return any(isinstance(t, list) for t in texts)
+
+
+def readable(text: Any) -> str:
+    """A prompt or completion as text for people (logs, sample tables): a string as is, chat
+    messages one per line as ``role: content`` (not a Python list repr)."""
+    if isinstance(text, list):
+        return "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" if isinstance(m, dict) else str(m)
+                         for m in text)
+    return str(text)
 
 
 def _where(origin: Origin) -> str:

@@ -73,6 +73,7 @@ __all__ = [
     "encode_records",
     "encode_records_aligned",
     "truncate",
+    "rendering_summary",
 ]
 
 log = logging.getLogger("rlhf.data")
@@ -445,3 +446,30 @@ def encode_records_aligned(records: Sequence[Record], tokenizer: Any, cfg: DataC
                 new.truncated[part] = [n - n0, tok - tok0, mx]
         log.warning("%s: %s", records[0].where if records else "<records>", new.truncation_summary())
     return out
+
+
+def rendering_summary(records: list[Any], tokenizer: Any, cfg: DataConfig) -> str:
+    """One line saying how the records reach the model (printed by each stage at start): chat
+    messages or plain text, and which template (or none) renders them."""
+    def is_chat(r: Any) -> bool:
+        texts = [getattr(r, k, None) for k in ("prompt", "completion", "chosen", "rejected")]
+        return is_conversational(*[t for t in texts if t is not None])
+
+    n_chat = sum(1 for r in records if is_chat(r))
+    n_plain = len(records) - n_chat
+    if cfg.chat_template == "none":
+        template = "no chat template"
+    elif cfg.chat_template == "auto" and getattr(tokenizer, "chat_template", None):
+        template = "the tokenizer's chat template"
+    else:
+        template = "the default chat template (rlhf.data.DEFAULT_CHAT_TEMPLATE)"
+    parts = []
+    if n_chat:
+        parts.append(f"{n_chat} chat record(s) in {template}")
+    if n_plain:
+        if cfg.text_as_chat and cfg.chat_template != "none":
+            parts.append(f"{n_plain} plain-text record(s) as a user message in {template} (data.text_as_chat)")
+        else:
+            why = "data.chat_template none" if cfg.chat_template == "none" else "data.text_as_chat false"
+            parts.append(f"{n_plain} plain-text record(s) as raw text ({why})")
+    return "rendering: " + ("; ".join(parts) if parts else "no records")

@@ -42,8 +42,9 @@ class LoraConfig:
 class ModelConfig:
     """Where a model comes from and how it is prepared for training."""
 
-    name_or_path: str = opt("", "local checkpoint folder or Hugging Face Hub id (org/name)")
-    tokenizer: str | None = opt(None, "tokenizer folder or hub id; null = same as name_or_path")
+    name_or_path: str = opt("", "local checkpoint folder, .gguf file (dequantized once into a "
+                                    "cached safetensors folder) or Hugging Face Hub id (org/name)")
+    tokenizer: str | None = opt(None, "tokenizer folder, .gguf file or hub id; null = same as name_or_path")
     revision: str | None = opt(None, "hub branch, tag or commit to pin (ignored for local folders)")
     dtype: Literal["fp32", "bf16"] = opt("fp32", "parameter dtype: fp32 or bf16")
     trust_remote_code: bool = opt(False, "run Python code shipped with the checkpoint (a security "

@@ -143,6 +143,19 @@ def _check_hub(name: str, what: str, timeout: float = 5.0) -> None:
                        f"cache and the Hub ({host}:{port}) cannot be reached ({e.strerror or e}); {fix}") from None
 
 
+def _resolve_gguf(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with a ``.gguf`` name_or_path / tokenizer replaced by its cached safetensors folder
+    (rlhf.models.gguf: converted on first use), so every loader reads an ordinary checkpoint."""
+    from dataclasses import replace
+
+    from rlhf.models.gguf import is_gguf, resolve
+
+    if not (is_gguf(cfg.name_or_path) or is_gguf(cfg.tokenizer)):
+        return cfg
+    return replace(cfg, name_or_path=resolve(cfg.name_or_path),
+                   tokenizer=None if cfg.tokenizer is None else resolve(cfg.tokenizer))
+
+
 class ModelError(ValueError):
     """A local model folder that cannot be loaded (no config, no tokenizer, corrupt or missing
     weights, an unknown model type). Its message is one line naming the folder or file; the CLI
@@ -448,6 +461,7 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     tokenizer with neither pad nor eos is rejected. ``cfg.revision`` applies only when the
     tokenizer comes from ``name_or_path``.
     """
+    cfg = _resolve_gguf(cfg)
     source = cfg.tokenizer_path
     _check_source(source, "model.tokenizer" if cfg.tokenizer else "model.name_or_path", need="tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(
@@ -474,6 +488,7 @@ def load_causal_lm(cfg: ModelConfig, *, for_training: bool = True) -> nn.Module:
     eval mode, every parameter frozen, no checkpointing and no adapters (a LoRA run saves
     merged weights, see :func:`save_model`). Dropout is off in both when ``disable_dropout``.
     """
+    cfg = _resolve_gguf(cfg)
     _check_source(cfg.name_or_path, "model.name_or_path")
     with _attn_errors(cfg):
         model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **_pretrained_kwargs(cfg))
@@ -645,6 +660,7 @@ def load_scalar_model(
     :func:`score_last_token`, which uses the attention mask. Dropout, checkpointing and LoRA
     as in :func:`load_causal_lm`; with LoRA the whole head is trained too.
     """
+    cfg = _resolve_gguf(cfg)
     _check_source(cfg.name_or_path, "model.name_or_path")
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg)
@@ -693,6 +709,7 @@ def position_limit(cfg: ModelConfig) -> int | None:
     range (ALiBi: BLOOM, MPT)."""
     from transformers import AutoConfig
 
+    cfg = _resolve_gguf(cfg)
     _check_source(cfg.name_or_path, "model.name_or_path")
     config = AutoConfig.from_pretrained(cfg.name_or_path, revision=cfg.revision,
                                         trust_remote_code=cfg.trust_remote_code)

@@ -63,7 +63,7 @@ from rlhf.config import ConfigError, opt
 from rlhf.data.collate import PadCollator, PreferenceCollator
 from rlhf.data.config import DataConfig
 from rlhf.data.load import load_train_eval
-from rlhf.data.tokenize import encode_records_aligned
+from rlhf.data.tokenize import encode_records_aligned, rendering_summary
 from rlhf.logprobs import BUCKET
 from rlhf.logprobs import sequence_logps as _sequence_logps
 from rlhf.losses.preference import PREFERENCE_LOSSES, add_nll_term, is_paired, kto_reference_point, needs_reference
@@ -193,14 +193,19 @@ def compute_reference_logps(trainer: Trainer, ref: ReferenceModel, examples: lis
     mode computes for the same example. Computed on the main process (the others read the cache
     file it writes).
     """
+    from rlhf.console import pass_progress
+
     out: dict[str, list[torch.Tensor]] = {k: [] for k in _reference_keys(loss)}
     bs = trainer.cfg.eval_batch_size
-    for k in range(0, len(examples), bs):
-        batch = trainer.to_device(collate(examples[k:k + bs]))
-        with trainer.accelerator.autocast():
-            vals = _reference_batch_logps(ref, batch, loss)
-        for name, v in vals.items():
-            out[name].append(v.float().cpu())
+    with pass_progress(f"{trainer.stage}: reference log-probs", len(examples), unit="example",
+                       enabled=trainer.cfg.progress and len(examples) > bs) as bar:
+        for k in range(0, len(examples), bs):
+            batch = trainer.to_device(collate(examples[k:k + bs]))
+            with trainer.accelerator.autocast():
+                vals = _reference_batch_logps(ref, batch, loss)
+            for name, v in vals.items():
+                out[name].append(v.float().cpu())
+            bar.update(len(examples[k:k + bs]))
     return {k: torch.cat(v) if v else torch.zeros(0) for k, v in out.items()}
 
 
@@ -533,6 +538,7 @@ def train(cfg: DPOConfig) -> dict[str, Any]:
     eval_ex = _encode(eval_records or [], tokenizer, cfg.data, report)
     if report.counts:
         trainer.print(report.summary())
+    trainer.print(f"[dpo] {rendering_summary(train_records, tokenizer, cfg.data)}")
     pad_id, side = tokenizer.pad_token_id, cfg.data.padding_side
     if paired:
         base_collate: Callable = PreferenceCollator(pad_id, side)

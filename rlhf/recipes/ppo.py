@@ -245,6 +245,8 @@ def _prompts(cfg: PPOConfig, tokenizer: Any, trainer: Trainer) -> list[dict]:
                         f"{len(records)} were\n{report.summary()}")
     if report.skipped_rows or report.truncated:
         trainer.print(f"[ppo] {report.summary()}")
+    from rlhf.data.tokenize import rendering_summary
+    trainer.print(f"[ppo] {rendering_summary(records, tokenizer, cfg.data)}")
     if not out:
         raise ConfigError("data.train", f"no usable prompts in {cfg.data.train}")
     return out
@@ -641,8 +643,10 @@ def _summary(cfg: PPOConfig, n_prompts: int, placement: str, estimator: str, his
 def _log_samples(trainer: Trainer, step: int, ro: Rollout, scores: torch.Tensor,
                  track: dict[str, torch.Tensor], n: int) -> None:
     """A few prompts and completions with their scores, in the console and in metrics.jsonl."""
+    from rlhf.data.records import readable  # chat prompts as "role: content" lines
+
     rows: list[dict[str, Any]] = [
-        {"prompt": str(ro.prompts[i]), "completion": ro.completions[i], "score": round(float(scores[i]), 4),
+        {"prompt": readable(ro.prompts[i]), "completion": ro.completions[i], "score": round(float(scores[i]), 4),
          **{k: round(float(v[i]), 4) for k, v in track.items()}}
         for i in range(0, len(ro), max(1, ro.group_size))][:n]
     if trainer.metrics is not None:

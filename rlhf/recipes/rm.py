@@ -43,7 +43,7 @@ from rlhf.data.config import DataConfig
 from rlhf.data.errors import MISSING, DataError, SkipReport
 from rlhf.data.load import load_records, load_train_eval
 from rlhf.data.records import PreferenceRecord
-from rlhf.data.tokenize import encode_records, encode_records_aligned
+from rlhf.data.tokenize import encode_records, encode_records_aligned, rendering_summary
 from rlhf.losses.reward import (
     bradley_terry_loss,
     expected_calibration_error,
@@ -375,6 +375,7 @@ def train(cfg: RMConfig) -> dict[str, Any]:
     eval_pairs = [p for g in build_groups(eval_records, tokenizer, cfg.data, report) for p in g]
     if report.counts:
         trainer.print(report.summary())
+    trainer.print(f"[rm] {rendering_summary(train_records, tokenizer, cfg.data)}")
     pad_id, side = tokenizer.pad_token_id, cfg.data.padding_side
     n_pairs = sum(len(g) for g in train_groups)
     trainer.print(f"[rm] {len(train_groups)} training prompts ({n_pairs} pairs), {len(eval_pairs)} held-out pairs")

@@ -22,7 +22,7 @@ from rlhf.config import ConfigError, opt
 from rlhf.data.collate import PackingCollator, PadCollator, pack_examples
 from rlhf.data.config import DataConfig
 from rlhf.data.load import load_train_eval
-from rlhf.data.tokenize import encode_records
+from rlhf.data.tokenize import encode_records, rendering_summary
 from rlhf.logprobs import forward_logps
 from rlhf.losses.sft import nll_loss
 from rlhf.masking import count_units
@@ -89,6 +89,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     eval_ex = encode_records(eval_records or [], tokenizer, cfg.data, report)
     if report.skipped_rows > skipped_before:
         trainer.print(f"[sft] {report.summary()}")
+    trainer.print(f"[sft] {rendering_summary(train_records, tokenizer, cfg.data)}")
     pad_id = tokenizer.pad_token_id
     n_sequences = len(train_ex)
     eval_collate = PadCollator(pad_id, padding_side=cfg.data.padding_side)

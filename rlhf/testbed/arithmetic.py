@@ -28,7 +28,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["make_prompts", "make_sft_records", "exact_answer", "matches_answer", "write_task", "write_task_stage"]
+__all__ = ["make_prompts", "make_sft_records", "exact_answer", "matches_answer", "write_task", "write_task_stage",
+           "chat_problems", "final_number_matches", "write_chat_task"]
 
 _PROMPT = re.compile(r"^\s*(\d+)\s*\+\s*(\d+)\s*=\s*$")
 
@@ -105,13 +106,67 @@ def write_task_stage(output_dir: str | Path, **kwargs) -> dict[str, int]:
     return {name: sum(1 for _ in open(path)) for name, path in files.items()}
 
 
+# --------------------------------------------------------------------------- the instruct-model task
+
+CHAT_PROMPT = "What is {a} {op} {b}? Answer with the number only."
+
+
+def chat_problems() -> list[dict[str, str]]:
+    """Every problem of the instruct-model task, in a fixed order: the 100 one-digit additions
+    (0-9 + 0-9) and the 64 one-digit products (2-9 * 2-9), as plain-text questions (an instruct
+    recipe renders them as a user message, ``data.text_as_chat``) with their ``answer``.
+
+    The mix is chosen by measurement: SmolLM2-135M-Instruct answers about 63% of the additions and
+    33% of the products right greedily (bench/real_grpo.py measures its held-out split), so GRPO
+    starts in the range where the exact reward has signal."""
+    rows = [{"prompt": CHAT_PROMPT.format(a=a, op="+", b=b), "answer": str(a + b)}
+            for a in range(10) for b in range(10)]
+    rows += [{"prompt": CHAT_PROMPT.format(a=a, op="*", b=b), "answer": str(a * b)}
+             for a in range(2, 10) for b in range(2, 10)]
+    return rows
+
+
+def final_number_matches(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[str]) -> list[float]:
+    """1.0 when the last number a completion gives (rlhf.verifiers.final_number: "7 + 5 = 12."
+    gives 12) equals the row's ``answer`` column, else 0.0: the checker for an instruct model,
+    which answers in a sentence; a completion cut off before any number scores 0."""
+    from rlhf.verifiers import final_number
+
+    return [1.0 if final_number(str(c)) == str(a).strip() else 0.0 for c, a in zip(completions, answer)]
+
+
+def write_chat_task(out: str | Path, n_heldout: int = 64, n_prompts: int = 1024, seed: int = 0) -> dict[str, Path]:
+    """Split :func:`chat_problems` at random (``seed``) into ``n_heldout`` held-out problems
+    (``eval_prompts.jsonl``, each once) and the rest for training (``prompts.jsonl``: ``n_prompts``
+    rows drawn from the training problems, shuffled). No held-out question appears in training."""
+    problems = chat_problems()
+    if not 0 < n_heldout < len(problems):
+        raise ValueError(f"n_heldout must be in 1..{len(problems) - 1} (got {n_heldout})")
+    rng = random.Random(seed)
+    order = list(range(len(problems)))
+    rng.shuffle(order)
+    heldout = [problems[i] for i in sorted(order[:n_heldout])]
+    train = [problems[i] for i in order[n_heldout:]]
+    rows = [train[rng.randrange(len(train))] for _ in range(n_prompts)]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"prompts": out / "prompts.jsonl", "eval_prompts": out / "eval_prompts.jsonl"}
+    from rlhf.train.run import write_jsonl_atomic
+    write_jsonl_atomic(files["prompts"], rows)
+    write_jsonl_atomic(files["eval_prompts"], heldout)
+    return files
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--accuracy", type=float, default=0.5, help="fraction of correct demonstrations")
+    p.add_argument("--chat", action="store_true", help="the instruct-model task instead (write_chat_task: "
+                                                       "one-digit sums and products, plain-text questions)")
     a = p.parse_args(argv)
-    for name, path in write_task(a.out, seed=a.seed, accuracy=a.accuracy).items():
+    files = write_chat_task(a.out, seed=a.seed) if a.chat else write_task(a.out, seed=a.seed, accuracy=a.accuracy)
+    for name, path in files.items():
         print(f"wrote {name}: {path}")
     return 0
 

@@ -56,6 +56,17 @@ def read_prompts(path: str | Path) -> list[str]:
     return out
 
 
+def rendering_line(as_chat: bool, chat_template: str, has_messages: bool, raw: bool) -> str:
+    """The one line ``rlhf generate`` prints about how plain-text prompts reach the model."""
+    if as_chat:
+        which = "the tokenizer's chat template" if chat_template == "auto" else "the default chat template"
+        return f"rlhf generate: prompts rendered as a user message in {which} (--raw sends raw text)"
+    why = ("--raw" if raw else "--chat-template none" if chat_template == "none"
+           else "the tokenizer has no chat template")
+    extra = "; message-list prompts still use a chat template" if has_messages and chat_template != "none" else ""
+    return f"rlhf generate: plain-text prompts sent as raw text ({why}){extra}"
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="rlhf generate", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="checkpoint folder (e.g. runs/sft/final) or hub id")
@@ -71,7 +82,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--engine", choices=["auto", "lean", "transformers", "vllm"], default="auto",
                    help="rollout engine: the built-in sampler (auto/lean/transformers) or vllm (needs rlhf[vllm])")
     p.add_argument("--chat-template", choices=["auto", "default", "none"], default="auto",
-                   help="how prompts are rendered; use what the model was trained with")
+                   help="how prompts are rendered; use what the model was trained with. auto: a plain "
+                        "--prompt is sent as a user message in the tokenizer's chat template when it has "
+                        "one (instruct models), else as raw text")
+    p.add_argument("--raw", action="store_true",
+                   help="send plain-text prompts as raw text even when the tokenizer has a chat template")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run custom code from the model folder (off by default)")
@@ -92,6 +107,7 @@ def main(argv: list[str]) -> int:
             return 1
 
     from rlhf.data.config import DataConfig
+    from rlhf.data.records import readable
     from rlhf.models.config import ModelConfig
     from rlhf.models.load import load_causal_lm, load_tokenizer
     from rlhf.rollout.rows import generate
@@ -99,13 +115,17 @@ def main(argv: list[str]) -> int:
     mcfg = ModelConfig(name_or_path=a.model, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
     tok = load_tokenizer(mcfg)
     model = load_causal_lm(mcfg, for_training=False)
-    rows = generate(model, tok, prompts, data_cfg=DataConfig(chat_template=a.chat_template),
+    as_chat = not a.raw and (a.chat_template == "default"
+                             or a.chat_template == "auto" and bool(getattr(tok, "chat_template", None)))
+    print(rendering_line(as_chat, a.chat_template, any(isinstance(p, list) for p in prompts),
+                         a.raw), file=sys.stderr)
+    rows = generate(model, tok, prompts, data_cfg=DataConfig(chat_template=a.chat_template, text_as_chat=as_chat),
                     max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
                     top_k=a.top_k, num_samples=a.num_samples, batch_size=a.batch_size, seed=a.seed,
                     engine=a.engine)
     for r in rows:
         r.pop("prompt_ids"), r.pop("completion_ids")
-        print(f"### prompt: {r['prompt']!r}\n{r['completion']}\n")
+        print(f"### prompt: {readable(r['prompt'])!r}\n{r['completion']}\n")
     if a.output:
         from rlhf.train.run import write_jsonl_atomic
         write_jsonl_atomic(Path(a.output), rows)

@@ -340,10 +340,15 @@ class Trainer:
         W, r = self.accelerator.num_processes, self.accelerator.process_index
         mine = list(range(r, len(examples), W))
         bs = self.cfg.eval_batch_size
+        from rlhf.console import pass_progress  # rate and ETA: a long evaluation must not look like a hang
+
+        bar = pass_progress(f"{self.stage}: eval", len(mine), enabled=self.is_main and self.cfg.progress
+                            and len(mine) > bs)
         # processes may run different numbers of batches (self.model: gathered only when sharded, set by setup())
-        with self.gathered(cast(torch.nn.Module, self.model), *self._frozen):
+        with self.gathered(cast(torch.nn.Module, self.model), *self._frozen), bar:
             for k in range(0, len(mine), bs):
                 yield self.to_device(collate([examples[i] for i in mine[k:k + bs]]))
+                bar.update(len(mine[k:k + bs]))
 
     def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
