@@ -36,6 +36,8 @@ COVERED = {
     "rm_hh.py": "rlhf child of rm_vs_trl.py (runs in its smoke)",
     "_bench.py": "the shared helper module every bench imports",
     "readme_perf.py": "README generator, tested by tests/test_readme_perf.py",
+    "figures.py": "README/docs figure generator, tested by tests/test_figures.py",
+    "render_real.py": "README real-model block generator from bench/results/real_*.json",
 }
 # Scripts without a smoke mode yet, each with the reason (issue 24 item 3 lists them as left).
 NOT_YET = {
@@ -50,6 +52,10 @@ NOT_YET = {
     "scaling.py": "model-size sweep (minutes per size)",
     "sft_throughput.py": "not yet given a smoke mode",
     "vllm_vs_builtin.py": "needs .venv-vllm",
+    "demo_time.py": "times the whole demo (minutes) and refuses on a busy machine",
+    "prefill_count.py": "counts prefill work over a GRPO config; no smoke mode yet",
+    "real_grpo.py": "GRPO on SmolLM2-135M over seeds (hours on a CPU); its pieces are tested in test_real_model.py",
+    "real_hh.py": "RM, DPO and judge on HH-RLHF with SmolLM2-135M (an hour on a CPU)",
 }
 
 _RESULTS: dict[str, dict] = {}
