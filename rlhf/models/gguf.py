@@ -29,7 +29,7 @@ import os
 import shutil
 from pathlib import Path
 
-from rlhf.models.load import HubError
+from rlhf.models.errors import HubError
 
 __all__ = ["GGUFError", "is_gguf", "cache_root", "locate", "gguf_folder", "resolve"]
 

@@ -49,6 +49,7 @@ from transformers import (
 from transformers.pytorch_utils import Conv1D
 
 from rlhf.models.config import LoraConfig, ModelConfig
+from rlhf.models.errors import HubError
 
 __all__ = [
     "ReferenceModel",
@@ -94,11 +95,6 @@ def _is_peft(model: nn.Module) -> bool:
     from peft import PeftModel
 
     return isinstance(model, PeftModel)
-
-
-class HubError(ValueError):
-    """A hub id that cannot be loaded here: not cached, and the Hub is offline or unreachable.
-    Its message is one line meant for the user (the CLI prints it without a traceback)."""
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
