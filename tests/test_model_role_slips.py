@@ -1,0 +1,61 @@
+"""Slips a newcomer makes when naming models for the online stage: a reward-model folder given
+where a causal LM is loaded (policy, teacher: its LM head would start random), a teacher folder
+that does not exist (the error must name `teacher`, not `model.name_or_path`), and a teacher with
+`reward=` and the default critic (the critic must not try to load the empty reward)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from types import SimpleNamespace
+
+import pytest
+
+
+def _as_reward_model_folder(src, dst):
+    """A copy of a causal-LM folder whose config.json says it is a sequence classifier, as a
+    reward model written by `rlhf rm` says (the check reads only config.json)."""
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    config["architectures"] = ["LlamaForSequenceClassification"]
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def test_reward_model_folder_is_refused_as_a_causal_lm(tmp_path, tiny_llama):
+    from rlhf.models.config import ModelConfig
+    from rlhf.models.load import ModelError, load_causal_lm
+
+    rm = _as_reward_model_folder(tiny_llama, tmp_path / "rm")
+    with pytest.raises(ModelError, match=r"^model.name_or_path: .*rm is a LlamaForSequenceClassification "
+                                         r"checkpoint \(a reward model or critic\), not a causal LM"):
+        load_causal_lm(ModelConfig(name_or_path=str(rm)), for_training=False)
+    with pytest.raises(ModelError, match=r"^teacher: "):
+        load_causal_lm(ModelConfig(name_or_path=str(rm)), for_training=False, what="teacher")
+    # the causal LM it was copied from still loads
+    assert type(load_causal_lm(ModelConfig(name_or_path=str(tiny_llama)), for_training=False)).__name__ \
+        == "LlamaForCausalLM"
+
+
+def test_teacher_errors_name_the_teacher(tmp_path, tiny_llama):
+    from rlhf.envs.teacher import Teacher
+    from rlhf.models.config import ModelConfig
+    from rlhf.models.load import ModelError, load_tokenizer
+
+    cfg = ModelConfig(name_or_path=str(tiny_llama))
+    with pytest.raises(ModelError, match=r"^teacher: no such folder"):
+        Teacher(str(tmp_path / "nope" / "final"), cfg, load_tokenizer(cfg))
+    rm = _as_reward_model_folder(tiny_llama, tmp_path / "rm")
+    with pytest.raises(ModelError, match=r"^teacher: .* not a causal LM"):
+        Teacher(str(rm), cfg, load_tokenizer(cfg))
+
+
+def test_empty_reward_gives_a_critic_from_the_policy(tmp_path, monkeypatch):
+    """reward='' (distillation only): Path('') is the current folder, which once made the
+    critic try to load '' as a reward model (a hub 'Repo id must use alphanumeric chars' error)."""
+    from rlhf.recipes.ppo import _value_source
+
+    monkeypatch.chdir(tmp_path)
+    assert _value_source(SimpleNamespace(value_model="auto", reward="")) == "policy"  # type: ignore[arg-type]
+    assert _value_source(SimpleNamespace(value_model="auto", reward=str(tmp_path))) == str(tmp_path)  # type: ignore[arg-type]
+    assert _value_source(SimpleNamespace(value_model="auto", reward="pkg.mod:fn")) == "policy"  # type: ignore[arg-type]
