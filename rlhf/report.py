@@ -198,6 +198,13 @@ def load_run(run_dir: str | Path) -> Run:
             data = {"policies": {"policy": data}}  # a single `rlhf eval` result
         if isinstance(data, dict) and isinstance(data.get("policies"), dict):
             run.policies = data["policies"]
+        elif data is not None:
+            # e.g. a `call` stage's own evaluation (the calculator recipe's success and tool use):
+            # not the `rlhf eval` layout the tables read, so shown as it is rather than dropped.
+            text = json.dumps(data, separators=(", ", ": "))
+            notes.append(f"{_rel(ev, root)} is not an `rlhf eval` result (no \"policies\"), so the headline, "
+                         f"frontier and verdict leave it out; it holds: "
+                         f"{text if len(text) <= 600 else text[:600] + ' ...'}")
         # The eval stage re-scores best-of-n pools with every reward source (gold included):
         # its curves, with per-source "rewards", replace the stage's own single-source curve.
         for name, entry in ((data or {}).get("best_of_n") or {}).items():
