@@ -1,7 +1,8 @@
-"""Slips a newcomer makes when naming models for the online stage: a reward-model folder given
+"""Slips a newcomer makes when naming models and tools for the online stage: a reward-model folder given
 where a causal LM is loaded (policy, teacher: its LM head would start random), a teacher folder
 that does not exist (the error must name `teacher`, not `model.name_or_path`), and a teacher with
-`reward=` and the default critic (the critic must not try to load the empty reward)."""
+`reward=` and the default critic (the critic must not try to load the empty reward); two tools with
+one name."""
 
 from __future__ import annotations
 
@@ -59,3 +60,18 @@ def test_empty_reward_gives_a_critic_from_the_policy(tmp_path, monkeypatch):
     assert _value_source(SimpleNamespace(value_model="auto", reward="")) == "policy"  # type: ignore[arg-type]
     assert _value_source(SimpleNamespace(value_model="auto", reward=str(tmp_path))) == str(tmp_path)  # type: ignore[arg-type]
     assert _value_source(SimpleNamespace(value_model="auto", reward="pkg.mod:fn")) == "policy"  # type: ignore[arg-type]
+
+
+def test_two_tools_with_one_name_is_one_config_line(tmp_path, monkeypatch):
+    """The same function from a file and from a copy of it: a ConfigError naming env.tools and
+    both references (it was a bare ValueError, printed by the CLI as a traceback)."""
+    from rlhf.config import ConfigError
+    from rlhf.envs.tools import load_tools
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.py").write_text('def reverse(text):\n    """Reverse."""\n    return text[::-1]\n')
+    (tmp_path / "b.py").write_text('def reverse(text):\n    """Reverse."""\n    return text[::-1]\n')
+    assert list(load_tools(["a.py:reverse", "rlhf.envs.tools:calculator"])) == ["reverse", "calculator"]
+    with pytest.raises(ConfigError, match=r"^env.tools: two tools named 'reverse' \('a.py:reverse' and "
+                                          r"'b.py:reverse'\)"):
+        load_tools(["a.py:reverse", "b.py:reverse"])
