@@ -1,8 +1,8 @@
-"""Slips a newcomer makes when naming models and tools for the online stage: a reward-model folder given
-where a causal LM is loaded (policy, teacher: its LM head would start random), a teacher folder
-that does not exist (the error must name `teacher`, not `model.name_or_path`), and a teacher with
-`reward=` and the default critic (the critic must not try to load the empty reward); two tools with
-one name."""
+"""Slips a newcomer makes following docs/environments.md and docs/ppo.md: a reward-model folder
+given where a causal LM is loaded (policy, teacher: its LM head would start random), a teacher
+folder that does not exist (the error must name `teacher`, not `model.name_or_path`), a teacher
+with `reward=` and the default critic (the critic must not try to load the empty reward), two
+tools with one name, and `env.tools=pkg.mod:fn` without the brackets of a list."""
 
 from __future__ import annotations
 
@@ -75,3 +75,14 @@ def test_two_tools_with_one_name_is_one_config_line(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"^env.tools: two tools named 'reverse' \('a.py:reverse' and "
                                           r"'b.py:reverse'\)"):
         load_tools(["a.py:reverse", "b.py:reverse"])
+
+
+def test_a_string_for_a_list_says_how_to_write_the_list():
+    from rlhf.config import ConfigError, apply_overrides, from_dict
+    from rlhf.envs.config import EnvConfig
+
+    with pytest.raises(ConfigError, match=r"^env.tools: expected a list, got 'rlhf.envs.tools:calculator' \(a list "
+                                          r"of one: env.tools=\[rlhf.envs.tools:calculator\] on the command line\)"):
+        from_dict(EnvConfig, apply_overrides({}, ["tools=rlhf.envs.tools:calculator"]), prefix="env")
+    ok = from_dict(EnvConfig, apply_overrides({}, ["tools=[rlhf.envs.tools:calculator]"]), prefix="env")
+    assert ok.tools == ["rlhf.envs.tools:calculator"]
