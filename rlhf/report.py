@@ -171,6 +171,8 @@ def load_run(run_dir: str | Path) -> Run:
     else:
         declared = [(d.name, None, d, None) for d in sorted(root.iterdir()) if d.is_dir()
                     and ((d / "metrics.jsonl").is_file() or (d / "summary.json").is_file())]
+        if not declared and ((root / "metrics.jsonl").is_file() or (root / "summary.json").is_file()):
+            declared = [(root.resolve().name, None, root, None)]  # one stage's own folder (rlhf ppo ...)
     stages = []
     for name, typ, path, status in declared:
         st = StageRun(name, "", path, status)
