@@ -2,7 +2,8 @@
 given where a causal LM is loaded (policy, teacher: its LM head would start random), a teacher
 folder that does not exist (the error must name `teacher`, not `model.name_or_path`), a teacher
 with `reward=` and the default critic (the critic must not try to load the empty reward), two
-tools with one name, and `env.tools=pkg.mod:fn` without the brackets of a list."""
+tools with one name, `env.tools=pkg.mod:fn` without the brackets of a list; and the calculator
+recipe's result, printed by its last stage."""
 
 from __future__ import annotations
 
@@ -86,3 +87,17 @@ def test_a_string_for_a_list_says_how_to_write_the_list():
         from_dict(EnvConfig, apply_overrides({}, ["tools=rlhf.envs.tools:calculator"]), prefix="env")
     ok = from_dict(EnvConfig, apply_overrides({}, ["tools=[rlhf.envs.tools:calculator]"]), prefix="env")
     assert ok.tools == ["rlhf.envs.tools:calculator"]
+
+
+def test_calculator_eval_stage_prints_its_result(tmp_path, monkeypatch, capsys):
+    """The calculator recipe's last stage said nothing: its numbers were only in eval/results.json."""
+    import rlhf.testbed.calculator as calc
+
+    fake = {"a": {"success": 0.4, "tool_use": 0.51, "episodes": 400.0},
+            "b": {"success": 0.8, "tool_use": 1.0, "episodes": 400.0}}
+    monkeypatch.setattr(calc, "success_rate", lambda path, prompts, **kw: fake[path])
+    out = calc.eval_stage(tmp_path, {"sft": "a", "grpo": "b"}, "prompts.jsonl")
+    assert out == {"sft": fake["a"], "grpo": fake["b"]}
+    assert capsys.readouterr().out.splitlines() == [
+        "[eval] sft: success 0.40, tool use 0.51 (400 held-out episodes)",
+        "[eval] grpo: success 0.80, tool use 1.00 (400 held-out episodes)"]
