@@ -2,8 +2,8 @@
 given where a causal LM is loaded (policy, teacher: its LM head would start random), a teacher
 folder that does not exist (the error must name `teacher`, not `model.name_or_path`), a teacher
 with `reward=` and the default critic (the critic must not try to load the empty reward), two
-tools with one name, `env.tools=pkg.mod:fn` without the brackets of a list; and the calculator
-recipe's result, printed by its last stage."""
+tools with one name, `env.tools=pkg.mod:fn` without the brackets of a list, `rlhf audit grpo`
+(an alias); and the calculator recipe's result, printed by its last stage."""
 
 from __future__ import annotations
 
@@ -101,3 +101,19 @@ def test_calculator_eval_stage_prints_its_result(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.splitlines() == [
         "[eval] sft: success 0.40, tool use 0.51 (400 held-out episodes)",
         "[eval] grpo: success 0.80, tool use 1.00 (400 held-out episodes)"]
+
+
+def test_audit_takes_the_stage_aliases(capsys):
+    """`rlhf grpo my.yaml` runs; `rlhf audit grpo my.yaml` was refused ('expected a stage'). The
+    alias's setting applies as it does when the alias runs (grpo needs 2 samples per prompt)."""
+    from rlhf.tools.audit import main
+
+    assert main(["grpo", "--recipe", "tiny"]) == 3
+    assert capsys.readouterr().out.splitlines()[-1] == ("rlhf grpo --recipe tiny: 1 entry runs code (read what "
+                                                        "they point to before running it)")
+    assert main(["grpo", "--recipe", "tiny", "sampling.num_samples=1"]) == 2
+    assert "must be >= 2 for advantage=grpo" in capsys.readouterr().err
+    assert main(["ppo", "--recipe", "tiny", "sampling.num_samples=1"]) == 3
+    capsys.readouterr()
+    assert main(["nosuch"]) == 2
+    assert "an alias (grpo, " in capsys.readouterr().err
