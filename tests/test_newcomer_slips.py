@@ -3,7 +3,8 @@ given where a causal LM is loaded (policy, teacher: its LM head would start rand
 folder that does not exist (the error must name `teacher`, not `model.name_or_path`), a teacher
 with `reward=` and the default critic (the critic must not try to load the empty reward), two
 tools with one name, `env.tools=pkg.mod:fn` without the brackets of a list, `rlhf audit grpo`
-(an alias); and the calculator recipe's result, printed by its last stage."""
+(an alias); the calculator recipe's result, printed by its last stage; its tool without Python's
+SyntaxWarning."""
 
 from __future__ import annotations
 
@@ -117,3 +118,18 @@ def test_audit_takes_the_stage_aliases(capsys):
     capsys.readouterr()
     assert main(["nosuch"]) == 2
     assert "an alias (grpo, " in capsys.readouterr().err
+
+
+def test_calculator_tool_prints_no_python_syntax_warning(capfd):
+    """'5or 3' (a policy's text) made Python print '<unknown>:1: SyntaxWarning: invalid decimal
+    literal' on the console; the call still fails as not integer arithmetic."""
+    import warnings
+
+    from rlhf.envs.tools import calculator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a SyntaxWarning escaping the tool would raise here
+        with pytest.raises(ValueError, match="not integer arithmetic"):
+            calculator("5or 3")
+        assert calculator("37*4") == "148"
+    assert "SyntaxWarning" not in capfd.readouterr().err

@@ -24,6 +24,7 @@ import json
 import operator
 import re
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,7 +168,10 @@ def calculator(expression: str) -> str:
 
     if len(expression) > 200:
         raise ValueError("expression too long")
-    return str(ev(ast.parse(expression.strip(), mode="eval").body))
+    with warnings.catch_warnings():  # '5or 3' from a policy: Python's SyntaxWarning on stderr, not ours to print
+        warnings.simplefilter("ignore", SyntaxWarning)
+        tree = ast.parse(expression.strip(), mode="eval")
+    return str(ev(tree.body))
 
 
 def chat_observation(tokenizer: Any, result: str) -> str:
