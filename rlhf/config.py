@@ -155,7 +155,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(key, f"expected a list, got {value!r}")
+            hint = f" (a list of one: {key}=[{value}] on the command line)" if isinstance(value, str) else ""
+            raise ConfigError(key, f"expected a list, got {value!r}{hint}")
         (elem,) = get_args(tp)[:1] or (Any,)
         items = [_coerce(v, elem, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items

@@ -119,7 +119,8 @@ class PolicyLossConfig:
     dynamic_sampling: bool = opt(False, "DAPO's dynamic sampling: replace the prompts whose K samples all scored "
                                         "the same by fresh prompts drawn from data.train, sampled and scored, "
                                         "until the batch is full or dynamic_sampling_retries run out (then the "
-                                        "rest stay, left out of the loss); retries logged as dynamic/*")
+                                        "rest stay, left out of the loss); retries logged as dynamic/*; "
+                                        "one-turn episodes only (not with env.tools / env.factory yet)")
     dynamic_sampling_retries: int = opt(3, "dynamic sampling: extra sampling rounds per step at most", ge=0)
     overlong_cache: int | None = opt(None, "DAPO's overlong penalty: a completion longer than max_new_tokens - "
                                            "this many tokens loses up to overlong_coef, linearly (the full "

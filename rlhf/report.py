@@ -171,6 +171,8 @@ def load_run(run_dir: str | Path) -> Run:
     else:
         declared = [(d.name, None, d, None) for d in sorted(root.iterdir()) if d.is_dir()
                     and ((d / "metrics.jsonl").is_file() or (d / "summary.json").is_file())]
+        if not declared and ((root / "metrics.jsonl").is_file() or (root / "summary.json").is_file()):
+            declared = [(root.resolve().name, None, root, None)]  # one stage's own folder (rlhf ppo ...)
     stages = []
     for name, typ, path, status in declared:
         st = StageRun(name, "", path, status)
@@ -198,6 +200,13 @@ def load_run(run_dir: str | Path) -> Run:
             data = {"policies": {"policy": data}}  # a single `rlhf eval` result
         if isinstance(data, dict) and isinstance(data.get("policies"), dict):
             run.policies = data["policies"]
+        elif data is not None:
+            # e.g. a `call` stage's own evaluation (the calculator recipe's success and tool use):
+            # not the `rlhf eval` layout the tables read, so shown as it is rather than dropped.
+            text = json.dumps(data, separators=(", ", ": "))
+            notes.append(f"{_rel(ev, root)} is not an `rlhf eval` result (no \"policies\"), so the headline, "
+                         f"frontier and verdict leave it out; it holds: "
+                         f"{text if len(text) <= 600 else text[:600] + ' ...'}")
         # The eval stage re-scores best-of-n pools with every reward source (gold included):
         # its curves, with per-source "rewards", replace the stage's own single-source curve.
         for name, entry in ((data or {}).get("best_of_n") or {}).items():

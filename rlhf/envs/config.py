@@ -13,10 +13,12 @@ __all__ = ["EnvConfig"]
 
 @dataclass(frozen=True)
 class EnvConfig:
-    tools: list[str] = opt(factory=list, help="tools the policy may call from its text, package.module:function each "
-                                              "(e.g. rlhf.envs.tools:calculator): episodes become multi-turn, the "
-                                              "reward source scores the final answer (the first turn with no call)")
-    factory: str = opt("", "a custom environment: package.module:function taking the row and returning an "
+    tools: list[str] = opt(factory=list, help="tools the policy may call from its text, package.module:function or "
+                                              "path/to/file.py:function each (e.g. rlhf.envs.tools:calculator): "
+                                              "episodes become multi-turn, the reward source scores the final "
+                                              "answer (the first turn with no call)")
+    factory: str = opt("", "a custom environment: package.module:function (or path/to/file.py:function) taking "
+                           "the row and returning an "
                            "rlhf.envs.Environment (reset(row) -> prompt, step(action) -> Step); episodes are "
                            "multi-turn and the environment gives the rewards; empty = the reward source "
                            "(with env.tools if set)")

@@ -34,11 +34,12 @@ class Teacher:
         from rlhf.models.vocab import vocabulary_difference
 
         cfg = replace(model_cfg, name_or_path=path, tokenizer=None, lora=replace(model_cfg.lora, enabled=False))
-        diff = vocabulary_difference(tokenizer, load_tokenizer(cfg))
+        diff = vocabulary_difference(tokenizer, load_tokenizer(cfg, what="teacher"))
         if diff is not None:
-            raise ConfigError("teacher", f"{path} has another vocabulary than the policy ({diff}): its log-probs "
+            raise ConfigError("teacher", f"{path} has another vocabulary than the policy (policy vs teacher: "
+                                         f"{diff}): its log-probs "
                                          f"would be those of other tokens; distillation needs the same tokenizer")
-        self.module: nn.Module = load_causal_lm(cfg, for_training=False)
+        self.module: nn.Module = load_causal_lm(cfg, for_training=False, what="teacher")
         self.path = path
         self.coef = coef
 

@@ -24,6 +24,7 @@ import json
 import operator
 import re
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,14 +130,19 @@ def run_tool(tools: dict[str, FunctionTool], call: ToolCall, timeout_s: float) -
 
 def load_tools(refs: list[str]) -> dict[str, FunctionTool]:
     """``package.module:function`` references -> tools by name (names must differ)."""
+    from rlhf.config import ConfigError
     from rlhf.rewards import import_callable
 
     out: dict[str, FunctionTool] = {}
+    refs_by_name: dict[str, str] = {}
     for ref in refs:
         tool = FunctionTool(import_callable(ref, "tool"))
-        if tool.name in out:
-            raise ValueError(f"two tools named {tool.name!r} in env.tools")
+        if tool.name in out:  # a user's config: one line, not a traceback
+            raise ConfigError("env.tools", f"two tools named {tool.name!r} ({refs_by_name[tool.name]!r} and "
+                                           f"{ref!r}): a call names its tool by the function's name, so the "
+                                           f"names must differ")
         out[tool.name] = tool
+        refs_by_name[tool.name] = ref
     return out
 
 
@@ -162,7 +168,10 @@ def calculator(expression: str) -> str:
 
     if len(expression) > 200:
         raise ValueError("expression too long")
-    return str(ev(ast.parse(expression.strip(), mode="eval").body))
+    with warnings.catch_warnings():  # '5or 3' from a policy: Python's SyntaxWarning on stderr, not ours to print
+        warnings.simplefilter("ignore", SyntaxWarning)
+        tree = ast.parse(expression.strip(), mode="eval")
+    return str(ev(tree.body))
 
 
 def chat_observation(tokenizer: Any, result: str) -> str:

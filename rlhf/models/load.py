@@ -448,8 +448,9 @@ def _prepare(model: PreTrainedModel, cfg: ModelConfig, for_training: bool, task_
 # --------------------------------------------------------------------------- loaders
 
 
-def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """The tokenizer of ``cfg.tokenizer`` (or ``cfg.name_or_path``), with a pad token.
+def load_tokenizer(cfg: ModelConfig, *, what: str = "model.name_or_path") -> PreTrainedTokenizerBase:
+    """The tokenizer of ``cfg.tokenizer`` (or ``cfg.name_or_path``), with a pad token. ``what``
+    names the setting that gave ``name_or_path`` in error messages (e.g. ``teacher``).
 
     Pad rule: a tokenizer without a pad token gets ``pad = eos`` (logged). This is safe in
     this library because attention and completion masks, never token ids, decide which
@@ -459,7 +460,7 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     """
     cfg = _resolve_gguf(cfg)
     source = cfg.tokenizer_path
-    _check_source(source, "model.tokenizer" if cfg.tokenizer else "model.name_or_path", need="tokenizer")
+    _check_source(source, "model.tokenizer" if cfg.tokenizer else what, need="tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(
         source,
         revision=cfg.revision if cfg.tokenizer is None else None,
@@ -476,16 +477,38 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_causal_lm(cfg: ModelConfig, *, for_training: bool = True) -> nn.Module:
+def _refuse_scalar_checkpoint(name_or_path: str, what: str) -> None:
+    """A local folder whose config.json says it holds only a classifier (a reward model or
+    critic, ``...ForSequenceClassification``) is refused as a causal LM: it has no LM head, and
+    transformers would start one at random (a load report, then a policy or teacher that
+    predicts noise)."""
+    config = Path(os.path.expanduser(name_or_path)) / "config.json"
+    if not config.is_file():
+        return
+    try:
+        archs = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    except (ValueError, AttributeError):
+        return  # _check_folder reports a broken config.json
+    heads = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
+    if archs and all(isinstance(a, str) and a.endswith(heads) for a in archs):
+        raise ModelError(f"{what}: {name_or_path} is a {archs[0]} checkpoint (a reward model or critic), not a "
+                         f"causal LM: it has no language-model head, which would start random; give a "
+                         f"policy's folder (e.g. an SFT run's final/)")
+
+
+def load_causal_lm(cfg: ModelConfig, *, for_training: bool = True, what: str = "model.name_or_path") -> nn.Module:
     """A causal LM (policy) from a local folder or hub id, prepared as ``cfg`` says.
 
     ``for_training=True``: train mode, gradient checkpointing and LoRA as configured (with
     LoRA a peft ``PeftModel`` is returned, only the adapters trainable). ``for_training=False``:
     eval mode, every parameter frozen, no checkpointing and no adapters (a LoRA run saves
     merged weights, see :func:`save_model`). Dropout is off in both when ``disable_dropout``.
+    A reward-model or critic folder is refused (no LM head). ``what`` names the setting in
+    error messages.
     """
     cfg = _resolve_gguf(cfg)
-    _check_source(cfg.name_or_path, "model.name_or_path")
+    _check_source(cfg.name_or_path, what)
+    _refuse_scalar_checkpoint(cfg.name_or_path, what)
     with _attn_errors(cfg):
         model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **_pretrained_kwargs(cfg))
     return _prepare(model, cfg, for_training, task_type="CAUSAL_LM")

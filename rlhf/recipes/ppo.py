@@ -185,7 +185,9 @@ def _value_source(cfg: PPOConfig) -> str:
         return "policy" if cfg.value_model == "policy" else cfg.value_model
     from rlhf.models.load import is_hub_id
 
-    reward_is_model = Path(cfg.reward).is_dir() or (":" not in cfg.reward and is_hub_id(cfg.reward))
+    # reward='' (a teacher or env.factory alone): Path('') is the current folder, not a reward model
+    reward_is_model = bool(cfg.reward) and (Path(cfg.reward).is_dir() or (":" not in cfg.reward
+                                                                          and is_hub_id(cfg.reward)))
     if cfg.value_model == "reward" and not reward_is_model:
         raise ConfigError("value_model", f"'reward' needs the reward to be a reward-model folder "
                                          f"(got reward={cfg.reward!r}); use 'policy' or a folder")

@@ -5,7 +5,7 @@ The package, bottom up (each module imports only the ones above it in this list)
 * :mod:`~rlhf.rollout.config`     ``SamplingConfig`` (``sampling.*``) and ``VLLMConfig`` (``sampling.vllm.*``)
 * :mod:`~rlhf.rollout.episode`    the :class:`Rollout` batch (attention, completion and loss masks, the
   policy version of each token), :func:`assemble_rollout`, and the end-of-episode rule every engine
-  shares (:func:`end_of_completion`: first EOS, else a stop string, else the length limit)
+  shares (:func:`end_of_completion`: the first EOS or stop string, else the length limit)
 * :mod:`~rlhf.rollout.sampler`    the built-in sampler (KV cache, inverse-CDF draws, lean forward)
 * :mod:`~rlhf.rollout.scoring`    log-probs and critic values of a rollout, without gradient
 * :mod:`~rlhf.rollout.interface`  :class:`RolloutEngine`, what every engine offers

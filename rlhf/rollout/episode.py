@@ -108,11 +108,14 @@ def stop_string_cut(tokenizer: Any, tokens: list[int], stop_strings: Sequence[st
 def end_of_completion(tokenizer: Any, tokens: list[int], stops: Sequence[int] | set[int],
                       stop_strings: Sequence[str]) -> tuple[list[int], bool]:
     """The sampled ``tokens`` cut where the episode ends, and whether it ended (False = cut at the
-    length limit): at the first id in ``stops`` (kept: it is an action the policy took), else at
-    the shortest prefix whose text contains one of ``stop_strings`` (HF-style, kept), else not cut."""
-    cut = next((k + 1 for k, t in enumerate(tokens) if t in stops), None)
-    if cut is None:
-        cut = stop_string_cut(tokenizer, tokens, stop_strings)
+    length limit): at whichever comes first of the first id in ``stops`` (kept: it is an action
+    the policy took) and the shortest prefix whose text contains one of ``stop_strings`` (kept),
+    as generate and vLLM stop; else not cut. (Taking the EOS first whenever one was sampled kept
+    the text after a plain tool call's ``]`` up to a later EOS: the policy's own made-up result,
+    then the tool's, then turns after its EOS.)"""
+    eos = next((k + 1 for k, t in enumerate(tokens) if t in stops), None)
+    text = stop_string_cut(tokenizer, tokens if eos is None else tokens[:eos], stop_strings)
+    cut = text if text is not None else eos
     return (tokens[:cut], True) if cut is not None else (tokens, False)
 
 

@@ -118,9 +118,13 @@ def success_rate(policy: str | Path, prompts_file: str | Path, *, num_samples: i
 
 
 def eval_stage(output_dir: str | Path, policies: dict[str, str], prompts: str, **kwargs: Any) -> dict[str, Any]:
-    """``rlhf pipeline`` stage (type: call): :func:`success_rate` of each policy, into results.json."""
+    """``rlhf pipeline`` stage (type: call): :func:`success_rate` of each policy, into results.json,
+    and one line per policy on the console (the run's result, without opening a file)."""
     from rlhf.train.run import write_json_atomic
 
     results = {name: success_rate(path, prompts, **kwargs) for name, path in policies.items()}
     write_json_atomic(Path(output_dir) / "results.json", results)
+    for name, r in results.items():
+        print(f"[eval] {name}: success {r['success']:.2f}, tool use {r['tool_use']:.2f} "
+              f"({int(r['episodes'])} held-out episodes)", flush=True)
     return results

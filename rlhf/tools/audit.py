@@ -2,6 +2,7 @@
 
     rlhf audit ppo my.yaml [key=value ...]        # a stage's config, with overrides
     rlhf audit ppo --recipe tiny
+    rlhf audit grpo my.yaml                       # an alias: as `rlhf grpo my.yaml` runs it
     rlhf audit pipeline my_pipeline.yaml          # every stage of a pipeline
 
 The config is parsed exactly as the stage parses it (``yaml.safe_load``, overrides, types), so
@@ -140,7 +141,7 @@ def audit_pipeline(file: str) -> list[Finding]:
 
 
 def main(argv: list[str]) -> int:
-    from rlhf.cli import STAGES
+    from rlhf.cli import ALIASES, STAGES
 
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -158,9 +159,13 @@ def main(argv: list[str]) -> int:
         elif what in STAGES:
             findings = audit_stage(what, rest)
             name = f"rlhf {what} {' '.join(rest)}".strip()
+        elif what in ALIASES:  # rlhf grpo ... = rlhf ppo ... advantage=grpo, audited as it runs
+            stage, setting = ALIASES[what]
+            findings = audit_stage(stage, rest + ([setting] if setting else []))
+            name = f"rlhf {what} {' '.join(rest)}".strip()
         else:
-            print(f"rlhf audit: expected a stage ({', '.join(STAGES)}) or 'pipeline', got {what!r}",
-                  file=sys.stderr)
+            print(f"rlhf audit: expected a stage ({', '.join(STAGES)}), an alias ({', '.join(ALIASES)}) or "
+                  f"'pipeline', got {what!r}", file=sys.stderr)
             return 2
     except ConfigError as e:
         print(f"rlhf audit: config error: {e}", file=sys.stderr)

@@ -161,7 +161,9 @@ class _CharTokenizer:
 
 @pytest.mark.parametrize("text, stops, stop_strings, want, ended", [
     ("ab\x00cd", {0}, [], "ab\x00", True),          # first EOS id, kept
-    ("ab\x00c\x00", {0}, ["b"], "ab\x00", True),    # an EOS id wins over a stop string (checked first)
+    ("ab\x00c\x00", {0}, ["b"], "ab", True),        # whichever comes first: the stop string here
+    ("a\x00b.", {0}, ["."], "a\x00", True),          # ... and the EOS id here
+    ("[c: 3*4] = 9\x00", {0}, ["]"], "[c: 3*4]", True),  # a plain tool call ends its turn at "]"
     ("abc. de", set(), ["."], "abc.", True),        # shortest prefix holding a stop string, kept
     ("abc. de", set(), [". d", "c."], "abc.", True),  # the earliest of several
     ("abcde", set(), ["x"], "abcde", False),        # neither: cut at the length limit
