@@ -27,6 +27,7 @@ SMOKED = {
     "real_shape.py": (True, ".venv-trl"),
     "mfu.py": (False, None),
     "sampler.py": (False, None),
+    "calculator.py": (False, None),  # the calculator recipe per seed (bench/results/calculator.json)
 }
 # Scripts that run as a child of a smoked bench (covered by it), or are no benchmark.
 COVERED = {
