@@ -37,15 +37,18 @@ COVERED = {
     "rm_hh.py": "rlhf child of rm_vs_trl.py (runs in its smoke)",
     "_bench.py": "the shared helper module every bench imports",
     "readme_perf.py": "README generator, tested by tests/test_readme_perf.py",
+    "figures.py": "README/docs figure renderer, tested by tests/test_figures.py",
 }
 # Scripts without a smoke mode yet, each with the reason (issue 24 item 3 lists them as left).
 NOT_YET = {
     "cli_help.py": "times `rlhf --help`; no training step to smoke",
     "demo_seeds.py": "runs the whole demo per seed (minutes)",
+    "demo_time.py": "times the whole demo (minutes)",
     "demo_variant.py": "runs the whole demo per seed (minutes)",
     "dpo_hh.py": "accuracy bench on the full HH split",
     "gpu_fsdp.py": "needs GPUs",
     "overoptimization.py": "runs the demo's PPO at several KL weights (minutes)",
+    "prefill_count.py": "prefill work counts (no timing); not yet given a smoke mode",
     "recipe_step.py": "per-stage step timer; not yet given a smoke mode",
     "render_results.py": "renders bench/results figures; no training",
     "scaling.py": "model-size sweep (minutes per size)",
