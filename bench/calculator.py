@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -98,16 +99,18 @@ def read_seed(run: Path) -> dict[str, Any]:
     return {p: {m: float(res[p][m]) for m in (*METRICS, "episodes")} for p in POLICIES}
 
 
+def _interval(values: list[float]) -> dict[str, Any]:
+    """rlhf.stats.mean_interval with the values; one seed's nan bounds become null (strict JSON)."""
+    return {**{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in mean_interval(values).items()},
+            "values": values}
+
+
 def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Per policy and metric the mean and 95% interval over seeds, and GRPO minus SFT per seed
     (paired: same seed, same data and base model) with its interval."""
     seeds = sorted(per_seed)
-    out: dict[str, Any] = {}
-    for p in POLICIES:
-        out[p] = {m: {**mean_interval([per_seed[s][p][m] for s in seeds]),
-                      "values": [per_seed[s][p][m] for s in seeds]} for m in METRICS}
-    gains = {m: [per_seed[s]["grpo"][m] - per_seed[s]["sft"][m] for s in seeds] for m in METRICS}
-    out["gain"] = {m: {**mean_interval(v), "values": v} for m, v in gains.items()}
+    out: dict[str, Any] = {p: {m: _interval([per_seed[s][p][m] for s in seeds]) for m in METRICS} for p in POLICIES}
+    out["gain"] = {m: _interval([per_seed[s]["grpo"][m] - per_seed[s]["sft"][m] for s in seeds]) for m in METRICS}
     return out
 
 
