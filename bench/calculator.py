@@ -12,8 +12,8 @@ numbers are the recipe's own eval stage (rlhf/testbed/calculator.py:eval_stage).
 eval stage finished is not rerun; an interrupted one resumes where the pipeline stopped. Runs go
 to ``--work`` (default: a folder outside the repository) with one torch thread each.
 
-Writes ``--out`` (default bench/results/calculator.json; for --smoke a fresh temporary folder holds
-the runs and the JSON, so the smoke leaves the repository alone) with the ``meta`` header of the
+Writes ``--out`` (default bench/results/calculator.json; --smoke runs in a fresh temporary folder,
+removed at the end, and only prints its JSON unless --out is given) with the ``meta`` header of the
 other results (bench/_bench.py), per seed the values and seconds, and per metric the mean and 95%
 interval over the seeds that finished.
 """
@@ -25,6 +25,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -125,14 +126,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads of each run (default 1)")
     a = p.parse_args(argv)
     seeds = [int(s) for s in (a.seeds or ("0,1" if a.smoke else "0,1,2")).split(",") if s.strip()]
+    scratch = a.smoke and not a.work  # a fresh folder, removed at the end: a smoke must run its steps
     if a.work:
         work = Path(a.work)
-    elif a.smoke:  # a fresh folder: a smoke must run its steps, not find them finished
+    elif scratch:
         work = Path(tempfile.mkdtemp(prefix="rlhf-bench-calculator-smoke-"))
     else:
         work = Path(tempfile.gettempdir()) / "rlhf-bench-calculator"
-    out = Path(a.out) if a.out else (work / "calculator-smoke.json" if a.smoke
-                                     else ROOT / "bench" / "results" / "calculator.json")
+    out = Path(a.out) if a.out else (None if a.smoke else ROOT / "bench" / "results" / "calculator.json")
     seconds: dict[str, float] = {}
     timings_file = work / "seconds.json"
     if timings_file.is_file():
@@ -153,7 +154,10 @@ def main(argv: list[str] | None = None) -> None:
            "seconds_per_seed": {str(s): seconds.get(str(s)) for s in finished},
            "per_seed": {str(s): per_seed[s] for s in finished}, "summary": aggregate(per_seed)}
     text = write_json(doc, out, argv)
-    print(f"wrote {out}", file=sys.stderr)
+    if out is not None:
+        print(f"wrote {out}", file=sys.stderr)
+    if scratch:
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(json.loads(text)), flush=True)  # one line, last: what tests/test_bench_smoke.py reads
 
 
