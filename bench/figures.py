@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MARK = re.compile(r"<!-- fig:([a-z0-9_]+) -->(.*?)<!-- /fig -->", re.S)
 DEMO_TIME = ROOT / "bench" / "results" / "demo_time.json"
+CALCULATOR = ROOT / "bench" / "results" / "calculator.json"
 
 
 def pages() -> list[Path]:
@@ -59,9 +60,58 @@ def _demo(key: str) -> Callable[[Path], str]:
     return render
 
 
+def _calculator_json() -> dict | None:
+    return json.loads(CALCULATOR.read_text()) if CALCULATOR.is_file() else None
+
+
+def _interval(entry: dict, signed: bool = False) -> str:
+    """``0.80 [0.71, 0.89]`` (mean [95% interval] over seeds); one seed has no interval."""
+    f = "{:+.2f}" if signed else "{:.2f}"
+    if entry["n"] < 2:
+        return f.format(entry["mean"])
+    return f"{f.format(entry['mean'])} [{entry['lo']:.2f}, {entry['hi']:.2f}]"
+
+
+def _calc_value(policy: str, metric: str) -> Callable[[Path], str]:
+    """One number of bench/results/calculator.json: a policy's (or the gain's) mean [interval]."""
+    def render(page: Path) -> str:
+        data = _calculator_json()
+        if data is None:
+            return "not measured yet"
+        return _interval(data["summary"][policy][metric], signed=policy == "gain")
+    return render
+
+
+def _calc_source(page: Path) -> str:
+    """Over how many seeds, by which command, where and when the calculator numbers were taken."""
+    data = _calculator_json()
+    script = _link(page, ROOT / "bench" / "calculator.py", "bench/calculator.py")
+    if data is None:
+        return f"not measured yet ({script} measures it)"
+    meta, seeds = data["meta"], data["seeds"]
+    where = f"{meta['date_utc'][:10]}, {meta['cpu_count']}-core {meta['cpu_model']}"
+    what = "one seed" if len(seeds) == 1 else f"mean [95% interval] over {len(seeds)} seeds"
+    return (f"{what} ({', '.join(map(str, seeds))}), `{meta['command']}` "
+            f"({_link(page, CALCULATOR, where)})")
+
+
+def _calc_headline(page: Path) -> str:
+    """The README's one-line result: SFT -> GRPO success, the paired gain, seeds and source."""
+    data = _calculator_json()
+    if data is None:
+        return _calc_source(page)
+    s = data["summary"]
+    return (f"{_interval(s['sft']['success'])} (SFT) -> {_interval(s['grpo']['success'])} (GRPO), "
+            f"paired gain {_interval(s['gain']['success'], signed=True)}; {_calc_source(page)}")
+
+
 FIGURES: dict[str, Callable[[Path], str]] = {
     "demo_time": _demo("demo"),  # make demo (rlhf quickstart), once .venv exists
     "demo_fast_time": _demo("demo_fast"),  # rlhf quickstart --fast
+    # bench/calculator.py: the calculator recipe over seeds (README status row, docs/environments.md)
+    "calculator_headline": _calc_headline,
+    "calculator_source": _calc_source,
+    **{f"calculator_{p}_{m}": _calc_value(p, m) for p in ("sft", "grpo", "gain") for m in ("success", "tool_use")},
 }
 
 

@@ -27,6 +27,7 @@ SMOKED = {
     "real_shape.py": (True, ".venv-trl"),
     "mfu.py": (False, None),
     "sampler.py": (False, None),
+    "calculator.py": (False, None),  # the calculator recipe per seed (bench/results/calculator.json)
 }
 # Scripts that run as a child of a smoked bench (covered by it), or are no benchmark.
 COVERED = {
@@ -43,17 +44,17 @@ COVERED = {
 NOT_YET = {
     "cli_help.py": "times `rlhf --help`; no training step to smoke",
     "demo_seeds.py": "runs the whole demo per seed (minutes)",
+    "demo_time.py": "times the whole demo (minutes)",
     "demo_variant.py": "runs the whole demo per seed (minutes)",
     "dpo_hh.py": "accuracy bench on the full HH split",
     "gpu_fsdp.py": "needs GPUs",
     "overoptimization.py": "runs the demo's PPO at several KL weights (minutes)",
+    "prefill_count.py": "prefill work counts (no timing); not yet given a smoke mode",
     "recipe_step.py": "per-stage step timer; not yet given a smoke mode",
     "render_results.py": "renders bench/results figures; no training",
     "scaling.py": "model-size sweep (minutes per size)",
     "sft_throughput.py": "not yet given a smoke mode",
     "vllm_vs_builtin.py": "needs .venv-vllm",
-    "demo_time.py": "times the whole demo (minutes) and refuses on a busy machine",
-    "prefill_count.py": "counts prefill work over a GRPO config; no smoke mode yet",
     "real_grpo.py": "GRPO on SmolLM2-135M over seeds (hours on a CPU); its pieces are tested in test_real_model.py",
     "real_hh.py": "RM, DPO and judge on HH-RLHF with SmolLM2-135M (an hour on a CPU)",
 }

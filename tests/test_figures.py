@@ -57,3 +57,36 @@ def test_renderer_reads_the_json_and_says_where_it_comes_from(tmp_path, monkeypa
     assert figures.duration(45.2) == "45 s" and figures.duration(3600) == "60 min"
     with pytest.raises(KeyError, match="no renderer"):
         figures.render_page(page, "<!-- fig:nope -->x<!-- /fig -->")
+
+
+def test_calculator_figures_come_from_its_json(tmp_path, monkeypatch):
+    """bench/calculator.py's JSON -> README/docs text: mean [interval] per policy, the signed
+    paired gain, and the seeds, command, date and CPU; one seed has no interval; no JSON says so."""
+    page = figures.ROOT / "docs" / "x.md"
+    monkeypatch.setattr(figures, "CALCULATOR", tmp_path / "missing.json")
+    assert figures.FIGURES["calculator_grpo_success"](page) == "not measured yet"
+    assert figures.FIGURES["calculator_headline"](page).startswith("not measured yet ([bench/calculator.py](")
+
+    def entry(values):  # mean and interval as rlhf.stats.mean_interval writes them (values made up)
+        return {"mean": sum(values) / len(values), "lo": 0.111, "hi": 0.999, "n": len(values), "values": values}
+    data = {"meta": {"date_utc": "2030-01-02T03:04:05Z", "cpu_model": "Test CPU", "cpu_count": 2,
+                     "command": ".venv/bin/python bench/calculator.py --seeds 0,1,2"},
+            "seeds": [0, 1, 2],
+            "summary": {"sft": {"success": entry([0.4, 0.5, 0.6]), "tool_use": entry([0.5, 0.5, 0.5])},
+                        "grpo": {"success": entry([0.8, 0.9, 1.0]), "tool_use": entry([1.0, 1.0, 1.0])},
+                        "gain": {"success": entry([0.4, 0.4, 0.4]), "tool_use": entry([0.5, 0.5, 0.5])}}}
+    f = tmp_path / "calculator.json"
+    f.write_text(json.dumps(data))
+    monkeypatch.setattr(figures, "CALCULATOR", f)
+    assert figures.FIGURES["calculator_sft_success"](page) == "0.50 [0.11, 1.00]"
+    assert figures.FIGURES["calculator_gain_success"](page) == "+0.40 [0.11, 1.00]"
+    head = figures.FIGURES["calculator_headline"](page)
+    assert head.startswith(
+        "0.50 [0.11, 1.00] (SFT) -> 0.90 [0.11, 1.00] (GRPO), paired gain +0.40 [0.11, 1.00]; "
+        "mean [95% interval] over 3 seeds (0, 1, 2), `.venv/bin/python bench/calculator.py --seeds 0,1,2` "
+        "([2030-01-02, 2-core Test CPU](") and head.endswith("calculator.json))"), head
+    data["seeds"] = [0]
+    data["summary"]["grpo"]["success"] = {"mean": 0.8, "lo": float("nan"), "hi": float("nan"), "n": 1}
+    f.write_text(json.dumps(data))
+    assert figures.FIGURES["calculator_grpo_success"](page) == "0.80"
+    assert "one seed (0)" in figures.FIGURES["calculator_source"](page)
