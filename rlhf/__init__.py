@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 _API = ("sft", "rm", "dpo", "ppo", "best_of_n", "raft", "rest", "iterative_dpo", "constitutional", "hindsight")
 __all__ = ["__version__", "Result", "run", *_API]
