@@ -90,6 +90,39 @@ def _train_step(model, tok, lr: float = 0.05) -> None:
     model.eval()
 
 
+# Here, while the module's engine still holds the tiny model's weights (the next test syncs a
+# trained copy into it) and before close_cached() or a stage tears down vLLM's process-wide
+# state, which the module's engine needs.
+def test_vllm_drives_multi_turn_episodes(tiny, engine):
+    """rlhf.envs.run_episodes through the vLLM engine: each turn's context is the episode's exact
+    ids so far, the observation's own ids fill the holes, and vLLM's log-prob of every action
+    equals the trainer's forward over the assembled sequence to 1e-5 (as for one turn above)."""
+    from rlhf.envs import Step
+    from rlhf.envs.episodes import episodes_rollout, run_episodes
+
+    class Fixed:
+        def reset(self, row):
+            self.turn = 0
+            return row["prompt"]
+
+        def step(self, action):
+            self.turn += 1
+            return Step(observation=None if self.turn == 3 else " ok, go on:", reward=1.0, done=self.turn == 3)
+
+    tok = tiny["tok"]
+    rows = [{"prompt": p, "columns": {}} for p in PROMPTS]
+    eps = run_episodes(engine, tok, rows, tiny["ids"], [Fixed() for _ in rows], SamplingConfig(max_new_tokens=6),
+                       max_turns=3, max_tokens=40, with_logps=True, generator=torch.Generator().manual_seed(0))
+    ro = episodes_rollout(tok, eps, 1, torch.device("cpu"), with_logps=True)
+    obs = tok(" ok, go on:", add_special_tokens=False)["input_ids"]
+    for e in eps:
+        holes = [t for t, p in zip(e.tokens, e.policy, strict=True) if not p]
+        assert e.turns >= 2 and holes == obs * (len(holes) // len(obs)) and holes
+    m = ro.loss_mask.bool()
+    diff = float((rollout_logps(tiny["model"], ro) - ro.logps)[m].abs().max())
+    assert diff < 1e-5, diff
+
+
 def test_after_an_update_and_sync_the_engine_samples_the_new_policy(tiny, engine):
     """After an optimizer step the engine, before syncing, still scores with the old weights
     (its log-probs differ from the new policy's by > 1e-3: the probe can tell); after
@@ -198,33 +231,3 @@ def test_grpo_with_vllm_learns_arithmetic(tmp_path):
     assert all(r["engine/sync_probe_diff"] < 1e-3 for r in rows)
     assert max(r["engine/mismatch_kl"] for r in rows) < 1e-6
     assert max(r["engine/capped_fraction"] for r in rows) == 0.0
-
-
-def test_vllm_drives_multi_turn_episodes(tiny, engine):
-    """rlhf.envs.run_episodes through the vLLM engine: each turn's context is the episode's exact
-    ids so far, the observation's own ids fill the holes, and vLLM's log-prob of every action
-    equals the trainer's forward over the assembled sequence to 1e-5 (as for one turn above)."""
-    from rlhf.envs import Step
-    from rlhf.envs.episodes import episodes_rollout, run_episodes
-
-    class Fixed:
-        def reset(self, row):
-            self.turn = 0
-            return row["prompt"]
-
-        def step(self, action):
-            self.turn += 1
-            return Step(observation=None if self.turn == 3 else " ok, go on:", reward=1.0, done=self.turn == 3)
-
-    tok = tiny["tok"]
-    rows = [{"prompt": p, "columns": {}} for p in PROMPTS]
-    eps = run_episodes(engine, tok, rows, tiny["ids"], [Fixed() for _ in rows], SamplingConfig(max_new_tokens=6),
-                       max_turns=3, max_tokens=40, with_logps=True, generator=torch.Generator().manual_seed(0))
-    ro = episodes_rollout(tok, eps, 1, torch.device("cpu"), with_logps=True)
-    obs = tok(" ok, go on:", add_special_tokens=False)["input_ids"]
-    for e in eps:
-        holes = [t for t, p in zip(e.tokens, e.policy, strict=True) if not p]
-        assert e.turns >= 2 and holes == obs * (len(holes) // len(obs)) and holes
-    m = ro.loss_mask.bool()
-    diff = float((rollout_logps(tiny["model"], ro) - ro.logps)[m].abs().max())
-    assert diff < 1e-5, diff
