@@ -140,5 +140,7 @@ def pass_progress(desc: str, total: int, unit: str = "seq", enabled: bool = True
     finished pass leaves no line behind."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled or total <= 0, leave=False,
-                dynamic_ncols=True, mininterval=1.0)
+    # An explicit ``disable`` overrides tqdm's TQDM_DISABLE default, which quiet_third_party sets
+    # when stderr is not a terminal (a redirected log keeps no bar fragments): honour it here.
+    off = not enabled or total <= 0 or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
+    return tqdm(total=total, desc=desc, unit=unit, disable=off, leave=False, dynamic_ncols=True, mininterval=1.0)

@@ -136,3 +136,16 @@ def test_pass_progress_shows_rate_and_eta_and_can_be_off(capsys, monkeypatch):
     with pass_progress("x", 4, enabled=False) as bar:
         bar.update(4)
     assert capsys.readouterr().err == ""
+
+
+def test_pass_progress_is_off_in_a_redirected_log(capsys, monkeypatch):
+    """quiet_third_party sets TQDM_DISABLE when stderr is not a terminal; a long pass's bar then
+    leaves no fragments in the log (the demo's log had 25 'scoring with ...' bar lines)."""
+    from rlhf.console import pass_progress
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    with pass_progress("dpo: reference log-probs", 4, unit="example") as bar:
+        for _ in range(4):
+            bar.update(1)
+    assert capsys.readouterr().err == ""
+
