@@ -92,6 +92,18 @@ def write_json(result: dict[str, Any], path: Path | str | None, argv: Sequence[s
     return text
 
 
+def load_state(path: Path) -> dict[str, Any]:
+    """A resumable bench's state file (``{}`` before the first save)."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_state(path: Path, obj: dict[str, Any]) -> None:
+    """Write a resumable bench's state atomically (a kill leaves the old file or the new one)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
 def trl_python(venv: str = ".venv-trl") -> Path | None:
     """The TRL environment's python (bench/make_trl_venv.sh), or None where it was not built."""
     p = REPO / venv / "bin" / "python"

