@@ -52,6 +52,24 @@ _DECODING: dict[_Key, float | str] = {}
 _LOGGED: set[tuple[str, _Key]] = set()
 
 
+
+_CACHE_KWARG: dict[type, str] = {}
+
+
+def cache_kwarg(model: nn.Module) -> str:
+    """The forward's keyword for the KV cache: ``cache`` since transformers 5.2x (where
+    ``past_key_values`` is deprecated, to be removed in 5.40), ``past_key_values`` before. A
+    wrapper whose forward takes ``**kwargs`` (peft's PeftModel) passes them to its base model,
+    whose signature decides. Looked up once per class."""
+    cls = type(model)
+    if cls not in _CACHE_KWARG:
+        get_base = getattr(model, "get_base_model", None)
+        base = get_base() if callable(get_base) else model
+        params = inspect.signature(type(base).forward).parameters
+        _CACHE_KWARG[cls] = "cache" if "cache" in params else "past_key_values"
+    return _CACHE_KWARG[cls]
+
+
 def clear_cache() -> None:
     _PADDING.clear()
     _DECODING.clear()
@@ -163,8 +181,7 @@ def decoding_difference(model: nn.Module) -> float:
     device = next(model.parameters()).device
     seqs = _ids(_vocab(model), device)
     prompts = [s[:n] for s, n in zip(seqs, PROMPT_LENGTHS)]
-    params = inspect.signature(type(model).forward).parameters
-    cache_kw = "cache" if "cache" in params else "past_key_values"
+    cache_kw = cache_kwarg(model)
     with _EvalMode(model):
         alone = [model(input_ids=s[None], use_cache=False).logits[0].float() for s in seqs]  # (n+C, V)
         ids, mask, pos = _batch(prompts, _pad_id(model), "left")

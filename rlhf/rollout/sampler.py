@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from rlhf.logprobs import entropy_from_logp
+from rlhf.models.layouts import cache_kwarg
 from rlhf.rollout.config import SamplingConfig
 from rlhf.rollout.episode import Rollout, assemble_rollout, end_of_completion, eos_ids
 
@@ -75,21 +76,6 @@ def _new_cache(model: nn.Module):
         return DynamicCache(config=model.config)
     except TypeError:  # older signature
         return DynamicCache()
-
-
-_CACHE_KWARG: dict[type, str] = {}
-
-
-def _cache_kwarg(model: nn.Module) -> str:
-    """The forward's keyword for the KV cache: ``cache`` since transformers 5.2x (where
-    ``past_key_values`` is deprecated, to be removed in 5.40), ``past_key_values`` before.
-    Looked up once per model class."""
-    cls = type(model)
-    if cls not in _CACHE_KWARG:
-        import inspect
-        params = inspect.signature(cls.forward).parameters
-        _CACHE_KWARG[cls] = "cache" if "cache" in params else "past_key_values"
-    return _CACHE_KWARG[cls]
 
 
 def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -186,7 +172,7 @@ class _TransformersDecoder:
     def __init__(self, model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor,
                  share: tuple[list[int], list[int]] | None = None):
         self.model, self.attn, self.next_pos = model, attn, pos[:, -1] + 1
-        self.cache, self.cache_kwarg = _new_cache(model), _cache_kwarg(model)
+        self.cache, self.cache_kwarg = _new_cache(model), cache_kwarg(model)
         self.prefill_rows = ids.shape[0]
         if share is not None and type(model) not in _UNSHAREABLE:
             first = torch.tensor(share[0], device=ids.device)
