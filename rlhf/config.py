@@ -144,7 +144,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 if isinstance(a, str) and yaml.safe_load(a) is value:
                     return a
         if value not in allowed:
-            raise ConfigError(key, f"must be one of {', '.join(map(repr, allowed))} (got {value!r})")
+            raise _not_one_of(key, allowed, value)
         return value
     if origin in (Union, types.UnionType):
         for alt in get_args(tp):
@@ -192,12 +192,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(key, f"unsupported field type {tp!r}")  # pragma: no cover
 
 
+def _not_one_of(key: str, allowed: typing.Sequence[Any], value: Any) -> ConfigError:
+    """The error for a value outside its choices, with the closest choice when one is near
+    (``ppo.loss=gpso`` -> "did you mean 'gspo'?")."""
+    names = [a for a in allowed if isinstance(a, str)]
+    close = difflib.get_close_matches(str(value), names, n=1, cutoff=0.6) if isinstance(value, str) else []
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(key, f"must be one of {', '.join(map(repr, allowed))} (got {value!r}){hint}")
+
+
 def _check_constraints(value: Any, f: dataclasses.Field[Any], key: str) -> None:
     meta = f.metadata
     if value is None:
         return
     if meta.get("choices") is not None and value not in meta["choices"]:
-        raise ConfigError(key, f"must be one of {', '.join(map(repr, meta['choices']))} (got {value!r})")
+        raise _not_one_of(key, meta["choices"], value)
     for bound, op, word in (("ge", float.__ge__, ">="), ("gt", float.__gt__, ">"),
                             ("le", float.__le__, "<="), ("lt", float.__lt__, "<")):
         b = meta.get(bound)

@@ -59,6 +59,22 @@ def test_rejections_name_the_key(override, key, words):
     assert str(e.value).startswith(f"{key}:")
 
 
+def test_a_mistyped_choice_names_the_closest_one():
+    """A value near one of the choices gets it as a hint (both the Literal and the opt(choices=...) paths);
+    one near none of them gets no guess."""
+    from rlhf.config import _not_one_of
+    from rlhf.recipes.ppo import PPOConfig
+    with pytest.raises(ConfigError, match=r"\(got 'gpso'\); did you mean 'gspo'\?$"):
+        load_config(PPOConfig, None, ["ppo.loss=gpso"])
+    with pytest.raises(ConfigError, match=r"\(got 'grop'\); did you mean 'grpo'\?$"):
+        load_config(PPOConfig, None, ["advantage=grop"])
+    with pytest.raises(ConfigError) as e:
+        load_config(Outer, None, ["inner.mode=zzz"])
+    assert "did you mean" not in str(e.value)
+    assert str(_not_one_of("k", ("alpha", 3), "alpah")).endswith("did you mean 'alpha'?")
+    assert "did you mean" not in str(_not_one_of("k", ("alpha", 3), 4))
+
+
 def test_yaml_booleans_map_back_to_string_choices(tmp_path):
     """YAML 1.1 reads `no` as False; a Literal["no", "bf16"] field must still get "no"."""
     from rlhf.train.config import TrainConfig
