@@ -37,7 +37,7 @@ CLEAN_SHARE = 0.9  # a run whose process got less than this share of its threads
 
 __all__ = ["CLEAN_SHARE", "cpu_model", "meta", "throughput", "CpuWindow", "interleaved", "median", "summarize",
            "ratio", "matmul_rate", "mfu", "write_json", "reset_peak_rss", "memory_report", "loadavg",
-           "trl_python", "smoke_sides", "StepStamps"]
+           "trl_python", "smoke_sides", "StepStamps", "run_settings", "settings_prefix"]
 
 
 # --------------------------------------------------------------------------- machine and command
@@ -79,6 +79,20 @@ def meta(argv: Sequence[str] | None = None, script: str | None = None) -> dict[s
         torch = sys.modules["torch"]
         out.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
     return out
+
+
+def run_settings() -> dict[str, Any]:
+    """The settings a long bench ran under, for its JSON: threads (OMP_NUM_THREADS), niceness, load."""
+    return {"omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "nice": os.nice(0), "cpu_model": cpu_model(),
+            "cpu_count": os.cpu_count(), "loadavg": loadavg()}
+
+
+def settings_prefix(settings: dict[str, Any]) -> str:
+    """``nice -n 19 env OMP_NUM_THREADS=1`` (what to put before a command to repeat ``settings``)."""
+    parts = [f"nice -n {settings['nice']}"] if settings.get("nice") else []
+    if settings.get("omp_num_threads"):
+        parts.append(f"env OMP_NUM_THREADS={settings['omp_num_threads']}")
+    return " ".join(parts)
 
 
 def write_json(result: dict[str, Any], path: Path | str | None, argv: Sequence[str] | None = None) -> str:

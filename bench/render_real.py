@@ -29,17 +29,30 @@ def _iv(iv: dict | list | None) -> str:
     return "n/a"
 
 
+def _where(r: dict) -> str:
+    """The CPU and settings the runs were made under (from the JSON's settings; older files had "cpu")."""
+    got = list((r.get("settings_by_seed") or r.get("settings_by_phase") or {}).values())
+    if not got:
+        return r.get("cpu", "settings not recorded")
+    s = got[0]
+    load = sorted({round(x["loadavg"][0], 1) for x in got if x.get("loadavg")})
+    where = (f"{s.get('cpu_model')} ({s.get('cpu_count')} cores), OMP_NUM_THREADS={s.get('omp_num_threads')}, "
+             f"nice {s.get('nice')}")
+    return where + (f", 1-minute load when each started: {', '.join(map(str, load))}" if load else "")
+
+
 def grpo_lines(r: dict | None) -> list[str]:
     head = "**GRPO with a verifiable reward** (`bench/real_grpo.py`, JSON: `bench/results/real_grpo.json`)"
     if r is None:
         return [f"- {head}: not run yet."]
     lines = [f"- {head}{': **partial**' if r.get('partial') else ''}. {r['task']}; {r['eval']}; recipe "
-             f"`{r['recipe']}`, {r['steps']} steps per seed; {r['cpu']}. Command: `{r.get('command')}`."]
+             f"`{r['recipe']}`, {r['steps']} steps per seed; {_where(r)}. Command: `{r.get('command')}`."]
     if "base_accuracy" in r:
         lines.append(f"  - Base model, held-out greedy accuracy: {_pct(r['base_accuracy'])} "
                      f"{_iv(r.get('base_interval95'))} (Wilson 95%).")
     for s, v in (r.get("per_seed") or {}).items():
-        lines.append(f"  - Seed {s}: after {_pct(v['accuracy'])}, KL at the last step {v['kl_last_step']}, "
+        kl = "n/a" if v.get("kl_last_step") is None else f"{v['kl_last_step']:.2f} nats per completion"
+        lines.append(f"  - Seed {s}: after {_pct(v['accuracy'])}, KL to the reference at the last step {kl}, "
                      f"training wall time {v['train_wall_s']:.0f} s.")
     if "gain_over_seeds" in r:
         g = r["gain_over_seeds"]
@@ -63,7 +76,7 @@ def hh_lines(r: dict | None) -> list[str]:
     sp = r.get("split") or {}
     lines = [f"- {head}{': **partial**' if r.get('partial') else ''}. {sp.get('file')}: {sp.get('rows')} rows split "
              f"80/20 (seed 0); {sp.get('train_pairs')} training and {sp.get('eval_pairs')} held-out pairs of at most "
-             f"{sp.get('max_chars')} characters; {r['cpu']}. Command: `{r.get('command')}`."]
+             f"{sp.get('max_chars')} characters; {_where(r)}. Command: `{r.get('command')}`."]
     lines.append(f"  - Length-only baseline (the shorter response is chosen): {_pct(r.get('length_baseline'))}.")
     if r.get("judge"):
         j = r["judge"]

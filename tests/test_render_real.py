@@ -1,0 +1,50 @@
+"""README.md's real-model block is generated from bench/results/real_grpo.json and real_hh.json
+(bench/render_real.py): the text and the JSON agree, and the block states each number with its settings."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def render_real():
+    spec = importlib.util.spec_from_file_location("render_real", REPO / "bench" / "render_real.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_block_agrees_with_the_json(render_real):
+    text = (REPO / "README.md").read_text()
+    block = re.search(re.escape(render_real.BEGIN) + r".*?" + re.escape(render_real.END), text, flags=re.S)
+    assert block is not None
+    assert block.group(0) == render_real.render(), "run .venv/bin/python bench/render_real.py"
+
+
+def test_settings_line(render_real):
+    s = {"cpu_model": "Test CPU", "cpu_count": 2, "omp_num_threads": "1", "nice": 19, "loadavg": [0.5, 0, 0]}
+    later = {**s, "loadavg": None}
+    assert render_real._where({"settings_by_seed": {"0": s, "1": {**s, "loadavg": [2.04, 0, 0]}}}) == (
+        "Test CPU (2 cores), OMP_NUM_THREADS=1, nice 19, 1-minute load when each started: 0.5, 2.0")
+    # settings written by --collect after the run carry no load: none is claimed
+    assert render_real._where({"settings_by_seed": {"0": later}}) == "Test CPU (2 cores), OMP_NUM_THREADS=1, nice 19"
+    assert render_real._where({"cpu": "older file"}) == "older file"
+
+
+def test_grpo_lines_state_the_gain_and_its_intervals(render_real):
+    r = {"task": "t", "eval": "e", "recipe": "r", "steps": 20, "cpu": "c", "command": "cmd",
+         "base_accuracy": 0.25, "base_interval95": [0.1, 0.4],
+         "per_seed": {"0": {"accuracy": 0.5, "kl_last_step": 1.234, "train_wall_s": 60.2}},
+         "gain_over_seeds": {"mean": 0.25, "lo": 0.2, "hi": 0.3}, "gain_over_problems": {"mean": 0.25, "lo": 0.1,
+                                                                                          "hi": 0.4}}
+    text = "\n".join(render_real.grpo_lines(r))
+    assert "Base model, held-out greedy accuracy: 25.0% [10.0%, 40.0%]" in text
+    assert "Seed 0: after 50.0%, KL to the reference at the last step 1.23 nats per completion" in text
+    assert "Gain: +25.0 points; 95% interval over seeds [+20.0, +30.0] points; over held-out problems " \
+           "[+10.0, +40.0] points" in text
