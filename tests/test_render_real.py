@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -48,3 +49,33 @@ def test_grpo_lines_state_the_gain_and_its_intervals(render_real):
     assert "Seed 0: after 50.0%, KL to the reference at the last step 1.23 nats per completion" in text
     assert "Gain: +25.0 points; 95% interval over seeds [+20.0, +30.0] points; over held-out problems " \
            "[+10.0, +40.0] points" in text
+
+
+def test_docs_recipe_table_agrees_with_the_json(render_real):
+    text = (REPO / "docs" / "real-model.md").read_text()
+    block = re.search(re.escape(render_real.RECIPES_BEGIN) + r".*?" + re.escape(render_real.RECIPES_END), text,
+                      flags=re.S)
+    assert block is not None
+    assert block.group(0) == render_real.render_recipes(), "run .venv/bin/python bench/render_real.py"
+
+
+def test_recipe_rows(render_real):
+    s = {"cpu_model": "Test CPU", "cpu_count": 2, "omp_num_threads": "2", "nice": 0, "loadavg": [0.1, 0, 0]}
+    r = {"steps": 3, "data": "d", "command": "cmd", "recipes": [
+        {"recipe": "rm/x", "step": "16 pairs", "step_s": 22.68, "to_first_step_s": 38.8, "peak_rss_gb": 5.07,
+         "settings": s},
+        {"recipe": "dpo/x", "step": "8 pairs", "step_s": None, "to_first_step_s": None, "peak_rss_gb": None}]}
+    lines = render_real.recipes_lines(r)
+    assert "| `rm/x` | 16 pairs | 22.7 s | 39 s | 5.1 GB |" in lines
+    assert "| `dpo/x` | 8 pairs | n/a | n/a | n/a |" in lines
+    assert "Test CPU (2 cores), OMP_NUM_THREADS=2, nice 0, 1-minute load when each started: 0.1" in lines[0]
+
+
+def test_recipe_step_time_is_the_median_gap_between_steps(tmp_path):
+    spec = importlib.util.spec_from_file_location("real_recipes", REPO / "bench" / "real_recipes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = [{"step": 1, "elapsed_s": 40.0}, {"step": 2, "elapsed_s": 62.0}, {"step": 2, "eval_loss": 0.5},
+            {"step": 3, "elapsed_s": 85.0}, {"step": 5, "elapsed_s": 135.0}]  # steps 4-5: one 50 s gap, 25 s a step
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert mod.step_times(tmp_path / "metrics.jsonl") == (23.0, 40.0)  # median of 22, 23, 25
