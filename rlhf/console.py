@@ -18,7 +18,7 @@ import os
 from typing import Any
 
 __all__ = ["quiet_third_party", "step_line", "bar_postfix", "KEY_METRICS", "WarningCollector", "warnings_collector",
-           "pass_progress"]
+           "pass_progress", "LineProgress"]
 
 # (metric key, label) in the order shown; a step shows those it has. Chosen so that each stage
 # shows what tells whether it works: the loss; rewards (proxy "reward", hidden "gold") and the KL
@@ -67,10 +67,14 @@ def quiet_third_party() -> None:
     progress bar when stderr is not a terminal."""
     import sys
 
+    global _REDIRECTED
     if not sys.stderr.isatty() and "TQDM_DISABLE" not in os.environ:
         # Redirected to a log: a bar's carriage-return redraws would stay there as fragments; the
         # runs' own per-step lines say the same. (tqdm reads TQDM_* variables as its defaults.)
+        # A long pass outside the training loop prints a plain line every half minute instead
+        # (pass_progress), so that a log never looks hung.
         os.environ["TQDM_DISABLE"] = "1"
+        _REDIRECTED = True
     # rlhf never uses tensor parallelism: the tensor-parallel plan check's "layers were not
     # sharded" lines (one per model load) say nothing about a run.
     logging.getLogger("transformers.distributed.tensor_parallel").setLevel(logging.ERROR)
@@ -132,15 +136,72 @@ def warnings_collector() -> WarningCollector:
     return _COLLECTOR
 
 
+# True once quiet_third_party has turned the bars off because stderr is not a terminal (not when a
+# user set TQDM_DISABLE: then a pass prints nothing).
+_REDIRECTED = False
+
+
+def _duration(s: float) -> str:
+    s = max(0, int(round(s)))
+    return f"{s // 3600} h {s % 3600 // 60} min" if s >= 3600 else f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
+
+
+class LineProgress:
+    """A long pass's progress as plain lines for a log: ``update(n)`` after each batch prints
+    ``<desc>: 96/512 examples (19%), 0.71 example/s, ETA 9 min 45 s`` when at least ``every``
+    seconds have passed since the start or the last line (a short pass prints nothing), and
+    ``close()`` prints how long the pass took if it printed anything before."""
+
+    def __init__(self, desc: str, total: int, unit: str = "seq", every: float = 30.0,
+                 clock: Any = None, stream: Any = None) -> None:
+        import sys
+        import time
+
+        self.desc, self.total, self.unit, self.every = desc, total, unit, every
+        self.clock = clock or time.monotonic
+        self.stream = stream or sys.stderr
+        self.n, self.printed = 0, False
+        self.t0 = self.last = self.clock()
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+        self.printed = True
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = self.clock()
+        if now - self.last < self.every or self.n >= self.total:
+            return
+        self.last = now
+        rate = self.n / max(now - self.t0, 1e-9)
+        eta = (self.total - self.n) / rate if rate > 0 else float("inf")
+        self._print(f"{self.desc}: {self.n}/{self.total} {self.unit}s ({100 * self.n / self.total:.0f}%), "
+                    f"{rate:.3g} {self.unit}/s, ETA {_duration(eta) if math.isfinite(eta) else '?'}")
+
+    def close(self) -> None:
+        if self.printed:
+            self._print(f"{self.desc}: {self.n}/{self.total} {self.unit}s in {_duration(self.clock() - self.t0)}")
+            self.printed = False
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def pass_progress(desc: str, total: int, unit: str = "seq", enabled: bool = True) -> Any:
     """A progress bar with rate and ETA (tqdm) for a long pass outside the training loop: the
     cached reference pass, evaluation, a reward model scoring many sequences. Call ``update(n)``
     after each batch and ``close()`` at the end (or use it as a context manager). Disabled (a
     no-op bar) when ``enabled`` is false or there is nothing to count; cleared when done, so a
-    finished pass leaves no line behind."""
+    finished pass leaves no line behind. When stderr is a log (quiet_third_party turned the bars
+    off), a :class:`LineProgress` prints a plain line every half minute instead."""
     from tqdm.auto import tqdm
 
     # An explicit ``disable`` overrides tqdm's TQDM_DISABLE default, which quiet_third_party sets
     # when stderr is not a terminal (a redirected log keeps no bar fragments): honour it here.
     off = not enabled or total <= 0 or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
+    if off and enabled and total > 0 and _REDIRECTED:
+        return LineProgress(desc, total, unit)  # a log: plain lines every half minute, no bar fragments
     return tqdm(total=total, desc=desc, unit=unit, disable=off, leave=False, dynamic_ncols=True, mininterval=1.0)

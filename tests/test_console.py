@@ -149,3 +149,43 @@ def test_pass_progress_is_off_in_a_redirected_log(capsys, monkeypatch):
             bar.update(1)
     assert capsys.readouterr().err == ""
 
+
+
+def test_line_progress_prints_every_half_minute_with_rate_and_eta():
+    """Issue 25 item 6: in a redirected log a long pass prints plain lines (a bar would leave
+    fragments), at most one per ``every`` seconds, with the rate and an ETA worked out here by hand;
+    a pass shorter than that prints nothing; the closing line only follows earlier ones."""
+    import io
+
+    from rlhf.console import LineProgress
+
+    t = [0.0]
+    out = io.StringIO()
+    with LineProgress("dpo: reference log-probs", 100, unit="example", every=30.0,
+                      clock=lambda: t[0], stream=out) as bar:
+        for now, n in ((10.0, 10), (31.0, 10), (40.0, 10), (75.0, 20)):
+            t[0] = now
+            bar.update(n)
+        t[0] = 200.0
+        bar.update(50)  # the last update: the closing line says it
+    lines = out.getvalue().splitlines()
+    # at 31 s: 20 done, 20/31 = 0.645 example/s, 80 left -> 124 s; at 75 s: 50 done, 0.667/s, 75 s left
+    assert lines == ["dpo: reference log-probs: 20/100 examples (20%), 0.645 example/s, ETA 2 min 4 s",
+                     "dpo: reference log-probs: 50/100 examples (50%), 0.667 example/s, ETA 1 min 15 s",
+                     "dpo: reference log-probs: 100/100 examples in 3 min 20 s"]
+
+    quiet = io.StringIO()
+    with LineProgress("x", 4, every=30.0, clock=lambda: 5.0, stream=quiet) as bar:
+        bar.update(4)
+    assert quiet.getvalue() == ""
+
+
+def test_pass_progress_prints_lines_only_where_rlhf_turned_the_bars_off(monkeypatch):
+    import rlhf.console as console
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setattr(console, "_REDIRECTED", True)
+    assert isinstance(console.pass_progress("eval", 10), console.LineProgress)
+    assert not isinstance(console.pass_progress("eval", 10, enabled=False), console.LineProgress)
+    monkeypatch.setattr(console, "_REDIRECTED", False)  # the user's own TQDM_DISABLE: silence
+    assert not isinstance(console.pass_progress("eval", 10), console.LineProgress)

@@ -672,7 +672,7 @@ class Trainer:
                 "written" + (f" (the last checkpoint is {last})" if last else "")
                 + ". Lower train.lr, set train.max_grad_norm, or check the data and the reward.")
         summary = {"stage": self.stage, "steps": self.plan.total_steps,
-                   "wall_time_s": round(time.time() - self._t0, 2), **summary}
+                   "wall_time_s": round(time.time() - self._t0, 2), **peak_memory(acc.device), **summary}
         whole: contextlib.AbstractContextManager = contextlib.nullcontext()
         if self.sharded:  # final/ is an ordinary model folder: gather the exact full weights
             from rlhf.train import sharding
@@ -691,8 +691,9 @@ class Trainer:
             write_json_atomic(self.output_dir / "summary.json", summary)
             if self.metrics is not None:
                 self.metrics.close()
+            mem = (f"; peak memory {summary['peak_rss_gb']:.2f} GB (RSS)" if "peak_rss_gb" in summary else "")
             self.print(f"[{self.stage}] done: outputs in {self.output_dir} (final model in "
-                       f"{self.output_dir / 'final'})")
+                       f"{self.output_dir / 'final'}){mem}")
             for msg in self._warnings.since(self._warn_start):
                 self.print(f"[{self.stage}] warning (repeated from above): {msg}")
             release_run_lock(self.output_dir)
@@ -700,6 +701,27 @@ class Trainer:
             acc.end_training()
         acc.wait_for_everyone()
         return summary
+
+
+def peak_memory(device: torch.device | str | None = None) -> dict[str, float]:
+    """This process's peak memory so far, in GB (1e9 bytes), for a run's summary.json.
+
+    ``peak_rss_gb`` is the peak resident set size of the whole process (model loading included:
+    what the machine must hold, not only the training step); on a CUDA device
+    ``peak_gpu_memory_gb`` adds torch's peak allocation there. Empty where neither is known.
+    """
+    out: dict[str, float] = {}
+    try:
+        import resource
+        import sys
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+        out["peak_rss_gb"] = round(rss * (1 if sys.platform == "darwin" else 1024) / 1e9, 3)
+    except (ImportError, OSError, ValueError):  # no resource module (Windows)
+        pass
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
+        out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(dev) / 1e9, 3)
+    return out
 
 
 def _share(acc: Accelerator, obj: dict[str, Any]) -> dict[str, Any]:

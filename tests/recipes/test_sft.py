@@ -94,7 +94,9 @@ def test_resume_after_crash_equals_uninterrupted_run(tiny_llama, instruction_dat
 def test_finished_run_is_never_overwritten(tiny_llama, instruction_data, tmp_path):
     extra = ["train.batch_size=8", "train.max_steps=2", "data.max_samples=40"]
     out = tmp_path / "done"
-    train(_cfg(tiny_llama, instruction_data, out, *extra))
+    summary = train(_cfg(tiny_llama, instruction_data, out, *extra))
+    # The finished run records the process's peak memory (its unit is tested in tests/train/test_peak_memory.py).
+    assert json.loads((out / "summary.json").read_text())["peak_rss_gb"] == summary["peak_rss_gb"] > 0
     before = (out / "final" / "model.safetensors").read_bytes()
     with pytest.raises(RunDirError, match="already holds a finished run"):
         train(_cfg(tiny_llama, instruction_data, out, *extra, "train.lr=1e-2"))
