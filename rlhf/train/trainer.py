@@ -707,17 +707,26 @@ def peak_memory(device: torch.device | str | None = None) -> dict[str, float]:
     """This process's peak memory so far, in GB (1e9 bytes), for a run's summary.json.
 
     ``peak_rss_gb`` is the peak resident set size of the whole process (model loading included:
-    what the machine must hold, not only the training step); on a CUDA device
-    ``peak_gpu_memory_gb`` adds torch's peak allocation there. Empty where neither is known.
+    what the machine must hold, not only the training step): the kernel's ``VmHWM`` on Linux, else
+    ``getrusage``'s ``ru_maxrss``. (On Linux ``ru_maxrss`` keeps the parent's size at fork across
+    ``exec``, so a run started from a large process would report that process's memory.) On a
+    CUDA device ``peak_gpu_memory_gb`` adds torch's peak allocation there. Empty where neither is known.
     """
     out: dict[str, float] = {}
     try:
-        import resource
-        import sys
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
-        out["peak_rss_gb"] = round(rss * (1 if sys.platform == "darwin" else 1024) / 1e9, 3)
-    except (ImportError, OSError, ValueError):  # no resource module (Windows)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                out["peak_rss_gb"] = round(int(line.split()[1]) * 1024 / 1e9, 3)
+    except (OSError, ValueError, IndexError):  # no /proc (macOS, Windows)
         pass
+    if "peak_rss_gb" not in out:
+        try:
+            import resource
+            import sys
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+            out["peak_rss_gb"] = round(rss * (1 if sys.platform == "darwin" else 1024) / 1e9, 3)
+        except (ImportError, OSError, ValueError):  # no resource module (Windows)
+            pass
     dev = torch.device(device) if device is not None else None
     if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
         out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(dev) / 1e9, 3)
