@@ -207,6 +207,15 @@ def run_pipeline(spec: dict[str, Any] | str | Path, output_dir: str | Path | Non
                  only: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage not yet finished, in order. Returns the pipeline status dict."""
     out, stages = load_pipeline(spec, output_dir)
+    if only is not None:
+        import difflib
+        names = [s.name for s in stages]
+        for name in only:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                raise PipelineError(f"--only: no stage named {name!r}"
+                                    + (f"; did you mean {close[0]!r}?" if close else "")
+                                    + f" (stages: {', '.join(names)})")
     check_pipeline_folder(out, [s.output_dir.name for s in stages])  # before anything is deleted or written
     out.mkdir(parents=True, exist_ok=True)
     acquire_run_lock(out)  # one pipeline per folder (each training stage also locks its own)
@@ -243,8 +252,23 @@ def run_pipeline(spec: dict[str, Any] | str | Path, output_dir: str | Path | Non
         write_json_atomic(status_file, status)
     status["wall_time_s"] = round(time.time() - t_all, 2)
     write_json_atomic(status_file, status)
-    log(f"[pipeline] all stages finished in {status['wall_time_s']:.0f} s: {out}")
+    log(f"[pipeline] {_outcome([r['status'] for r in status['stages']], status['wall_time_s'])}: {out}")
     return status
+
+
+def _outcome(statuses: list[str], seconds: float) -> str:
+    """The pipeline's last line: what ran and what did not (``--only`` or finished earlier)."""
+    ran = statuses.count("done")
+    earlier = sum(s.startswith("done (skipped") for s in statuses)
+    left = statuses.count("not selected")
+    if ran == len(statuses):
+        return f"all {ran} stage{'s' if ran != 1 else ''} ran, in {seconds:.0f} s"
+    parts = [f"{ran} stage{'s' if ran != 1 else ''} ran, in {seconds:.0f} s"]
+    if earlier:
+        parts.append(f"{earlier} finished earlier (skipped)")
+    if left:
+        parts.append(f"{left} not selected by --only")
+    return "; ".join(parts)
 
 
 def main(argv: list[str]) -> int:

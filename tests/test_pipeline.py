@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import random
+import re
 
 import pytest
 
@@ -95,6 +96,40 @@ def test_finished_stages_are_skipped_and_a_failed_one_leaves_nothing(tmp_path, c
     assert callmod.CALLS == ["first", "second", "second"]  # "one" did not run again
     assert [s["status"] for s in status["stages"]] == ["done (skipped: finished earlier)", "done"]
     assert json.loads((out / "pipeline.json").read_text())["stages"][1]["status"] == "done"
+
+
+def test_only_runs_the_named_stages_and_the_last_line_says_what_ran(tmp_path, callmod):
+    """``--only`` with a stage that finished earlier ran nothing: the last line said "all stages
+    finished in 0 s". It now counts what ran, what was skipped and what --only left out; an
+    unknown name is refused before anything runs, with the closest stage name."""
+    out = tmp_path / "run"
+    spec = {"output_dir": str(out), "stages": [
+        {"name": "one", "type": "call", "args": {"function": "pipe_calls:write", "text": "first"}},
+        {"name": "two", "type": "call", "args": {"function": "pipe_calls:write", "text": "second"}},
+        {"name": "three", "type": "call", "args": {"function": "pipe_calls:write", "text": "third"}},
+    ]}
+    with pytest.raises(PipelineError, match=r"--only: no stage named 'tow'; did you mean 'two'\? "
+                                            r"\(stages: one, two, three\)"):
+        run_pipeline(spec, only=["tow"], log=lambda m: None)
+    assert not out.exists()
+    lines: list[str] = []
+    run_pipeline(spec, only=["one"], log=lines.append)
+    def last() -> str:  # the seconds depend on the machine
+        return re.sub(r"in \d+ s", "in N s", lines[-1])
+    assert last() == f"[pipeline] 1 stage ran, in N s; 2 not selected by --only: {out}"
+    lines.clear()
+    run_pipeline(spec, only=["one", "two"], log=lines.append)
+    assert last() == f"[pipeline] 1 stage ran, in N s; 1 finished earlier (skipped); 1 not selected by --only: {out}"
+    lines.clear()
+    run_pipeline(spec, log=lines.append)
+    assert last() == f"[pipeline] 1 stage ran, in N s; 2 finished earlier (skipped): {out}"
+    assert callmod.CALLS == ["first", "second", "third"]
+
+
+def test_pipeline_outcome_line_when_every_stage_ran():
+    from rlhf.pipeline import _outcome
+    assert _outcome(["done", "done"], 12.4) == "all 2 stages ran, in 12 s"
+    assert _outcome(["done (skipped: finished earlier)"], 0.2) == "0 stages ran, in 0 s; 1 finished earlier (skipped)"
 
 
 def test_bradley_terry_labels_agree_at_the_logistic_rate():
