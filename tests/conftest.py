@@ -24,6 +24,25 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session")
+def load_bench():
+    """Import a script of bench/ (not a package) by name: ``load_bench("render_real")``."""
+    import importlib.util
+
+    loaded: dict[str, object] = {}
+
+    def load(name: str):
+        if name not in loaded:
+            spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+            assert spec is not None and spec.loader is not None
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            loaded[name] = mod
+        return loaded[name]
+
+    return load
+
+
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
     """Accelerator state is a process-wide singleton: reset it so tests do not leak settings."""

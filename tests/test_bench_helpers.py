@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,11 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def B():
-    spec = importlib.util.spec_from_file_location("_bench", REPO / "bench" / "_bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def B(load_bench):
+    return load_bench("_bench")
 
 
 def test_interleaved_alternates_direction(B):

@@ -3,7 +3,6 @@ and the JSON agree, and the renderer states only clean ratios, each with its dat
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,11 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def perf():
-    spec = importlib.util.spec_from_file_location("readme_perf", REPO / "bench" / "readme_perf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def perf(load_bench):
+    return load_bench("readme_perf")
 
 
 def test_readme_agrees_with_the_json(perf):
@@ -47,6 +43,11 @@ def test_clean_ratio_is_stated_with_its_provenance(perf, tmp_path):
     assert "`.venv/bin/python bench/rm_vs_trl.py --threads 1`" in section and "bench/results/rm.json" in section
     assert "≥ 3×: not met" in section  # the goal is judged by the number, never assumed
     assert perf.render_claims(results)["rm"] == "2.35× TRL (2026-12-06, `bench/results/rm.json`)"
+    assert "padded batches" not in section  # no packing bound recorded: none stated
+    with_bound = {**_rm({"ratio": 2.345, "clean_repeats": [2, 2]}),
+                  "packing_bound": {"trl_padded_over_real_tokens": 2.099}}
+    (tmp_path / "rm.json").write_text(json.dumps(with_bound))
+    assert "TRL's padded batches hold 2.10 tokens per real token" in perf.render_section(perf.load_results(tmp_path))
 
 
 def test_refused_ratios_smoke_runs_and_headerless_files_state_nothing(perf, tmp_path):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -14,11 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def render_real():
-    spec = importlib.util.spec_from_file_location("render_real", REPO / "bench" / "render_real.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def render_real(load_bench):
+    return load_bench("render_real")
 
 
 def test_readme_block_agrees_with_the_json(render_real):
@@ -71,10 +67,8 @@ def test_recipe_rows(render_real):
     assert "Test CPU (2 cores), OMP_NUM_THREADS=2, nice 0, 1-minute load when each started: 0.1" in lines[0]
 
 
-def test_recipe_step_time_is_the_median_gap_between_steps(tmp_path):
-    spec = importlib.util.spec_from_file_location("real_recipes", REPO / "bench" / "real_recipes.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_recipe_step_time_is_the_median_gap_between_steps(tmp_path, load_bench):
+    mod = load_bench("real_recipes")
     rows = [{"step": 1, "elapsed_s": 40.0}, {"step": 2, "elapsed_s": 62.0}, {"step": 2, "eval_loss": 0.5},
             {"step": 3, "elapsed_s": 85.0}, {"step": 5, "elapsed_s": 135.0}]  # steps 4-5: one 50 s gap, 25 s a step
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
