@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.collect:
         files = write_data(runs)
         state = _load(runs / "state.json")
-        for stage, recipe, what, data in RECIPES:
+        for stage, recipe, _what, data in RECIPES:
             key = f"{stage}/{recipe}"
             if key in state:
                 continue

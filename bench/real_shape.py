@@ -3,6 +3,12 @@
     .venv/bin/python bench/real_shape.py --threads 1 --out bench/results/real_shape.json
     .venv/bin/python bench/real_shape.py --profile --threads 1     # where one DPO step's time goes
     .venv/bin/python bench/real_shape.py --smoke                   # does it still run? (no figures)
+    .venv/bin/python bench/real_shape.py --pairings grpo,rm --steps 4 --threads 1 --out ...   # some of them
+
+With --out, the JSON is written after each pairing (marked ``partial`` until the last), so a run
+that is stopped keeps the pairings it finished. The reward-model pairing is speed-only here
+(``rm_vs_trl.py --eval-pairs 0``): a random model's held-out accuracy after a few steps says
+nothing, and scoring the held-out pairs at this shape takes longer than the training runs.
 
 The model is a random Llama with SmolLM2-135M-Instruct's configuration (``SHAPES``: hidden 576,
 30 layers, 9 query / 3 key-value heads, MLP 1536, vocabulary 49,152, tied embeddings, RoPE θ 1e5):
@@ -106,13 +112,19 @@ def _tokens_per_pair(model_dir: Path, pairs_file: Path, max_length: int) -> floa
     return total / max(1, n)
 
 
-def pairings(a, model_dir: Path) -> dict:
+PAIRINGS = ("dpo_full", "dpo_lora", "rm", "grpo")
+
+
+def pairings(a, model_dir: Path, save=lambda out: None) -> dict:
+    """Run the pairings named in ``a.pairings``; ``save(out)`` after each one (a kill keeps the finished ones)."""
     py = sys.executable
     common = ["--threads", str(a.threads)] if a.threads else []
     smoke = ["--smoke"] if a.smoke else []
     out: dict = {}
     # (a smoke run skips DPO full: bench/dpo_vs_trl.py's own smoke covers that path, LoRA covers --model-dir)
     for name, lora in (("dpo_full", 0), ("dpo_lora", 8))[1 if a.smoke else 0:]:
+        if name not in a.pairings:
+            continue
         r = _run([py, "bench/dpo_vs_trl.py", "--model-dir", str(model_dir), "--lora-r", str(lora),
                   "--precisions", "fp32", "--references", "cached", "--steps", str(a.steps),
                   "--repeats", str(a.repeats), "--batch-size", "4", "--max-length", str(a.max_length),
@@ -126,11 +138,24 @@ def pairings(a, model_dir: Path) -> dict:
                 if run.get("pairs_per_s"):
                     run["tokens_per_s"] = round(run["pairs_per_s"] * per_pair, 1)
         out[name] = r
+        save(out)
+    if "grpo" in a.pairings:
+        out["grpo"] = _grpo_pairing(a, model_dir, common, smoke)
+        save(out)
+    if "rm" in a.pairings:
+        out["rm"] = _rm_pairing(a, model_dir, common, smoke)
+    return out
+
+
+def _rm_pairing(a, model_dir: Path, common: list[str], smoke: list[str]) -> dict:
+    py = sys.executable
     rm_work = a.work / "rm"
+    # Speed only: the held-out accuracy of a random model after a few steps says nothing, and scoring
+    # the held-out pairs with this shape takes longer than the training runs.
     r = _run([py, "bench/rm_vs_trl.py", "--model-dir", str(model_dir), "--precisions", "fp32",
               "--max-steps", str(a.steps), "--repeats", str(a.repeats), "--batch-size", "8",
               "--max-length", str(a.max_length), "--data", str(a.data), "--out", str(rm_work),
-              "--sides", a.sides, *common, *smoke])
+              "--sides", a.sides, *common, *(smoke or ["--eval-pairs", "0"])])
     if "error" not in r and (rm_work / "train_trl_kept.jsonl").exists():
         per_pair = _tokens_per_pair(model_dir, rm_work / "train_trl_kept.jsonl", r["max_length"])
         r["tokens_per_pair_trl_kept"] = round(per_pair, 1)
@@ -138,7 +163,11 @@ def pairings(a, model_dir: Path) -> dict:
             for side in ("ours_same", "trl"):
                 if row.get(side, {}).get("pairs_per_s"):
                     row[side]["tokens_per_s"] = round(row[side]["pairs_per_s"] * per_pair, 1)
-    out["rm"] = r
+    return r
+
+
+def _grpo_pairing(a, model_dir: Path, common: list[str], smoke: list[str]) -> dict:
+    py = sys.executable
     r = _run([py, "bench/ppo_vs_trl.py", "--algos", "grpo", "--policy", str(model_dir), "--steps", str(a.steps),
               "--repeats", str(a.repeats), "--max-length", str(a.max_length), "--work", str(a.work / "grpo"),
               "--sides", a.sides, *common, *smoke])
@@ -146,8 +175,7 @@ def pairings(a, model_dir: Path) -> dict:
         for run in r["runs"].values():
             if run.get("episodes_per_s") and run.get("response_length_mean"):
                 run["generated_tokens_per_s"] = round(run["episodes_per_s"] * run["response_length_mean"], 1)
-    out["grpo"] = r
-    return out
+    return r
 
 
 def profile(a, model_dir: Path) -> dict:
@@ -259,8 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true",
                    help="2 layers of the shape, every pairing in its own smoke mode: does it run? (no figures)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--pairings", default=",".join(PAIRINGS),
+                   help=f"comma list of the pairings to run: {', '.join(PAIRINGS)} (default: all)")
     p.add_argument("--peak-child", choices=["chunked", "whole"], default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    a.pairings = a.pairings.split(",")
+    unknown = sorted(set(a.pairings) - set(PAIRINGS))
+    if unknown:
+        p.error(f"--pairings: unknown {', '.join(unknown)} (known: {', '.join(PAIRINGS)})")
     if a.smoke:
         a.layers, a.steps, a.repeats, a.max_length = a.layers or 2, 2, 1, 128
         if a.work == Path("/tmp/real_shape"):
@@ -292,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.profile:
         result["profile"] = profile(a, model_dir)
     else:
-        result["pairings"] = pairings(a, model_dir)
+        def save(done: dict) -> None:  # the finished pairings, marked partial, in case the run is killed
+            if a.out and not a.smoke:
+                write_json({**result, "pairings": done, "partial": True}, a.out, argv)
+
+        result["pairings"] = pairings(a, model_dir, save)
     result["wall_s"] = round(time.time() - t0, 1)
     print(write_json(result, a.out, argv))
     if a.smoke:

@@ -108,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DATA, help="HH-RLHF file (default: the shared data folder)")
     ap.add_argument("--out", default=None, help="work folder (kept); the JSON goes to stdout and --json")
     ap.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--eval-pairs", type=int, default=None,
+                    help="score the first N held-out pairs after each run (0: a speed-only run, no held-out "
+                         "accuracy, rlhf timed on TRL's pairs only; default: all of them)")
     args = ap.parse_args(argv)
-    eval_cap = None
+    eval_cap = args.eval_pairs
     if args.smoke:
         args.precisions, args.max_length, args.batch_size, args.max_steps = ["fp32"], 64, 4, 3
         args.repeats, args.sides, eval_cap = 1, smoke_sides(), 16
@@ -133,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     train_recs, eval_recs, _ = load_train_eval(dcfg, "preference")
     if args.smoke:
         train_recs = train_recs[:64]
-    if eval_cap:
-        eval_recs = eval_recs[:eval_cap]
+    # The held-out pairs scored after each run, and the file the runs evaluate on themselves (in a
+    # speed-only run, --eval-pairs 0, a few pairs: the rlhf side needs one, and it is cheap).
+    eval_file_recs = eval_recs[:eval_cap or 8] if eval_cap is not None else eval_recs
+    eval_recs = eval_file_recs if eval_cap != 0 else []
 
     def write(path: Path, recs) -> None:
         with open(path, "w") as f:
@@ -142,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(json.dumps({"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected}) + "\n")
 
     write(work / "train.jsonl", train_recs)
-    write(work / "eval.jsonl", eval_recs)
+    write(work / "eval.jsonl", eval_file_recs)
     texts = [t for r in train_recs for t in (r.prompt + r.chosen, r.rejected)]
     model_dir = args.model_dir or make_tiny_checkpoint(
         work / "tiny-llama", "llama", texts, vocab_size=1024 if args.smoke else 4096, hidden_size=128, num_layers=2,
@@ -161,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     # Sides: ours on all pairs (truncating), ours on TRL's kept pairs (the like-for-like speed
     # pairing), TRL (drops the long pairs itself).
     # (a smoke run only the like-for-like pair: one rlhf child fewer)
-    ours = ["ours_same"] if args.smoke else ["ours", "ours_same"]
+    # (a speed-only run, --eval-pairs 0, only the like-for-like pair too: "ours" is there for its accuracy)
+    ours = ["ours_same"] if args.smoke or eval_cap == 0 else ["ours", "ours_same"]
     run_sides = (ours if "rlhf" in sides else []) + (["trl"] if "trl" in sides else [])
     results: dict = {}
     for prec in args.precisions:
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                        "--out", str(dest), *common, *(["--bf16"] if prec == "bf16" else [])]
             r = _run(cmd)
             model_out = str(dest / "final") if side == "trl" else r["final_model"]
-            r["heldout"] = _accuracy(model_out, eval_recs, args.max_length)
+            r["heldout"] = _accuracy(model_out, eval_recs, args.max_length) if eval_recs else None
             r["command"] = " ".join(cmd)
             raw[side].append(r)
             print(json.dumps({"run": f"{side}-{prec}-r{rep}", "pairs_per_s": r.get("pairs_per_s"),

@@ -57,8 +57,8 @@ NOT_YET = {
     "vllm_vs_builtin.py": "needs .venv-vllm",
     "real_grpo.py": "GRPO on SmolLM2-135M over seeds (hours on a CPU); its pieces are tested in test_real_model.py",
     "real_hh.py": "RM, DPO and judge on HH-RLHF with SmolLM2-135M (an hour on a CPU)",
-    "real_recipes.py": "the SmolLM2-135M recipes for a few steps each (about 15 min on a CPU); each recipe runs one step in "
-                       "test_real_model.py, step_times in test_render_real.py",
+    "real_recipes.py": "the SmolLM2-135M recipes for a few steps each (about 15 min on a CPU); each recipe runs one "
+                       "step in test_real_model.py, step_times in test_render_real.py",
 }
 
 _RESULTS: dict[str, dict] = {}
