@@ -192,12 +192,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(key, f"unsupported field type {tp!r}")  # pragma: no cover
 
 
+def did_you_mean(value: Any, names: typing.Sequence[Any]) -> str:
+    """``"; did you mean 'gspo'?"`` when a string ``value`` is close to one of ``names``, else ``""``."""
+    strs = [n for n in names if isinstance(n, str)]
+    close = difflib.get_close_matches(value, strs, n=1, cutoff=0.6) if isinstance(value, str) else []
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _not_one_of(key: str, allowed: typing.Sequence[Any], value: Any) -> ConfigError:
     """The error for a value outside its choices, with the closest choice when one is near
     (``ppo.loss=gpso`` -> "did you mean 'gspo'?")."""
-    names = [a for a in allowed if isinstance(a, str)]
-    close = difflib.get_close_matches(str(value), names, n=1, cutoff=0.6) if isinstance(value, str) else []
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(value, allowed)
     return ConfigError(key, f"must be one of {', '.join(map(repr, allowed))} (got {value!r}){hint}")
 
 

@@ -208,14 +208,12 @@ def run_pipeline(spec: dict[str, Any] | str | Path, output_dir: str | Path | Non
     """Run every stage not yet finished, in order. Returns the pipeline status dict."""
     out, stages = load_pipeline(spec, output_dir)
     if only is not None:
-        import difflib
+        from rlhf.config import did_you_mean
         names = [s.name for s in stages]
         for name in only:
             if name not in names:
-                close = difflib.get_close_matches(name, names, n=1)
-                raise PipelineError(f"--only: no stage named {name!r}"
-                                    + (f"; did you mean {close[0]!r}?" if close else "")
-                                    + f" (stages: {', '.join(names)})")
+                raise PipelineError(f"--only: no stage named {name!r}{did_you_mean(name, names)} "
+                                    f"(stages: {', '.join(names)})")
     check_pipeline_folder(out, [s.output_dir.name for s in stages])  # before anything is deleted or written
     out.mkdir(parents=True, exist_ok=True)
     acquire_run_lock(out)  # one pipeline per folder (each training stage also locks its own)
