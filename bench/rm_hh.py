@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-every", type=int, default=10,
                     help="metrics every N steps (bench/rm_trl.py logs as often: equal logging on both sides)")
     ap.add_argument("--max-pairs", type=int, default=None, help="use only the first N training pairs (smoke runs)")
+    ap.add_argument("--no-reward-stats", action="store_true",
+                    help="skip the recipe's reward normalisation statistics after training (speed-only runs: "
+                         "untimed, but minutes on a large model)")
     args = ap.parse_args(argv)
 
     import torch
@@ -126,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         f"train.seed={args.seed}", "train.progress=false", "train.save_total_limit=1",
         "train.save_model_in_checkpoints=false", f"train.log_every={args.log_every}",
         f"train.mixed_precision={args.mixed_precision}", "model.gradient_checkpointing=false",
-        *([f"train.max_steps={args.max_steps}"] if args.max_steps else [])])
+        *([f"train.max_steps={args.max_steps}"] if args.max_steps else []),
+        *(["stats.source=none"] if args.no_reward_stats else [])])
     t_train = time.time()
     with contextlib.redirect_stdout(sys.stderr):  # progress lines to stderr: stdout is the JSON
         s = train(cfg)

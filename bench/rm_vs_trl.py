@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                   "--epochs", str(args.epochs), "--seed", str(args.seed), "--log-every", str(args.log_every),
                   *(["--threads", str(args.threads)] if args.threads else []),
                   *(["--max-steps", str(steps)] if steps else [])]
-        mp = ["--data", str(args.data), "--mixed-precision", "bf16" if prec == "bf16" else "no"]  # rlhf side
+        mp = ["--data", str(args.data), "--mixed-precision", "bf16" if prec == "bf16" else "no",  # rlhf side
+              *(["--no-reward-stats"] if eval_cap == 0 else [])]
         raw: dict[str, list[dict]] = {s: [] for s in run_sides}
         for rep, side in interleaved(run_sides, args.repeats):
             dest = work / f"{side}-{prec}-r{rep}"
