@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["token_logps", "shifted_token_logps", "entropy_from_logits", "entropy_from_logp", "forward_logps",
            "sequence_logps", "packed_completion_logits", "packed_sequence_logps", "bucketed_sequence_logps",
-           "chunked_head_logps", "CHUNK_ELEMENTS"]
+           "chunked_head_logps", "target_logps", "CHUNK_ELEMENTS"]
 
 
 def token_logps(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -310,6 +310,17 @@ def packed_completion_logits(model: Callable[..., Any], input_ids: torch.Tensor,
     return layout, p_ids, targets, logits
 
 
+def target_logps(model: Callable[..., Any], input_ids: torch.Tensor, position_ids: torch.Tensor,
+                 targets: torch.Tensor, temperature: float = 1.0, attention_mask: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """Log-probs (n,) float32 of the tokens of ``input_ids`` (R, W) at the ``targets`` (R, W) bool
+    positions, row-major, each predicted from the position before it (column 0 must hold no
+    target). The LM head runs only at those positions (:func:`_completion_logps_at`: in slices at
+    a large vocabulary). Differentiable."""
+    return _completion_logps_at(model, input_ids, position_ids, _predicting(targets), input_ids[targets],
+                                temperature, attention_mask)
+
+
 def packed_sequence_logps(model: Callable[..., Any], batch: dict[str, torch.Tensor], temperature: float = 1.0,
                           capacity: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs (N,) float32 and completion lengths (N,) of a padded batch
@@ -322,8 +333,7 @@ def packed_sequence_logps(model: Callable[..., Any], batch: dict[str, torch.Tens
     layout = PackedLayout(batch["attention_mask"], capacity)
     p_ids = layout.pack_ids(ids)  # (R, W)
     targets = layout.pack(cm, 0).bool() & ~layout.starts  # nothing predicts a sequence's first token
-    lp = _completion_logps_at(model, p_ids, layout.position_ids, _predicting(targets), p_ids[targets],
-                              temperature)  # (n,) float32
+    lp = target_logps(model, p_ids, layout.position_ids, targets, temperature)  # (n,) float32
     sums = torch.zeros(ids.shape[0], dtype=lp.dtype, device=lp.device).index_add(0, layout.sequence[targets], lp)
     return sums, cm.sum(-1)
 

@@ -32,7 +32,7 @@ from rlhf.advantages import ESTIMATOR_SPECS, compute_advantages, informative_gro
 from rlhf.config import ConfigError, opt
 from rlhf.data.collate import PackedLayout
 from rlhf.kl import KL_CONTROLLERS, AdaptiveKLController, FixedKLController, kl_estimate, kl_k1
-from rlhf.logprobs import entropy_from_logits, shifted_token_logps
+from rlhf.logprobs import entropy_from_logits, shifted_token_logps, target_logps
 from rlhf.losses.policy import POLICY_LOSSES, entropy_bonus, kl_loss, resolve_clip, value_loss
 from rlhf.masking import Aggregation, count_units, masked_sum, masked_var, masked_whiten
 from rlhf.models.load import score_tokens
@@ -172,8 +172,9 @@ class PolicyAndValue(nn.Module):
     one distributed wrapper cover both: ``policy`` (a causal LM) and the critic, either
     ``value`` (a separate scalar model) or ``value_head`` (a linear head on the policy's own
     final hidden states: ``value_model: shared``), or neither (the critic-free estimators).
-    ``forward`` returns logits (B, T, V) and the critic's values aligned with actions (B, T)
-    (rlhf.rollout.shift_values) or None."""
+    ``forward`` returns logits (B, T, V), or with ``targets`` only the log-probs (B, T) of the
+    tokens there, and the critic's values aligned with actions (B, T) (rlhf.rollout.shift_values)
+    or None."""
 
     def __init__(self, policy: nn.Module, value: nn.Module | None = None, value_head: nn.Module | None = None,
                  packed: bool = False):
@@ -185,11 +186,19 @@ class PolicyAndValue(nn.Module):
         self.value_head = value_head
         self.packed = packed
 
-    def forward(self, input_ids, attention_mask, position_ids):
+    def forward(self, input_ids, attention_mask, position_ids, targets=None, temperature=1.0):
         """With ``packed`` the models run on the batch's packed layout (rlhf.data.collate.
         PackedLayout: sequences back to back, no padding) and the outputs are unpacked to the
         padded (B, T) layout (logits 0 on padding; values are read at t - 1, see shift_values):
-        the same numbers up to float rounding."""
+        the same numbers up to float rounding.
+
+        ``targets`` (B, T) bool: return, in place of the logits, the log-probs (B, T) float32 at
+        ``temperature`` of the tokens there (0 elsewhere; position 0 is never a target). The LM
+        head then runs only where a target is predicted, in slices at a large vocabulary
+        (rlhf.logprobs.chunked_head_logps), so the (B, T, V) logits and their gradient are never
+        made: the policy loss reads nothing else. With a shared value head (it reads the final
+        hidden states of every position) or no target at all, the logits are made as without and
+        the log-probs of every position are read from them."""
         layout = None
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         if use_packed(self.packed, self.policy, self.value):
@@ -200,6 +209,22 @@ class PolicyAndValue(nn.Module):
         def unpacked(x: torch.Tensor) -> torch.Tensor:
             return x if layout is None else layout.unpack(x)
 
+        want_logps = targets is not None
+        if targets is not None and self.value_head is None:
+            t = targets.bool().clone()
+            t[:, 0] = False  # nothing predicts the first token
+            if layout is not None:
+                t = layout.pack(t, False) & ~layout.starts
+            if bool(t.any()):
+                ids = inputs["input_ids"]
+                lp = target_logps(self.policy, ids, inputs["position_ids"], t, temperature,
+                                  inputs["attention_mask"])  # (n,) float32
+                logps = unpacked(torch.zeros(t.shape, dtype=lp.dtype, device=lp.device).masked_scatter(t, lp))
+                values = None if self.value is None else shift_values(
+                    unpacked(score_tokens(self.value, **inputs).float()))
+                return logps, values
+            # no target at all (every group of the micro-batch dropped): the full pass below
+
         shared = self.value_head is not None
         out = self.policy(**inputs, use_cache=False, output_hidden_states=shared)
         values = None
@@ -207,6 +232,8 @@ class PolicyAndValue(nn.Module):
             values = shift_values(unpacked(self.value_head(out.hidden_states[-1]).squeeze(-1).float()))
         elif self.value is not None:
             values = shift_values(unpacked(score_tokens(self.value, **inputs).float()))
+        if want_logps:  # (the shared value head, or no target: log-probs from the whole logits)
+            return shifted_token_logps(unpacked(out.logits), input_ids, temperature), values
         return unpacked(out.logits), values
 
     @torch.no_grad()
@@ -339,9 +366,13 @@ def policy_loss_fn(cfg: PolicyLossConfig, *, aggregation: Aggregation, placement
     clip_low, clip_high = resolve_clip(cfg.loss, cfg.clip, cfg.clip_high)  # null: the loss's own range
 
     def loss_fn(m: nn.Module, mb: dict[str, torch.Tensor], denom: torch.Tensor):
-        logits, values = m(mb["input_ids"], mb["attention_mask"], mb["position_ids"])
-        logps = shifted_token_logps(logits, mb["input_ids"], temperature)  # (b, T)
         mask = mb["mask"]
+        if cfg.entropy_coef > 0:  # the entropy needs the whole distribution at each action
+            logits, values = m(mb["input_ids"], mb["attention_mask"], mb["position_ids"])
+            logps = shifted_token_logps(logits, mb["input_ids"], temperature)  # (b, T)
+        else:  # the LM head only where an action is predicted (PolicyAndValue.forward)
+            logps, values = m(mb["input_ids"], mb["attention_mask"], mb["position_ids"], targets=mask > 0,
+                              temperature=temperature)
         agg: dict[str, Any] = {"aggregation": aggregation, "denominator": denom, "max_len": max_len}
         loss, pm = policy_loss(logps, mb["old_logps"], mb["advantages"], mask, clip_low, clip_high, **agg,
                                is_weights=mb.get("is_weights"))
