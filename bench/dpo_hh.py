@@ -141,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--one", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
     p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--smoke", action="store_true",
+                   help="fp32 on the file's first 64 rows, 64 tokens, a 1-layer model: the bench still runs, no figure")
     args = p.parse_args(argv)
+    if args.smoke:
+        args.precisions, args.max_pairs, args.max_length, args.num_layers, args.hidden_size = "fp32", 64, 64, 1, 32
+        args.vocab_size = 512
     if not args.data.exists():
         print(json.dumps({"error": f"{args.data} not found (the shared data folder sits beside the repo)"}))
         return 1
@@ -167,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[prec] = {"error": proc.stderr[-2000:]}
                 continue
             results[prec] = json.loads(proc.stdout.strip().splitlines()[-1])
-    out = {"bench": "dpo_hh", "data": str(args.data.name), "split": "80/20 rows, data.seed=0",
+    smoke = {"smoke": True} if args.smoke else {}
+    out = {"bench": "dpo_hh", **smoke, "data": str(args.data.name), "split": "80/20 rows, data.seed=0",
            "loss": args.loss, "beta": args.beta, "batch_size": args.batch_size, "max_length": args.max_length,
            "epochs": args.epochs, "lr": args.lr, "chance_accuracy": 0.5, "held_out_length_baseline": baseline,
            "results": results}

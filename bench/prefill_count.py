@@ -10,7 +10,7 @@ rlhf.testbed.reviews.make_prompts (the quickstart's and bench/ppo_vs_trl.py's), 
 tiny BPE tokenizer trained on them; the count does not depend on the model's depth or width, so
 a 2-layer tiny Llama runs the sampler (max_new_tokens = 1).
 
-    PYTHONPATH=$PWD python bench/prefill_count.py
+    PYTHONPATH=$PWD python bench/prefill_count.py [--smoke]     # --smoke: the first setting only
 """
 
 from __future__ import annotations
@@ -56,6 +56,14 @@ def prefill_flops(rows: int, width: int, s: dict = SMOL) -> float:
 
 
 def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="the first setting only (the bench still runs)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     pools = {"quickstart": make_prompts(16, seed=1),
              "distinct": list(dict.fromkeys(make_prompts(2000, seed=0, instruct=True)))[:16]}
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,7 +73,7 @@ def main() -> None:
         cfg = ModelConfig(name_or_path=str(path))
         model, tok = load_causal_lm(cfg, for_training=False), load_tokenizer(cfg)
     out = []
-    for name, pool, n, K, bs in SETTINGS:
+    for name, pool, n, K, bs in SETTINGS[:1] if a.smoke else SETTINGS:
         ps = pools[pool][:n]
         ids = [tok(p, add_special_tokens=False)["input_ids"] for p in ps]
         row = {"setting": name, "prompts": n, "distinct_prompts": len(set(ps)), "K": K, "sampling_batch_size": bs,
@@ -87,6 +95,8 @@ def main() -> None:
         row["ratio"] = round(row["before"]["prefill_tokens"] / row["after"]["prefill_tokens"], 3)
         out.append(row)
         print(json.dumps(row))
+    if a.smoke:  # the harness reads the last line: a count is a count, but mark the run
+        print(json.dumps({"bench": "prefill_count", "smoke": True, "settings": out}))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/sft_throughput.py [--size tiny|20m] [--dtype fp32|bf16|autocast]
                                              [--batch 8] [--max-length 512] [--steps 10]
+    .venv/bin/python bench/sft_throughput.py --smoke    # 1 timed step of 2 x 32 tokens: no figure
 
 Prints one JSON object. The model is a random-weight Llama built locally (no download); the
 data are built-in instructions padded/truncated so that every row has ``--max-length``
@@ -37,7 +38,10 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--smoke", action="store_true", help="tiny, 2 x 32 tokens, 1 timed step: the bench still runs")
     a = p.parse_args()
+    if a.smoke:
+        a.size, a.batch, a.max_length, a.steps = "tiny", 2, 32, 1
     torch.set_num_threads(a.threads)
 
     from rlhf.config import load_config
@@ -86,8 +90,9 @@ def main() -> None:
     # Model FLOPs of one training token: 6 x parameters (forward + backward), plus attention
     # 12 x layers x hidden x T (Kaplan et al. 2020 / PaLM appendix B).
     flops_per_token = 6 * n_params + 12 * layers * hidden * T
+    smoke = {"smoke": True} if a.smoke else {}
     print(json.dumps({
-        "bench": "sft_throughput", "size": a.size, "params": n_params, "dtype": a.dtype,
+        "bench": "sft_throughput", **smoke, "size": a.size, "params": n_params, "dtype": a.dtype,
         "batch": a.batch, "max_length": T, "steps_timed": len(timed), "threads": a.threads,
         "tokens_per_s": round(tokens / sec, 1), "examples_per_s": round(a.batch * len(timed) / sec, 3),
         "step_s_median": round(sorted(timed)[len(timed) // 2], 4),

@@ -28,6 +28,11 @@ SMOKED = {
     "mfu.py": (False, None),
     "sampler.py": (False, None),
     "calculator.py": (False, None),  # the calculator recipe per seed (bench/results/calculator.json)
+    "cli_help.py": (False, None),
+    "dpo_hh.py": (True, None),
+    "prefill_count.py": (False, None),
+    "recipe_step.py": (False, None),
+    "sft_throughput.py": (False, None),
 }
 # Scripts that run as a child of a smoked bench (covered by it), or are no benchmark.
 COVERED = {
@@ -42,24 +47,36 @@ COVERED = {
 }
 # Scripts without a smoke mode yet, each with the reason (issue 24 item 3 lists them as left).
 NOT_YET = {
-    "cli_help.py": "times `rlhf --help`; no training step to smoke",
     "demo_seeds.py": "runs the whole demo per seed (minutes)",
     "demo_time.py": "times the whole demo (minutes)",
     "demo_variant.py": "runs the whole demo per seed (minutes)",
-    "dpo_hh.py": "accuracy bench on the full HH split",
     "gpu_fsdp.py": "needs GPUs",
     "overoptimization.py": "runs the demo's PPO at several KL weights (minutes)",
-    "prefill_count.py": "prefill work counts (no timing); not yet given a smoke mode",
-    "recipe_step.py": "per-stage step timer; not yet given a smoke mode",
     "render_results.py": "renders bench/results figures; no training",
     "scaling.py": "model-size sweep (minutes per size)",
-    "sft_throughput.py": "not yet given a smoke mode",
     "vllm_vs_builtin.py": "needs .venv-vllm",
     "real_grpo.py": "GRPO on SmolLM2-135M over seeds (hours on a CPU); its pieces are tested in test_real_model.py",
     "real_hh.py": "RM, DPO and judge on HH-RLHF with SmolLM2-135M (an hour on a CPU)",
     "real_recipes.py": "the SmolLM2-135M recipes for a few steps each (about 15 min on a CPU); each recipe runs one "
                        "step in test_real_model.py, step_times in test_render_real.py",
 }
+
+# Single-process benches: what their smoke JSON must hold beyond the mark.
+SINGLE = {
+    "cli_help.py": lambda r: r["repeats"] == 1 and set(r["results"]) == {"rlhf --help", "rlhf sft --help",
+                                                                         "rlhf recipes"},
+    # sharing the prompt prefill among a group's K samples runs fewer prompt tokens
+    "prefill_count.py": lambda r: len(r["settings"]) == 1 and r["settings"][0]["ratio"] > 1,
+    # 51 training pairs of the first 64 rows (80/20), trained a few steps: a finite loss and accuracy
+    "dpo_hh.py": lambda r: r["results"]["fp32"]["train_pairs"] > 40 and 0 <= r["results"]["fp32"]
+    ["eval_reward_accuracy"] <= 1 and r["results"]["fp32"]["train_loss_first"] > 0,
+    "recipe_step.py": lambda r: r["max_length"] == 64 and r["step_s_timed"] > 0,
+    "sft_throughput.py": lambda r: r["steps_timed"] == 1 and r["tokens_per_s"] > 0,
+}
+for _name, _check in list(SINGLE.items()):  # each check as an assertion with the JSON in its message
+    def _assert(r, _check=_check, _name=_name):
+        assert _check(r), f"{_name} --smoke: unexpected JSON {json.dumps(r)[:1500]}"
+    SINGLE[_name] = _assert
 
 _RESULTS: dict[str, dict] = {}
 
@@ -112,6 +129,9 @@ def test_rlhf_side_smoke(script):
     assert not _errors(res), _errors(res)
     if script in ("dpo_vs_trl.py", "rm_vs_trl.py", "ppo_vs_trl.py", "real_shape.py"):
         assert res.get("smoke") is True and res["meta"]["command"]  # marked, so it is never a figure
+    elif script in SINGLE:
+        assert res.get("smoke") is True  # marked, so it is never a figure
+        SINGLE[script](res)
 
 
 @pytest.mark.slow
