@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         raw: dict[str, list[dict]] = {s: [] for s in run_sides}
         for rep, side in interleaved(run_sides, args.repeats):
             dest = work / f"{side}-{prec}-r{rep}"
+            if dest.exists():  # a run left by an earlier call in the same --out: timed afresh, never resumed
+                shutil.rmtree(dest)
             if side == "ours":
                 cmd = [sys.executable, "bench/rm_hh.py", "--model", str(model_dir), "--out", str(dest), *mp, *common,
                        *(["--train-file", str(work / "train.jsonl"), "--eval-file", str(work / "eval.jsonl")]
