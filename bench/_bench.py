@@ -53,7 +53,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     try:
         p = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                            timeout=10)
@@ -74,7 +74,7 @@ def meta(argv: Sequence[str] | None = None, script: str | None = None) -> dict[s
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
         "command": shlex.join([".venv/bin/python", script, *args]),
-        "git_commit": _git_commit(), "python": platform.python_version(), "loadavg": loadavg()}
+        "git_commit": git_commit(), "python": platform.python_version(), "loadavg": loadavg()}
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
         out.update(torch=torch.__version__, torch_threads=torch.get_num_threads())

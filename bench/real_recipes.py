@@ -3,6 +3,7 @@
     python bench/real_recipes.py --runs /work/bench-runs/recipes             # resumes: rerun the same command
     python bench/real_recipes.py --runs ... --steps 3                        # the default
     python bench/real_recipes.py --runs ... --collect                        # only write the JSON
+    python bench/real_recipes.py --runs ... --redo ppo/smollm2-135m-grpo-arithmetic-cpu   # measure one again
 
 Each recipe (``RECIPES``) runs from the CLI as a user would, on the GGUF file, for ``--steps``
 optimizer steps at its own batch size: SFT on the HH prompts with their chosen reply, the reward
@@ -11,7 +12,8 @@ model and DPO on HH pairs (bench/real_hh.py's split: the first pairs of its trai
 run's own files: the step time (median of the gaps between the ``elapsed_s`` of consecutive steps
 in metrics.jsonl, so model loading and DPO's cached reference pass are left out; they are in
 ``to_first_step_s``), the process's peak RSS (``peak_rss_gb`` in summary.json, model loading
-included) and the command's wall time, with the threads, niceness and load it started under.
+included) and the command's wall time, with the threads, niceness and load it started under and
+the git commit it ran at (``--redo`` measures a recipe again after a change; the others keep theirs).
 
 Writes bench/results/real_recipes.json; bench/render_real.py renders its table into
 docs/real-model.md. A recipe that is killed resumes from its checkpoint when rerun; its step time
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,8 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._bench import git_commit, run_settings, settings_prefix  # noqa: E402
 from bench._bench import load_state as _load  # noqa: E402
-from bench._bench import run_settings, settings_prefix  # noqa: E402
 from bench._bench import save_state as _save  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
@@ -99,7 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3, help="optimizer steps per recipe (the first is not timed)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "real_recipes.json"))
     p.add_argument("--collect", action="store_true", help="only write the JSON from the finished recipes")
+    p.add_argument("--redo", action="append", default=[], metavar="STAGE/RECIPE",
+                   help="measure this recipe again (its recorded figures and run folder are dropped first); "
+                        "repeatable")
     a = p.parse_args(argv)
+    known = [f"{stage}/{recipe}" for stage, recipe, _, _ in RECIPES]
+    unknown = [r for r in a.redo if r not in known]
+    if unknown:
+        p.error(f"--redo: unknown {', '.join(unknown)} (known: {', '.join(known)})")
     if a.steps < 2:
         p.error("--steps must be at least 2: the step time is the gap between steps")
     runs, out = Path(a.runs), Path(a.out)
@@ -107,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     if not a.collect:
         files = write_data(runs)
         state = _load(runs / "state.json")
+        for key in a.redo:
+            state.pop(key, None)
+            shutil.rmtree(runs / key.split("/")[0], ignore_errors=True)  # this bench's own run folder
+        _save(runs / "state.json", state)
         for stage, recipe, _what, data in RECIPES:
             key = f"{stage}/{recipe}"
             if key in state:
@@ -126,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             wall = time.perf_counter() - t0
             summary = json.loads((run_dir / "summary.json").read_text())
             step_s, first = step_times(run_dir / "metrics.jsonl")
-            state[key] = {"settings": settings, "steps": summary.get("steps"), "step_s": step_s,
-                          "to_first_step_s": first, "wall_s": wall, "peak_rss_gb": summary.get("peak_rss_gb")}
+            state[key] = {"settings": settings, "git_commit": git_commit(), "steps": summary.get("steps"),
+                          "step_s": step_s, "to_first_step_s": first, "wall_s": wall,
+                          "peak_rss_gb": summary.get("peak_rss_gb")}
             _save(runs / "state.json", state)
             print(f"{key}: {step_s:.1f} s a step, peak RSS {summary.get('peak_rss_gb')} GB", flush=True)
     result = collect(runs, a.steps)

@@ -73,3 +73,42 @@ def test_recipe_step_time_is_the_median_gap_between_steps(tmp_path, load_bench):
             {"step": 3, "elapsed_s": 85.0}, {"step": 5, "elapsed_s": 135.0}]  # steps 4-5: one 50 s gap, 25 s a step
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert mod.step_times(tmp_path / "metrics.jsonl") == (23.0, 40.0)  # median of 22, 23, 25
+
+
+def test_recipes_redo_measures_one_recipe_again_and_keeps_the_others(tmp_path, monkeypatch, load_bench):
+    """``--redo KEY`` drops KEY's figures and run folder and runs that recipe alone; the other
+    recipes' figures stay as they were. The recipe runs are faked (a summary and metrics written)."""
+    mod = load_bench("real_recipes")
+    keys = [f"{stage}/{recipe}" for stage, recipe, _, _ in mod.RECIPES]
+    old = {k: {"step_s": 1.0 + i, "peak_rss_gb": 1.0, "settings": {}} for i, k in enumerate(keys)}
+    (tmp_path / "state.json").write_text(json.dumps(old))
+    redo = keys[-1]
+    stale = tmp_path / redo.split("/")[0] / "stale.txt"
+    stale.parent.mkdir()
+    stale.write_text("left by the last measurement")
+    monkeypatch.setattr(mod, "write_data", lambda runs: {"pairs": "p", "sft": "s", "arithmetic": "a"})
+    ran = []
+    real_run = mod.subprocess.run
+
+    def fake_run(cmd, **kw):
+        if cmd[0] == "git":  # the commit stamp
+            return real_run(cmd, **kw)
+        stage = cmd[3]
+        ran.append(stage)
+        assert not stale.exists()  # the folder was emptied before the run
+        run_dir = tmp_path / stage
+        run_dir.mkdir(exist_ok=True)
+        (run_dir / "summary.json").write_text(json.dumps({"steps": 3, "peak_rss_gb": 2.5}))
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "elapsed_s": 10.0 * s}) + "\n"
+                                                       for s in (1, 2, 3)))
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(mod.subprocess, "run", fake_run)
+    out = tmp_path / "out.json"
+    assert mod.main(["--runs", str(tmp_path), "--out", str(out), "--redo", redo]) == 0
+    assert ran == [redo.split("/")[0]]
+    rows = {r["recipe"]: r for r in json.loads(out.read_text())["recipes"]}
+    assert rows[redo]["step_s"] == 10.0 and rows[redo]["peak_rss_gb"] == 2.5 and rows[redo]["git_commit"]
+    assert all(rows[k]["step_s"] == old[k]["step_s"] for k in keys[:-1])
+    with pytest.raises(SystemExit):
+        mod.main(["--runs", str(tmp_path), "--redo", "ppo/nope"])
