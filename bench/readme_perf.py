@@ -114,7 +114,9 @@ def render_section(results: list[tuple[str, dict[str, Any]]]) -> str:
                 f"≥ {r['goal']:g}×: {'met' if r['ratio'] >= r['goal'] else 'not met'}"
             lines.append(f"| {r['pairing']} | **{_fmt(r['ratio'])}** | {cr[0]}, {cr[1]} | {_fmt(r['memory'])} "
                          f"| {goal} |")
-        bound = (d.get("packing_bound") or {}).get("trl_padded_over_real_tokens") if d["bench"] == "rm_vs_trl" else None
+        rm = d if d["bench"] == "rm_vs_trl" else (d.get("pairings") or {}).get("rm") if d["bench"] == "real_shape" \
+            else None
+        bound = ((rm or {}).get("packing_bound") or {}).get("trl_padded_over_real_tokens")
         if bound:
             lines += ["", f"TRL's padded batches hold {bound:.2f} tokens per real token on the pairs it keeps: the "
                           "ratio that rlhf's packing alone gives at equal arithmetic per token (both sides run the "

@@ -45,6 +45,15 @@ def length_baseline(records) -> float:
     return score / len(records)
 
 
+def model_record(model_dir: Path, args) -> dict:
+    """The trained model's shape: read from its config.json (a ``--model`` folder is not the tiny
+    model the size options describe)."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    return {"arch": cfg.get("model_type"), "hidden": cfg.get("hidden_size"), "layers": cfg.get("num_hidden_layers"),
+            "heads": cfg.get("num_attention_heads"), "vocab": cfg.get("vocab_size"), "max_length": args.max_length,
+            "folder": str(model_dir) if args.model else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(DATA))
@@ -149,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "bench": "rm_hh", "data": Path(args.data).name, "seed": args.seed,
         "split": {"train_pairs": s["train_pairs"], "eval_pairs": n, "skipped": s["skipped"]},
-        "model": {"arch": "llama", "hidden": args.hidden, "layers": args.layers, "heads": args.heads,
-                  "vocab": args.vocab, "max_length": args.max_length},
+        "model": model_record(model_dir, args),
         "train": {"mixed_precision": args.mixed_precision, "gradient_checkpointing": False,
                   "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "steps": s["steps"]},
         "eval_accuracy": round(s["eval_accuracy"], 4), "eval_accuracy_ci95": [round(lo, 4), round(hi, 4)],

@@ -48,6 +48,12 @@ def test_clean_ratio_is_stated_with_its_provenance(perf, tmp_path):
                   "packing_bound": {"trl_padded_over_real_tokens": 2.099}}
     (tmp_path / "rm.json").write_text(json.dumps(with_bound))
     assert "TRL's padded batches hold 2.10 tokens per real token" in perf.render_section(perf.load_results(tmp_path))
+    # the reward-model pairing inside a real-shape result states its own bound
+    shape = {"meta": _meta(), "bench": "real_shape",
+             "pairings": {"rm": {**with_bound, "packing_bound": {"trl_padded_over_real_tokens": 1.881}}}}
+    (tmp_path / "rm.json").write_text(json.dumps(shape))
+    section = perf.render_section(perf.load_results(tmp_path))
+    assert "| rm: fp32, TRL's pairs | **2.35×**" in section and "hold 1.88 tokens per real token" in section
 
 
 def test_refused_ratios_smoke_runs_and_headerless_files_state_nothing(perf, tmp_path):
