@@ -86,7 +86,7 @@ def main() -> int:
         output_dir=a.run_dir, max_length=a.max_length, truncation_mode="keep_start",
         per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=1, max_steps=a.steps,
         num_train_epochs=1, learning_rate=a.lr, lr_scheduler_type="cosine", warmup_steps=a.warmup_steps,
-        weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch",
+        weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch_fused",
         max_grad_norm=1.0, seed=a.seed, data_seed=a.seed,
         # Both explicit: TRL defaults them to bf16=True and gradient_checkpointing=True.
         # (transformers 5.23 names gradient checkpointing "activation_checkpointing"; TRL reads the

@@ -27,8 +27,8 @@ What is held equal (and checked, not assumed):
   BPE merge across the boundary), are left out and counted. rlhf visits its examples in
   ``epoch_order(seed, 0, n)``; TRL gets the file in that order with a sequential sampler. The
   TRL side checks its own tokenized dataset against the expected ids before training.
-* **Optimisation.** Same β, lr, warm-up steps, cosine decay, AdamW (torch, non-fused, betas
-  0.9/0.999, eps 1e-8, no weight decay), gradient clipping at 1.0, batch, no accumulation, seed.
+* **Optimisation.** Same β, lr, warm-up steps, cosine decay, AdamW (torch's fused kernel on
+  both, betas 0.9/0.999, eps 1e-8, no weight decay), gradient clipping at 1.0, batch, no accumulation, seed.
 * **Precision and memory options, set explicitly on both** (TRL defaults to bf16 and gradient
   checkpointing on): fp32, or bf16 autocast over fp32 weights; gradient checkpointing off unless
   ``--gradient-checkpointing``.

@@ -131,7 +131,7 @@ def main() -> int:
 
     common = dict(
         output_dir=a.run_dir, learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0,
-        weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch",
+        weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch_fused",
         seed=a.seed, data_seed=a.seed, gradient_accumulation_steps=1,
         # Set explicitly: TRL's configs default to bf16=True and gradient checkpointing on.
         # (transformers 5.23 names gradient checkpointing "activation_checkpointing"; TRL reads the old

@@ -29,7 +29,7 @@ What is held equal (see bench/README-ppo.md for the details and what differs by 
   top-k / top-p off, both stop at EOS; KL weight β (GRPO: k3 in the loss on both; RLOO: k1 summed
   per completion, in the reward, on both; PPO: k1 per token in the reward on both), epochs /
   iterations per rollout, one minibatch per epoch (one optimizer step each), clip 0.2, token-mean
-  loss, AdamW (torch, non-fused) at a constant lr, no weight decay; gradient clipping at 1.0 for
+  loss, AdamW (torch's fused kernel on both) at a constant lr, no weight decay; gradient clipping at 1.0 for
   GRPO / RLOO (TRL's default) and none for PPO (TRL 1.9.2's PPO never clips, so rlhf's is turned
   off there); fp32 or bf16 autocast over fp32 weights, gradient checkpointing off (or on for both
   with ``--gradient-checkpointing``), no vLLM, no evaluation or checkpoint inside the timed window.

@@ -62,6 +62,7 @@ def main() -> int:
         gradient_accumulation_steps=1, num_train_epochs=args.epochs, max_steps=args.max_steps,
         learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.0,
         max_grad_norm=1.0, seed=args.seed, data_seed=args.seed,
+        optim="adamw_torch_fused",  # fused AdamW, as rlhf's trainer (and transformers' own default with torch >= 2.8)
         bf16=args.bf16, gradient_checkpointing=False,  # both explicit: TRL defaults them to True
         disable_dropout=True, center_rewards_coefficient=None,
         logging_steps=args.log_every, save_strategy="no", eval_strategy="no", report_to="none",

@@ -9,7 +9,8 @@
    the training text) that both sides start from.
 2. For each precision, train each side in its own process (so peak RSS is its own): ours
    with bench/rm_hh.py, TRL with bench/rm_trl.py (.venv-trl). Gradient checkpointing off on
-   both, dropout off on both, the same head initialisation, lr schedule and seed.
+   both, dropout off on both, AdamW with torch's fused kernel on both, the same head
+   initialisation, lr schedule and seed.
 3. Evaluate both trained models with ONE evaluator (rlhf.rewards.ModelReward with the same
    encoding) on the same held-out pairs; accuracy with its 95% Wilson interval.
 

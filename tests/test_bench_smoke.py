@@ -30,6 +30,7 @@ SMOKED = {
     "calculator.py": (False, None),  # the calculator recipe per seed (bench/results/calculator.json)
     "cli_help.py": (False, None),
     "dpo_hh.py": (True, None),
+    "optimizer_step.py": (False, None),
     "prefill_count.py": (False, None),
     "recipe_step.py": (False, None),
     "sft_throughput.py": (False, None),
@@ -70,6 +71,8 @@ SINGLE = {
     # 51 training pairs of the first 64 rows (80/20), trained a few steps: a finite loss and accuracy
     "dpo_hh.py": lambda r: r["results"]["fp32"]["train_pairs"] > 40 and 0 <= r["results"]["fp32"]
     ["eval_reward_accuracy"] <= 1 and r["results"]["fp32"]["train_loss_first"] > 0,
+    "optimizer_step.py": lambda r: set(r["results"]) == {"default", "foreach", "fused"} and all(
+        x["step_s"] > 0 for x in r["results"].values()),
     "recipe_step.py": lambda r: r["max_length"] == 64 and r["step_s_timed"] > 0,
     "sft_throughput.py": lambda r: r["steps_timed"] == 1 and r["tokens_per_s"] > 0,
 }

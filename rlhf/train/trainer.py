@@ -130,6 +130,26 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return groups
 
 
+_FUSED_DEVICES = ("cpu", "cuda")
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def adamw_kwargs(groups: list[dict[str, Any]], sharded: bool = False) -> dict[str, Any]:
+    """``{"fused": True}`` where torch's fused AdamW kernel takes every parameter (on the CPU or a
+    CUDA device, a floating dtype, not a sharded DTensor), else ``{}`` (torch's default). The
+    fused kernel updates each tensor in one pass where the default runs about six element-wise
+    passes over it; the arithmetic is the same, so the weights agree to float rounding (tested).
+    Measured: one AdamW step over SmolLM2-135M's 135M parameters, one CPU thread, 0.90 s -> 0.11 s
+    (bench/optimizer_step.py, bench/results/optimizer_step.json). transformers' Trainer, hence
+    TRL's, defaults to it too with torch >= 2.8."""
+    params = [p for g in groups for p in g["params"]]
+    if sharded or not params:
+        return {}
+    if all(p.device.type in _FUSED_DEVICES and p.dtype in _FUSED_DTYPES for p in params):
+        return {"fused": True}
+    return {}
+
+
 class Trainer:
     """Owns the Accelerator, optimizer, scheduler, output folder and checkpoints of one run.
 
@@ -272,8 +292,9 @@ class Trainer:
         if self.sharded:
             from rlhf.train import sharding
             model = sharding.shard(model, cfg.fsdp, self.device)  # before the optimizer: it holds the shards
-        optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                      betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+        groups = _param_groups(model, cfg.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                                      **adamw_kwargs(groups, self.sharded))
         total_updates = self.plan.total_steps * updates_per_step
         warmup = cfg.warmup_steps or int(round(cfg.warmup_ratio * total_updates))
         name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler]
