@@ -269,7 +269,11 @@ def main() -> int:
     ap.add_argument("--append", type=Path, help="add the records to this JSON file")
     ap.add_argument("--plot", type=Path, help="plot an existing results file and print the fit")
     ap.add_argument("--work", type=Path, help="folder for models and runs (default: a temporary one)")
+    ap.add_argument("--smoke", action="store_true", help="the 1m size, SFT, 2 steps of 2: the bench still runs")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: OMP_NUM_THREADS or 1)")
     a = ap.parse_args()
+    if a.smoke:
+        a.sizes, a.stages, a.variants, a.steps, a.batch = "1m", "sft", "base", 2, 2
     if a.plot:
         res = json.loads(a.plot.read_text())
         res["fit"] = fit(res["records"])
@@ -280,9 +284,11 @@ def main() -> int:
     import torch
 
     from bench.mfu import matmul_flops_per_s
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    peak = max(matmul_flops_per_s("bf16", n=1024, repeats=5)["flops_per_s"],
-               matmul_flops_per_s("bf16", n=2048, repeats=3)["flops_per_s"])
+    torch.set_num_threads(a.threads or int(os.environ.get("OMP_NUM_THREADS", "1")))
+    # (a smoke run: one small probe; bf16 matmuls at n = 2048 take minutes on a CPU without bf16 units)
+    peak = matmul_flops_per_s("bf16", n=128, repeats=1)["flops_per_s"] if a.smoke else max(
+        matmul_flops_per_s("bf16", n=1024, repeats=5)["flops_per_s"],
+        matmul_flops_per_s("bf16", n=2048, repeats=3)["flops_per_s"])
     work = a.work or Path(tempfile.mkdtemp(prefix="rlhf-scaling-"))
     work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(work))  # the GRPO reward module
@@ -310,7 +316,8 @@ def main() -> int:
         path = a.out or a.append
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"runs": [meta], "records": records}, indent=1) + "\n")
-    print(json.dumps({"meta": meta, "records": len(records)}))
+    print(json.dumps({"meta": meta, "records": len(records), **({"smoke": True, "last": records[-1]}
+                                                                   if a.smoke else {})}))
     return 0
 
 

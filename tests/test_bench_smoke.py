@@ -31,6 +31,8 @@ SMOKED = {
     "cli_help.py": (False, None),
     "dpo_hh.py": (True, None),
     "optimizer_step.py": (False, None),
+    "render_results.py": (False, None),
+    "scaling.py": (False, None),
     "prefill_count.py": (False, None),
     "recipe_step.py": (False, None),
     "sft_throughput.py": (False, None),
@@ -53,8 +55,6 @@ NOT_YET = {
     "demo_variant.py": "runs the whole demo per seed (minutes)",
     "gpu_fsdp.py": "needs GPUs",
     "overoptimization.py": "runs the demo's PPO at several KL weights (minutes)",
-    "render_results.py": "renders bench/results figures; no training",
-    "scaling.py": "model-size sweep (minutes per size)",
     "vllm_vs_builtin.py": "needs .venv-vllm",
     "real_grpo.py": "GRPO on SmolLM2-135M over seeds (hours on a CPU); its pieces are tested in test_real_model.py",
     "real_hh.py": "RM, DPO and judge on HH-RLHF with SmolLM2-135M (an hour on a CPU)",
@@ -73,6 +73,8 @@ SINGLE = {
     ["eval_reward_accuracy"] <= 1 and r["results"]["fp32"]["train_loss_first"] > 0,
     "optimizer_step.py": lambda r: set(r["results"]) == {"default", "foreach", "fused"} and all(
         x["step_s"] > 0 for x in r["results"].values()),
+    "render_results.py": lambda r: r["block_lines"] > 10 and "frontier.png" in r["images"],
+    "scaling.py": lambda r: r["records"] == 1 and r["last"]["stage"] == "sft",
     "recipe_step.py": lambda r: r["max_length"] == 64 and r["step_s_timed"] > 0,
     "sft_throughput.py": lambda r: r["steps_timed"] == 1 and r["tokens_per_s"] > 0,
 }
