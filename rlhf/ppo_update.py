@@ -209,6 +209,8 @@ class PolicyAndValue(nn.Module):
         def unpacked(x: torch.Tensor) -> torch.Tensor:
             return x if layout is None else layout.unpack(x)
 
+        # a separate critic reads the same inputs whichever way the policy runs
+        separate = None if self.value is None else shift_values(unpacked(score_tokens(self.value, **inputs).float()))
         want_logps = targets is not None
         if targets is not None and self.value_head is None:
             t = targets.bool().clone()
@@ -220,18 +222,14 @@ class PolicyAndValue(nn.Module):
                 lp = target_logps(self.policy, ids, inputs["position_ids"], t, temperature,
                                   inputs["attention_mask"])  # (n,) float32
                 logps = unpacked(torch.zeros(t.shape, dtype=lp.dtype, device=lp.device).masked_scatter(t, lp))
-                values = None if self.value is None else shift_values(
-                    unpacked(score_tokens(self.value, **inputs).float()))
-                return logps, values
+                return logps, separate
             # no target at all (every group of the micro-batch dropped): the full pass below
 
         shared = self.value_head is not None
         out = self.policy(**inputs, use_cache=False, output_hidden_states=shared)
-        values = None
+        values = separate
         if self.value_head is not None:  # the last entry of hidden_states is the final (normed) one the LM head reads
             values = shift_values(unpacked(self.value_head(out.hidden_states[-1]).squeeze(-1).float()))
-        elif self.value is not None:
-            values = shift_values(unpacked(score_tokens(self.value, **inputs).float()))
         if want_logps:  # (the shared value head, or no target: log-probs from the whole logits)
             return shifted_token_logps(unpacked(out.logits), input_ids, temperature), values
         return unpacked(out.logits), values
