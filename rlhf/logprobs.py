@@ -252,29 +252,37 @@ BUCKET = 16
 
 
 @functools.cache
-def _forward_params(cls: Any) -> frozenset[str]:  # a model class (hashable; typed Any: its forward is read)
-    return frozenset(inspect.signature(cls.forward).parameters)
+def _keeps_mask_class(cls: Any) -> bool:  # a model class (hashable; typed Any: its forward is read)
+    """Whether the class's forward takes ``logits_to_keep`` as a 2-D bool mask. transformers reads
+    a mask there from 5.21 on, through ``modeling_utils.slice_logits_to_keep``, which each modeling
+    module that supports it imports. Before 5.21, and in a modeling file that does not use it, a
+    2-D tensor there indexes the sequence axis and fails."""
+    import sys
+
+    return ("logits_to_keep" in inspect.signature(cls.forward).parameters
+            and hasattr(sys.modules.get(cls.__module__), "slice_logits_to_keep"))
 
 
-def _base_forward_params(model: Callable[..., Any]) -> frozenset[str]:
-    """Parameter names of the transformers model's forward (looked up once per class: this runs
-    every training step)."""
+def _keeps_mask(model: Callable[..., Any]) -> bool:
+    """:func:`_keeps_mask_class` of the transformers model inside ``model`` (looked up once per
+    class: this runs every training step)."""
     from rlhf.models.load import unwrap_model
 
     inner: Any = getattr(model, "module", model)  # ReferenceModel / DDP wrappers hold the module
     inner = getattr(inner, "module", inner)
     cls: Any = type(unwrap_model(inner))  # Any: typeshed finds a class object unhashable for the cache
-    return _forward_params(cls)
+    return _keeps_mask_class(cls)
 
 
 def _logits_at(model: Callable[..., Any], input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor,
                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Logits (n, V) at the ``keep`` (R, W) bool positions, row-major order. Asks the model for
-    those rows only (``logits_to_keep`` as a mask, transformers >= 5) when it can."""
+    those rows only (``logits_to_keep`` as a mask, :func:`_keeps_mask`) when it can; else takes
+    them from the whole logits."""
     inputs = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}
     if attention_mask is not None:
         inputs["attention_mask"] = attention_mask
-    if "logits_to_keep" in _base_forward_params(model):
+    if _keeps_mask(model):
         logits: torch.Tensor = model(**inputs, logits_to_keep=keep).logits  # (n, V)
         return logits
     logits = model(**inputs).logits[keep]  # (n, V)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -146,4 +148,30 @@ def test_models_without_logits_to_keep_fall_back_to_full_logits():
 
     batch = PadCollator(0, "right")(_sequences())
     torch.testing.assert_close(sequence_logps(Plain(), batch)[0], sequence_logps(inner, batch)[0],
+                               rtol=0, atol=1e-5)
+
+
+def test_logits_to_keep_without_mask_support_falls_back_to_full_logits():
+    """transformers before 5.21 (the vLLM venv pins 5.19) takes ``logits_to_keep`` as an int or
+    positions only: a 2-D bool mask there indexed the sequence axis and raised. Such a forward
+    gets the whole logits instead, with the same numbers; the installed Llama reads the mask."""
+    from rlhf.data.collate import PadCollator
+    from rlhf.logprobs import _keeps_mask, packed_sequence_logps, sequence_logps
+
+    inner = _model("llama")
+
+    class Old(torch.nn.Module):  # a forward as transformers 5.19 wrote it
+        def __init__(self):
+            super().__init__()
+            self.m = inner
+
+        def forward(self, input_ids, position_ids=None, attention_mask=None, use_cache=False, logits_to_keep=0):
+            out = inner.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                              use_cache=use_cache)
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            return SimpleNamespace(logits=inner.lm_head(out.last_hidden_state[:, keep, :]))
+
+    assert _keeps_mask(inner) and not _keeps_mask(Old())
+    batch = PadCollator(0, "right")(_sequences())
+    torch.testing.assert_close(packed_sequence_logps(Old(), batch)[0], sequence_logps(inner, batch)[0],
                                rtol=0, atol=1e-5)
