@@ -12,15 +12,20 @@ PYTEST_ARGS ?=
 VLLM_VENV  ?= .venv-vllm
 VLLM_BIN   := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+# The tests that depend most on the transformers version (model classes, caches, packing,
+# logits_to_keep), run again in .venv-vllm: its transformers (5.19) is the oldest one tested.
+COMPAT_TESTS := tests/conformance tests/models tests/data tests/test_logprobs.py tests/test_logprobs_chunked.py \
+	tests/recipes/test_ppo_packed.py tests/test_rollout.py tests/test_sampler_shared_prompt.py
 
-.PHONY: demo test test-core test-fast test-vllm lint docs clean help lock
+.PHONY: demo test test-core test-fast test-vllm test-compat lint docs clean help lock
 
 help:
 	@echo "make demo       run the built-in demo end to end (rlhf quickstart)"
-	@echo "make test       run the whole test suite (as CI does): test-core, then test-vllm"
+	@echo "make test       run the whole test suite (as CI does): test-core, test-vllm, then test-compat"
 	@echo "make test-core  the suite in .venv (everything but the vLLM engine's tests)"
 	@echo "make test-fast  skip the slow end-to-end tests"
 	@echo "make test-vllm  the vLLM engine's tests, in .venv-vllm (built on first use; make test runs them too)"
+	@echo "make test-compat  the transformers-sensitive tests again in .venv-vllm, whose transformers is older"
 	@echo "make lint       ruff (lint, import order) on rlhf/ tests/ bench/, mypy on rlhf/ (as CI does)"
 	@echo "make docs       regenerate docs/configuration.md from the config classes"
 	@echo "make lock       rewrite constraints.txt (tested versions) from .venv"
@@ -57,13 +62,16 @@ $(VLLM_STAMP): pyproject.toml constraints-vllm.txt
 demo: $(STAMP)
 	$(BIN)/rlhf quickstart
 
-test: test-core test-vllm
+test: test-core test-vllm test-compat
 
 test-core: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_BIN)/python -m pytest -q tests/engines/test_vllm.py $(PYTEST_ARGS)
+
+test-compat: $(VLLM_STAMP)
+	$(VLLM_BIN)/python -m pytest -q -m "not slow" $(COMPAT_TESTS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -154,7 +154,7 @@ def test_models_without_logits_to_keep_fall_back_to_full_logits():
 def test_logits_to_keep_without_mask_support_falls_back_to_full_logits():
     """transformers before 5.21 (the vLLM venv pins 5.19) takes ``logits_to_keep`` as an int or
     positions only: a 2-D bool mask there indexed the sequence axis and raised. Such a forward
-    gets the whole logits instead, with the same numbers; the installed Llama reads the mask."""
+    gets the whole logits instead, with the same numbers; Llama reads the mask from 5.21 on."""
     from rlhf.data.collate import PadCollator
     from rlhf.logprobs import _keeps_mask, packed_sequence_logps, sequence_logps
 
@@ -171,7 +171,10 @@ def test_logits_to_keep_without_mask_support_falls_back_to_full_logits():
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             return SimpleNamespace(logits=inner.lm_head(out.last_hidden_state[:, keep, :]))
 
-    assert _keeps_mask(inner) and not _keeps_mask(Old())
+    import transformers.modeling_utils
+
+    assert not _keeps_mask(Old())
+    assert _keeps_mask(inner) == hasattr(transformers.modeling_utils, "slice_logits_to_keep")  # from 5.21 on
     batch = PadCollator(0, "right")(_sequences())
     torch.testing.assert_close(packed_sequence_logps(Old(), batch)[0], sequence_logps(inner, batch)[0],
                                rtol=0, atol=1e-5)

@@ -28,7 +28,7 @@ from rlhf.logprobs import sequence_logps
 from rlhf.models import packing
 from rlhf.models.lean import LeanLM, lean_unsupported
 
-from .conftest import ARCHS, EXTRA_ARCHS, NOT_PACKABLE
+from .conftest import ARCHS, AT_PINNED_TRANSFORMERS, EXTRA_ARCHS, NOT_PACKABLE
 
 # Issue 22's types through the CLI too: SFT, RM (a generic scalar head where transformers has no
 # classification class), DPO and PPO with the RM as critic, one step each (measured on this
@@ -87,10 +87,11 @@ def _packed_row_leak(model64, examples) -> float:
 def test_packing_probe_agrees_with_a_float64_reference(arch, conformance_model, conformance_tokenizer):
     examples = _examples(conformance_tokenizer, 3)
     leak = _packed_row_leak(conformance_model(arch, torch.float64), examples)
-    assert (leak > LEAK_THRESHOLD) == (arch in NOT_PACKABLE), f"{arch}: packed row differs by {leak:.3g}"
     packing.clear_cache()
     verdict = packing.packing_unsupported(conformance_model(arch))
-    assert (verdict is not None) == (arch in NOT_PACKABLE), verdict
+    assert (verdict is not None) == (leak > LEAK_THRESHOLD), (leak, verdict)
+    if AT_PINNED_TRANSFORMERS:
+        assert (leak > LEAK_THRESHOLD) == (arch in NOT_PACKABLE), f"{arch}: packed row differs by {leak:.3g}"
     if verdict is not None:
         assert repr(arch) in verdict and "differ by" in verdict
 

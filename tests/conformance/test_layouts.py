@@ -22,7 +22,7 @@ from torch import nn
 
 from rlhf.models import layouts
 
-from .conftest import ARCHS, CACHE_MISMATCH, EXTRA_ARCHS
+from .conftest import ARCHS, AT_PINNED_TRANSFORMERS, CACHE_MISMATCH, EXTRA_ARCHS
 
 # The sampler's log-probs vs the forward's, fp32, 4 prompts x 6 tokens: measured <= 2e-6 nats where
 # the layouts agree, 0.3-9 nats for mamba / falcon_mamba (cache mismatch): 1e-3 splits them.
@@ -51,7 +51,8 @@ def test_decoding_probe_agrees_with_the_sampler(arch, conformance_model, conform
     gap = float(((ro.logps - forward).abs() * ro.completion_mask).max())
     verdict = layouts.decoding_unsupported(model)
     assert (verdict is not None) == (gap > SAMPLER_GAP), (gap, verdict)
-    assert (verdict is not None) == (arch in CACHE_MISMATCH), (gap, verdict)
+    if AT_PINNED_TRANSFORMERS:
+        assert (verdict is not None) == (arch in CACHE_MISMATCH), (gap, verdict)
     assert layouts.padding_unsupported(model, "left") is None  # measured: 0.0 in float64 for all of them
 
 
