@@ -3,6 +3,7 @@ mean with a 95% Student-t interval over the seeds.
 
     .venv/bin/python bench/demo_seeds.py --seeds 0,1,2,3,4 --jobs 2          # run + aggregate
     .venv/bin/python bench/demo_seeds.py --seeds 0,1,2,3,4 --aggregate-only  # re-read finished runs
+    .venv/bin/python bench/demo_seeds.py --fast --seeds 0 --work /tmp/seeds --out /tmp/s.json  # smoke
 
 Each seed is an ordinary quickstart run in ``--work/seed-<k>`` (the task's data, the tiny base
 model, SFT, labels, reward model and every method all change with the seed); a run that exists
@@ -117,7 +118,8 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
     p.add_argument("--work", default="runs/seeds", help="folder for the runs (resumed when present)")
     p.add_argument("--jobs", type=int, default=1, help="seeds run at once")
-    p.add_argument("--fast", action="store_true", help="quickstart --fast (smoke test of this script)")
+    p.add_argument("--fast", action="store_true", help="quickstart --fast (the smoke test of this script, with one "
+                   "seed; bench/demo_variant.py and bench/overoptimization.py take --fast to run on such runs)")
     p.add_argument("--aggregate-only", action="store_true", help="only read finished runs")
     p.add_argument("--out", default="bench/results/demo_seeds.json")
     a = p.parse_args()
@@ -132,7 +134,7 @@ def main() -> None:
                 print(json.dumps(r), flush=True)
     per_seed = {s: read_seed(work / f"seed-{s}") for s in seeds}
     doc = {"command": "bench/demo_seeds.py " + " ".join(sys.argv[1:]), "commit": git_commit(),
-           "fast": a.fast, "seeds": seeds, "seconds": timings, "per_seed": per_seed,
+           "fast": a.fast, "smoke": a.fast, "seeds": seeds, "seconds": timings, "per_seed": per_seed,
            "methods": aggregate(per_seed)}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@ fresh folder, into bench/results/demo_time.json with the date, the CPU, the comm
 
     .venv/bin/python bench/demo_time.py                 # both; refuses on a busy machine
     .venv/bin/python bench/demo_time.py --only demo_fast
+    .venv/bin/python bench/demo_time.py --smoke --out /tmp/t.json   # times `rlhf quickstart --print-config`
     .venv/bin/python bench/figures.py                   # then rewrite the figures quoted in the docs
 
 A timing taken while other work runs is not a figure: the script refuses when the 1-minute load
@@ -25,6 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "demo_time.json"
 RUNS = {"demo": ["quickstart"], "demo_fast": ["quickstart", "--fast"]}
+# --smoke: this script's whole path (fresh folder, child process, the record) around a command of
+# a second, so that the test suite runs it; the demo itself is tested in tests/test_pipeline.py.
+SMOKE = {"smoke": ["quickstart", "--print-config"]}
 
 
 def cpu_name() -> str:
@@ -45,15 +49,24 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", choices=sorted(RUNS), action="append", help="time only this one (repeatable)")
     p.add_argument("--force", action="store_true", help="record even on a busy machine (the load is recorded)")
+    p.add_argument("--smoke", action="store_true", help="time `rlhf quickstart --print-config` instead (no figure: "
+                   "checks this script; needs --out)")
+    p.add_argument("--out", type=Path, default=OUT,
+                   help=f"JSON file, updated in place (default {OUT.relative_to(ROOT)})")
     a = p.parse_args(argv)
+    if a.smoke and a.out.resolve() == OUT.resolve():
+        p.error("--smoke writes no figure: give --out a file outside bench/results")
+    if a.smoke and a.only:
+        p.error("--smoke times its own command; --only names the demo runs")
+    runs = SMOKE if a.smoke else RUNS
     load = os.getloadavg()[0]
-    if load > (os.cpu_count() or 1) / 4 and not a.force:
+    if load > (os.cpu_count() or 1) / 4 and not a.force and not a.smoke:
         print(f"demo_time: the machine is busy (load {load:.1f} on {os.cpu_count()} CPUs); a timing now is not a "
               f"figure (--force records it anyway)", file=sys.stderr)
         return 1
-    data = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    for key in a.only or sorted(RUNS):
-        args = RUNS[key]
+    data = json.loads(a.out.read_text()) if a.out.is_file() else {}
+    for key in a.only or sorted(runs):
+        args = runs[key]
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "rlhf.cli", *args], cwd=tmp, check=True,
@@ -61,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - t0
         data[key] = {"seconds": round(seconds, 1), "date": datetime.date.today().isoformat(), "cpu": cpu_name(),
                      "command": "rlhf " + " ".join(args), "commit": commit(), "load_at_start": round(load, 2),
-                     "python": platform.python_version()}
+                     "python": platform.python_version(), **({"smoke": True} if a.smoke else {})}
         print(f"{key}: {seconds:.1f} s")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(data, indent=1) + "\n")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(data, indent=1) + "\n")
     return 0
 
 

@@ -1,6 +1,8 @@
 """Reward over-optimisation on the built-in task, fitted to Gao, Schulman & Hilton (2022).
 
     .venv/bin/python bench/overoptimization.py --seeds 0,1,2,3,4 --pairs 256,1024,all --jobs 2
+    .venv/bin/python bench/overoptimization.py --fast --seeds 0 --pairs 64 --steps 8 \
+        --demo-work /tmp/seeds --work /tmp/overopt --out /tmp/o.json    # smoke, on demo_seeds.py --fast runs
 
 Needs the demo's runs per seed (bench/demo_seeds.py: ``runs/seeds/seed-<k>``): their SFT policy,
 labelled pairs and best-of-n pools. For each seed and each reward-model training-set size
@@ -48,7 +50,7 @@ def spec_for(seed: int, demo: Path, out: Path, sizes: list[str], a: argparse.Nam
     """A pipeline per seed: rm-<N> then ppo-<N> for every size N, reading the demo's folders."""
     from rlhf.tools.quickstart import pipeline_spec
 
-    base = {s["name"]: s for s in pipeline_spec(demo, seed=seed)["stages"]}
+    base = {s["name"]: s for s in pipeline_spec(demo, fast=a.fast, seed=seed)["stages"]}
     sub = {"${sft}": str(demo / "sft"), "${pairs}": str(demo / "pairs"), "${data}": str(demo / "data")}
 
     def resolve(x):
@@ -76,11 +78,13 @@ def spec_for(seed: int, demo: Path, out: Path, sizes: list[str], a: argparse.Nam
 
 def run_seed(seed: int, a: argparse.Namespace, sizes: list[str]) -> None:
     demo, out = Path(a.demo_work) / f"seed-{seed}", Path(a.work) / f"seed-{seed}"
-    out.mkdir(parents=True, exist_ok=True)
-    spec_file = out / "pipeline.yaml"
+    # The pipeline's file and log beside its folder: rlhf pipeline refuses a folder that holds
+    # anything but its own runs.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec_file = out.parent / f"seed-{seed}.pipeline.yaml"
     import yaml
     spec_file.write_text(yaml.safe_dump(spec_for(seed, demo.resolve(), out.resolve(), sizes, a), sort_keys=False))
-    run_pipeline_file(spec_file, out / "log.txt", f"overoptimization: seed {seed}")
+    run_pipeline_file(spec_file, out.parent / f"seed-{seed}.log", f"overoptimization: seed {seed}")
 
 
 def analyse_run(ppo_dir: Path, drop: float) -> dict:
@@ -129,6 +133,8 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--analyse-only", action="store_true")
     p.add_argument("--out", default="bench/results/overoptimization.json")
+    p.add_argument("--fast", action="store_true", help="the demo runs are quickstart --fast ones (bench/demo_seeds.py "
+                   "--fast): the RM and PPO settings are the fast demo's (the smoke test of this script)")
     a = p.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     sizes = [s.strip() for s in a.pairs.split(",")]
@@ -157,7 +163,7 @@ def main() -> None:
     bons = [per_seed[s]["bon"] for s in seeds if per_seed[s]["bon"]]
     if bons:
         summary["best_of_n"] = {k: mean_interval([b["fit_bon"][k] for b in bons]) for k in ("alpha", "beta", "r2")}
-    doc = {"command": "bench/overoptimization.py " + " ".join(sys.argv[1:]), "settings": vars(a),
+    doc = {"command": "bench/overoptimization.py " + " ".join(sys.argv[1:]), "smoke": a.fast, "settings": vars(a),
            "per_seed": per_seed, "summary": summary}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(doc, indent=1))

@@ -2,6 +2,7 @@
 
     .venv-vllm/bin/python bench/vllm_vs_builtin.py                          # CPU, tiny random Llama
     .venv-vllm/bin/python bench/vllm_vs_builtin.py --hidden 256 --layers 4  # a larger random Llama
+    .venv-vllm/bin/python bench/vllm_vs_builtin.py --smoke    # 2 prompts x 2 samples, 4 tokens, once (no figure)
     python bench/vllm_vs_builtin.py --device cuda --dtype bf16 --policy Qwen/Qwen2.5-0.5B   # on a GPU
 
 Prints one JSON object:
@@ -15,7 +16,7 @@ Prints one JSON object:
 * ``logp_abs_diff``: max and mean |vLLM's log-prob - the trainer's forward| over the sampled
   tokens (vLLM's sample, scored by rlhf.rollout.rollout_logps), and the mismatch KL (k3);
 * ``sync_s``: seconds per weight sync (in-place reload + probe), the median of 5 after a
-  perturbation of every weight, and the probe's |Δ log-prob| after it.
+  perturbation of every weight (2 with ``--smoke``), and the probe's |Δ log-prob| after it.
 
 On a GPU this is the check to run when one is lent (nothing else here needs one): it needs the
 ``vllm`` package (``pip install 'rlhf[vllm]'``); with two GPUs the FSDP check is separate.
@@ -59,7 +60,11 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--smoke", action="store_true", help="2 prompts x 2 samples, 4 new tokens, one repeat, 2 syncs: "
+                   "checks this script (tests/engines/test_vllm.py); its timings are no figure")
     a = p.parse_args()
+    if a.smoke:
+        a.prompts, a.num_samples, a.max_new_tokens, a.repeats = 2, 2, 4, 1
     torch.set_num_threads(a.threads)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # stdout carries the JSON only
 
@@ -95,7 +100,7 @@ def main() -> None:
     engine = VLLMEngine(model, tok, cfg)
     start_s = time.perf_counter() - t0
 
-    out: dict = {"device": a.device, "dtype": a.dtype, "policy": a.policy or f"tiny llama h{a.hidden} l{a.layers}",
+    out: dict = {"smoke": a.smoke, "device": a.device, "dtype": a.dtype, "policy": a.policy or f"tiny llama h{a.hidden} l{a.layers}",
                  "parameters": n_params, "rows": a.prompts * a.num_samples, "max_new_tokens": a.max_new_tokens,
                  "threads": a.threads, "vllm_import_s": round(import_s, 2),
                  "vllm_start_s": round(start_s, 2)}
@@ -123,7 +128,7 @@ def main() -> None:
                             "capped_fraction_at_2": float(tm["capped_fraction"])}
 
     syncs, probes = [], []
-    for i in range(5):
+    for i in range(2 if a.smoke else 5):
         with torch.no_grad():
             for prm in model.parameters():
                 prm.add_(1e-3 * torch.randn(prm.shape, generator=torch.Generator().manual_seed(i)).to(prm))

@@ -44,6 +44,7 @@ from rlhf.train.run import (
     atomic_dir,
     check_pipeline_folder,
     is_finished,
+    release_run_lock,
     remove_debris,
     write_json_atomic,
 )
@@ -216,7 +217,16 @@ def run_pipeline(spec: dict[str, Any] | str | Path, output_dir: str | Path | Non
                                     f"(stages: {', '.join(names)})")
     check_pipeline_folder(out, [s.output_dir.name for s in stages])  # before anything is deleted or written
     out.mkdir(parents=True, exist_ok=True)
-    acquire_run_lock(out)  # one pipeline per folder (each training stage also locks its own)
+    took = acquire_run_lock(out)  # one pipeline per folder (each training stage also locks its own)
+    try:
+        return _run_stages(out, stages, only, log)
+    finally:
+        if took:  # the folder is free again once the pipeline returns (a caller's own lock is kept)
+            release_run_lock(out)
+
+
+def _run_stages(out: Path, stages: list[StageSpec], only: list[str] | None, log: Callable[[str], None]
+                ) -> dict[str, Any]:
     remove_debris(out)  # a killed non-training stage's <name>.tmp-<pid>/, a torn pipeline.json write
     status_file = out / "pipeline.json"
     status: dict[str, Any] = {

@@ -73,6 +73,18 @@ def tiny_llama(tmp_path_factory, instruction_data) -> Path:
                                 max_position_embeddings=512, seed=0)
 
 
+@pytest.fixture(scope="session")
+def quickstart_fast(tmp_path_factory) -> Path:
+    """``rlhf quickstart --fast`` (seed 0) run once per session, in ``<tmp>/seed-0`` (bench/demo_seeds.py's
+    layout): tests/test_pipeline.py checks what it learned, tests/test_bench_smoke.py runs the demo
+    benches on it (bench/demo_seeds.py resumes it, the others add runs of their own)."""
+    from rlhf.tools.quickstart import main
+
+    out = tmp_path_factory.mktemp("seeds") / "seed-0"
+    assert main(["--fast", "--seed", "0", "--out", str(out)]) == 0
+    return out
+
+
 @pytest.fixture
 def crash_run():
     """``crash_run(train, cfg, step)`` runs ``train(cfg)`` and kills it right after step ``step``

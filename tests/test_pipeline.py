@@ -156,7 +156,7 @@ def test_concomitant_curve_equals_brute_force_over_subsets():
 
 
 @pytest.mark.slow
-def test_quickstart_fast_beats_sft_on_gold_and_writes_the_report(tmp_path):
+def test_quickstart_fast_beats_sft_on_gold_and_writes_the_report(quickstart_fast):
     """The built-in demo (--fast): every method beats the SFT policy on the hidden gold reward
     on held-out prompts, at a KL to SFT below 5 nats; best-of-n's proxy reward rises with n and
     its gold reward at n = 4 beats n = 1; the report embeds its three plots.
@@ -165,10 +165,7 @@ def test_quickstart_fast_beats_sft_on_gold_and_writes_the_report(tmp_path):
     (PPO, DPO) and 0.1 (the others, each measured >= 0.2); best-of-n gold -0.17 -> -0.10."""
     import base64
 
-    from rlhf.tools.quickstart import main
-
-    out = tmp_path / "qs"
-    assert main(["--fast", "--out", str(out)]) == 0
+    out = quickstart_fast  # run by the fixture (tests/conftest.py)
     headline = json.loads((out / "eval" / "summary.json").read_text())["headline"]
     sft_gold = headline["reference"]["gold"]
     for name in ("ppo", "dpo", "raft", "rest", "iterative-dpo", "constitutional"):

@@ -104,19 +104,21 @@ def _is_run_config(path: Path) -> bool:
 _LOCKS: dict[str, int] = {}  # resolved folder -> the open descriptor holding its flock
 
 
-def acquire_run_lock(output_dir: str | Path) -> None:
-    """Take the folder's exclusive lock for this process (re-entrant within the process).
+def acquire_run_lock(output_dir: str | Path) -> bool:
+    """Take the folder's exclusive lock for this process (re-entrant within the process). Returns
+    whether this call took it (False: this process held it already, or it cannot be taken here),
+    so that a caller releases only a lock of its own.
 
     Raises :class:`RunDirError` naming the holder when another process has it. Where the file
     system has no ``flock`` (some network mounts), says so once and goes on unlocked."""
     d = Path(output_dir)
     key = str(d.resolve())
     if key in _LOCKS:
-        return
+        return False
     try:
         import fcntl
     except ImportError:  # not POSIX
-        return
+        return False
     fd = os.open(d, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -131,8 +133,9 @@ def acquire_run_lock(output_dir: str | Path) -> None:
         import logging
         logging.getLogger("rlhf").warning("%s: no lock on the run folder (flock: %s): make sure no "
                                           "other run writes into it", d, e.strerror)
-        return
+        return False
     _LOCKS[key] = fd
+    return True
 
 
 def release_run_lock(output_dir: str | Path) -> None:

@@ -231,3 +231,26 @@ def test_grpo_with_vllm_learns_arithmetic(tmp_path):
     assert all(r["engine/sync_probe_diff"] < 1e-3 for r in rows)
     assert max(r["engine/mismatch_kl"] for r in rows) < 1e-6
     assert max(r["engine/capped_fraction"] for r in rows) == 0.0
+
+
+@pytest.mark.slow
+def test_bench_vllm_vs_builtin_smoke():
+    """bench/vllm_vs_builtin.py --smoke (a fresh vLLM engine, seconds): the bench that times vLLM
+    against the built-in sampler still runs (issue 24: benches that cannot rot; this venv is the
+    only one with vLLM, so its smoke lives here, not in tests/test_bench_smoke.py). Its agreement
+    numbers are checked too, against the same bounds as the tests above: fp32, the same weights."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, str(repo / "bench" / "vllm_vs_builtin.py"), "--smoke"], cwd=repo, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-4000:]
+    out = json.loads(p.stdout[p.stdout.index("{"):])
+    assert out["smoke"] is True and out["rows"] == 4 and out["max_new_tokens"] == 4
+    assert out["tokens_per_s"]["builtin"] > 0 and out["tokens_per_s"]["vllm"] > 0
+    assert out["greedy_equal"] == 1.0 and out["logp_abs_diff"]["max"] < 1e-5, out  # as measured above
+    assert out["probe_after_sync"] < 1e-4, out

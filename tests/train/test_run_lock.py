@@ -193,3 +193,23 @@ def test_a_failed_in_process_run_frees_its_folder(tiny_llama, instruction_data, 
     holder = _holder(out)  # another process takes the lock (fails, reading '' not 'locked', if still held)
     holder.kill()
     holder.wait()
+
+
+def test_a_pipeline_run_in_process_frees_its_folder_when_it_returns(tmp_path):
+    """run_pipeline (the Python API, rlhf quickstart's main) releases the folder's lock when it
+    returns, so that another process may resume or extend it. Before, the lock was kept until the
+    calling process ended: bench/demo_seeds.py resuming a run made in-process was refused."""
+    from rlhf.pipeline import run_pipeline
+
+    out = tmp_path / "pipe"
+    spec = {"output_dir": str(out), "stages": [{"name": "data", "type": "call", "args": {
+        "function": "rlhf.tools.quickstart:write_data", "seed": 0, "n_sft": 8, "n_prompts": 8, "n_eval": 4}}]}
+    assert run_pipeline(spec, log=lambda _: None)["stages"][0]["status"] == "done"
+    code = "import sys; from rlhf.train.run import acquire_run_lock; print(acquire_run_lock(sys.argv[1]))"
+    p = subprocess.run([sys.executable, "-c", code, str(out)], env=_env(), capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "True", p.stderr[-2000:]
+    acquire_run_lock(out)  # a caller holding the lock keeps it: the pipeline releases only its own
+    run_pipeline(spec, log=lambda _: None)
+    p = subprocess.run([sys.executable, "-c", code, str(out)], env=_env(), capture_output=True, text=True)
+    assert p.returncode != 0 and "in use by another run" in p.stderr, p.stderr[-2000:]
+    release_run_lock(out)
