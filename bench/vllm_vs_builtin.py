@@ -100,8 +100,9 @@ def main() -> None:
     engine = VLLMEngine(model, tok, cfg)
     start_s = time.perf_counter() - t0
 
-    out: dict = {"smoke": a.smoke, "device": a.device, "dtype": a.dtype, "policy": a.policy or f"tiny llama h{a.hidden} l{a.layers}",
-                 "parameters": n_params, "rows": a.prompts * a.num_samples, "max_new_tokens": a.max_new_tokens,
+    out: dict = {"smoke": a.smoke, "device": a.device, "dtype": a.dtype,
+                 "policy": a.policy or f"tiny llama h{a.hidden} l{a.layers}", "parameters": n_params,
+                 "rows": a.prompts * a.num_samples, "max_new_tokens": a.max_new_tokens,
                  "threads": a.threads, "vllm_import_s": round(import_s, 2),
                  "vllm_start_s": round(start_s, 2)}
     gen = torch.Generator().manual_seed(0)
