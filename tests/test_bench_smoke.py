@@ -31,6 +31,7 @@ SMOKED = {
     "cli_help.py": (False, None),
     "dpo_hh.py": (True, None),
     "optimizer_step.py": (False, None),
+    "compile_update.py": (False, None),
     "render_results.py": (False, None),
     "scaling.py": (False, None),
     "prefill_count.py": (False, None),
@@ -86,6 +87,8 @@ SINGLE = {
     ["eval_reward_accuracy"] <= 1 and r["results"]["fp32"]["train_loss_first"] > 0,
     "optimizer_step.py": lambda r: set(r["results"]) == {"default", "foreach", "fused"} and all(
         x["step_s"] > 0 for x in r["results"].values()),
+    "compile_update.py": lambda r: set(r["results"]) == {"eager"} and len(r["results"]["eager"]["times_s"]) == 2
+    and r["results"]["eager"]["median_s"] > 0,
     "render_results.py": lambda r: r["block_lines"] > 10 and "frontier.png" in r["images"],
     "scaling.py": lambda r: r["records"] == 1 and r["last"]["stage"] == "sft",
     "recipe_step.py": lambda r: r["max_length"] == 64 and r["step_s_timed"] > 0,
