@@ -129,6 +129,15 @@ def smoke_sides(venv: str = ".venv-trl") -> str:
     return "rlhf,trl" if trl_python(venv) else "rlhf"
 
 
+def refuse_with_smoke(parser: Any, args: Any, names: Sequence[str]) -> None:
+    """``--smoke`` sets the options ``names`` itself: one given on the command line too is refused
+    (it would be ignored), so that every accepted option is used or refused."""
+    given = [n for n in names if getattr(args, n) != parser.get_default(n)]
+    if getattr(args, "smoke", False) and given:
+        parser.error(f"--smoke sets {', '.join('--' + n.replace('_', '-') for n in given)} itself: "
+                     f"leave {'it' if len(given) == 1 else 'them'} out, or leave out --smoke")
+
+
 # The chat format of SmolLM2-135M-Instruct (ChatML), for the real-model benches' smoke model.
 CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

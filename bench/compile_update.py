@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="width 32, 1 layer, 4 rows, eager only, 2 iterations: "
                    "the bench still runs (compiling takes half a minute), no figure")
     a = p.parse_args(argv)
+    from bench._bench import refuse_with_smoke
+
+    refuse_with_smoke(p, a, ["hidden_size", "num_layers", "rows", "iters", "modes"])
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     if unknown or "eager" not in modes:

@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--smoke", action="store_true", help="a tiny model, 2 repeats: the bench still runs, no figure")
     a = p.parse_args(argv)
+    from bench._bench import refuse_with_smoke
+
+    refuse_with_smoke(p, a, ["repeats", "model_dir"])
     import torch
 
     from bench._bench import meta

@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                    "(bench/_bench.py smoke_chat_model), seed 0, 2 steps, 4 held-out problems: checks this "
                    "script (tests/test_bench_smoke.py); no figure")
     a = p.parse_args(argv)
+    from bench._bench import refuse_with_smoke
+
+    refuse_with_smoke(p, a, ["seeds", "steps"])
     runs = Path(a.runs)
     runs.mkdir(parents=True, exist_ok=True)
     results = ROOT / "bench" / "results"

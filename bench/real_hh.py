@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                    "2 steps: checks this "
                    "script (tests/test_bench_smoke.py); the JSON goes to <runs>/smoke.json unless --out; no figure")
     a = p.parse_args(argv)
+    from bench._bench import refuse_with_smoke
+
+    refuse_with_smoke(p, a, ["train_pairs", "eval_pairs", "max_chars"])
     runs = Path(a.runs)
     runs.mkdir(parents=True, exist_ok=True)
     results = ROOT / "bench" / "results"

@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                    "(bench/_bench.py smoke_chat_model), 2 steps a recipe: checks this script "
                    "(tests/test_bench_smoke.py); no figure")
     a = p.parse_args(argv)
+    from bench._bench import refuse_with_smoke
+
+    refuse_with_smoke(p, a, ["steps"])
     known = [f"{stage}/{recipe}" for stage, recipe, _, _ in RECIPES]
     unknown = [r for r in a.redo if r not in known]
     if unknown:

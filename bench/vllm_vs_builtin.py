@@ -63,6 +63,9 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="2 prompts x 2 samples, 4 new tokens, one repeat, 2 syncs: "
                    "checks this script (tests/engines/test_vllm.py); its timings are no figure")
     a = p.parse_args()
+    from bench._bench import refuse_with_smoke
+
+    refuse_with_smoke(p, a, ["prompts", "num_samples", "max_new_tokens", "repeats"])
     if a.smoke:
         a.prompts, a.num_samples, a.max_new_tokens, a.repeats = 2, 2, 4, 1
     torch.set_num_threads(a.threads)

@@ -89,3 +89,21 @@ def test_step_stamps_wrap_optimize(B, monkeypatch):
     assert [Trainer().optimize(i) for i in range(3)] == [1, 2, 3]
     assert len(st.wall) == len(st.cpu) == 3 and st.wall == sorted(st.wall) and st.cpu == sorted(st.cpu)
     assert st.peak_before == 123.0 and resets == [1]
+
+
+def test_smoke_refuses_the_options_it_sets(B, capsys):
+    """--smoke sets sizes itself; one given as well would be ignored, so it is refused, naming it.
+    Options it does not set, and defaults, pass."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="bench")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", default=None)
+    p.add_argument("--smoke", action="store_true")
+    B.refuse_with_smoke(p, p.parse_args(["--smoke", "--out", "x"]), ["steps", "seeds"])
+    B.refuse_with_smoke(p, p.parse_args(["--steps", "5"]), ["steps", "seeds"])  # no --smoke: fine
+    with pytest.raises(SystemExit) as e:
+        B.refuse_with_smoke(p, p.parse_args(["--smoke", "--steps", "5", "--seeds", "1"]), ["steps", "seeds"])
+    assert e.value.code == 2
+    assert "--smoke sets --steps, --seeds itself: leave them out" in capsys.readouterr().err
