@@ -138,16 +138,30 @@ def refuse_with_smoke(parser: Any, args: Any, names: Sequence[str]) -> None:
                      f"leave {'it' if len(given) == 1 else 'them'} out, or leave out --smoke")
 
 
+RESULTS = REPO / "bench" / "results"
+
+
+def json_out(parser: Any, out: str | Path | None, smoke: bool, smoke_default: Path, name: str) -> Path:
+    """Where a bench writes its JSON: ``out`` if given, else ``bench/results/<name>`` (a figure
+    the README may cite) or, with ``--smoke``, ``smoke_default``. A smoke run is no figure, so
+    one aimed into bench/results is refused."""
+    path = Path(out) if out else (smoke_default if smoke else RESULTS / name)
+    if smoke and path.resolve().parent == RESULTS.resolve():
+        parser.error(f"--smoke writes no figure: give --out a file outside {RESULTS.relative_to(REPO)}")
+    return path
+
+
 # The chat format of SmolLM2-135M-Instruct (ChatML), for the real-model benches' smoke model.
 CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def smoke_chat_model(folder: Path, texts: Sequence[str] = ()) -> Path:
+def smoke_chat_model(folder: Path) -> Path:
     """A tiny random Llama with a ChatML template, made once in ``folder``: the real-model
     benches' ``--smoke`` runs their whole path (data, the recipe from the CLI, evaluation, the
-    JSON) on it in seconds instead of on SmolLM2-135M. Its tokenizer is trained on ``texts`` and
-    the arithmetic task's prompts; 2048 positions cover the recipes' lengths and the judge's prompts."""
+    JSON) on it in seconds instead of on SmolLM2-135M. Its tokenizer is trained on the arithmetic
+    task's prompts (bytes cover any other text); 2048 positions cover the recipes' lengths and
+    the judge's prompts."""
     from rlhf.models.tiny import make_tiny_checkpoint
     from rlhf.testbed.arithmetic import write_chat_task
 
@@ -156,7 +170,7 @@ def smoke_chat_model(folder: Path, texts: Sequence[str] = ()) -> Path:
     task = folder.parent / (folder.name + "-task")
     write_chat_task(task, seed=0)
     rows = [json.loads(x) for x in (task / "prompts.jsonl").read_text().splitlines() if x.strip()]
-    corpus = [*texts, *(json.dumps(r) for r in rows), "<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n"] * 2
+    corpus = [*(json.dumps(r) for r in rows), "<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n"] * 2
     return make_tiny_checkpoint(folder, "llama", corpus, vocab_size=400, chat_template=CHATML, hidden_size=64,
                                 num_layers=2, num_heads=2, max_position_embeddings=2048, seed=0)
 

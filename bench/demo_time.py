@@ -51,11 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="record even on a busy machine (the load is recorded)")
     p.add_argument("--smoke", action="store_true", help="time `rlhf quickstart --print-config` instead (no figure: "
                    "checks this script; needs --out)")
-    p.add_argument("--out", type=Path, default=OUT,
+    p.add_argument("--out", type=Path, default=None,
                    help=f"JSON file, updated in place (default {OUT.relative_to(ROOT)})")
     a = p.parse_args(argv)
-    if a.smoke and a.out.resolve() == OUT.resolve():
+    if a.smoke and a.out is None:
         p.error("--smoke writes no figure: give --out a file outside bench/results")
+    sys.path.insert(0, str(ROOT))
+    from bench._bench import json_out
+
+    a.out = json_out(p, a.out, a.smoke, a.out, OUT.name)
     if a.smoke and a.only:
         p.error("--smoke times its own command; --only names the demo runs")
     runs = SMOKE if a.smoke else RUNS

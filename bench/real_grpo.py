@@ -144,15 +144,12 @@ def main(argv: list[str] | None = None) -> int:
                    "(bench/_bench.py smoke_chat_model), seed 0, 2 steps, 4 held-out problems: checks this "
                    "script (tests/test_bench_smoke.py); no figure")
     a = p.parse_args(argv)
-    from bench._bench import refuse_with_smoke
+    from bench._bench import json_out, refuse_with_smoke
 
     refuse_with_smoke(p, a, ["seeds", "steps"])
     runs = Path(a.runs)
     runs.mkdir(parents=True, exist_ok=True)
-    results = ROOT / "bench" / "results"
-    out = Path(a.out) if a.out else (runs / "smoke.json" if a.smoke else results / "real_grpo.json")
-    if a.smoke and out.resolve().parent == results.resolve():
-        p.error("--smoke writes no figure: give --out a file outside bench/results")
+    out = json_out(p, a.out, a.smoke, runs / "smoke.json", "real_grpo.json")
     model, limit, extra = MODEL, None, []
     if a.smoke:
         from bench._bench import smoke_chat_model

@@ -149,16 +149,13 @@ def main(argv: list[str] | None = None) -> int:
                    "2 steps: checks this "
                    "script (tests/test_bench_smoke.py); the JSON goes to <runs>/smoke.json unless --out; no figure")
     a = p.parse_args(argv)
-    from bench._bench import refuse_with_smoke
+    from bench._bench import json_out, refuse_with_smoke
 
     refuse_with_smoke(p, a, ["train_pairs", "eval_pairs", "max_chars"])
     runs = Path(a.runs)
     runs.mkdir(parents=True, exist_ok=True)
-    results = ROOT / "bench" / "results"
-    a.out = a.out or str(runs / "smoke.json" if a.smoke else results / "real_hh.json")
+    a.out = str(json_out(p, a.out, a.smoke, runs / "smoke.json", "real_hh.json"))
     if a.smoke:
-        if Path(a.out).resolve().parent == results.resolve():
-            p.error("--smoke writes no figure: give --out a file outside bench/results")
         from bench._bench import smoke_chat_model
 
         a.train_pairs, a.eval_pairs, a.max_chars = 8, 8, 300

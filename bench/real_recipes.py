@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                    "(bench/_bench.py smoke_chat_model), 2 steps a recipe: checks this script "
                    "(tests/test_bench_smoke.py); no figure")
     a = p.parse_args(argv)
-    from bench._bench import refuse_with_smoke
+    from bench._bench import json_out, refuse_with_smoke
 
     refuse_with_smoke(p, a, ["steps"])
     known = [f"{stage}/{recipe}" for stage, recipe, _, _ in RECIPES]
@@ -124,12 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--steps must be at least 2: the step time is the gap between steps")
     runs = Path(a.runs)
     runs.mkdir(parents=True, exist_ok=True)
-    results = ROOT / "bench" / "results"
-    out = Path(a.out) if a.out else (runs / "smoke.json" if a.smoke else results / "real_recipes.json")
+    out = json_out(p, a.out, a.smoke, runs / "smoke.json", "real_recipes.json")
     extra: list[str] = []
     if a.smoke:
-        if out.resolve().parent == results.resolve():
-            p.error("--smoke writes no figure: give --out a file outside bench/results")
         from bench._bench import smoke_chat_model
 
         a.steps = 2

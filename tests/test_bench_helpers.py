@@ -107,3 +107,17 @@ def test_smoke_refuses_the_options_it_sets(B, capsys):
         B.refuse_with_smoke(p, p.parse_args(["--smoke", "--steps", "5", "--seeds", "1"]), ["steps", "seeds"])
     assert e.value.code == 2
     assert "--smoke sets --steps, --seeds itself: leave them out" in capsys.readouterr().err
+
+
+def test_json_out_keeps_smoke_runs_out_of_the_results(B, tmp_path, capsys):
+    """A figure goes to bench/results/<name> unless --out says otherwise; a smoke run goes to its
+    own default or --out, and one aimed into bench/results is refused (it would pass for a figure)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="bench")
+    assert B.json_out(p, None, False, tmp_path / "s.json", "x.json") == B.RESULTS / "x.json"
+    assert B.json_out(p, None, True, tmp_path / "s.json", "x.json") == tmp_path / "s.json"
+    assert B.json_out(p, str(tmp_path / "o.json"), True, tmp_path / "s.json", "x.json") == tmp_path / "o.json"
+    with pytest.raises(SystemExit):
+        B.json_out(p, str(B.RESULTS / "x.json"), True, tmp_path / "s.json", "x.json")
+    assert "--smoke writes no figure: give --out a file outside bench/results" in capsys.readouterr().err

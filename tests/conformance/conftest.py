@@ -103,6 +103,8 @@ EXTRA_CONFIGS: dict[str, dict[str, Any]] = {
 EXTRA_ARCHS = sorted(EXTRA_CONFIGS)
 # The model type of a conformance name that is a variant ("mistral_swa": mistral, window 4).
 MODEL_TYPE = {"mistral_swa": "mistral"}
+
+
 def _pinned_transformers() -> str | None:
     """The transformers version constraints.txt pins (the one CI's main suite runs)."""
     import re
